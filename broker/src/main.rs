@@ -1,0 +1,3 @@
+fn main() {
+    println!("fieldbridge-broker {}", fieldbridge_broker::VERSION);
+}

@@ -1,0 +1,89 @@
+//! The normalized event: what a device poll (or a health change) produces and what
+//! every sink (stdout, the MQTT uplink) consumes.
+
+use serde_json::{Map, Value};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// MQTT delivery level of an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Qos {
+    AtMostOnce = 0,
+    AtLeastOnce = 1,
+}
+
+/// One event of one device, ready to publish: `payload` is the JSON body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    pub device_id: String,
+    pub event_id: String,
+    pub qos: Qos,
+    pub payload: Vec<u8>,
+}
+
+impl Event {
+    /// Builds `{"d": {...}, "ts": "..."}` with the timestamp in RFC 3339, milliseconds, UTC.
+    pub fn new(
+        device_id: &str,
+        event_id: &str,
+        qos: Qos,
+        data: Map<String, Value>,
+        at: OffsetDateTime,
+    ) -> Self {
+        let body = serde_json::json!({ "d": data, "ts": timestamp(at) });
+        Event {
+            device_id: device_id.to_owned(),
+            event_id: event_id.to_owned(),
+            qos,
+            payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+        }
+    }
+}
+
+/// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T10:15:30.120Z`.
+pub fn timestamp(at: OffsetDateTime) -> String {
+    let at = at.to_offset(time::UtcOffset::UTC);
+    let at = at
+        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
+        .expect("milliseconds are a valid nanosecond value");
+    let mut text = at.format(&Rfc3339).expect("UTC times always format");
+    if at.millisecond() == 0 {
+        // Rfc3339 omits a zero fraction; keep the width constant for consumers.
+        text.insert_str(text.len() - 1, ".000");
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn timestamps_have_milliseconds() {
+        assert_eq!(
+            timestamp(datetime!(2026-11-21 10:15:30.120456 UTC)),
+            "2026-11-21T10:15:30.120Z"
+        );
+        assert_eq!(
+            timestamp(datetime!(2026-11-21 10:15:30 UTC)),
+            "2026-11-21T10:15:30.000Z"
+        );
+    }
+
+    #[test]
+    fn event_payload_shape() {
+        let mut d = Map::new();
+        d.insert("temperature".into(), Value::from(21.5));
+        let e = Event::new(
+            "boiler-1",
+            "status",
+            Qos::AtLeastOnce,
+            d,
+            datetime!(2026-11-21 10:15:30.12 UTC),
+        );
+        let v: Value = serde_json::from_slice(&e.payload).unwrap();
+        assert_eq!(v["d"]["temperature"], 21.5);
+        assert_eq!(v["ts"], "2026-11-21T10:15:30.120Z");
+    }
+}

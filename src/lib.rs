@@ -1,0 +1,4 @@
+//! fieldbridge: polls serial and Modbus field devices and turns them into MQTT devices.
+
+pub mod event;
+pub mod registers;

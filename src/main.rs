@@ -1,0 +1,3 @@
+fn main() {
+    println!("fieldbridge {}", env!("CARGO_PKG_VERSION"));
+}
