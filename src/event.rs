@@ -2,7 +2,6 @@
 //! every sink (stdout, the MQTT uplink) consumes.
 
 use serde_json::{Map, Value};
-use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 /// MQTT delivery level of an event.
@@ -42,16 +41,12 @@ impl Event {
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T10:15:30.120Z`.
 pub fn timestamp(at: OffsetDateTime) -> String {
-    let at = at.to_offset(time::UtcOffset::UTC);
-    let at = at
-        .replace_nanosecond(at.millisecond() as u32 * 1_000_000)
-        .expect("milliseconds are a valid nanosecond value");
-    let mut text = at.format(&Rfc3339).expect("UTC times always format");
-    if at.millisecond() == 0 {
-        // Rfc3339 omits a zero fraction; keep the width constant for consumers.
-        text.insert_str(text.len() - 1, ".000");
-    }
-    text
+    const FORMAT: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    at.to_offset(time::UtcOffset::UTC)
+        .format(FORMAT)
+        .expect("UTC times always format")
 }
 
 #[cfg(test)]

@@ -1,0 +1,3 @@
+//! Line-framed ASCII devices on a serial port (GPS receivers, scales, analysers).
+
+pub mod framer;
