@@ -1,4 +1,9 @@
 //! fieldbridge: polls serial and Modbus field devices and turns them into MQTT devices.
 
+pub mod config;
 pub mod event;
 pub mod registers;
+pub mod backoff;
+pub mod bus;
+pub mod serial_line;
+pub mod sim;
