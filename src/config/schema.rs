@@ -1,0 +1,558 @@
+//! The gateway configuration file, as typed structs. Every struct rejects unknown
+//! keys; defaults live next to the fields they belong to.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+use super::units::{Duration, Secret, Size};
+use crate::event::Qos;
+use crate::registers::{DataType, RegisterKind, WordOrder};
+
+/// The whole gateway configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// Absent: events are printed as JSON lines on stdout.
+    pub upstream: Option<Upstream>,
+    #[serde(default)]
+    pub queue: QueueSection,
+    #[serde(default)]
+    pub buses: Vec<Bus>,
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    pub log: Option<LogSection>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// SQLite queue and state. A relative path is taken from the config file's directory.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+}
+
+impl Default for GatewaySection {
+    fn default() -> Self {
+        GatewaySection {
+            data_dir: default_data_dir(),
+        }
+    }
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/fieldbridge")
+}
+
+/// The MQTT broker every device connects to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub url: BrokerUrl,
+    pub org: String,
+    /// MQTT keepalive; `0s` disables it.
+    #[serde(default = "default_keepalive")]
+    pub keepalive: Duration,
+    pub tls: Option<Tls>,
+    #[serde(default)]
+    pub topic_scheme: TopicScheme,
+    /// Topic and client id templates, only with `topic_scheme: custom`.
+    pub topics: Option<TopicTemplates>,
+    /// Username for every device session, only with `topic_scheme: custom` (the
+    /// platform scheme always uses `use-token-auth`). A template like `topics`.
+    pub username: Option<String>,
+    /// Most QoS 1 publishes per device session awaiting their PUBACK.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: u16,
+}
+
+fn default_keepalive() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_inflight() -> u16 {
+    32
+}
+
+/// `mqtt://host[:port]` or `mqtts://host[:port]`, parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub tls: bool,
+    /// Host name or IP address (IPv6 without the brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        if self.host.contains(':') {
+            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{scheme}://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl FromStr for BrokerUrl {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const HELP: &str = "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]";
+        let (tls, rest) = if let Some(rest) = text.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("mqtt://") {
+            (false, rest)
+        } else {
+            return Err(format!("unsupported broker url `{text}`, {HELP}"));
+        };
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        if rest.contains(['/', '@', '?', '#']) {
+            return Err(format!(
+                "broker url `{text}` may not have a path, user or query, {HELP}"
+            ));
+        }
+        let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("unclosed `[` in broker url `{text}`, {HELP}"))?;
+            let port = match after {
+                "" => None,
+                _ => Some(after.strip_prefix(':').ok_or_else(|| {
+                    format!("unexpected `{after}` after the host in `{text}`, {HELP}")
+                })?),
+            };
+            (host, port)
+        } else {
+            match rest.split_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("broker url `{text}` has no host, {HELP}"));
+        }
+        let port = match port {
+            None => {
+                if tls {
+                    8883
+                } else {
+                    1883
+                }
+            }
+            Some(port) => match port.parse::<u16>() {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    return Err(format!(
+                        "bad port `{port}` in broker url `{text}`, expected 1 to 65535"
+                    ))
+                }
+            },
+        };
+        Ok(BrokerUrl {
+            tls,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for BrokerUrl {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?
+            .parse()
+            .map_err(de::Error::custom)
+    }
+}
+
+/// TLS settings of the broker connection. Relative paths are taken from the config
+/// file's directory.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// CA certificates (PEM) to trust; absent: the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), together with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Skip verification of the broker's certificate (testing only).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TopicScheme {
+    /// `d:<org>:<type>:<id>` client ids, `use-token-auth`, `iot-2/evt/<event>/fmt/json`.
+    #[default]
+    Platform,
+    /// Client ids and topics from `upstream.topics`.
+    Custom,
+}
+
+/// Templates for `topic_scheme: custom`. Placeholders: `{org}`, `{type}`, `{device}`,
+/// and `{event}` (event topic) or `{command}` (command topic, a whole topic level:
+/// the gateway subscribes with `+` in its place).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicTemplates {
+    #[serde(default = "default_client_id_template")]
+    pub client_id: String,
+    #[serde(default = "default_event_template")]
+    pub event: String,
+    #[serde(default = "default_command_template")]
+    pub command: String,
+}
+
+impl Default for TopicTemplates {
+    fn default() -> Self {
+        TopicTemplates {
+            client_id: default_client_id_template(),
+            event: default_event_template(),
+            command: default_command_template(),
+        }
+    }
+}
+
+fn default_client_id_template() -> String {
+    "fieldbridge-{type}-{device}".into()
+}
+
+fn default_event_template() -> String {
+    "fieldbridge/{type}/{device}/evt/{event}".into()
+}
+
+fn default_command_template() -> String {
+    "fieldbridge/{type}/{device}/cmd/{command}".into()
+}
+
+/// The store-and-forward queue of QoS 1 events.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    #[serde(default = "default_max_messages")]
+    pub max_messages: u64,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: Size,
+    #[serde(default)]
+    pub on_full: OnFull,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection {
+            max_messages: default_max_messages(),
+            max_bytes: default_max_bytes(),
+            on_full: OnFull::default(),
+        }
+    }
+}
+
+fn default_max_messages() -> u64 {
+    1_000_000
+}
+
+fn default_max_bytes() -> Size {
+    Size::mib(256)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFull {
+    #[default]
+    DropOldest,
+    DropNewest,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter: `info`, `debug`, `fieldbridge=debug,info`, ...
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub target: LogTarget,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogTarget {
+    /// The journal when started by systemd, stderr otherwise.
+    #[default]
+    Auto,
+    Stderr,
+    Journald,
+}
+
+/// One physical bus: a serial port or a TCP endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "super::raw::RawBus")]
+pub struct Bus {
+    pub name: String,
+    pub transport: BusTransport,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusTransport {
+    /// Modbus RTU on a serial port.
+    Rtu {
+        port: String,
+        baud: u32,
+        parity: Parity,
+        data_bits: u8,
+        stop_bits: u8,
+        timeout: Duration,
+        delay_between_requests: Duration,
+    },
+    /// Modbus TCP.
+    Tcp {
+        host: String,
+        port: u16,
+        timeout: Duration,
+        delay_between_requests: Duration,
+    },
+    /// Modbus RTU frames over a TCP connection (serial device servers).
+    RtuOverTcp {
+        host: String,
+        port: u16,
+        timeout: Duration,
+        delay_between_requests: Duration,
+    },
+    /// Line-framed ASCII on a serial port.
+    SerialLine {
+        port: String,
+        baud: u32,
+        parity: Parity,
+        data_bits: u8,
+        stop_bits: u8,
+        /// Longest accepted line; longer lines are dropped and counted.
+        max_line: Size,
+    },
+}
+
+impl BusTransport {
+    /// The `kind` as written in the file.
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            BusTransport::Rtu { .. } => "rtu",
+            BusTransport::Tcp { .. } => "tcp",
+            BusTransport::RtuOverTcp { .. } => "rtu-over-tcp",
+            BusTransport::SerialLine { .. } => "serial-line",
+        }
+    }
+
+    pub fn is_modbus(&self) -> bool {
+        !matches!(self, BusTransport::SerialLine { .. })
+    }
+
+    /// Whether slaves are addressed with RTU unit ids (1 to 247).
+    pub fn uses_rtu_units(&self) -> bool {
+        matches!(
+            self,
+            BusTransport::Rtu { .. } | BusTransport::RtuOverTcp { .. }
+        )
+    }
+
+    /// Per-request timeout of a Modbus bus.
+    pub fn timeout(&self) -> Option<Duration> {
+        match self {
+            BusTransport::Rtu { timeout, .. }
+            | BusTransport::Tcp { timeout, .. }
+            | BusTransport::RtuOverTcp { timeout, .. } => Some(*timeout),
+            BusTransport::SerialLine { .. } => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Parity {
+    #[default]
+    None,
+    Even,
+    Odd,
+}
+
+impl From<Parity> for tokio_serial::Parity {
+    fn from(p: Parity) -> Self {
+        match p {
+            Parity::None => tokio_serial::Parity::None,
+            Parity::Even => tokio_serial::Parity::Even,
+            Parity::Odd => tokio_serial::Parity::Odd,
+        }
+    }
+}
+
+/// One field device, and one MQTT client session upstream.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub device_type: String,
+    /// After loading, holds the content of `token_file` when that was given.
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub bus: String,
+    /// Modbus unit (slave) id.
+    pub unit: Option<u8>,
+    #[serde(default = "default_poll")]
+    pub poll: Duration,
+    #[serde(default = "default_event")]
+    pub event: String,
+    #[serde(default = "default_qos", deserialize_with = "deserialize_qos")]
+    pub qos: Qos,
+    #[serde(default)]
+    pub publish: PublishMode,
+    /// With `publish: on_change`: republish unchanged values this often.
+    pub heartbeat: Option<Duration>,
+    #[serde(default)]
+    pub registers: Vec<Register>,
+    #[serde(default)]
+    pub commands: Vec<Command>,
+    pub parser: Option<LineParser>,
+    /// Answer device management requests (`iotdm-1/#`).
+    #[serde(default)]
+    pub managed: bool,
+    /// Unused addresses the planner may read through to merge two requests (registers
+    /// for holding/input, bits for coil/discrete). `0`: never read unconfigured addresses.
+    #[serde(default = "default_max_gap")]
+    pub max_gap: u16,
+    /// Largest register read per request (1 to 125).
+    #[serde(default = "default_max_request_registers")]
+    pub max_request_registers: u16,
+    /// Largest coil/discrete read per request (1 to 2000).
+    #[serde(default = "default_max_request_bits")]
+    pub max_request_bits: u16,
+}
+
+fn default_poll() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_event() -> String {
+    "status".into()
+}
+
+fn default_qos() -> Qos {
+    Qos::AtLeastOnce
+}
+
+pub(crate) const DEFAULT_MAX_GAP: u16 = 16;
+
+fn default_max_gap() -> u16 {
+    DEFAULT_MAX_GAP
+}
+
+fn default_max_request_registers() -> u16 {
+    125
+}
+
+fn default_max_request_bits() -> u16 {
+    2000
+}
+
+fn deserialize_qos<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Qos, D::Error> {
+    match u8::deserialize(deserializer)? {
+        0 => Ok(Qos::AtMostOnce),
+        1 => Ok(Qos::AtLeastOnce),
+        other => Err(de::Error::custom(format!(
+            "qos {other} is not supported for events, expected 0 (at most once) or 1 (at least once, queued on disk)"
+        ))),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishMode {
+    #[default]
+    EveryPoll,
+    OnChange,
+}
+
+/// One tag read from the device.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub name: String,
+    pub kind: RegisterKind,
+    pub address: u16,
+    #[serde(rename = "type")]
+    pub data_type: DataType,
+    #[serde(default)]
+    pub order: WordOrder,
+    /// A single bit (0 = least significant) of a holding/input register, with `type: bool`.
+    pub bit: Option<u8>,
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    /// Engineering unit, informational.
+    pub unit: Option<String>,
+    /// With `publish: on_change`: smallest change (after scale and offset) that counts.
+    pub deadband: Option<f64>,
+}
+
+fn default_scale() -> f64 {
+    1.0
+}
+
+/// A writable tag, set through an MQTT command of the same name.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Command {
+    pub name: String,
+    /// `coil` or `holding`.
+    pub kind: RegisterKind,
+    pub address: u16,
+    #[serde(rename = "type")]
+    pub data_type: DataType,
+    #[serde(default)]
+    pub order: WordOrder,
+    /// Written value = (command value - offset) / scale.
+    #[serde(default = "default_scale")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    /// Named values: a command may send `"heat"` instead of `1`.
+    pub values: Option<BTreeMap<String, f64>>,
+    /// Read the value back after writing and report it in the result.
+    #[serde(default)]
+    pub readback: bool,
+}
+
+/// How a serial-line device turns each line into fields.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(try_from = "super::raw::RawLineParser")]
+pub enum LineParser {
+    /// A regular expression with named groups; `fields` types the groups it lists,
+    /// the other named groups are published as strings.
+    Regex {
+        regex: regex::Regex,
+        fields: BTreeMap<String, FieldType>,
+    },
+    /// Each line is a JSON object, published as it is.
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FieldType {
+    F64,
+    I64,
+    U64,
+    Bool,
+    String,
+}
