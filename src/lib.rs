@@ -1,7 +1,6 @@
 //! fieldbridge: polls serial and Modbus field devices and turns them into MQTT devices.
 
 pub mod config;
-pub mod config;
 pub mod event;
 pub mod registers;
 pub mod backoff;
