@@ -7,3 +7,4 @@ pub mod backoff;
 pub mod bus;
 pub mod serial_line;
 pub mod sim;
+pub mod store;

@@ -1,0 +1,294 @@
+//! Store tests against real SQLite files in temporary directories.
+
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::event::{Event, Qos};
+
+fn event(device: &str, seq: u32) -> Event {
+    Event {
+        device_id: device.to_owned(),
+        event_id: "status".to_owned(),
+        qos: Qos::AtLeastOnce,
+        payload: format!("{{\"seq\":{seq}}}").into_bytes(),
+    }
+}
+
+fn seqs(rows: &[QueuedEvent]) -> Vec<u32> {
+    rows.iter()
+        .map(|row| {
+            let value: serde_json::Value = serde_json::from_slice(&row.payload).unwrap();
+            value["seq"].as_u64().unwrap() as u32
+        })
+        .collect()
+}
+
+async fn open(dir: &Path, max_messages: u64, on_full: OnFull) -> Store {
+    let mut settings = StoreSettings::new(dir);
+    settings.max_messages = max_messages;
+    settings.on_full = on_full;
+    Store::open(settings).await.unwrap()
+}
+
+#[tokio::test]
+async fn keeps_fifo_order_per_device_and_deletes_acknowledged_rows() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    for seq in 0..10 {
+        store.enqueue(event("a", seq)).await.unwrap();
+        store.enqueue(event("b", 100 + seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+
+    let a = store.fetch("a", 0, 100).await.unwrap();
+    assert_eq!(seqs(&a), (0..10).collect::<Vec<_>>());
+    assert!(a.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(a[0].event_id, "status");
+    let b_tail = store.fetch("b", 0, 100).await.unwrap();
+    assert_eq!(seqs(&b_tail), (100..110).collect::<Vec<_>>());
+    // Paging with the last id seen.
+    let page = store.fetch("a", a[4].id, 3).await.unwrap();
+    assert_eq!(seqs(&page), vec![5, 6, 7]);
+
+    store
+        .delete(a[..4].iter().map(|r| r.id).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&store.fetch("a", 0, 100).await.unwrap()),
+        (4..10).collect::<Vec<_>>()
+    );
+
+    let stats = store.stats().await.unwrap();
+    assert_eq!(stats.len(), 2);
+    assert_eq!((stats[0].device_id.as_str(), stats[0].depth), ("a", 6));
+    assert_eq!((stats[1].device_id.as_str(), stats[1].depth), ("b", 10));
+    assert_eq!(stats[1].bytes, 10 * "{\"seq\":100}".len() as u64);
+    let age = stats[0].oldest_age(SystemTime::now()).unwrap();
+    assert!(age < Duration::from_secs(60), "{age:?}");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn rows_survive_a_restart_and_ids_keep_increasing_after_the_queue_empties() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    for seq in 0..3 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.close().await;
+    assert!(matches!(
+        store.enqueue(event("a", 9)).await,
+        Err(StoreError::Closed)
+    ));
+
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    let rows = store.fetch("a", 0, 10).await.unwrap();
+    assert_eq!(seqs(&rows), vec![0, 1, 2]);
+    let last_id = rows[2].id;
+    store
+        .delete(rows.iter().map(|r| r.id).collect())
+        .await
+        .unwrap();
+    store.enqueue(event("a", 3)).await.unwrap();
+    store.flush().await.unwrap();
+    let rows = store.fetch("a", 0, 10).await.unwrap();
+    assert_eq!(seqs(&rows), vec![3]);
+    assert!(rows[0].id > last_id, "ids are never reused");
+    store.close().await;
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_events_and_persists_the_drop_count() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 5, OnFull::DropOldest).await;
+    for seq in 0..3 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    for seq in 0..4 {
+        store.enqueue(event("b", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    // The two oldest rows, both of device a, made room.
+    assert_eq!(seqs(&store.fetch("a", 0, 10).await.unwrap()), vec![2]);
+    assert_eq!(
+        seqs(&store.fetch("b", 0, 10).await.unwrap()),
+        vec![0, 1, 2, 3]
+    );
+    store.close().await;
+
+    let stats = read_stats(tmp.path()).await.unwrap();
+    let a = stats.iter().find(|s| s.device_id == "a").unwrap();
+    assert_eq!((a.depth, a.dropped_queue_full), (1, 2));
+    let b = stats.iter().find(|s| s.device_id == "b").unwrap();
+    assert_eq!((b.depth, b.dropped_queue_full), (4, 0));
+}
+
+#[tokio::test]
+async fn drop_newest_keeps_the_queue_and_counts_the_rejected_events() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 5, OnFull::DropNewest).await;
+    for seq in 0..8 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    assert_eq!(
+        seqs(&store.fetch("a", 0, 10).await.unwrap()),
+        vec![0, 1, 2, 3, 4]
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats[0].depth, stats[0].dropped_queue_full), (5, 3));
+
+    // Acknowledged rows free room again.
+    let rows = store.fetch("a", 0, 2).await.unwrap();
+    store
+        .delete(rows.iter().map(|r| r.id).collect())
+        .await
+        .unwrap();
+    store.enqueue(event("a", 8)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(
+        seqs(&store.fetch("a", 0, 10).await.unwrap()),
+        vec![2, 3, 4, 8]
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn max_bytes_bounds_the_payload_volume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut settings = StoreSettings::new(tmp.path());
+    settings.max_bytes = 3 * "{\"seq\":10}".len() as u64;
+    let store = Store::open(settings).await.unwrap();
+    for seq in 10..15 {
+        store.enqueue(event("a", seq)).await.unwrap();
+        store.flush().await.unwrap();
+    }
+    assert_eq!(
+        seqs(&store.fetch("a", 0, 10).await.unwrap()),
+        vec![12, 13, 14]
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats[0].bytes, stats[0].dropped_queue_full), (30, 2));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn offline_drops_are_counted_per_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 10, OnFull::DropOldest).await;
+    store.count_offline_drops("gps-1", 4).await.unwrap();
+    store.count_offline_drops("gps-1", 3).await.unwrap();
+    store.flush().await.unwrap();
+    let stats = read_stats(tmp.path()).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (
+            stats[0].device_id.as_str(),
+            stats[0].depth,
+            stats[0].dropped_offline_qos0
+        ),
+        ("gps-1", 0, 7)
+    );
+    assert_eq!(stats[0].oldest_enqueued_at, None);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_second_reader_sees_committed_rows_while_the_store_is_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    for seq in 0..7 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let stats = read_stats(tmp.path()).await.unwrap();
+    assert_eq!(stats[0].depth, 7);
+    // The writer keeps working while a reader is open.
+    let reader = open::open_read_only(tmp.path()).await.unwrap();
+    store.enqueue(event("a", 7)).await.unwrap();
+    store.flush().await.unwrap();
+    drop(reader);
+    assert_eq!(read_stats(tmp.path()).await.unwrap()[0].depth, 8);
+    store.close().await;
+    assert_eq!(read_stats(tmp.path()).await.unwrap()[0].depth, 8);
+}
+
+#[tokio::test]
+async fn stats_of_a_data_dir_without_a_queue_is_not_found() {
+    let tmp = tempfile::tempdir().unwrap();
+    let err = read_stats(tmp.path()).await.unwrap_err();
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err}");
+    assert!(!tmp.path().join(DB_FILE).exists());
+}
+
+#[tokio::test]
+async fn watchers_wake_up_after_a_commit_of_their_device() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    let mut a = store.watch("a");
+    let b = store.watch("b");
+    store.enqueue(event("a", 1)).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), a.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    // The row is readable once the watcher fires.
+    assert_eq!(seqs(&store.fetch("a", 0, 10).await.unwrap()), vec![1]);
+    store.flush().await.unwrap();
+    assert!(!b.has_changed().unwrap());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_database_is_moved_aside_and_the_next_start_is_clean() {
+    let tmp = tempfile::tempdir().unwrap();
+    let db = tmp.path().join(DB_FILE);
+    let garbage = b"this is not an SQLite database, just bytes on a worn SD card".repeat(100);
+    std::fs::write(&db, &garbage).unwrap();
+
+    let err = Store::open(StoreSettings::new(tmp.path()))
+        .await
+        .err()
+        .unwrap();
+    let StoreError::Corrupt { moved_to, .. } = &err else {
+        panic!("expected a corruption error, got {err}");
+    };
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert!(moved_to
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .starts_with("queue.db.corrupt-"));
+    assert_eq!(std::fs::read(moved_to).unwrap(), garbage);
+
+    let store = Store::open(StoreSettings::new(tmp.path())).await.unwrap();
+    assert!(store.stats().await.unwrap().is_empty());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_database_with_damaged_pages_is_detected_at_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 100_000, OnFull::DropOldest).await;
+    for seq in 0..2000 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.close().await;
+    // Overwrite pages in the middle of the file, keeping the header intact.
+    let db = tmp.path().join(DB_FILE);
+    let mut bytes = std::fs::read(&db).unwrap();
+    assert!(bytes.len() > 16 * 4096, "{}", bytes.len());
+    for byte in &mut bytes[8 * 4096..12 * 4096] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&db, &bytes).unwrap();
+
+    let err = Store::open(StoreSettings::new(tmp.path()))
+        .await
+        .err()
+        .unwrap();
+    assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+    assert!(!db.exists());
+}
