@@ -6,6 +6,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer};
 
+pub mod codec;
+
+pub use codec::{
+    apply_scale, changed, decode, decode_bit, decode_coil, encode, encode_bit, remove_scale,
+    CodecError, Value,
+};
+
 /// The four Modbus data tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -26,6 +33,16 @@ impl RegisterKind {
     /// Only coils and holding registers can be written.
     pub fn is_writable(self) -> bool {
         matches!(self, RegisterKind::Coil | RegisterKind::Holding)
+    }
+
+    /// The Modbus function code that reads this table (01, 02, 03 or 04).
+    pub fn read_function_code(self) -> u8 {
+        match self {
+            RegisterKind::Coil => 1,
+            RegisterKind::Discrete => 2,
+            RegisterKind::Holding => 3,
+            RegisterKind::Input => 4,
+        }
     }
 
     /// The most items one read request may return (Modbus application protocol limits).
