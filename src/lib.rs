@@ -8,3 +8,4 @@ pub mod bus;
 pub mod serial_line;
 pub mod sim;
 pub mod store;
+pub mod plan;
