@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Delays that double from `initial` up to `max`; `next()` adds up to 25 % random
+/// Delays that double from `initial` up to `max`; `next_delay()` adds up to 25 % random
 /// jitter so that many clients that lost a link together do not retry in lockstep.
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -24,7 +24,7 @@ impl Backoff {
     }
 
     /// The delay to wait now; the following one is twice as long (up to the cap).
-    pub fn next(&mut self) -> Duration {
+    pub fn next_delay(&mut self) -> Duration {
         let base = self.current;
         self.current = (self.current * 2).min(self.max);
         let jitter = rand::thread_rng().gen_range(0.0..0.25);
@@ -44,15 +44,15 @@ mod tests {
     #[test]
     fn doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next();
+        let first = b.next_delay();
         assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
-        let second = b.next();
+        let second = b.next_delay();
         assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(250));
         for _ in 0..10 {
-            assert!(b.next() <= Duration::from_secs(1));
+            assert!(b.next_delay() <= Duration::from_secs(1));
         }
-        assert!(b.next() >= Duration::from_secs(1));
+        assert!(b.next_delay() >= Duration::from_secs(1));
         b.reset();
-        assert!(b.next() <= Duration::from_millis(125));
+        assert!(b.next_delay() <= Duration::from_millis(125));
     }
 }

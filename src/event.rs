@@ -49,6 +49,50 @@ pub fn timestamp(at: OffsetDateTime) -> String {
         .expect("UTC times always format")
 }
 
+/// Where devices hand their events: the stdout printer or the MQTT uplink.
+///
+/// QoS 1 events wait for room (the consumer persists them quickly, and none may be
+/// lost); QoS 0 events are dropped and counted when the consumer is behind, so a
+/// slow uplink never stalls polling for fire-and-forget readings.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    tx: tokio::sync::mpsc::Sender<Event>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl EventSink {
+    /// A sink and the receiving end, holding at most `capacity` events in flight.
+    pub fn channel(capacity: usize) -> (EventSink, tokio::sync::mpsc::Receiver<Event>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(capacity);
+        let sink = EventSink {
+            tx,
+            dropped: Default::default(),
+        };
+        (sink, rx)
+    }
+
+    /// Hands over one event. Returns false once the consumer is gone (shutdown).
+    pub async fn emit(&self, event: Event) -> bool {
+        match event.qos {
+            Qos::AtLeastOnce => self.tx.send(event).await.is_ok(),
+            Qos::AtMostOnce => match self.tx.try_send(event) {
+                Ok(()) => true,
+                Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    true
+                }
+                Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+            },
+        }
+    }
+
+    /// QoS 0 events dropped because the consumer was behind.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,7 @@ pub struct SimSlave {
     tables: Arc<Mutex<Tables>>,
     requests: Arc<AtomicU64>,
     silent: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
 }
 
 impl Default for SimSlave {
@@ -43,6 +44,7 @@ impl Default for SimSlave {
             })),
             requests: Arc::new(AtomicU64::new(0)),
             silent: Arc::new(AtomicBool::new(false)),
+            delay_ms: Arc::new(AtomicU64::new(0)),
         }
     }
 }
@@ -85,6 +87,16 @@ impl SimSlave {
     /// A silent slave ignores every request, like a powered-off device.
     pub fn set_silent(&self, silent: bool) {
         self.silent.store(silent, Ordering::Relaxed);
+    }
+
+    /// A slow slave answers only after `delay` (possibly after the master gave up).
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    fn delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
     }
 
     fn handle(&self, request: Request<'_>) -> Option<Result<Response, ExceptionCode>> {
@@ -161,11 +173,17 @@ impl Service for SimBus {
     type Future = Pin<Box<dyn Future<Output = Answer> + Send>>;
 
     fn call(&self, req: Self::Request) -> Self::Future {
-        let answer = match self.slaves.get(&req.slave) {
-            Some(slave) => slave.handle(req.request).transpose(),
-            None => Ok(None),
+        let Some(slave) = self.slaves.get(&req.slave) else {
+            return Box::pin(std::future::ready(Ok(None)));
         };
-        Box::pin(std::future::ready(answer))
+        let answer = slave.handle(req.request).transpose();
+        let delay = slave.delay();
+        Box::pin(async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            answer
+        })
     }
 }
 

@@ -2,3 +2,5 @@
 //! on that bus and serialises every request to every slave on it.
 
 pub mod link;
+pub mod modbus;
+pub mod poller;

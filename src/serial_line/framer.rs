@@ -37,7 +37,7 @@ impl LineFramer {
                 } else {
                     let line = self.buf.strip_suffix(b"\r").unwrap_or(&self.buf);
                     match std::str::from_utf8(line) {
-                        Ok(text) if text.is_empty() => {}
+                        Ok("") => {}
                         Ok(text) => on_line(Ok(text)),
                         Err(_) => on_line(Err(LineError::NotText { len: line.len() })),
                     }
