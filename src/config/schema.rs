@@ -343,12 +343,7 @@ pub enum BusTransport {
 impl BusTransport {
     /// The `kind` as written in the file.
     pub fn kind_name(&self) -> &'static str {
-        match self {
-            BusTransport::Rtu { .. } => "rtu",
-            BusTransport::Tcp { .. } => "tcp",
-            BusTransport::RtuOverTcp { .. } => "rtu-over-tcp",
-            BusTransport::SerialLine { .. } => "serial-line",
-        }
+        super::raw::BusKind::of(self).name()
     }
 
     pub fn is_modbus(&self) -> bool {

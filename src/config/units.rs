@@ -47,7 +47,8 @@ impl fmt::Display for Duration {
     }
 }
 
-const DURATION_HELP: &str = "expected a duration with a unit, e.g. 500ms, 30s, 1m, 2h";
+const DURATION_HELP: &str =
+    "expected a number with a unit (ms, s, m, h, d), e.g. 500ms, 30s, 1m, 2h";
 
 impl FromStr for Duration {
     type Err = String;
@@ -61,7 +62,7 @@ impl FromStr for Duration {
         }
         humantime::parse_duration(trimmed)
             .map(Duration)
-            .map_err(|e| format!("invalid duration `{trimmed}` ({e}), {DURATION_HELP}"))
+            .map_err(|_| format!("invalid duration `{trimmed}`, {DURATION_HELP}"))
     }
 }
 
