@@ -232,8 +232,8 @@ impl ReadRequest {
 
     /// The last address this request reads.
     pub fn last_address(&self) -> u16 {
-        // `count` >= 1 and the request lies within 0..=65535.
-        (u32::from(self.address) + u32::from(self.count) - 1) as u16
+        let last = u32::from(self.address) + u32::from(self.count.max(1)) - 1;
+        last.min(u32::from(u16::MAX)) as u16
     }
 
     fn absolute_spans(&self) -> Vec<(usize, u32, u32)> {
@@ -241,7 +241,8 @@ impl ReadRequest {
             .iter()
             .map(|slot| {
                 let start = u32::from(self.address) + u32::from(slot.offset);
-                (slot.tag, start, start + u32::from(slot.count) - 1)
+                // A hand-made empty slot counts as one address rather than underflowing.
+                (slot.tag, start, start + u32::from(slot.count.max(1)) - 1)
             })
             .collect()
     }
