@@ -1,0 +1,360 @@
+//! Per-client session state (MQTT 3.1.1 section 4.1): the messages queued for the client,
+//! the QoS 1 and 2 messages in flight to it, and the QoS 2 messages received from it that
+//! await their PUBREL. A plain state machine: it says what to send, it never sends.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use bytestring::ByteString;
+
+use crate::codec::{Publish, QoS};
+use crate::message::Message;
+
+/// Bounds of one session, from the `limits` section of the configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// QoS 1 and 2 messages sent to the client and not yet acknowledged.
+    pub max_inflight: usize,
+    /// Messages waiting to be sent (beyond the in-flight window).
+    pub max_queued_messages: usize,
+    /// Topic and payload bytes of the messages waiting to be sent.
+    pub max_queued_bytes: usize,
+}
+
+/// One message on its way to this session's client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message: Arc<Message>,
+    /// min(published QoS, granted QoS).
+    pub qos: QoS,
+    /// Set when the message is sent because it was retained (on subscribe), not live.
+    pub retain: bool,
+    /// Position in this session's queue; names the message in persistent storage.
+    pub seq: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InflightState {
+    /// QoS 1 PUBLISH sent.
+    AwaitingPubAck,
+    /// QoS 2 PUBLISH sent.
+    AwaitingPubRec,
+    /// PUBREL sent (owed again after a reconnect).
+    AwaitingPubComp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    pub pkid: u16,
+    pub delivery: Delivery,
+    pub state: InflightState,
+}
+
+/// A PUBLISH or PUBREL the connection must write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outgoing {
+    /// `seq` names the message in persistent storage (see [`Delivery::seq`]).
+    Publish {
+        publish: Publish,
+        seq: u64,
+    },
+    PubRel {
+        pkid: u16,
+    },
+}
+
+/// What [`SessionState::enqueue`] did with a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Enqueued {
+    /// Queued at this sequence number; `wake` when the connection must be told.
+    Queued { seq: u64, wake: bool },
+    /// Dropped: the queue is at `max_queued_messages` or `max_queued_bytes`.
+    Dropped,
+    /// A QoS 0 message for an absent client: not kept.
+    Skipped,
+}
+
+/// What an acknowledgement from the client did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Acked {
+    /// The exchange for this message (at this sequence number) is over.
+    Completed { seq: u64 },
+    /// PUBREC of a QoS 2 message: PUBREL is owed from now on.
+    Released { seq: u64 },
+    /// No message in flight with this packet identifier and state.
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+pub struct SessionState {
+    pending: VecDeque<Delivery>,
+    pending_bytes: usize,
+    inflight: VecDeque<Inflight>,
+    last_pkid: u16,
+    next_seq: u64,
+    incoming_qos2: HashSet<u16>,
+    subscriptions: HashMap<ByteString, QoS>,
+    dropped: u64,
+    /// Whether the last enqueue was dropped (to log the first drop of a run only).
+    dropping: bool,
+}
+
+impl SessionState {
+    pub fn new() -> Self {
+        Self {
+            next_seq: 1,
+            ..Self::default()
+        }
+    }
+
+    /// Queues a message for the client. `online` tells whether a connection is attached:
+    /// an absent client's session keeps QoS 1 and 2 messages only.
+    pub fn enqueue(
+        &mut self,
+        message: Arc<Message>,
+        qos: QoS,
+        retain: bool,
+        online: bool,
+        limits: &SessionLimits,
+    ) -> Enqueued {
+        if !online && qos == QoS::AtMostOnce {
+            return Enqueued::Skipped;
+        }
+        let size = message.size();
+        if self.pending.len() >= limits.max_queued_messages
+            || self.pending_bytes + size > limits.max_queued_bytes
+        {
+            self.dropped += 1;
+            self.dropping = true;
+            return Enqueued::Dropped;
+        }
+        self.dropping = false;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let wake = online && self.pending.is_empty();
+        self.pending_bytes += size;
+        self.pending.push_back(Delivery {
+            message,
+            qos,
+            retain,
+            seq,
+        });
+        Enqueued::Queued { seq, wake }
+    }
+
+    /// Moves queued messages into flight, as far as the in-flight window and `budget`
+    /// (bytes of payload the connection is ready to buffer) allow, and appends the PUBLISH
+    /// packets to send. QoS 0 messages leave the session once handed out.
+    pub fn poll_outgoing(
+        &mut self,
+        limits: &SessionLimits,
+        budget: usize,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let mut taken = 0;
+        while let Some(front) = self.pending.front() {
+            if taken > 0 && taken + front.message.size() > budget {
+                break;
+            }
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= limits.max_inflight {
+                break;
+            }
+            let Some(delivery) = self.pending.pop_front() else {
+                break;
+            };
+            let size = delivery.message.size();
+            taken += size;
+            self.pending_bytes -= size;
+            if delivery.qos == QoS::AtMostOnce {
+                out.push(Outgoing::Publish {
+                    publish: to_publish(&delivery, 0, false),
+                    seq: delivery.seq,
+                });
+                continue;
+            }
+            let pkid = self.allocate_pkid();
+            out.push(Outgoing::Publish {
+                publish: to_publish(&delivery, pkid, false),
+                seq: delivery.seq,
+            });
+            let state = if delivery.qos == QoS::AtLeastOnce {
+                InflightState::AwaitingPubAck
+            } else {
+                InflightState::AwaitingPubRec
+            };
+            self.inflight.push_back(Inflight {
+                pkid,
+                delivery,
+                state,
+            });
+        }
+    }
+
+    /// Whether queued messages wait that the in-flight window lets out now.
+    pub fn has_sendable(&self, limits: &SessionLimits) -> bool {
+        self.pending.front().is_some_and(|front| {
+            front.qos == QoS::AtMostOnce || self.inflight.len() < limits.max_inflight
+        })
+    }
+
+    /// Everything in flight again, in the order first sent, for a client that reconnected:
+    /// PUBLISH with DUP set, or PUBREL where that is owed.
+    pub fn resend(&self, out: &mut Vec<Outgoing>) {
+        for inflight in &self.inflight {
+            out.push(match inflight.state {
+                InflightState::AwaitingPubComp => Outgoing::PubRel {
+                    pkid: inflight.pkid,
+                },
+                _ => Outgoing::Publish {
+                    publish: to_publish(&inflight.delivery, inflight.pkid, true),
+                    seq: inflight.delivery.seq,
+                },
+            });
+        }
+    }
+
+    pub fn puback(&mut self, pkid: u16) -> Acked {
+        self.complete(pkid, InflightState::AwaitingPubAck)
+    }
+
+    /// PUBREC for a QoS 2 message: the caller sends PUBREL whatever this returns.
+    pub fn pubrec(&mut self, pkid: u16) -> Acked {
+        match self.inflight.iter_mut().find(|inflight| {
+            inflight.pkid == pkid && inflight.state != InflightState::AwaitingPubAck
+        }) {
+            Some(inflight) if inflight.state == InflightState::AwaitingPubRec => {
+                inflight.state = InflightState::AwaitingPubComp;
+                Acked::Released {
+                    seq: inflight.delivery.seq,
+                }
+            }
+            // A repeated PUBREC: PUBREL is owed again, nothing changes.
+            Some(_) => Acked::Unknown,
+            None => Acked::Unknown,
+        }
+    }
+
+    pub fn pubcomp(&mut self, pkid: u16) -> Acked {
+        self.complete(pkid, InflightState::AwaitingPubComp)
+    }
+
+    fn complete(&mut self, pkid: u16, expected: InflightState) -> Acked {
+        match self
+            .inflight
+            .iter()
+            .position(|inflight| inflight.pkid == pkid && inflight.state == expected)
+        {
+            Some(index) => match self.inflight.remove(index) {
+                Some(inflight) => Acked::Completed {
+                    seq: inflight.delivery.seq,
+                },
+                None => Acked::Unknown,
+            },
+            None => Acked::Unknown,
+        }
+    }
+
+    /// A QoS 2 PUBLISH from the client: true if it is new and must be routed, false if it
+    /// repeats one whose PUBREL has not come yet (answered with PUBREC, not routed again).
+    pub fn incoming_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.insert(pkid)
+    }
+
+    /// QoS 2 messages received and not yet released.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// PUBREL from the client: true if it released a message we held.
+    pub fn incoming_pubrel(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.remove(&pkid)
+    }
+
+    /// Lowest packet identifier after the last one handed out that is not in flight.
+    fn allocate_pkid(&mut self) -> u16 {
+        loop {
+            self.last_pkid = self.last_pkid.checked_add(1).unwrap_or(1);
+            let candidate = self.last_pkid;
+            if !self
+                .inflight
+                .iter()
+                .any(|inflight| inflight.pkid == candidate)
+            {
+                return candidate;
+            }
+        }
+    }
+
+    pub fn subscriptions(&self) -> &HashMap<ByteString, QoS> {
+        &self.subscriptions
+    }
+
+    /// Records a subscription; true if it replaced one to the same filter.
+    pub fn add_subscription(&mut self, filter: ByteString, qos: QoS) -> bool {
+        self.subscriptions.insert(filter, qos).is_some()
+    }
+
+    pub fn remove_subscription(&mut self, filter: &str) -> bool {
+        self.subscriptions.remove(filter).is_some()
+    }
+
+    pub fn queued_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    pub fn inflight(&self) -> impl Iterator<Item = &Inflight> {
+        self.inflight.iter()
+    }
+
+    pub fn queued(&self) -> impl Iterator<Item = &Delivery> {
+        self.pending.iter()
+    }
+
+    /// Messages dropped because the queue was full, since the session began.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Whether the most recent enqueue was dropped.
+    pub fn is_dropping(&self) -> bool {
+        self.dropping
+    }
+
+    /// Restores a message that was in flight when the broker stopped.
+    pub fn restore_inflight(&mut self, inflight: Inflight) {
+        self.next_seq = self.next_seq.max(inflight.delivery.seq + 1);
+        self.last_pkid = self.last_pkid.max(inflight.pkid);
+        self.inflight.push_back(inflight);
+    }
+
+    /// Restores a message that was queued when the broker stopped (limits do not apply:
+    /// the message was accepted under them).
+    pub fn restore_queued(&mut self, delivery: Delivery) {
+        self.next_seq = self.next_seq.max(delivery.seq + 1);
+        self.pending_bytes += delivery.message.size();
+        self.pending.push_back(delivery);
+    }
+
+    pub fn restore_incoming_qos2(&mut self, pkid: u16) {
+        self.incoming_qos2.insert(pkid);
+    }
+}
+
+fn to_publish(delivery: &Delivery, pkid: u16, dup: bool) -> Publish {
+    Publish {
+        dup,
+        qos: delivery.qos,
+        retain: delivery.retain,
+        topic: delivery.message.topic.clone(),
+        pkid,
+        payload: delivery.message.payload.clone(),
+    }
+}
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

@@ -1,0 +1,276 @@
+use super::*;
+
+const LIMITS: SessionLimits = SessionLimits {
+    max_inflight: 2,
+    max_queued_messages: 3,
+    max_queued_bytes: 1000,
+};
+
+fn message(topic: &str, payload: &'static str, qos: QoS) -> Arc<Message> {
+    Arc::new(Message::new(topic, payload, qos, false))
+}
+
+fn publishes(out: &[Outgoing]) -> Vec<(u16, bool, String)> {
+    out.iter()
+        .filter_map(|o| match o {
+            Outgoing::Publish { publish, .. } => Some((
+                publish.pkid,
+                publish.dup,
+                String::from_utf8_lossy(&publish.payload).into_owned(),
+            )),
+            Outgoing::PubRel { .. } => None,
+        })
+        .collect()
+}
+
+#[test]
+fn inflight_window_and_acks() {
+    let mut session = SessionState::new();
+    for payload in ["1", "2", "3"] {
+        let queued = session.enqueue(
+            message("t", payload, QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            true,
+            &LIMITS,
+        );
+        assert!(matches!(queued, Enqueued::Queued { .. }));
+    }
+    let mut out = Vec::new();
+    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    assert_eq!(
+        publishes(&out),
+        vec![(1, false, "1".into()), (2, false, "2".into())]
+    );
+    assert!(!session.has_sendable(&LIMITS), "window of 2 is full");
+    assert_eq!(session.puback(2), Acked::Completed { seq: 2 });
+    assert_eq!(
+        session.puback(2),
+        Acked::Unknown,
+        "a repeated PUBACK changes nothing"
+    );
+    assert!(session.has_sendable(&LIMITS));
+    out.clear();
+    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    assert_eq!(publishes(&out), vec![(3, false, "3".into())]);
+}
+
+#[test]
+fn qos0_passes_the_window_and_is_not_kept_offline() {
+    let mut session = SessionState::new();
+    let qos0 = message("t", "zero", QoS::AtMostOnce);
+    assert_eq!(
+        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, false, &LIMITS),
+        Enqueued::Skipped
+    );
+    assert_eq!(
+        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, true, &LIMITS),
+        Enqueued::Queued { seq: 1, wake: true }
+    );
+    assert_eq!(
+        session.enqueue(qos0, QoS::AtMostOnce, false, true, &LIMITS),
+        Enqueued::Queued {
+            seq: 2,
+            wake: false
+        }
+    );
+    let mut out = Vec::new();
+    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    assert_eq!(
+        publishes(&out),
+        vec![(0, false, "zero".into()), (0, false, "zero".into())]
+    );
+    assert_eq!(session.inflight().count(), 0);
+}
+
+#[test]
+fn queue_limits_drop_and_count() {
+    let mut session = SessionState::new();
+    for _ in 0..3 {
+        session.enqueue(
+            message("t", "x", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            false,
+            &LIMITS,
+        );
+    }
+    assert_eq!(
+        session.enqueue(
+            message("t", "x", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            false,
+            &LIMITS
+        ),
+        Enqueued::Dropped
+    );
+    assert_eq!(session.dropped(), 1);
+    assert!(session.is_dropping());
+
+    let mut small = SessionState::new();
+    let bytes = SessionLimits {
+        max_queued_bytes: 5,
+        ..LIMITS
+    };
+    let big = Arc::new(Message::new("t", "0123456789", QoS::AtLeastOnce, false));
+    assert_eq!(
+        small.enqueue(big, QoS::AtLeastOnce, false, false, &bytes),
+        Enqueued::Dropped
+    );
+    assert!(matches!(
+        small.enqueue(
+            message("t", "123", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            false,
+            &bytes
+        ),
+        Enqueued::Queued { .. }
+    ));
+    assert_eq!(small.queued_bytes(), 4);
+}
+
+#[test]
+fn resend_in_order_with_dup_and_pubrel() {
+    let mut session = SessionState::new();
+    let limits = SessionLimits {
+        max_inflight: 10,
+        ..LIMITS
+    };
+    session.enqueue(
+        message("t", "a", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        false,
+        true,
+        &limits,
+    );
+    session.enqueue(
+        message("t", "b", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        false,
+        true,
+        &limits,
+    );
+    session.enqueue(
+        message("t", "c", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        false,
+        true,
+        &limits,
+    );
+    let mut out = Vec::new();
+    session.poll_outgoing(&limits, usize::MAX, &mut out);
+    assert_eq!(session.pubrec(1), Acked::Released { seq: 1 });
+    assert_eq!(
+        session.pubrec(1),
+        Acked::Unknown,
+        "PUBREC twice: PUBREL again, no change"
+    );
+    assert_eq!(
+        session.puback(1),
+        Acked::Unknown,
+        "wrong ack type for a QoS 2 message"
+    );
+    out.clear();
+    session.resend(&mut out);
+    assert_eq!(
+        out.iter()
+            .map(|o| match o {
+                Outgoing::PubRel { pkid } => (*pkid, "PUBREL".to_string()),
+                Outgoing::Publish { publish, .. } => {
+                    assert!(publish.dup);
+                    (
+                        publish.pkid,
+                        String::from_utf8_lossy(&publish.payload).into_owned(),
+                    )
+                }
+            })
+            .collect::<Vec<_>>(),
+        vec![(1, "PUBREL".into()), (2, "b".into()), (3, "c".into())]
+    );
+    assert_eq!(session.pubcomp(1), Acked::Completed { seq: 1 });
+    assert_eq!(session.pubcomp(3), Acked::Unknown, "PUBCOMP before PUBREC");
+}
+
+#[test]
+fn incoming_qos2_is_exactly_once() {
+    let mut session = SessionState::new();
+    assert!(session.incoming_qos2(7));
+    assert!(
+        !session.incoming_qos2(7),
+        "a duplicate before PUBREL is not routed again"
+    );
+    assert!(session.incoming_pubrel(7));
+    assert!(!session.incoming_pubrel(7));
+    assert!(
+        session.incoming_qos2(7),
+        "after PUBREL the identifier is free again"
+    );
+}
+
+#[test]
+fn packet_ids_skip_zero_and_those_in_flight() {
+    let mut session = SessionState::new();
+    let limits = SessionLimits {
+        max_inflight: 3,
+        max_queued_messages: 10,
+        max_queued_bytes: 1000,
+    };
+    session.restore_inflight(Inflight {
+        pkid: 65535,
+        delivery: Delivery {
+            message: message("t", "old", QoS::AtLeastOnce),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: 4,
+        },
+        state: InflightState::AwaitingPubAck,
+    });
+    session.restore_inflight(Inflight {
+        pkid: 1,
+        delivery: Delivery {
+            message: message("t", "older", QoS::AtLeastOnce),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            seq: 3,
+        },
+        state: InflightState::AwaitingPubAck,
+    });
+    let queued = session.enqueue(
+        message("t", "new", QoS::AtLeastOnce),
+        QoS::AtLeastOnce,
+        false,
+        true,
+        &limits,
+    );
+    assert_eq!(queued, Enqueued::Queued { seq: 5, wake: true });
+    let mut out = Vec::new();
+    session.poll_outgoing(&limits, usize::MAX, &mut out);
+    assert_eq!(publishes(&out), vec![(2, false, "new".into())]);
+}
+
+#[test]
+fn budget_limits_a_batch_but_never_to_nothing() {
+    let mut session = SessionState::new();
+    let limits = SessionLimits {
+        max_inflight: 10,
+        max_queued_messages: 10,
+        max_queued_bytes: 1000,
+    };
+    for _ in 0..3 {
+        session.enqueue(
+            message("t", "0123456789", QoS::AtMostOnce),
+            QoS::AtMostOnce,
+            false,
+            true,
+            &limits,
+        );
+    }
+    let mut out = Vec::new();
+    session.poll_outgoing(&limits, 5, &mut out);
+    assert_eq!(out.len(), 1);
+    session.poll_outgoing(&limits, 22, &mut out);
+    assert_eq!(out.len(), 3);
+    assert_eq!(session.queued_len(), 0);
+}

@@ -1,0 +1,109 @@
+//! Topic filter matching (MQTT 3.1.1 section 4.7) for subscriptions and ACL rules.
+//!
+//! Filters and topics are assumed valid (the codec checks them). A filter whose first level
+//! is a wildcard does not match topics starting with `$`.
+
+/// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("c", None)` for `"c"`.
+pub(crate) fn split_level(rest: &str) -> (&str, Option<&str>) {
+    match rest.split_once('/') {
+        Some((level, rest)) => (level, Some(rest)),
+        None => (rest, None),
+    }
+}
+
+/// Whether `topic` (a topic name) matches `filter`.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut filter_levels = filter.split('/');
+    let mut topic_levels = topic.split('/');
+    loop {
+        match (filter_levels.next(), topic_levels.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(f), Some(t)) if f == t => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Whether every topic matched by filter `inner` is also matched by filter `outer`
+/// (an ACL rule `outer` allows a subscription to `inner`).
+pub fn covers(outer: &str, inner: &str) -> bool {
+    let mut outer_levels = outer.split('/');
+    let mut inner_levels = inner.split('/');
+    let mut first = true;
+    loop {
+        let (o, i) = (outer_levels.next(), inner_levels.next());
+        // A leading wildcard in `outer` does not reach `$` topics, which `inner` names.
+        let dollar = first && i.is_some_and(|i| i.starts_with('$'));
+        first = false;
+        match (o, i) {
+            (Some("#"), _) => return !dollar,
+            (Some("+"), Some(i)) if i != "#" && !dollar => {}
+            (Some(o), Some(i)) if o == i => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matching() {
+        let cases = [
+            ("a/b/c", "a/b/c", true),
+            ("a/+/c", "a/b/c", true),
+            ("a/+", "a/b/c", false),
+            ("a/#", "a/b/c", true),
+            ("a/#", "a", true),
+            ("#", "a/b", true),
+            ("+", "a", true),
+            ("+", "a/b", false),
+            ("+/+", "/a", true),
+            ("/+", "/a", true),
+            ("a/+/#", "a/b", true),
+            ("a//c", "a//c", true),
+            ("a/+/c", "a//c", true),
+            ("#", "$SYS/broker/uptime", false),
+            ("+/broker/uptime", "$SYS/broker/uptime", false),
+            ("$SYS/#", "$SYS/broker/uptime", true),
+            ("$SYS/+/uptime", "$SYS/broker/uptime", true),
+            ("a/b", "a/b/c", false),
+            ("a/b/c", "a/b", false),
+        ];
+        for (filter, topic, expected) in cases {
+            assert_eq!(matches(filter, topic), expected, "{filter} vs {topic}");
+        }
+    }
+
+    #[test]
+    fn coverage() {
+        let cases = [
+            ("#", "a/b", true),
+            ("#", "#", true),
+            ("#", "$SYS/#", false),
+            ("$SYS/#", "$SYS/broker/+", true),
+            ("a/#", "a", true),
+            ("a/#", "a/+/c", true),
+            ("a/#", "b/#", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/+", true),
+            ("a/+", "a/#", false),
+            ("a/+", "a/b/c", false),
+            ("a/b", "a/+", false),
+            ("a/b", "a/b", true),
+            ("+/x", "$SYS/x", false),
+            ("+", "+", true),
+            ("a/b/#", "a/#", false),
+        ];
+        for (outer, inner, expected) in cases {
+            assert_eq!(covers(outer, inner), expected, "{outer} covers {inner}");
+        }
+    }
+}
