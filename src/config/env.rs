@@ -44,9 +44,9 @@ fn substitute_line(
     let mut previous: Option<char> = None;
     let mut chars = line.char_indices().peekable();
     while let Some((at, c)) = chars.next() {
-        let starts_token = previous.map_or(true, |p| p.is_whitespace() || "[{,".contains(p));
+        let starts_token = previous.is_none_or(|p| p.is_whitespace() || "[{,".contains(p));
         match (quote, c) {
-            (Quote::None, '#') if previous.map_or(true, char::is_whitespace) => {
+            (Quote::None, '#') if previous.is_none_or(char::is_whitespace) => {
                 out.push_str(&line[at..]);
                 return Ok(());
             }

@@ -109,11 +109,11 @@ fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > limit {
-        return Err(format!("is larger than {}", Size(limit)));
+        return Err(format!("the file is larger than {}", Size(limit)));
     }
     String::from_utf8(bytes).map_err(|e| {
         format!(
-            "is not UTF-8 text (invalid byte at offset {})",
+            "the file is not UTF-8 text (invalid byte at offset {})",
             e.utf8_error().valid_up_to()
         )
     })
@@ -230,7 +230,7 @@ fn resolve_files(mut config: Config, file: &Path, map: &SourceMap) -> Result<Con
         let fail = |message: String| ConfigError::new(file, map.locate(&key), key.clone(), message);
         let shown = token_file.display();
         let text = read_bounded(token_file, MAX_TOKEN_BYTES)
-            .map_err(|reason| fail(format!("token file {shown} {reason}")))?;
+            .map_err(|reason| fail(format!("token file {shown}: {reason}")))?;
         let token = text.trim_end_matches(['\n', '\r']);
         if token.is_empty() {
             return Err(fail(format!("token file {shown} is empty")));

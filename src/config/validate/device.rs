@@ -285,6 +285,14 @@ fn width(kind: RegisterKind, data_type: DataType) -> u32 {
     }
 }
 
+/// "a coil", "an input", ...
+fn a(kind: RegisterKind) -> String {
+    match kind {
+        RegisterKind::Input => format!("an {kind}"),
+        _ => format!("a {kind}"),
+    }
+}
+
 fn is_numeric(data_type: DataType) -> bool {
     !matches!(data_type, DataType::Bool | DataType::String(_))
 }
@@ -345,13 +353,16 @@ fn check_register(checker: &Checker, path: &str, register: &Register) -> Check {
         if data_type != DataType::Bool {
             return checker.fail(
                 &child(path, "type"),
-                format!("type {data_type} does not fit a {kind}: coils and discrete inputs are single bits, use type bool (numbers live in holding or input registers)"),
+                format!("type {data_type} does not fit {}: coils and discrete inputs are single bits, use type bool (numbers live in holding or input registers)", a(kind)),
             );
         }
         if bit.is_some() {
             return Err(checker.key_error(
                 &child(path, "bit"),
-                format!("`bit` picks a bit of a holding or input register; a {kind} is already a single bit"),
+                format!(
+                    "`bit` picks a bit of a holding or input register; {} is already a single bit",
+                    a(kind)
+                ),
             ));
         }
     } else {
@@ -359,7 +370,7 @@ fn check_register(checker: &Checker, path: &str, register: &Register) -> Check {
             (DataType::Bool, None) => {
                 return checker.fail(
                     &child(path, "type"),
-                    format!("type bool on a {kind} register needs `bit` (0 to 15) to pick the bit; or use u16 for the whole register"),
+                    format!("type bool on {} register needs `bit` (0 to 15) to pick the bit; or use u16 for the whole register", a(kind)),
                 )
             }
             (DataType::Bool, Some(bit)) if bit > 15 => {
@@ -419,7 +430,7 @@ fn check_overlaps(checker: &Checker, path: &str, registers: &[Register]) -> Chec
                 return overlap_error(checker, path, registers, index, f_index);
             }
         }
-        if furthest.map_or(true, |(f_kind, _, f_end, _)| f_kind != kind || end > f_end) {
+        if furthest.is_none_or(|(f_kind, _, f_end, _)| f_kind != kind || end > f_end) {
             furthest = Some((kind, start, end, index));
         }
     }
@@ -478,7 +489,7 @@ fn check_command(checker: &Checker, path: &str, command: &Command) -> Check {
         RegisterKind::Discrete | RegisterKind::Input => {
             return checker.fail(
                 &child(path, "kind"),
-                format!("a {kind} is read-only: commands write a coil or holding register"),
+                format!("{} is read-only: commands write a coil or holding register", a(kind)),
             )
         }
         _ => {}
