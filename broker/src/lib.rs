@@ -1,6 +1,9 @@
 //! fieldbridge-broker: the companion MQTT broker of the fieldbridge gateway.
 
+pub mod acl;
+pub mod auth;
 pub mod codec;
+pub mod config;
 pub mod message;
 pub mod retained;
 pub mod session;

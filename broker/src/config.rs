@@ -1,0 +1,541 @@
+//! The broker's configuration file (YAML) and its defaults.
+//!
+//! Every error names the file, and where the YAML parser can tell, the line, column and
+//! key path of the offending value.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+/// Everything that can be wrong with a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A YAML or schema error; `message` carries line and column when known.
+    #[error("{path}: {key}: {message}")]
+    Parse {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+    /// A value that parses but is not acceptable.
+    #[error("{origin}: {key}: {message}")]
+    Invalid {
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// `allow_anonymous`: which listeners accept clients that did not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnonymousPolicy {
+    /// Anonymous clients only on listeners bound to a loopback address.
+    #[default]
+    Loopback,
+    Always,
+    Never,
+}
+
+impl<'de> Deserialize<'de> for AnonymousPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(true) => Ok(AnonymousPolicy::Always),
+            Raw::Bool(false) => Ok(AnonymousPolicy::Never),
+            Raw::Word(word) if word == "loopback" => Ok(AnonymousPolicy::Loopback),
+            Raw::Word(word) => Err(de::Error::custom(format!(
+                "expected true, false or loopback, found {word:?}"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerProtocol {
+    #[default]
+    Mqtt,
+    Mqtts,
+    Ws,
+    Wss,
+}
+
+impl fmt::Display for ListenerProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ListenerProtocol::Mqtt => "mqtt",
+            ListenerProtocol::Mqtts => "mqtts",
+            ListenerProtocol::Ws => "ws",
+            ListenerProtocol::Wss => "wss",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// `ADDR:PORT`; port 0 picks a free port.
+    pub bind: SocketAddr,
+    #[serde(default)]
+    pub protocol: ListenerProtocol,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+}
+
+impl ListenerConfig {
+    /// A plain MQTT listener.
+    pub fn mqtt(bind: SocketAddr) -> Self {
+        Self {
+            bind,
+            protocol: ListenerProtocol::Mqtt,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Simultaneous client connections; more are closed at once.
+    pub max_connections: usize,
+    /// Largest PUBLISH payload accepted, in bytes; a larger packet closes the connection.
+    #[serde(deserialize_with = "de_size")]
+    pub max_payload: usize,
+    /// QoS 1 and 2 messages in flight to one client.
+    pub max_inflight: usize,
+    /// Messages queued for one client beyond its in-flight window.
+    pub max_queued_messages: usize,
+    /// Bytes (topic and payload) queued for one client.
+    #[serde(deserialize_with = "de_size")]
+    pub max_queued_bytes: usize,
+    /// Largest keepalive granted, in seconds; a client asking for more (or for none) is
+    /// disconnected after 1.5 times this. MQTT 3.1.1 cannot tell the client.
+    pub max_keepalive: u16,
+    /// Time a new connection has to send its CONNECT.
+    #[serde(deserialize_with = "de_duration")]
+    pub connect_timeout: Duration,
+    /// Sessions (connected or persistent) the broker keeps.
+    pub max_sessions: usize,
+    /// Subscriptions of one session; more are refused (SUBACK 0x80).
+    pub max_subscriptions_per_session: usize,
+    /// Distinct retained topics; a new retained topic beyond this is not stored.
+    pub max_retained_messages: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 100_000,
+            max_payload: 1024 * 1024,
+            max_inflight: 32,
+            max_queued_messages: 1000,
+            max_queued_bytes: 8 * 1024 * 1024,
+            max_keepalive: u16::MAX,
+            connect_timeout: Duration::from_secs(10),
+            max_sessions: 100_000,
+            max_subscriptions_per_session: 10_000,
+            max_retained_messages: 100_000,
+        }
+    }
+}
+
+/// How hard SQLite flushes each commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// fsync on every commit: survives a power cut.
+    #[default]
+    Full,
+    /// fsync at WAL checkpoints: survives a process crash, maybe not a power cut.
+    Normal,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersistenceConfig {
+    /// The SQLite database file (created if missing).
+    pub path: PathBuf,
+    #[serde(default)]
+    pub synchronous: Synchronous,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `user:hash` lines, managed with `fieldbridge-broker passwd`.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto `acl_file` syntax.
+    pub acl_file: Option<PathBuf>,
+}
+
+/// The IoT platform mode's settings (`platform: { org, ... }`); read, not yet enforced.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PlatformConfig {
+    pub org: String,
+    #[serde(flatten)]
+    pub other: serde_yaml::Mapping,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Listeners of the file; `--listen` adds more. None at all means 127.0.0.1:1883.
+    #[serde(default)]
+    pub listeners: Vec<ListenerConfig>,
+    #[serde(default)]
+    pub allow_anonymous: AnonymousPolicy,
+    #[serde(default)]
+    pub limits: Limits,
+    pub persistence: Option<PersistenceConfig>,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Period of the `$SYS/broker/...` messages; 0 turns them off.
+    #[serde(default = "default_sys_interval", deserialize_with = "de_duration")]
+    pub sys_interval: Duration,
+    pub platform: Option<PlatformConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listeners: Vec::new(),
+            allow_anonymous: AnonymousPolicy::default(),
+            limits: Limits::default(),
+            persistence: None,
+            auth: AuthConfig::default(),
+            sys_interval: default_sys_interval(),
+            platform: None,
+        }
+    }
+}
+
+/// Where the broker listens when nothing else is configured.
+pub const DEFAULT_LISTENER: &str = "127.0.0.1:1883";
+
+fn default_sys_interval() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Relative paths inside it are taken
+    /// relative to the file's directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Self::parse(&text, path)?;
+        if let Some(dir) = path.parent() {
+            config.resolve_paths(dir);
+        }
+        config.validate(&path.display().to_string())?;
+        Ok(config)
+    }
+
+    /// Parses YAML text; `path` only names the origin in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let deserializer = serde_yaml::Deserializer::from_str(text);
+        serde_path_to_error::deserialize(deserializer).map_err(|error| {
+            let key = error.path().to_string();
+            ConfigError::Parse {
+                path: path.to_owned(),
+                key: if key == "." {
+                    "(top level)".into()
+                } else {
+                    key
+                },
+                message: error.into_inner().to_string(),
+            }
+        })
+    }
+
+    /// A configuration for tests and embedding: one plain listener on loopback with a
+    /// port the system picks.
+    pub fn ephemeral() -> Self {
+        Self {
+            listeners: vec![ListenerConfig::mqtt(SocketAddr::from(([127, 0, 0, 1], 0)))],
+            ..Self::default()
+        }
+    }
+
+    fn resolve_paths(&mut self, dir: &Path) {
+        let resolve = |path: &mut PathBuf| {
+            if path.is_relative() {
+                *path = dir.join(&*path);
+            }
+        };
+        if let Some(persistence) = &mut self.persistence {
+            resolve(&mut persistence.path);
+        }
+        for path in [&mut self.auth.password_file, &mut self.auth.acl_file]
+            .into_iter()
+            .flatten()
+        {
+            resolve(path);
+        }
+        for listener in &mut self.listeners {
+            for path in [&mut listener.cert_file, &mut listener.key_file]
+                .into_iter()
+                .flatten()
+            {
+                resolve(path);
+            }
+        }
+    }
+
+    /// Checks the values that parse but cannot work; `origin` names the file in errors.
+    pub fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: &str| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key,
+            message: message.to_owned(),
+        };
+        let limits = &self.limits;
+        let positive = [
+            ("limits.max_connections", limits.max_connections),
+            ("limits.max_payload", limits.max_payload),
+            ("limits.max_inflight", limits.max_inflight),
+            ("limits.max_queued_messages", limits.max_queued_messages),
+            ("limits.max_queued_bytes", limits.max_queued_bytes),
+            ("limits.max_sessions", limits.max_sessions),
+            (
+                "limits.max_subscriptions_per_session",
+                limits.max_subscriptions_per_session,
+            ),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if limits.max_inflight > 65_000 {
+            return Err(invalid(
+                "limits.max_inflight",
+                "must be at most 65000 (packet identifiers)",
+            ));
+        }
+        if limits.max_payload > 268_435_455 - 65_541 {
+            return Err(invalid(
+                "limits.max_payload",
+                "must leave room for the topic within MQTT's 256 MiB packet limit",
+            ));
+        }
+        if limits.max_keepalive == 0 {
+            return Err(invalid("limits.max_keepalive", "must be at least 1 second"));
+        }
+        if limits.connect_timeout.is_zero() {
+            return Err(invalid("limits.connect_timeout", "must be more than 0"));
+        }
+        if !self.sys_interval.is_zero() && self.sys_interval < Duration::from_secs(1) {
+            return Err(invalid("sys_interval", "must be 0 (off) or at least 1s"));
+        }
+        for listener in &self.listeners {
+            let tls = matches!(
+                listener.protocol,
+                ListenerProtocol::Mqtts | ListenerProtocol::Wss
+            );
+            if tls && (listener.cert_file.is_none() || listener.key_file.is_none()) {
+                return Err(invalid(
+                    "listeners.cert_file",
+                    "a TLS listener needs cert_file and key_file",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The listeners to open: the configured ones, or the default one when there are none.
+    pub fn effective_listeners(&self) -> Vec<ListenerConfig> {
+        if self.listeners.is_empty() {
+            let default = DEFAULT_LISTENER
+                .parse()
+                .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1883)));
+            vec![ListenerConfig::mqtt(default)]
+        } else {
+            self.listeners.clone()
+        }
+    }
+}
+
+/// A duration as `10s`, `500ms`, `1m 30s`, or a number of seconds.
+fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Seconds(u64),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
+        Raw::Text(text) => humantime::parse_duration(text.trim())
+            .map_err(|error| de::Error::custom(format!("invalid duration {text:?}: {error}"))),
+    }
+}
+
+/// A byte size as a number or with a unit: `64KiB`, `8 MiB`, `1GiB`, `1000B`, `1kB`.
+fn de_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Bytes(usize),
+        Text(String),
+    }
+    match Raw::deserialize(deserializer)? {
+        Raw::Bytes(bytes) => Ok(bytes),
+        Raw::Text(text) => parse_size(&text).ok_or_else(|| {
+            de::Error::custom(format!(
+                "invalid size {text:?}: expected a number with B, kB, KiB, MB, MiB, GB or GiB"
+            ))
+        }),
+    }
+}
+
+pub(crate) fn parse_size(text: &str) -> Option<usize> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().ok()?;
+    let multiplier: usize = match unit.trim() {
+        "" | "B" => 1,
+        "kB" | "KB" => 1000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(multiplier)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::parse(text, Path::new("broker.yaml"))?;
+        config.validate("broker.yaml")?;
+        Ok(config)
+    }
+
+    #[test]
+    fn empty_file_is_the_default() {
+        let config = parse("").expect("parses");
+        assert_eq!(config, Config::default());
+        assert_eq!(
+            config.effective_listeners(),
+            vec![ListenerConfig::mqtt("127.0.0.1:1883".parse().unwrap())]
+        );
+    }
+
+    #[test]
+    fn full_file() {
+        let config = parse(
+            r#"
+listeners:
+  - { bind: "0.0.0.0:1883" }
+  - { bind: "[::1]:8883", protocol: mqtts, cert_file: cert.pem, key_file: key.pem }
+allow_anonymous: false
+limits:
+  max_connections: 500
+  max_payload: 128KiB
+  max_inflight: 10
+  max_queued_messages: 50
+  max_queued_bytes: 1 MiB
+  max_keepalive: 120
+  connect_timeout: 5s
+persistence: { path: /var/lib/fieldbridge-broker/broker.db, synchronous: normal }
+auth: { password_file: passwd, acl_file: acl }
+sys_interval: 30s
+platform: { org: myorg, tokens: x }
+"#,
+        )
+        .expect("parses");
+        assert_eq!(config.listeners.len(), 2);
+        assert_eq!(config.listeners[1].protocol, ListenerProtocol::Mqtts);
+        assert_eq!(config.allow_anonymous, AnonymousPolicy::Never);
+        assert_eq!(config.limits.max_payload, 128 * 1024);
+        assert_eq!(config.limits.max_queued_bytes, 1 << 20);
+        assert_eq!(config.limits.connect_timeout, Duration::from_secs(5));
+        assert_eq!(config.limits.max_sessions, Limits::default().max_sessions);
+        assert_eq!(config.sys_interval, Duration::from_secs(30));
+        assert_eq!(
+            config.persistence.as_ref().map(|p| p.synchronous),
+            Some(Synchronous::Normal)
+        );
+        assert_eq!(
+            config.platform.as_ref().map(|p| p.org.as_str()),
+            Some("myorg")
+        );
+    }
+
+    #[test]
+    fn errors_name_key_and_line() {
+        let error = parse("limits:\n  max_inflight: many\n")
+            .expect_err("bad value")
+            .to_string();
+        assert!(error.contains("broker.yaml"), "{error}");
+        assert!(error.contains("limits.max_inflight"), "{error}");
+        assert!(error.contains("line 2"), "{error}");
+
+        let error = parse("limits:\n  max_inflights: 3\n")
+            .expect_err("unknown key")
+            .to_string();
+        assert!(error.contains("max_inflights"), "{error}");
+
+        let error = parse("allow_anonymous: sometimes\n")
+            .expect_err("bad policy")
+            .to_string();
+        assert!(error.contains("allow_anonymous"), "{error}");
+
+        let error = parse("limits: { max_queued_bytes: 3 parsecs }\n")
+            .expect_err("bad size")
+            .to_string();
+        assert!(error.contains("limits.max_queued_bytes"), "{error}");
+
+        let error = parse("limits: { max_inflight: 0 }\n")
+            .expect_err("zero")
+            .to_string();
+        assert!(error.contains("limits.max_inflight"), "{error}");
+
+        let error = parse("listeners: [{ bind: \"0.0.0.0:8883\", protocol: mqtts }]\n")
+            .expect_err("TLS without a certificate")
+            .to_string();
+        assert!(error.contains("cert_file"), "{error}");
+
+        let error = parse("listeners: [{ bind: \"nowhere\" }]\n")
+            .expect_err("bad address")
+            .to_string();
+        assert!(error.contains("listeners[0].bind"), "{error}");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("10"), Some(10));
+        assert_eq!(parse_size("2KiB"), Some(2048));
+        assert_eq!(parse_size("3 MB"), Some(3_000_000));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("1 parsec"), None);
+        assert_eq!(parse_size("MiB"), None);
+    }
+}
