@@ -639,3 +639,19 @@ fn no_devices() {
         "{error}"
     );
 }
+
+#[test]
+fn columns_refer_to_the_file_before_substitution() {
+    let line = "  - { name: plc, kind: tcp, host: ${PLC_HOST}, port: 99999 }";
+    let text = replace_line(2, line);
+    let env =
+        |name: &str| (name == "PLC_HOST").then(|| "plc-controller.boiler-room.local".to_owned());
+    let error = Config::from_str_with_env(&text, "gw.yaml", &env).unwrap_err();
+    let column = line.find("99999").unwrap() + 1;
+    assert_eq!(
+        error.position.map(|p| (p.line, p.column)),
+        Some((2, column)),
+        "{error}"
+    );
+    assert_eq!(error.key, "buses[0].port");
+}

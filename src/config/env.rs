@@ -15,12 +15,53 @@ pub(crate) struct SubstitutionError {
     pub message: String,
 }
 
+/// One replaced reference: where it is in the substituted text, and how many
+/// characters it had before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Edit {
+    line: usize,
+    /// 1-based column of the replacement in the substituted text.
+    column: usize,
+    old_len: usize,
+    new_len: usize,
+}
+
+/// The substituted text, and what is needed to map its positions back to the file.
+#[derive(Debug, Default)]
+pub(crate) struct Substituted {
+    pub text: String,
+    edits: Vec<Edit>,
+}
+
+impl Substituted {
+    /// The position in the original file of `at`, a position in the substituted text
+    /// (lines are kept; columns move when a value differs in length from its reference).
+    pub(crate) fn original(&self, at: Position) -> Position {
+        let mut column = at.column;
+        for edit in self.edits.iter().filter(|e| e.line == at.line) {
+            if at.column >= edit.column + edit.new_len {
+                column = column + edit.old_len - edit.new_len;
+            } else if at.column >= edit.column {
+                // Inside a substituted value: point at its reference.
+                column = column + edit.column - at.column;
+            }
+        }
+        Position {
+            line: at.line,
+            column,
+        }
+    }
+}
+
 /// Replaces the variable references in `text`, looking values up with `lookup`.
 pub(crate) fn substitute(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<String, SubstitutionError> {
-    let mut out = String::with_capacity(text.len());
+) -> Result<Substituted, SubstitutionError> {
+    let mut out = Substituted {
+        text: String::with_capacity(text.len()),
+        edits: Vec::new(),
+    };
     for (index, line) in text.split_inclusive('\n').enumerate() {
         substitute_line(line, index + 1, lookup, &mut out)?;
     }
@@ -38,8 +79,10 @@ fn substitute_line(
     line: &str,
     line_number: usize,
     lookup: &dyn Fn(&str) -> Option<String>,
-    out: &mut String,
+    substituted: &mut Substituted,
 ) -> Result<(), SubstitutionError> {
+    let Substituted { text: out, edits } = substituted;
+    let line_start = out.len();
     let mut quote = Quote::None;
     let mut previous: Option<char> = None;
     let mut chars = line.char_indices().peekable();
@@ -53,6 +96,7 @@ fn substitute_line(
             (Quote::None, '\'') if starts_token => quote = Quote::Single,
             (Quote::None, '"') if starts_token => quote = Quote::Double,
             (Quote::Single, '\'') => {
+                // `''` is an escaped quote inside a single-quoted scalar.
                 if chars.peek().is_some_and(|&(_, next)| next == '\'') {
                     out.push(c);
                     chars.next();
@@ -70,6 +114,12 @@ fn substitute_line(
                 continue;
             }
             (_, '$') if line[at..].starts_with("$${") => {
+                edits.push(Edit {
+                    line: line_number,
+                    column: out[line_start..].chars().count() + 1,
+                    old_len: 3,
+                    new_len: 2,
+                });
                 out.push_str("${");
                 chars.next();
                 chars.next();
@@ -81,9 +131,15 @@ fn substitute_line(
                     line: line_number,
                     column: line[..at].chars().count() + 1,
                 };
+                let column = out[line_start..].chars().count() + 1;
+                let before = out.len();
                 let consumed = expand(&line[at..], position, lookup, out)?;
-                // Skip the rest of the reference (all ASCII up to the closing brace
-                // or validated characters).
+                edits.push(Edit {
+                    line: line_number,
+                    column,
+                    old_len: line[at..at + consumed].chars().count(),
+                    new_len: out[before..].chars().count(),
+                });
                 let end = at + consumed;
                 while chars.peek().is_some_and(|&(i, _)| i < end) {
                     chars.next();
@@ -159,7 +215,7 @@ mod tests {
     }
 
     fn run(text: &str) -> Result<String, SubstitutionError> {
-        substitute(text, &env)
+        substitute(text, &env).map(|s| s.text)
     }
 
     #[test]
@@ -184,6 +240,25 @@ mod tests {
             "a: \"\\\" # s3cret\""
         );
         assert_eq!(run("url: x#${TOKEN}").unwrap(), "url: x#s3cret");
+    }
+
+    #[test]
+    fn positions_map_back_to_the_original_columns() {
+        //           col:   1234567890123456789012345678
+        let original = "a: { t: ${TOKEN}, b: $${x}, c: 1 }";
+        let substituted = substitute(original, &env).unwrap();
+        assert_eq!(substituted.text, "a: { t: s3cret, b: ${x}, c: 1 }");
+        let at = |column| substituted.original(Position { line: 1, column }).column;
+        assert_eq!(at(6), 6, "before any reference");
+        assert_eq!(at(9), 9, "start of the value");
+        assert_eq!(at(12), 9, "inside the value");
+        assert_eq!(at(17), 19, "`b` after the value");
+        assert_eq!(at(26), 29, "`c` after both");
+        let other_line = substituted.original(Position {
+            line: 2,
+            column: 27,
+        });
+        assert_eq!(other_line.column, 27);
     }
 
     #[test]

@@ -69,7 +69,7 @@ impl Config {
         env: EnvLookup,
     ) -> Result<Config, ConfigError> {
         let file = origin.as_ref();
-        let text = env::substitute(text, env).map_err(|e| {
+        let substituted = env::substitute(text, env).map_err(|e| {
             // The unsubstituted text usually parses too, and tells which key it was.
             let key = SourceMap::parse(text)
                 .ok()
@@ -77,29 +77,36 @@ impl Config {
                 .unwrap_or_default();
             ConfigError::new(file, Some(e.position), key, e.message)
         })?;
-        let map = match SourceMap::parse(&text) {
-            Ok(map) => Some(map),
-            Err((at, reason)) => {
-                // Report the syntax error before any schema error that precedes it in
-                // the file; the YAML parser serde uses has the final word.
-                if let Err(error) = serde_yaml::from_str::<serde::de::IgnoredAny>(&text) {
-                    return Err(syntax_error(file, &error));
-                }
-                tracing::debug!(line = at.line, "source map unavailable: {reason}");
-                None
-            }
-        };
-        let config = deserialize(&text, file, map.as_ref())?;
-        let map = map.unwrap_or_default();
-        let checker = Checker::new(file, &map);
-        validate::validate(&config, &checker)?;
-        resolve_files(config, file, &map)
+        parse(&substituted.text, file).map_err(|mut error| {
+            error.position = error.position.map(|at| substituted.original(at));
+            error
+        })
     }
 
     /// The bus named `name`.
     pub fn bus(&self, name: &str) -> Option<&Bus> {
         self.buses.iter().find(|bus| bus.name == name)
     }
+}
+
+/// Deserializes, validates and resolves substituted text.
+fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let map = match SourceMap::parse(text) {
+        Ok(map) => Some(map),
+        Err((at, reason)) => {
+            // Report the syntax error before any schema error that precedes it in
+            // the file; the YAML parser serde uses has the final word.
+            if let Err(error) = serde_yaml::from_str::<serde::de::IgnoredAny>(text) {
+                return Err(syntax_error(file, &error));
+            }
+            tracing::debug!(line = at.line, "source map unavailable: {reason}");
+            None
+        }
+    };
+    let config = deserialize(text, file, map.as_ref())?;
+    let map = map.unwrap_or_default();
+    validate::validate(&config, &Checker::new(file, &map))?;
+    resolve_files(config, file, &map)
 }
 
 fn read_bounded(path: &Path, limit: u64) -> Result<String, String> {
