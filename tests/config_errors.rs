@@ -655,3 +655,33 @@ fn columns_refer_to_the_file_before_substitution() {
     );
     assert_eq!(error.key, "buses[0].port");
 }
+
+#[test]
+fn truncated_or_mangled_files_give_errors_not_panics() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("gateway.example.yaml");
+    let example = std::fs::read_to_string(path).unwrap();
+    let env = |name: &str| name.ends_with("_TOKEN").then(|| "t".to_owned());
+    let lines: Vec<&str> = example.lines().collect();
+    let mut rejected = 0;
+    for cut in 0..lines.len() {
+        let truncated = lines[..cut].join("\n");
+        let without_line = [&lines[..cut], &lines[cut + 1..]].concat().join("\n");
+        let mangled = lines[cut].replacen(':', "", 1);
+        let with_mangled = [&lines[..cut], &[mangled.as_str()], &lines[cut + 1..]]
+            .concat()
+            .join("\n");
+        for text in [truncated, without_line, with_mangled] {
+            if let Err(error) = Config::from_str_with_env(&text, "gw.yaml", &env) {
+                let shown = error.to_string();
+                assert!(shown.starts_with("gw.yaml"), "{shown}");
+                assert!(!shown.contains('\n'), "{shown}");
+                rejected += 1;
+            }
+        }
+    }
+    // Most truncations lose devices or break the YAML.
+    assert!(
+        rejected > lines.len(),
+        "only {rejected} variants were rejected"
+    );
+}

@@ -40,10 +40,10 @@ impl Substituted {
         let mut column = at.column;
         for edit in self.edits.iter().filter(|e| e.line == at.line) {
             if at.column >= edit.column + edit.new_len {
-                column = column + edit.old_len - edit.new_len;
+                column = (column + edit.old_len).saturating_sub(edit.new_len);
             } else if at.column >= edit.column {
                 // Inside a substituted value: point at its reference.
-                column = column + edit.column - at.column;
+                column = (column + edit.column).saturating_sub(at.column);
             }
         }
         Position {

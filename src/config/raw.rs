@@ -237,7 +237,7 @@ fn describe_regex_error(error: &regex::Error) -> String {
         Some(i) => {
             let pattern_line = lines[i - 1];
             let indent = pattern_line.len() - pattern_line.trim_start().len();
-            let column = lines[i].find('^').unwrap_or(indent) - indent + 1;
+            let column = lines[i].find('^').unwrap_or(indent).saturating_sub(indent) + 1;
             format!("invalid regex: {reason} (at character {column})")
         }
         None => format!("invalid regex: {reason}"),
