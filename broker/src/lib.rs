@@ -5,6 +5,7 @@ pub mod auth;
 pub mod codec;
 pub mod config;
 pub mod message;
+pub mod persistence;
 pub mod retained;
 pub mod session;
 pub mod subscriptions;
