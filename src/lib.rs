@@ -14,3 +14,4 @@ pub mod gateway;
 pub mod output;
 pub mod ratelimit;
 pub mod plan;
+pub mod uplink;

@@ -1,0 +1,653 @@
+//! One device's MQTT session: a driver task that alone polls rumqttc's event loop
+//! (never cancelled, so no packet is lost halfway through a write), and the session
+//! task that feeds it rows from the queue and turns acknowledgements into deletions.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event as MqttEvent, EventLoop, MqttOptions, NetworkOptions,
+    Outgoing, Packet, Publish, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+
+use super::topics::{valid_id, TopicValues, Topics};
+use super::window::Window;
+use super::{tls, DeviceIdentity, Endpoint, Inbound, UplinkError, UplinkSettings, MAX_PAYLOAD};
+use crate::backoff::Backoff;
+use crate::event::Event;
+use crate::store::{QueuedEvent, Store, StoreError};
+
+/// Largest MQTT packet either way: a maximal payload plus topic and header.
+const MAX_PACKET: usize = MAX_PAYLOAD + 8 * 1024;
+/// QoS 0 publishes handed to rumqttc and not yet written; more are dropped.
+const QOS0_PENDING_LIMIT: usize = 8;
+/// rumqttc requests beyond the window: QoS 0 publishes and a DISCONNECT.
+const EXTRA_REQUESTS: usize = QOS0_PENDING_LIMIT + 4;
+/// Driver events waiting for the session.
+const DRIVER_EVENTS: usize = 64;
+/// How often QoS 0 drop counts are written to the queue database.
+const DROP_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
+/// At shutdown: time for the broker to acknowledge what is in flight, then to
+/// commit deletions, then for the DISCONNECT to be written.
+const ACK_GRACE: Duration = Duration::from_millis(400);
+const DELETE_GRACE: Duration = Duration::from_millis(300);
+const DISCONNECT_GRACE: Duration = Duration::from_millis(200);
+/// Wait before reading the queue again after a failed read.
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+/// Event topics remembered per session.
+const TOPIC_CACHE: usize = 32;
+
+/// What a device session is doing, for health reporting and tests.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionStatus {
+    pub connected: bool,
+    /// Successful connections (CONNACKs) since start.
+    pub connections: u64,
+    /// `session_present` of the last CONNACK.
+    pub session_present: bool,
+    /// Why the last connection ended or failed.
+    pub last_error: Option<String>,
+    /// QoS 1 events the broker acknowledged since start.
+    pub acknowledged: u64,
+    /// QoS 1 events sent and not yet acknowledged.
+    pub in_flight: usize,
+    /// QoS 0 events dropped since start (offline, or the session was congested).
+    pub qos0_dropped: u64,
+}
+
+/// Validated settings from which every device's session is built.
+pub(super) struct Plan {
+    endpoint: Endpoint,
+    org: Arc<str>,
+    topics: Arc<Topics>,
+    keepalive: Duration,
+    window: usize,
+    tls: Option<TlsConfiguration>,
+    connect_timeout_secs: u64,
+    reconnect: (Duration, Duration),
+    inbound: Option<mpsc::Sender<Inbound>>,
+}
+
+impl Plan {
+    pub(super) fn new(
+        settings: &UplinkSettings,
+        devices: &[DeviceIdentity],
+    ) -> Result<Plan, UplinkError> {
+        let endpoint = Endpoint::parse(&settings.url)?;
+        if !valid_id(&settings.org) {
+            return Err(UplinkError::Settings(format!(
+                "org {:?} must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
+                settings.org
+            )));
+        }
+        if !settings.keepalive.is_zero() && settings.keepalive < Duration::from_secs(1) {
+            return Err(UplinkError::Settings(
+                "keepalive must be 0 (off) or at least 1s".into(),
+            ));
+        }
+        if settings.inflight == 0 {
+            return Err(UplinkError::Settings("inflight must be at least 1".into()));
+        }
+        let mut seen = HashSet::new();
+        for device in devices {
+            let invalid = |reason: &str| UplinkError::Device {
+                device: device.id.clone(),
+                reason: reason.to_owned(),
+            };
+            if !valid_id(&device.id) {
+                return Err(invalid(
+                    "the id must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            if !valid_id(&device.device_type) {
+                return Err(invalid(
+                    "the type must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            if !seen.insert(device.id.as_str()) {
+                return Err(invalid("the id is used twice"));
+            }
+        }
+        let tls = if endpoint.tls {
+            Some(TlsConfiguration::Rustls(tls::client_config(&settings.tls)?))
+        } else {
+            None
+        };
+        Ok(Plan {
+            endpoint,
+            org: settings.org.as_str().into(),
+            topics: Arc::new(Topics::new(&settings.topics)?),
+            keepalive: settings.keepalive,
+            window: usize::from(settings.inflight),
+            tls,
+            connect_timeout_secs: settings.connect_timeout.as_secs().max(1),
+            reconnect: (settings.reconnect_min, settings.reconnect_max),
+            inbound: settings.inbound.clone(),
+        })
+    }
+
+    /// Starts the driver and session tasks of one device.
+    pub(super) fn spawn(
+        &self,
+        device: DeviceIdentity,
+        store: Store,
+        qos0: mpsc::Receiver<Event>,
+        qos0_dropped: Arc<AtomicU64>,
+        shutdown: CancellationToken,
+    ) -> (watch::Receiver<SessionStatus>, JoinHandle<()>) {
+        let requests = self.window + EXTRA_REQUESTS;
+        let client_id = format!("d:{}:{}:{}", self.org, device.device_type, device.id);
+        let mut options =
+            MqttOptions::new(client_id, self.endpoint.host.clone(), self.endpoint.port);
+        options
+            .set_keep_alive(self.keepalive)
+            .set_clean_session(false)
+            .set_inflight(u16::try_from(self.window).unwrap_or(u16::MAX))
+            .set_request_channel_capacity(requests)
+            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+        if let Some(token) = &device.token {
+            options.set_credentials("use-token-auth", token.as_str());
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(tls.clone()));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, requests);
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(self.connect_timeout_secs);
+        eventloop.set_network_options(network);
+
+        let (driver_events, driver_receiver) = mpsc::channel(DRIVER_EVENTS);
+        let resume = Arc::new(Notify::new());
+        let driver = tokio::spawn(drive(eventloop, driver_events, resume.clone()));
+        let (status, status_receiver) = watch::channel(SessionStatus::default());
+        let session = Session {
+            rows_changed: store.watch(&device.id),
+            device,
+            org: self.org.clone(),
+            topics: self.topics.clone(),
+            topic_cache: HashMap::new(),
+            client,
+            store,
+            window: Window::new(self.window),
+            batch: (self.window / 4).max(1),
+            driver: driver_receiver,
+            resume,
+            qos0,
+            qos0_open: true,
+            qos0_dropped,
+            qos0_persisted: 0,
+            status,
+            inbound: self.inbound.clone(),
+            backoff: Backoff::new(self.reconnect.0, self.reconnect.1),
+            connected: false,
+            failures: 0,
+            retry_at: None,
+            generation: 0,
+            cursor: 0,
+            resync: true,
+            has_more: true,
+            fetch_delay: None,
+            fetch: None,
+            delete: None,
+        };
+        let task = tokio::spawn(async move {
+            session.run(shutdown).await;
+            driver.abort();
+        });
+        (status_receiver, task)
+    }
+}
+
+/// What the driver reports from rumqttc's event loop.
+#[derive(Debug)]
+enum DriverEvent {
+    ConnAck {
+        session_present: bool,
+    },
+    Published(u16),
+    PubAck(u16),
+    Inbound(Publish),
+    Disconnected,
+    /// The connection failed or ended; the driver waits for `resume` before the next
+    /// attempt.
+    Lost(ConnectionError),
+}
+
+fn relevant(event: MqttEvent) -> Option<DriverEvent> {
+    match event {
+        MqttEvent::Incoming(Packet::ConnAck(ack)) => Some(DriverEvent::ConnAck {
+            session_present: ack.session_present,
+        }),
+        MqttEvent::Incoming(Packet::PubAck(ack)) => Some(DriverEvent::PubAck(ack.pkid)),
+        MqttEvent::Incoming(Packet::Publish(publish)) => Some(DriverEvent::Inbound(publish)),
+        MqttEvent::Outgoing(Outgoing::Publish(pkid)) => Some(DriverEvent::Published(pkid)),
+        MqttEvent::Outgoing(Outgoing::Disconnect) => Some(DriverEvent::Disconnected),
+        _ => None,
+    }
+}
+
+async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<DriverEvent>, resume: Arc<Notify>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                if let Some(event) = relevant(event) {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(error) => {
+                // Events read together with the failure (acknowledgements among them)
+                // are real: report them before the loss.
+                let buffered: Vec<MqttEvent> = eventloop.state.events.drain(..).collect();
+                for event in buffered.into_iter().filter_map(relevant) {
+                    if events.send(event).await.is_err() {
+                        return;
+                    }
+                }
+                // rumqttc would replay or drop these on its own; the session resends
+                // from the queue instead, so nothing must be replayed twice.
+                eventloop.pending.clear();
+                eventloop.state.collision = None;
+                if events.send(DriverEvent::Lost(error)).await.is_err() {
+                    return;
+                }
+                resume.notified().await;
+                // Requests the session queued before it learnt of the loss are stale.
+                eventloop.clean();
+                eventloop.pending.clear();
+                eventloop.state.events.clear();
+            }
+        }
+    }
+}
+
+type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+struct Fetched {
+    generation: u64,
+    reserved: usize,
+    rows: Result<Vec<QueuedEvent>, StoreError>,
+}
+
+struct Session {
+    device: DeviceIdentity,
+    org: Arc<str>,
+    topics: Arc<Topics>,
+    topic_cache: HashMap<String, String>,
+    client: AsyncClient,
+    store: Store,
+    window: Window,
+    /// Fetch at least this many rows at once while others are in flight.
+    batch: usize,
+    driver: mpsc::Receiver<DriverEvent>,
+    resume: Arc<Notify>,
+    rows_changed: watch::Receiver<u64>,
+    qos0: mpsc::Receiver<Event>,
+    qos0_open: bool,
+    /// QoS 0 drops of this device (the router counts its own there too).
+    qos0_dropped: Arc<AtomicU64>,
+    qos0_persisted: u64,
+    status: watch::Sender<SessionStatus>,
+    inbound: Option<mpsc::Sender<Inbound>>,
+    backoff: Backoff,
+    connected: bool,
+    /// Consecutive failed connection attempts.
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// Bumped on every connect and loss; a fetch from an older one is discarded.
+    generation: u64,
+    /// Id of the last row handed to the client.
+    cursor: i64,
+    /// Read the device's queue from its start (after a (re)connect).
+    resync: bool,
+    /// The queue may hold rows after `cursor`.
+    has_more: bool,
+    fetch_delay: Option<Duration>,
+    fetch: Option<Pending<Fetched>>,
+    delete: Option<Pending<(usize, Result<(), StoreError>)>>,
+}
+
+/// Awaits an optional future; never resolves when there is none.
+async fn maybe<T>(future: Option<&mut Pending<T>>) -> T {
+    match future {
+        Some(future) => future.await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session {
+    async fn run(mut self, shutdown: CancellationToken) {
+        let mut persist = tokio::time::interval(DROP_PERSIST_INTERVAL);
+        persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            self.start_fetch();
+            self.start_delete();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                event = self.driver.recv() => match event {
+                    Some(event) => self.on_driver_event(event),
+                    None => break,
+                },
+                done = maybe(self.delete.as_mut()) => {
+                    self.delete = None;
+                    self.on_deleted(done);
+                }
+                fetched = maybe(self.fetch.as_mut()) => {
+                    self.fetch = None;
+                    self.on_fetched(fetched);
+                }
+                changed = self.rows_changed.changed(), if !self.has_more => {
+                    // An error means the store is closing; stop watching.
+                    self.has_more = changed.is_ok();
+                }
+                event = self.qos0.recv(), if self.qos0_open => match event {
+                    Some(event) => self.on_qos0(event),
+                    None => self.qos0_open = false,
+                },
+                _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(Instant::now)),
+                    if self.retry_at.is_some() =>
+                {
+                    self.retry_at = None;
+                    self.resume.notify_one();
+                }
+                _ = persist.tick() => self.persist_qos0_drops().await,
+            }
+        }
+        self.stop().await;
+    }
+
+    fn on_driver_event(&mut self, event: DriverEvent) {
+        match event {
+            DriverEvent::ConnAck { session_present } => {
+                self.connected = true;
+                self.failures = 0;
+                self.backoff.reset();
+                self.generation += 1;
+                self.resync = true;
+                self.has_more = true;
+                tracing::info!(
+                    device = %self.device.id,
+                    session_present,
+                    "connected to the broker"
+                );
+                self.status.send_modify(|s| {
+                    s.connected = true;
+                    s.connections += 1;
+                    s.session_present = session_present;
+                });
+            }
+            DriverEvent::Published(pkid) => {
+                if let Err(untracked) = self.window.on_outgoing_publish(pkid) {
+                    tracing::warn!(
+                        device = %self.device.id,
+                        pkid = untracked.0,
+                        "publish with an unexpected packet id; it is resent after the next reconnect"
+                    );
+                }
+                self.update_in_flight(0);
+            }
+            DriverEvent::PubAck(pkid) => {
+                let acknowledged = u64::from(self.window.on_puback(pkid).is_some());
+                self.update_in_flight(acknowledged);
+            }
+            DriverEvent::Inbound(publish) => self.forward_inbound(publish),
+            DriverEvent::Disconnected => {}
+            DriverEvent::Lost(error) => self.on_lost(error),
+        }
+    }
+
+    fn on_lost(&mut self, error: ConnectionError) {
+        let was_connected = std::mem::replace(&mut self.connected, false);
+        self.generation += 1;
+        let lost_qos0 = self.window.connection_lost();
+        if lost_qos0 > 0 {
+            self.qos0_dropped
+                .fetch_add(lost_qos0 as u64, Ordering::Relaxed);
+        }
+        let delay = self.backoff.next_delay();
+        self.retry_at = Some(Instant::now() + delay);
+        if was_connected {
+            tracing::warn!(
+                device = %self.device.id,
+                "connection to the broker lost: {error}; reconnecting in {delay:.1?}"
+            );
+        } else {
+            self.failures += 1;
+            if self.failures == 1 || self.failures % 10 == 0 {
+                tracing::warn!(
+                    device = %self.device.id,
+                    attempts = self.failures,
+                    "cannot connect to the broker: {error}; retrying in {delay:.1?}"
+                );
+            } else {
+                tracing::debug!(device = %self.device.id, "connect failed: {error}");
+            }
+        }
+        let dropped = self.qos0_dropped.load(Ordering::Relaxed);
+        self.status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(error.to_string());
+            s.in_flight = 0;
+            s.qos0_dropped = dropped;
+        });
+    }
+
+    fn update_in_flight(&mut self, acknowledged: u64) {
+        let in_flight = self.window.sent();
+        self.status.send_if_modified(|s| {
+            let changed = acknowledged > 0 || s.in_flight != in_flight;
+            s.acknowledged += acknowledged;
+            s.in_flight = in_flight;
+            changed
+        });
+    }
+
+    fn forward_inbound(&mut self, publish: Publish) {
+        let Some(inbound) = &self.inbound else {
+            return;
+        };
+        let message = Inbound {
+            device_id: self.device.id.clone(),
+            publish,
+        };
+        if inbound.try_send(message).is_err() {
+            tracing::warn!(device = %self.device.id, "inbound message dropped: its queue is full");
+        }
+    }
+
+    /// Reads the next rows of the device's queue if the connection and window allow.
+    fn start_fetch(&mut self) {
+        if !self.connected || self.fetch.is_some() || !self.has_more {
+            return;
+        }
+        if self.resync && !self.window.settled() {
+            return; // acknowledged rows must be gone before reading from the start
+        }
+        let free = self.window.free();
+        if free == 0 || (free < self.batch && self.window.unacknowledged() > 0) {
+            return;
+        }
+        self.rows_changed.borrow_and_update();
+        let after = if self.resync { 0 } else { self.cursor };
+        self.window.reserve(free);
+        let store = self.store.clone();
+        let device = self.device.id.clone();
+        let generation = self.generation;
+        let delay = self.fetch_delay.take();
+        self.fetch = Some(Box::pin(async move {
+            if let Some(delay) = delay {
+                tokio::time::sleep(delay).await;
+            }
+            Fetched {
+                generation,
+                reserved: free,
+                rows: store.fetch(&device, after, free).await,
+            }
+        }));
+    }
+
+    fn on_fetched(&mut self, fetched: Fetched) {
+        self.window.release(fetched.reserved);
+        if fetched.generation != self.generation || !self.connected {
+            self.has_more = true;
+            return;
+        }
+        let rows = match fetched.rows {
+            Ok(rows) => rows,
+            Err(error) => {
+                tracing::warn!(device = %self.device.id, "reading the queue failed: {error}");
+                self.fetch_delay = Some(FETCH_RETRY);
+                self.has_more = true;
+                return;
+            }
+        };
+        self.resync = false;
+        self.has_more = rows.len() == fetched.reserved;
+        for row in rows {
+            let topic = self.topic(&row.event_id);
+            if row.payload.len() + topic.len() + 16 > MAX_PACKET {
+                tracing::error!(
+                    device = %self.device.id,
+                    row = row.id,
+                    "queued event too large for an MQTT packet; deleting it"
+                );
+                self.window.discard(row.id);
+                self.cursor = row.id;
+                continue;
+            }
+            match self
+                .client
+                .try_publish(topic, QoS::AtLeastOnce, false, row.payload)
+            {
+                Ok(()) => {
+                    self.window.submitted(row.id);
+                    self.cursor = row.id;
+                }
+                Err(error) => {
+                    // The request channel is sized for the window, so this means the
+                    // event loop is gone; the row is read again later.
+                    tracing::warn!(device = %self.device.id, "publish not queued: {error}");
+                    self.has_more = true;
+                    break;
+                }
+            }
+        }
+        self.update_in_flight(0);
+    }
+
+    fn start_delete(&mut self) {
+        if self.delete.is_some() {
+            return;
+        }
+        let rows = self.window.take_acked();
+        if rows.is_empty() {
+            return;
+        }
+        let count = rows.len();
+        let store = self.store.clone();
+        self.delete = Some(Box::pin(async move { (count, store.delete(rows).await) }));
+    }
+
+    fn on_deleted(&mut self, (count, result): (usize, Result<(), StoreError>)) {
+        self.window.deleted(count);
+        if let Err(error) = result {
+            tracing::warn!(
+                device = %self.device.id,
+                "deleting acknowledged events failed (they will be sent again): {error}"
+            );
+        }
+    }
+
+    fn on_qos0(&mut self, event: Event) {
+        if self.connected && self.window.qos0_pending() < QOS0_PENDING_LIMIT {
+            let topic = self.topic(&event.event_id);
+            if self
+                .client
+                .try_publish(topic, QoS::AtMostOnce, false, event.payload)
+                .is_ok()
+            {
+                self.window.qos0_submitted();
+                return;
+            }
+        }
+        self.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn persist_qos0_drops(&mut self) {
+        let dropped = self.qos0_dropped.load(Ordering::Relaxed);
+        let new = dropped.saturating_sub(self.qos0_persisted);
+        if new == 0 {
+            return;
+        }
+        match self.store.count_offline_drops(&self.device.id, new).await {
+            Ok(()) => self.qos0_persisted = dropped,
+            Err(error) => tracing::debug!("QoS 0 drop count not saved: {error}"),
+        }
+        self.status.send_modify(|s| s.qos0_dropped = dropped);
+    }
+
+    fn topic(&mut self, event_id: &str) -> String {
+        if let Some(topic) = self.topic_cache.get(event_id) {
+            return topic.clone();
+        }
+        let values = TopicValues {
+            org: &self.org,
+            device_type: &self.device.device_type,
+            device_id: &self.device.id,
+        };
+        let topic = self.topics.event.render(&values, event_id);
+        if self.topic_cache.len() < TOPIC_CACHE {
+            self.topic_cache.insert(event_id.to_owned(), topic.clone());
+        }
+        topic
+    }
+
+    /// Graceful end: give in-flight events a moment to be acknowledged, commit their
+    /// deletion, save the drop counts, and disconnect.
+    async fn stop(mut self) {
+        let deadline = Instant::now() + ACK_GRACE;
+        while self.connected && self.window.unacknowledged() > 0 {
+            tokio::select! {
+                event = self.driver.recv() => match event {
+                    Some(event) => self.on_driver_event(event),
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if let Some(delete) = self.delete.take() {
+            if let Ok(done) = tokio::time::timeout(DELETE_GRACE, delete).await {
+                self.on_deleted(done);
+            }
+        }
+        let acked = self.window.take_acked();
+        if !acked.is_empty() {
+            let _ = tokio::time::timeout(DELETE_GRACE, self.store.delete(acked)).await;
+        }
+        self.persist_qos0_drops().await;
+        if self.connected && self.client.try_disconnect().is_ok() {
+            let deadline = Instant::now() + DISCONNECT_GRACE;
+            loop {
+                tokio::select! {
+                    event = self.driver.recv() => match event {
+                        Some(DriverEvent::Disconnected) | None => break,
+                        Some(_) => {}
+                    },
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        self.status.send_modify(|s| s.connected = false);
+        tracing::debug!(device = %self.device.id, "session stopped");
+    }
+}

@@ -1,0 +1,224 @@
+//! The delivery window of one session: which queued rows are on their way to the
+//! broker, under which packet id, and which are acknowledged but not yet deleted.
+//!
+//! rumqttc has no per-publish acknowledgement. It hands out packet ids as it takes
+//! publishes off its request channel, in the order they were submitted, and reports
+//! each one as `Outgoing::Publish(pkid)`; the broker's `PubAck(pkid)` then names the
+//! row. A slot of the window is only freed once the row's deletion is committed, so
+//! at any time at most `capacity` rows have been sent without being deleted: that is
+//! the bound on duplicates after a crash.
+
+use std::collections::{HashMap, VecDeque};
+
+#[derive(Debug)]
+pub(crate) struct Window {
+    capacity: usize,
+    /// QoS 1 rows handed to the client that have no packet id yet, in order.
+    submitted: VecDeque<i64>,
+    /// Packet id -> row, sent and not yet acknowledged.
+    inflight: HashMap<u16, i64>,
+    /// Acknowledged rows whose deletion has not been requested yet.
+    acked: Vec<i64>,
+    /// Rows whose deletion is being committed.
+    deleting: usize,
+    /// Slots promised to a fetch that has not returned yet.
+    reserved: usize,
+    /// QoS 0 publishes handed to the client and not yet written.
+    qos0_pending: usize,
+}
+
+/// A packet id that no submitted row explains: rumqttc and the window disagree.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Untracked(pub u16);
+
+impl Window {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Window {
+            capacity: capacity.max(1),
+            submitted: VecDeque::new(),
+            inflight: HashMap::new(),
+            acked: Vec::new(),
+            deleting: 0,
+            reserved: 0,
+            qos0_pending: 0,
+        }
+    }
+
+    /// Rows that may still be fetched and sent.
+    pub(crate) fn free(&self) -> usize {
+        self.capacity.saturating_sub(self.occupied())
+    }
+
+    fn occupied(&self) -> usize {
+        self.submitted.len()
+            + self.inflight.len()
+            + self.acked.len()
+            + self.deleting
+            + self.reserved
+    }
+
+    /// Sent (or about to be sent) and not acknowledged.
+    pub(crate) fn unacknowledged(&self) -> usize {
+        self.submitted.len() + self.inflight.len()
+    }
+
+    /// Written to the connection and not acknowledged.
+    pub(crate) fn sent(&self) -> usize {
+        self.inflight.len()
+    }
+
+    /// Nothing acknowledged waits for its deletion: every row still in the queue is
+    /// unacknowledged, so the queue can be read again from its start.
+    pub(crate) fn settled(&self) -> bool {
+        self.acked.is_empty() && self.deleting == 0
+    }
+
+    pub(crate) fn reserve(&mut self, rows: usize) {
+        self.reserved += rows;
+    }
+
+    pub(crate) fn release(&mut self, rows: usize) {
+        self.reserved = self.reserved.saturating_sub(rows);
+    }
+
+    pub(crate) fn submitted(&mut self, row: i64) {
+        self.submitted.push_back(row);
+    }
+
+    pub(crate) fn qos0_submitted(&mut self) {
+        self.qos0_pending += 1;
+    }
+
+    pub(crate) fn qos0_pending(&self) -> usize {
+        self.qos0_pending
+    }
+
+    /// rumqttc wrote a publish; packet id 0 is a QoS 0 one.
+    pub(crate) fn on_outgoing_publish(&mut self, pkid: u16) -> Result<(), Untracked> {
+        if pkid == 0 {
+            self.qos0_pending = self.qos0_pending.saturating_sub(1);
+            return Ok(());
+        }
+        let row = self.submitted.pop_front().ok_or(Untracked(pkid))?;
+        if let Some(previous) = self.inflight.insert(pkid, row) {
+            // rumqttc reuses an id only after its PubAck; keep the older row so that it
+            // is resent after the next reconnect rather than forgotten.
+            self.inflight.insert(pkid, previous);
+            self.submitted.push_front(row);
+            return Err(Untracked(pkid));
+        }
+        Ok(())
+    }
+
+    /// The broker acknowledged `pkid`; returns the row it names.
+    pub(crate) fn on_puback(&mut self, pkid: u16) -> Option<i64> {
+        let row = self.inflight.remove(&pkid)?;
+        self.acked.push(row);
+        Some(row)
+    }
+
+    /// A row that can never be sent: it is deleted as if acknowledged.
+    pub(crate) fn discard(&mut self, row: i64) {
+        self.acked.push(row);
+    }
+
+    /// Acknowledged rows to delete now; they keep their slots until [`Self::deleted`].
+    pub(crate) fn take_acked(&mut self) -> Vec<i64> {
+        let rows = std::mem::take(&mut self.acked);
+        self.deleting += rows.len();
+        rows
+    }
+
+    pub(crate) fn deleted(&mut self, rows: usize) {
+        self.deleting = self.deleting.saturating_sub(rows);
+    }
+
+    /// The connection is gone: whatever was sent and not acknowledged will be read
+    /// from the queue again. Returns the QoS 0 publishes that were lost with it.
+    pub(crate) fn connection_lost(&mut self) -> usize {
+        self.submitted.clear();
+        self.inflight.clear();
+        std::mem::take(&mut self.qos0_pending)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_packet_ids_to_rows_in_submission_order() {
+        let mut w = Window::new(4);
+        for row in [10, 11, 12] {
+            w.submitted(row);
+        }
+        w.qos0_submitted();
+        assert_eq!(w.free(), 1);
+        w.on_outgoing_publish(1).unwrap();
+        w.on_outgoing_publish(0).unwrap(); // the QoS 0 one does not take a row
+        w.on_outgoing_publish(2).unwrap();
+        w.on_outgoing_publish(3).unwrap();
+        assert_eq!(w.qos0_pending(), 0);
+        assert_eq!(w.on_puback(2), Some(11));
+        assert_eq!(w.on_puback(2), None, "a second ack names nothing");
+        assert_eq!(w.on_puback(1), Some(10));
+        assert_eq!(w.unacknowledged(), 1);
+    }
+
+    #[test]
+    fn slots_are_freed_only_when_the_deletion_is_committed() {
+        let mut w = Window::new(2);
+        w.submitted(1);
+        w.submitted(2);
+        w.on_outgoing_publish(1).unwrap();
+        w.on_outgoing_publish(2).unwrap();
+        w.on_puback(1);
+        w.on_puback(2);
+        assert_eq!(w.free(), 0);
+        assert!(!w.settled());
+        assert_eq!(w.take_acked(), vec![1, 2]);
+        assert_eq!(w.free(), 0);
+        w.deleted(2);
+        assert_eq!(w.free(), 2);
+        assert!(w.settled());
+    }
+
+    #[test]
+    fn reservations_count_against_the_window() {
+        let mut w = Window::new(5);
+        w.reserve(3);
+        assert_eq!(w.free(), 2);
+        w.release(3);
+        assert_eq!(w.free(), 5);
+    }
+
+    #[test]
+    fn losing_the_connection_forgets_unacknowledged_rows_but_not_acknowledged_ones() {
+        let mut w = Window::new(10);
+        for row in 1..=4 {
+            w.submitted(row);
+        }
+        w.on_outgoing_publish(1).unwrap();
+        w.on_outgoing_publish(2).unwrap();
+        w.on_puback(1);
+        w.qos0_submitted();
+        w.qos0_submitted();
+        assert_eq!(w.connection_lost(), 2);
+        assert_eq!(w.unacknowledged(), 0);
+        assert!(!w.settled(), "row 1 still has to be deleted");
+        assert_eq!(w.take_acked(), vec![1]);
+        assert_eq!(w.on_puback(2), None);
+    }
+
+    #[test]
+    fn unexplained_packet_ids_are_reported() {
+        let mut w = Window::new(3);
+        assert_eq!(w.on_outgoing_publish(7), Err(Untracked(7)));
+        w.submitted(1);
+        w.submitted(2);
+        w.on_outgoing_publish(1).unwrap();
+        assert_eq!(w.on_outgoing_publish(1), Err(Untracked(1)));
+        assert_eq!(w.on_puback(1), Some(1), "the first row keeps the id");
+        assert_eq!(w.unacknowledged(), 1, "row 2 waits to be sent again");
+    }
+}

@@ -1,0 +1,379 @@
+//! Shared helpers of the uplink tests: a real Mosquitto broker on 127.0.0.1 (started
+//! per test, killed on drop), an MQTT subscriber that records what it receives, and
+//! waiting on conditions with generous deadlines.
+#![allow(dead_code)] // each test binary uses a different subset
+
+use std::future::Future;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// Deadline for anything a test waits for (a loaded 2-core CI machine is slow).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How a Mosquitto instance is configured.
+#[derive(Debug, Clone, Default)]
+pub struct BrokerConfig {
+    /// Keep sessions and queued messages in a file across a graceful stop.
+    pub persistence: bool,
+    /// Users of the password file; empty means anonymous access.
+    pub users: Vec<(String, String)>,
+    /// Extra configuration lines (TLS files, ...), appended to the listener.
+    pub extra: Vec<String>,
+}
+
+/// A Mosquitto process; killed when dropped.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    config: BrokerConfig,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts a broker on a free port; its files live in `dir`.
+    pub fn start(dir: &Path, config: BrokerConfig) -> Mosquitto {
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let mut broker = Mosquitto {
+                port: free_port(),
+                dir: dir.to_owned(),
+                config: config.clone(),
+                child: None,
+            };
+            match broker.launch() {
+                Ok(()) => return broker,
+                Err(error) => last_error = error,
+            }
+        }
+        panic!("mosquitto did not start: {last_error}");
+    }
+
+    /// Starts the broker again on the same port with the same files.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the broker before restarting it");
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            match self.launch() {
+                Ok(()) => return,
+                Err(error) if Instant::now() > deadline => panic!("mosquitto restart: {error}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+
+    /// Graceful stop (SIGTERM): Mosquitto saves its persistence file.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            signal(&child, "TERM");
+            wait_exit(&mut child);
+        }
+    }
+
+    /// SIGKILL: nothing is saved.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGSTOP: the broker keeps its sockets open but answers nothing.
+    pub fn pause(&self) {
+        signal(self.child.as_ref().expect("broker running"), "STOP");
+    }
+
+    /// Rewrites the password file; a running broker reloads it (SIGHUP).
+    pub fn set_users(&mut self, users: &[(&str, &str)]) {
+        self.config.users = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
+        self.write_password_file();
+        if let Some(child) = &self.child {
+            signal(child, "HUP");
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
+    }
+
+    fn write_password_file(&self) {
+        let path = self.dir.join("passwords");
+        std::fs::write(&path, "").unwrap();
+        for (user, password) in &self.config.users {
+            let status = Command::new("mosquitto_passwd")
+                .arg("-b")
+                .arg(&path)
+                .arg(user)
+                .arg(password)
+                .status()
+                .expect("mosquitto_passwd (apt-get install mosquitto) must be installed");
+            assert!(status.success(), "mosquitto_passwd failed");
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), String> {
+        let dir = &self.dir;
+        let mut lines = vec![
+            format!("listener {} 127.0.0.1", self.port),
+            "user root".to_owned(),
+            format!("log_dest file {}", dir.join("mosquitto.log").display()),
+            "log_type all".to_owned(),
+            "max_queued_messages 0".to_owned(),
+            format!("persistence {}", self.config.persistence),
+            format!("persistence_location {}/", dir.display()),
+        ];
+        if self.config.users.is_empty() {
+            lines.push("allow_anonymous true".to_owned());
+        } else {
+            self.write_password_file();
+            lines.push("allow_anonymous false".to_owned());
+            lines.push(format!("password_file {}", dir.join("passwords").display()));
+        }
+        lines.extend(self.config.extra.iter().cloned());
+        let config_path = dir.join("mosquitto.conf");
+        std::fs::write(&config_path, lines.join("\n") + "\n").unwrap();
+        let mut child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot run mosquitto (apt-get install mosquitto): {e}"))?;
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("mosquitto exited with {status}: {}", self.log()));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err("mosquitto did not open its port".into());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(status.success(), "kill -{name} failed");
+}
+
+fn wait_exit(child: &mut Child) {
+    let deadline = Instant::now() + DEADLINE;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A message as the subscriber received it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// Subscriber options.
+pub struct SubscriberConfig<'a> {
+    pub port: u16,
+    pub client_id: &'a str,
+    pub filter: &'a str,
+    /// `clean_session = false`: with broker persistence the subscription survives a
+    /// broker restart and messages are queued for it while it is away.
+    pub persistent: bool,
+    pub credentials: Option<(&'a str, &'a str)>,
+}
+
+/// An MQTT client that subscribes (again after every reconnect) and records messages.
+pub struct Subscriber {
+    received: Arc<Mutex<Vec<Received>>>,
+    subscriptions: watch::Receiver<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Connects and returns once the first subscription is acknowledged.
+    pub async fn start(config: SubscriberConfig<'_>) -> Subscriber {
+        let mut options = MqttOptions::new(config.client_id, "127.0.0.1", config.port);
+        options
+            .set_clean_session(!config.persistent)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(256 * 1024, 256 * 1024);
+        if let Some((user, password)) = config.credentials {
+            options.set_credentials(user, password);
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let (subscribed, subscriptions) = watch::channel(0u64);
+        let filter = config.filter.to_owned();
+        let sink = received.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(MqttEvent::Incoming(Packet::ConnAck(_))) => {
+                        client
+                            .try_subscribe(filter.clone(), QoS::AtLeastOnce)
+                            .unwrap();
+                    }
+                    Ok(MqttEvent::Incoming(Packet::SubAck(_))) => {
+                        subscribed.send_modify(|n| *n += 1);
+                    }
+                    Ok(MqttEvent::Incoming(Packet::Publish(p))) => {
+                        sink.lock().unwrap().push(Received {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                        });
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        let mut subscriber = Subscriber {
+            received,
+            subscriptions,
+            task,
+        };
+        subscriber.wait_subscribed(1).await;
+        subscriber
+    }
+
+    /// Waits until the subscription has been acknowledged `count` times in all.
+    pub async fn wait_subscribed(&mut self, count: u64) {
+        let result =
+            tokio::time::timeout(DEADLINE, self.subscriptions.wait_for(|n| *n >= count)).await;
+        assert!(result.is_ok(), "subscription {count} not acknowledged");
+    }
+
+    pub fn messages(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Waits until `done` holds for the messages received so far.
+    pub async fn wait_for(&self, what: &str, done: impl Fn(&[Received]) -> bool) {
+        let received = self.received.clone();
+        wait_until(what, || done(&received.lock().unwrap())).await;
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Polls `condition` every 20 ms until it holds; panics after [`DEADLINE`].
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + DEADLINE;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Like [`wait_until`] for an asynchronous condition.
+pub async fn wait_until_async<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A test event payload: `{"device": ..., "seq": N}`.
+pub fn payload(device: &str, seq: u64) -> Vec<u8> {
+    format!("{{\"device\":\"{device}\",\"seq\":{seq}}}").into_bytes()
+}
+
+/// The (device, seq) a test payload carries.
+pub fn parse(payload: &[u8]) -> (String, u64) {
+    let value: serde_json::Value = serde_json::from_slice(payload).expect("JSON payload");
+    (
+        value["device"].as_str().expect("device").to_owned(),
+        value["seq"].as_u64().expect("seq"),
+    )
+}
+
+/// Sequence numbers received for `device`, in arrival order (duplicates included).
+pub fn seqs_of(messages: &[Received], device: &str) -> Vec<u64> {
+    messages
+        .iter()
+        .map(|m| parse(&m.payload))
+        .filter(|(d, _)| d == device)
+        .map(|(_, seq)| seq)
+        .collect()
+}
+
+/// Checks that `seqs` holds every number of `expected` and that their first
+/// arrivals are in order; returns how many duplicates arrived.
+pub fn check_complete_and_ordered(
+    device: &str,
+    seqs: &[u64],
+    expected: std::ops::Range<u64>,
+) -> usize {
+    let mut first_seen = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    for &seq in seqs {
+        if seen.insert(seq) {
+            first_seen.push(seq);
+        }
+    }
+    let missing: Vec<u64> = expected.clone().filter(|s| !seen.contains(s)).collect();
+    assert!(missing.is_empty(), "{device}: missing {missing:?}");
+    let unexpected: Vec<u64> = first_seen
+        .iter()
+        .copied()
+        .filter(|s| !expected.contains(s))
+        .collect();
+    assert!(unexpected.is_empty(), "{device}: unexpected {unexpected:?}");
+    assert!(
+        first_seen.windows(2).all(|w| w[0] < w[1]),
+        "{device}: out of order: {first_seen:?}"
+    );
+    seqs.len() - first_seen.len()
+}

@@ -1,0 +1,497 @@
+//! The uplink against a real Mosquitto on 127.0.0.1: identities and topics, broker
+//! outages, a broker that lost its sessions, and a full queue.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use fieldbridge::event::{Event, Qos};
+use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreSettings};
+use fieldbridge::uplink::{DeviceIdentity, SessionStatus, TopicScheme, Uplink, UplinkSettings};
+
+const PLATFORM_TOPIC: &str = "iot-2/evt/status/fmt/json";
+
+fn device(id: &str, device_type: &str, token: Option<&str>) -> DeviceIdentity {
+    DeviceIdentity {
+        id: id.into(),
+        device_type: device_type.into(),
+        token: token.map(Into::into),
+    }
+}
+
+fn settings(url: String) -> UplinkSettings {
+    let mut settings = UplinkSettings::new(url, "myorg");
+    settings.reconnect_min = Duration::from_millis(100);
+    settings.reconnect_max = Duration::from_secs(1);
+    settings
+}
+
+fn event(device: &str, seq: u64, qos: Qos) -> Event {
+    Event {
+        device_id: device.into(),
+        event_id: "status".into(),
+        qos,
+        payload: payload(device, seq),
+    }
+}
+
+async fn open_store(dir: &Path, max_messages: u64, on_full: OnFull) -> Store {
+    let mut settings = StoreSettings::new(dir);
+    settings.max_messages = max_messages;
+    settings.on_full = on_full;
+    Store::open(settings).await.expect("store opens")
+}
+
+async fn send(uplink: &Uplink, device: &str, seqs: std::ops::Range<u64>, qos: Qos) {
+    let sender = uplink.sender();
+    for seq in seqs {
+        sender
+            .send(event(device, seq, qos))
+            .await
+            .expect("uplink accepts events");
+    }
+}
+
+async fn wait_status(
+    uplink: &Uplink,
+    device: &str,
+    what: &str,
+    done: impl Fn(&SessionStatus) -> bool,
+) {
+    let mut status = uplink.status(device).expect("configured device");
+    let reached = tokio::time::timeout(DEADLINE, status.wait_for(|s| done(s)))
+        .await
+        .is_ok();
+    assert!(
+        reached,
+        "{device}: timed out waiting for {what}: {:?}",
+        *status.borrow()
+    );
+}
+
+fn stats_of<'a>(stats: &'a [DeviceStats], device: &str) -> Option<&'a DeviceStats> {
+    stats.iter().find(|s| s.device_id == device)
+}
+
+async fn depth(store: &Store, device: &str) -> u64 {
+    let stats = store.stats().await.expect("stats");
+    stats_of(&stats, device).map_or(0, |s| s.depth)
+}
+
+fn users(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(u, p)| (u.to_string(), p.to_string()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(
+        tmp.path(),
+        BrokerConfig {
+            users: users(&[("use-token-auth", "token-1"), ("reader", "reader-pw")]),
+            ..BrokerConfig::default()
+        },
+    );
+    let subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id: "reader-1",
+        filter: "#",
+        persistent: false,
+        credentials: Some(("reader", "reader-pw")),
+    })
+    .await;
+    let store = open_store(&tmp.path().join("data"), 10_000, OnFull::DropOldest).await;
+    let devices = vec![
+        device("boiler-1", "boiler", Some("token-1")),
+        device("boiler-2", "boiler", Some("token-1")),
+        device("pump-7", "pump", Some("token-1")),
+        device("intruder-1", "pump", Some("wrong-token")),
+    ];
+    let uplink = Uplink::start(settings(broker.url()), store.clone(), devices).unwrap();
+
+    for seq in 0..50 {
+        for id in ["boiler-1", "boiler-2", "pump-7", "intruder-1"] {
+            uplink
+                .sender()
+                .send(event(id, seq, Qos::AtLeastOnce))
+                .await
+                .unwrap();
+        }
+    }
+    subscriber.wait_for("150 events", |m| m.len() >= 150).await;
+    let messages = subscriber.messages();
+    for id in ["boiler-1", "boiler-2", "pump-7"] {
+        let duplicates = check_complete_and_ordered(id, &seqs_of(&messages, id), 0..50);
+        assert_eq!(
+            duplicates, 0,
+            "{id}: no reconnect happened, so no duplicate"
+        );
+    }
+    for message in &messages {
+        assert_eq!(message.topic, PLATFORM_TOPIC);
+        let (id, seq) = parse(&message.payload);
+        assert_eq!(message.payload, payload(&id, seq), "payload unchanged");
+    }
+
+    // The broker saw the specified client ids, clean_session = false (c0), the
+    // keepalive and the token user name; the wrong token was refused.
+    let log = broker.log();
+    for (id, device_type) in [
+        ("boiler-1", "boiler"),
+        ("boiler-2", "boiler"),
+        ("pump-7", "pump"),
+    ] {
+        let line = format!("as d:myorg:{device_type}:{id} (p2, c0, k30, u'use-token-auth')");
+        assert!(log.contains(&line), "{line} not in the broker log:\n{log}");
+    }
+    wait_status(&uplink, "intruder-1", "a refused connection", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("refused"))
+    })
+    .await;
+    let intruder = uplink.status("intruder-1").unwrap().borrow().clone();
+    assert_eq!((intruder.connected, intruder.connections), (false, 0));
+    assert!(seqs_of(&subscriber.messages(), "intruder-1").is_empty());
+
+    // Acknowledged events leave the queue; the refused device's stay.
+    wait_until_async("acknowledged rows deleted", || async {
+        depth(&store, "boiler-1").await == 0
+            && depth(&store, "boiler-2").await == 0
+            && depth(&store, "pump-7").await == 0
+    })
+    .await;
+    assert_eq!(depth(&store, "intruder-1").await, 50);
+    wait_status(&uplink, "pump-7", "50 acknowledgements", |s| {
+        s.acknowledged == 50
+    })
+    .await;
+
+    // QoS 0 goes straight through while connected.
+    uplink
+        .sender()
+        .send(event("pump-7", 1000, Qos::AtMostOnce))
+        .await
+        .unwrap();
+    subscriber
+        .wait_for("the QoS 0 event", |m| {
+            m.iter()
+                .any(|r| parse(&r.payload) == ("pump-7".to_owned(), 1000))
+        })
+        .await;
+
+    let started = std::time::Instant::now();
+    uplink.shutdown().await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // Every session said goodbye with a DISCONNECT.
+    wait_until("DISCONNECT in the broker log", || {
+        broker
+            .log()
+            .contains("Received DISCONNECT from d:myorg:boiler:boiler-1")
+    })
+    .await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_topic_templates_and_anonymous_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = Mosquitto::start(tmp.path(), BrokerConfig::default());
+    let subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id: "reader-2",
+        filter: "plant/#",
+        persistent: false,
+        credentials: None,
+    })
+    .await;
+    let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
+    let mut settings = settings(broker.url());
+    settings.topics = TopicScheme::Custom {
+        event: "plant/{org}/{type}/{id}/evt/{event}".into(),
+        command: "plant/{org}/{type}/{id}/cmd/{command}".into(),
+    };
+    settings.keepalive = Duration::from_secs(15);
+    let uplink = Uplink::start(
+        settings,
+        store.clone(),
+        vec![device("line-3", "press", None)],
+    )
+    .unwrap();
+    let sender = uplink.sender();
+    for (seq, event_id) in [(0, "status"), (1, "health"), (2, "status")] {
+        let mut e = event("line-3", seq, Qos::AtLeastOnce);
+        e.event_id = event_id.into();
+        sender.send(e).await.unwrap();
+    }
+    subscriber.wait_for("3 events", |m| m.len() >= 3).await;
+    let topics: Vec<String> = subscriber.messages().into_iter().map(|m| m.topic).collect();
+    assert_eq!(
+        topics,
+        [
+            "plant/myorg/press/line-3/evt/status",
+            "plant/myorg/press/line-3/evt/health",
+            "plant/myorg/press/line-3/evt/status"
+        ]
+    );
+    // Without a token no user name is sent.
+    let log = broker.log();
+    assert!(
+        log.contains("as d:myorg:press:line-3 (p2, c0, k15)."),
+        "{log}"
+    );
+    uplink.shutdown().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = Mosquitto::start(
+        tmp.path(),
+        BrokerConfig {
+            persistence: true,
+            ..BrokerConfig::default()
+        },
+    );
+    let mut subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id: "outage-reader",
+        filter: "iot-2/#",
+        persistent: true,
+        credentials: None,
+    })
+    .await;
+    let store = open_store(&tmp.path().join("data"), 100_000, OnFull::DropOldest).await;
+    let ids = ["meter-a", "meter-b", "meter-c"];
+    let devices = ids.iter().map(|id| device(id, "meter", None)).collect();
+    let uplink = Uplink::start(settings(broker.url()), store.clone(), devices).unwrap();
+    for id in ids {
+        send(&uplink, id, 0..10, Qos::AtLeastOnce).await;
+    }
+    subscriber.wait_for("30 events", |m| m.len() >= 30).await;
+
+    broker.stop();
+    for id in ids {
+        wait_status(&uplink, id, "disconnected", |s| !s.connected).await;
+    }
+    for id in ids {
+        send(&uplink, id, 10..1010, Qos::AtLeastOnce).await;
+    }
+    wait_until_async("1000 events queued per device", || async {
+        let stats = store.stats().await.unwrap();
+        ids.iter()
+            .all(|id| stats_of(&stats, id).is_some_and(|s| s.depth == 1000))
+    })
+    .await;
+    // The second process view agrees while the gateway runs.
+    let stats = read_stats(&tmp.path().join("data")).await.unwrap();
+    assert!(stats
+        .iter()
+        .all(|s| s.depth == 1000 && s.oldest_enqueued_at.is_some()));
+
+    broker.restart();
+    subscriber.wait_subscribed(2).await;
+    subscriber
+        .wait_for("every event", |m| {
+            ids.iter().all(|id| {
+                seqs_of(m, id)
+                    .iter()
+                    .collect::<std::collections::HashSet<_>>()
+                    .len()
+                    == 1010
+            })
+        })
+        .await;
+    let messages = subscriber.messages();
+    for id in ids {
+        let duplicates = check_complete_and_ordered(id, &seqs_of(&messages, id), 0..1010);
+        assert!(
+            duplicates <= 100,
+            "{id}: {duplicates} duplicates exceed the window"
+        );
+    }
+    wait_until_async("the queue drained", || async {
+        store.stats().await.unwrap().iter().all(|s| s.depth == 0)
+    })
+    .await;
+    for id in ids {
+        let status = uplink.status(id).unwrap().borrow().clone();
+        assert!(status.connections >= 2, "{id}: {status:?}");
+        assert!(
+            status.session_present,
+            "persistent broker keeps the session: {status:?}"
+        );
+    }
+    uplink.shutdown().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let gateway = ("use-token-auth", "token-9");
+    let reader = ("reader", "reader-pw");
+    let mut broker = Mosquitto::start(
+        tmp.path(),
+        BrokerConfig {
+            users: users(&[gateway, reader]),
+            ..BrokerConfig::default()
+        },
+    );
+    let mut subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id: "reader-4",
+        filter: "iot-2/#",
+        persistent: false,
+        credentials: Some(reader),
+    })
+    .await;
+    let store = open_store(&tmp.path().join("data"), 10_000, OnFull::DropOldest).await;
+    let uplink = Uplink::start(
+        settings(broker.url()),
+        store.clone(),
+        vec![device("valve-1", "valve", Some(gateway.1))],
+    )
+    .unwrap();
+    send(&uplink, "valve-1", 0..5, Qos::AtLeastOnce).await;
+    subscriber.wait_for("5 events", |m| m.len() >= 5).await;
+    wait_status(&uplink, "valve-1", "5 acknowledgements", |s| {
+        s.acknowledged == 5
+    })
+    .await;
+
+    // A frozen broker receives publishes but acknowledges none.
+    broker.pause();
+    send(&uplink, "valve-1", 5..55, Qos::AtLeastOnce).await;
+    wait_status(&uplink, "valve-1", "50 events in flight", |s| {
+        s.in_flight == 50
+    })
+    .await;
+    assert_eq!(uplink.status("valve-1").unwrap().borrow().acknowledged, 5);
+
+    // It dies and comes back without any memory of the session. The gateway is kept
+    // out until the subscriber is back, then let in.
+    broker.kill();
+    broker.set_users(&[reader]);
+    broker.restart();
+    subscriber.wait_subscribed(2).await;
+    broker.set_users(&[gateway, reader]);
+
+    wait_status(&uplink, "valve-1", "a new session", |s| s.connections == 2).await;
+    subscriber
+        .wait_for("the 50 unacknowledged events", |m| m.len() >= 55)
+        .await;
+    let seqs = seqs_of(&subscriber.messages(), "valve-1");
+    check_complete_and_ordered("valve-1", &seqs, 0..55);
+    let status = uplink.status("valve-1").unwrap().borrow().clone();
+    assert!(!status.session_present, "{status:?}");
+    wait_status(&uplink, "valve-1", "all acknowledged", |s| {
+        s.acknowledged == 55
+    })
+    .await;
+    uplink.shutdown().await;
+    store.close().await;
+}
+
+async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let mut broker = Mosquitto::start(
+        tmp.path(),
+        BrokerConfig {
+            persistence: true,
+            ..BrokerConfig::default()
+        },
+    );
+    // A persistent subscription that outlives the broker's downtime.
+    let mut subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id: "full-reader",
+        filter: "iot-2/#",
+        persistent: true,
+        credentials: None,
+    })
+    .await;
+    broker.stop();
+
+    let store = open_store(&data_dir, 100, on_full).await;
+    let devices = vec![
+        device("dev-a", "meter", None),
+        device("dev-b", "meter", None),
+    ];
+    let uplink = Uplink::start(settings(broker.url()), store.clone(), devices).unwrap();
+    send(&uplink, "dev-a", 0..150, Qos::AtLeastOnce).await;
+    send(&uplink, "dev-b", 0..20, Qos::AtLeastOnce).await;
+    send(&uplink, "dev-b", 100..105, Qos::AtMostOnce).await;
+    store.flush().await.unwrap();
+    wait_until_async("all 170 events handled", || async {
+        let stats = store.stats().await.unwrap();
+        stats
+            .iter()
+            .map(|s| s.depth + s.dropped_queue_full)
+            .sum::<u64>()
+            == 170
+    })
+    .await;
+    let total: u64 = store.stats().await.unwrap().iter().map(|s| s.depth).sum();
+    assert_eq!(total, 100, "the queue holds max_messages");
+
+    broker.restart();
+    subscriber.wait_subscribed(2).await;
+    wait_until_async("the queue drained", || async {
+        store.stats().await.unwrap().iter().all(|s| s.depth == 0)
+    })
+    .await;
+    subscriber.wait_for("100 events", |m| m.len() >= 100).await;
+    uplink.shutdown().await;
+    store.close().await;
+    let messages = subscriber.messages();
+    let stats = read_stats(&data_dir).await.unwrap();
+    (
+        seqs_of(&messages, "dev-a"),
+        seqs_of(&messages, "dev-b"),
+        stats,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_the_oldest_events_and_counts_them() {
+    let (a, b, stats) = queue_full(OnFull::DropOldest).await;
+    // 170 events for 100 places: the 70 oldest, all of dev-a, were dropped.
+    check_complete_and_ordered("dev-a", &a, 70..150);
+    check_complete_and_ordered("dev-b", &b, 0..20);
+    let (sa, sb) = (
+        stats_of(&stats, "dev-a").unwrap(),
+        stats_of(&stats, "dev-b").unwrap(),
+    );
+    assert_eq!((sa.depth, sa.dropped_queue_full), (0, 70));
+    assert_eq!((sb.depth, sb.dropped_queue_full), (0, 0));
+    // QoS 0 events sent while offline were never stored, only counted.
+    assert_eq!(sb.dropped_offline_qos0, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_drops_new_events_with_drop_newest() {
+    let (a, b, stats) = queue_full(OnFull::DropNewest).await;
+    check_complete_and_ordered("dev-a", &a, 0..100);
+    assert!(
+        b.is_empty(),
+        "dev-b's events came after the queue was full: {b:?}"
+    );
+    let (sa, sb) = (
+        stats_of(&stats, "dev-a").unwrap(),
+        stats_of(&stats, "dev-b").unwrap(),
+    );
+    assert_eq!(sa.dropped_queue_full, 50);
+    assert_eq!(sb.dropped_queue_full, 20);
+    assert_eq!(sb.dropped_offline_qos0, 5);
+}
