@@ -44,12 +44,10 @@ enum Access {
 
 impl Access {
     fn grants(self, wanted: Wanted) -> bool {
-        match (self, wanted) {
-            (Access::ReadWrite, _) => true,
-            (Access::Read, Wanted::Read) => true,
-            (Access::Write, Wanted::Write) => true,
-            _ => false,
-        }
+        matches!(
+            (self, wanted),
+            (Access::ReadWrite, _) | (Access::Read, Wanted::Read) | (Access::Write, Wanted::Write)
+        )
     }
 }
 

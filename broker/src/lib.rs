@@ -1,4 +1,13 @@
 //! fieldbridge-broker: the companion MQTT broker of the fieldbridge gateway.
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), fieldbridge_broker::BrokerError> {
+//! use fieldbridge_broker::{Broker, Config};
+//! let broker = Broker::new(Config::ephemeral())?.start().await?;
+//! println!("MQTT on {}", broker.local_addr());
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
 
 pub mod acl;
 pub mod auth;
@@ -10,6 +19,18 @@ pub mod retained;
 pub mod session;
 pub mod subscriptions;
 pub mod topic;
+
+mod connection;
+mod context;
+mod metrics;
+mod registry;
+mod router;
+mod server;
+mod sys;
+
+pub use config::Config;
+pub use metrics::Stats;
+pub use server::{Broker, BrokerError, RunningBroker, ShutdownHandle};
 
 /// The broker's version, as reported in `$SYS/broker/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

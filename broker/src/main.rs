@@ -1,3 +1,150 @@
-fn main() {
-    println!("fieldbridge-broker {}", fieldbridge_broker::VERSION);
+//! `fieldbridge-broker`: run the MQTT broker, or manage its password file.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use fieldbridge_broker::config::ListenerConfig;
+use fieldbridge_broker::{auth, Broker, Config};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "fieldbridge-broker",
+    version,
+    about = "MQTT 3.1.1 broker",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    /// Configuration file (YAML). Without one the broker listens on 127.0.0.1:1883.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Adds a plain MQTT listener (ADDR:PORT; port 0 picks a free one). Repeatable.
+    #[arg(long, value_name = "ADDR:PORT")]
+    listen: Vec<SocketAddr>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Sets a user's password in a password file (created if missing), or deletes the user.
+    /// The password is read from standard input (prompted twice on a terminal) unless -b.
+    Passwd {
+        /// Takes the password from the command line (visible to other users: for scripts
+        /// and tests).
+        #[arg(short = 'b', requires = "password")]
+        batch: bool,
+        /// Deletes the user instead.
+        #[arg(short = 'D', conflicts_with_all = ["batch", "password"])]
+        delete: bool,
+        file: PathBuf,
+        user: String,
+        password: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Passwd {
+            batch,
+            delete,
+            file,
+            user,
+            password,
+        }) => passwd(&file, &user, delete, batch.then_some(password).flatten()),
+        None => run(cli.config.as_deref(), cli.listen),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fieldbridge-broker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd(file: &Path, user: &str, delete: bool, password: Option<String>) -> anyhow::Result<()> {
+    if delete {
+        if !auth::delete_user(file, user)? {
+            bail!("no user {user:?} in {}", file.display());
+        }
+        return Ok(());
+    }
+    let password = match password {
+        Some(password) => password,
+        None => read_password()?,
+    };
+    if password.is_empty() {
+        bail!("empty password");
+    }
+    auth::set_password(file, user, password.as_bytes())?;
+    Ok(())
+}
+
+fn read_password() -> anyhow::Result<String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").context("reading the password")?;
+        let second =
+            rpassword::prompt_password("Password again: ").context("reading the password")?;
+        if first != second {
+            bail!("the passwords differ");
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from standard input")?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let mut config = match config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    config
+        .listeners
+        .extend(listen.into_iter().map(ListenerConfig::mqtt));
+    let broker = Broker::new(config)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let running = broker.start().await?;
+        for addr in running.local_addrs() {
+            // A stable line for scripts and tests that start the broker on port 0.
+            eprintln!("listening on {addr}");
+        }
+        wait_for_signal().await?;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        anyhow::Ok(())
+    })
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    Ok(())
 }

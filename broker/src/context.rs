@@ -1,0 +1,54 @@
+//! What every connection task shares: the router, the sessions, authentication and limits.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::PasswordFile;
+use crate::config::{AnonymousPolicy, Limits};
+use crate::metrics::{Metrics, Stats};
+use crate::registry::Registry;
+use crate::router::Router;
+
+/// Password checks running at once (each costs tens of milliseconds and ~19 MiB).
+pub(crate) const CONCURRENT_PASSWORD_CHECKS: usize = 2;
+
+#[derive(Debug)]
+pub(crate) struct BrokerContext {
+    pub router: Router,
+    pub registry: Registry,
+    pub passwords: Option<Arc<PasswordFile>>,
+    pub anonymous: AnonymousPolicy,
+    pub limits: Limits,
+    pub metrics: Arc<Metrics>,
+    pub password_checks: Semaphore,
+    pub next_connection_id: AtomicU64,
+    pub shutdown: CancellationToken,
+    pub started: Instant,
+}
+
+impl BrokerContext {
+    /// Largest packet accepted: a maximal payload with a maximal topic and headers.
+    pub fn max_packet_size(&self) -> usize {
+        self.limits.max_payload + 5 + 2 + usize::from(u16::MAX) + 2
+    }
+
+    pub fn stats(&self) -> Stats {
+        let metrics = &self.metrics;
+        Stats {
+            uptime_secs: self.started.elapsed().as_secs(),
+            clients_connected: Metrics::load(&metrics.clients_connected),
+            clients_total: self.registry.len() as u64,
+            messages_received: Metrics::load(&metrics.messages_received),
+            messages_sent: Metrics::load(&metrics.messages_sent),
+            bytes_received: Metrics::load(&metrics.bytes_received),
+            bytes_sent: Metrics::load(&metrics.bytes_sent),
+            messages_dropped: Metrics::load(&metrics.messages_dropped),
+            subscriptions: self.router.subscriptions.read().len() as u64,
+            retained_messages: self.router.retained.read().len() as u64,
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Routing: a published message goes to the retained store and to the queue of every
+//! session with a matching subscription, and durably so where the publisher's
+//! acknowledgement depends on it.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use tokio::sync::mpsc::PermitIterator;
+
+use crate::acl::{Acl, Identity};
+use crate::codec::QoS;
+use crate::message::Message;
+use crate::metrics::Metrics;
+use crate::persistence::{NotDurable, Op, StoreHandle};
+use crate::registry::{Session, Tree};
+use crate::retained::{RetainOutcome, RetainedStore};
+use crate::session::{Enqueued, SessionLimits};
+use crate::subscriptions::Matched;
+
+/// Sessions whose queue is longer than this get their own copy of a message instead of a
+/// slice of the publisher's read buffer, which a backlog would otherwise keep alive.
+const SHARE_BUFFER_BELOW: usize = 64;
+
+/// Delivery targets handled per reservation of persistence room.
+const CHUNK: usize = 1024;
+
+/// Matches of one routing, reused between messages by each connection.
+pub(crate) type MatchBuffer = Vec<Matched<Arc<Session>>>;
+
+#[derive(Debug)]
+pub(crate) struct Router {
+    pub subscriptions: Tree,
+    pub retained: RwLock<RetainedStore>,
+    pub store: Option<StoreHandle>,
+    pub acl: Option<Arc<Acl>>,
+    pub limits: SessionLimits,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Persistence state of one message being delivered: room reserved in the persistence
+/// channel, and the message's id once its body is stored.
+struct Durable<'p, 'a> {
+    permits: &'p mut PermitIterator<'a, Op>,
+    message_id: Option<i64>,
+}
+
+impl Router {
+    /// Whether deliveries to `session` at `qos` are written to the database.
+    pub fn persists(&self, session: &Session, qos: QoS) -> bool {
+        self.store.is_some() && session.persistent && qos != QoS::AtMostOnce
+    }
+
+    /// Routes a message. Returns once everything the publisher's acknowledgement depends on
+    /// is durable: the message in the queues of persistent sessions and the retained store
+    /// (for QoS 1 and 2). `force_barrier` waits for earlier writes of the caller too.
+    pub async fn publish(
+        &self,
+        message: Arc<Message>,
+        matches: &mut MatchBuffer,
+        force_barrier: bool,
+    ) -> Result<(), NotDurable> {
+        let mut wait = force_barrier;
+        if message.retain {
+            wait |= self.retain(&message).await? && message.qos != QoS::AtMostOnce;
+        }
+        self.subscriptions.read().matches(&message.topic, matches);
+        let mut detached = None;
+        for chunk in matches.chunks(CHUNK) {
+            let durable_count = chunk
+                .iter()
+                .filter(|m| self.persists(&m.subscriber, m.qos.min(message.qos)))
+                .count();
+            let mut permits = match &self.store {
+                Some(store) if durable_count > 0 => Some(store.reserve(durable_count + 1).await?),
+                _ => None,
+            };
+            let mut durable = permits.as_mut().map(|permits| Durable {
+                permits,
+                message_id: None,
+            });
+            for matched in chunk {
+                let qos = matched.qos.min(message.qos);
+                self.deliver(
+                    &matched.subscriber,
+                    &message,
+                    &mut detached,
+                    qos,
+                    false,
+                    durable.as_mut(),
+                );
+            }
+            wait |= durable.is_some_and(|durable| durable.message_id.is_some());
+        }
+        matches.clear();
+        match &self.store {
+            Some(store) if wait => store.barrier().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores or clears the retained message of the topic; true if that was written to the
+    /// database.
+    async fn retain(&self, message: &Message) -> Result<bool, NotDurable> {
+        let stored = Arc::new(Message {
+            retain: true,
+            ..message.detached()
+        });
+        let store = self
+            .store
+            .as_ref()
+            .filter(|_| !message.topic.starts_with("$SYS/"));
+        let mut permit = match store {
+            Some(store) => Some(store.reserve(1).await?),
+            None => None,
+        };
+        let mut retained = self.retained.write();
+        let op = match retained.set(stored) {
+            RetainOutcome::Stored | RetainOutcome::Replaced => Op::SetRetained {
+                topic: message.topic.clone(),
+                payload: message.payload.clone(),
+                qos: message.qos,
+            },
+            RetainOutcome::Cleared => Op::ClearRetained {
+                topic: message.topic.clone(),
+            },
+            RetainOutcome::NothingToClear => return Ok(false),
+            RetainOutcome::Full => {
+                tracing::warn!(topic = %message.topic, max = retained.len(), "retained store full: message not retained");
+                return Ok(false);
+            }
+        };
+        match permit.as_mut().and_then(Iterator::next) {
+            Some(permit) => {
+                permit.send(op);
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    /// Queues the retained messages matching a new subscription for its session.
+    pub async fn deliver_retained(
+        &self,
+        session: &Arc<Session>,
+        filter: &str,
+        granted: QoS,
+    ) -> Result<(), NotDurable> {
+        let mut found = Vec::new();
+        self.retained.read().matching(filter, &mut found);
+        let mut wait = false;
+        for chunk in found.chunks(CHUNK / 2) {
+            let durable_count = chunk
+                .iter()
+                .filter(|m| self.persists(session, m.qos.min(granted)))
+                .count();
+            let mut permits = match &self.store {
+                Some(store) if durable_count > 0 => Some(store.reserve(2 * durable_count).await?),
+                _ => None,
+            };
+            for message in chunk {
+                // Retained messages are stored detached already: no copy needed.
+                let mut detached = Some(message.clone());
+                let mut durable = permits.as_mut().map(|permits| Durable {
+                    permits,
+                    message_id: None,
+                });
+                self.deliver(
+                    session,
+                    message,
+                    &mut detached,
+                    message.qos.min(granted),
+                    true,
+                    durable.as_mut(),
+                );
+                wait |= durable.is_some_and(|durable| durable.message_id.is_some());
+            }
+        }
+        match &self.store {
+            Some(store) if wait => store.barrier().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues one message for one session, writing it to the database when the session
+    /// is persistent (through `durable`'s reserved room, under the session lock so that the
+    /// session's writes stay in order).
+    fn deliver(
+        &self,
+        session: &Session,
+        message: &Arc<Message>,
+        detached: &mut Option<Arc<Message>>,
+        qos: QoS,
+        retain: bool,
+        durable: Option<&mut Durable<'_, '_>>,
+    ) {
+        let mut inner = session.inner.lock();
+        if inner.discarded {
+            return;
+        }
+        if let Some(acl) = &self.acl {
+            let who = Identity {
+                username: inner.username.as_deref(),
+                client_id: &session.client_id,
+            };
+            if !acl.can_read(who, &message.topic) {
+                return;
+            }
+        }
+        let online = inner.link.is_some();
+        let shared = online && inner.state.queued_len() < SHARE_BUFFER_BELOW;
+        let body = if shared {
+            message.clone()
+        } else {
+            detached
+                .get_or_insert_with(|| Arc::new(message.detached()))
+                .clone()
+        };
+        let was_dropping = inner.state.is_dropping();
+        match inner.state.enqueue(body, qos, retain, online, &self.limits) {
+            Enqueued::Queued { seq, wake } => {
+                if let Some(durable) = durable.filter(|_| self.persists(session, qos)) {
+                    let message_id = match durable.message_id {
+                        Some(id) => Some(id),
+                        None => self.store_body(message, durable),
+                    };
+                    if let (Some(message_id), Some(permit)) = (message_id, durable.permits.next()) {
+                        permit.send(Op::Enqueue {
+                            client_id: session.client_id.clone(),
+                            seq,
+                            message_id,
+                            qos,
+                            retain,
+                        });
+                    }
+                }
+                if wake {
+                    if let Some(link) = &inner.link {
+                        link.signal.wake();
+                    }
+                }
+            }
+            Enqueued::Dropped => {
+                self.metrics
+                    .messages_dropped
+                    .fetch_add(1, Ordering::Relaxed);
+                if !was_dropping {
+                    tracing::warn!(
+                        client_id = %session.client_id,
+                        queued = inner.state.queued_len(),
+                        dropped_total = inner.state.dropped(),
+                        "session queue full: dropping messages"
+                    );
+                }
+            }
+            Enqueued::Skipped => {}
+        }
+    }
+
+    fn store_body(&self, message: &Message, durable: &mut Durable<'_, '_>) -> Option<i64> {
+        let store = self.store.as_ref()?;
+        let permit = durable.permits.next()?;
+        let id = store.next_message_id();
+        permit.send(Op::Message {
+            id,
+            topic: message.topic.clone(),
+            payload: message.payload.clone(),
+        });
+        durable.message_id = Some(id);
+        Some(id)
+    }
+}

@@ -1,0 +1,333 @@
+//! The broker as a library: [`Broker::new`] checks a configuration, [`Broker::start`]
+//! binds its listeners and runs it, [`RunningBroker`] tells where it listens and stops it.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::RwLock;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::acl::{Acl, AclError};
+use crate::auth::{AuthError, PasswordFile};
+use crate::config::{AnonymousPolicy, Config, ConfigError, ListenerProtocol};
+use crate::connection::{self, ListenerInfo};
+use crate::context::{BrokerContext, CONCURRENT_PASSWORD_CHECKS};
+use crate::metrics::{Metrics, Stats};
+use crate::persistence::{self, Snapshot, StoreError};
+use crate::registry::{Kick, Registry};
+use crate::retained::RetainedStore;
+use crate::router::Router;
+use crate::session::{Delivery, Inflight, InflightState, SessionLimits, SessionState};
+use crate::subscriptions::SubscriptionTree;
+
+/// Time connections get to close at shutdown before the broker stops waiting for them.
+const CONNECTIONS_GRACE: Duration = Duration::from_millis(500);
+/// Time the database gets to commit its last writes at shutdown.
+const STORE_GRACE: Duration = Duration::from_millis(1500);
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0} is not supported yet")]
+    NotSupported(String),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error(transparent)]
+    Acl(#[from] AclError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A checked configuration, ready to start.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    config: Config,
+}
+
+impl Broker {
+    pub fn new(config: Config) -> Result<Self, BrokerError> {
+        config.validate("configuration")?;
+        for listener in config.effective_listeners() {
+            if listener.protocol != ListenerProtocol::Mqtt {
+                return Err(BrokerError::NotSupported(format!(
+                    "listener protocol {} (on {})",
+                    listener.protocol, listener.bind
+                )));
+            }
+        }
+        if config.platform.is_some() {
+            return Err(BrokerError::NotSupported("platform mode".into()));
+        }
+        Ok(Self { config })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Loads the password and ACL files and the persisted state, binds every listener, and
+    /// starts serving in the current Tokio runtime.
+    pub async fn start(self) -> Result<RunningBroker, BrokerError> {
+        let config = self.config;
+        let passwords = match &config.auth.password_file {
+            Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
+            None => None,
+        };
+        let acl = match &config.auth.acl_file {
+            Some(path) => Some(Arc::new(Acl::load(path)?)),
+            None => None,
+        };
+        if passwords.is_none() && config.allow_anonymous == AnonymousPolicy::Never {
+            tracing::warn!(
+                "allow_anonymous is false and there is no password file: no client can connect"
+            );
+        }
+        let mut listeners = Vec::new();
+        for listener in config.effective_listeners() {
+            let bound =
+                TcpListener::bind(listener.bind)
+                    .await
+                    .map_err(|source| BrokerError::Bind {
+                        addr: listener.bind,
+                        source,
+                    })?;
+            let local = bound.local_addr().map_err(|source| BrokerError::Bind {
+                addr: listener.bind,
+                source,
+            })?;
+            let info = ListenerInfo {
+                local,
+                loopback: local.ip().is_loopback(),
+            };
+            listeners.push((bound, info));
+        }
+        let (store, snapshot) = match &config.persistence {
+            Some(persistence) => {
+                let (store, snapshot) = persistence::open(persistence).await?;
+                (Some(store), snapshot)
+            }
+            None => (None, Snapshot::default()),
+        };
+        let limits = config.limits.clone();
+        let metrics = Arc::new(Metrics::default());
+        let ctx = Arc::new(BrokerContext {
+            router: Router {
+                subscriptions: RwLock::new(SubscriptionTree::default()),
+                retained: RwLock::new(RetainedStore::new(limits.max_retained_messages)),
+                store,
+                acl,
+                limits: SessionLimits {
+                    max_inflight: limits.max_inflight,
+                    max_queued_messages: limits.max_queued_messages,
+                    max_queued_bytes: limits.max_queued_bytes,
+                },
+                metrics: metrics.clone(),
+            },
+            registry: Registry::new(limits.max_sessions),
+            passwords,
+            anonymous: config.allow_anonymous,
+            metrics,
+            password_checks: Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
+            next_connection_id: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            started: Instant::now(),
+            limits,
+        });
+        restore(&ctx, snapshot);
+
+        let tracker = TaskTracker::new();
+        let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
+        let mut local_addrs = Vec::new();
+        for (listener, info) in listeners {
+            tracing::info!(address = %info.local, "listening");
+            local_addrs.push(info.local);
+            tracker.spawn(accept_loop(
+                listener,
+                info,
+                ctx.clone(),
+                slots.clone(),
+                tracker.clone(),
+            ));
+        }
+        if !config.sys_interval.is_zero() {
+            tracker.spawn(crate::sys::run(ctx.clone(), config.sys_interval));
+        }
+        let done = tokio::spawn(supervise(ctx.clone(), tracker));
+        Ok(RunningBroker {
+            local_addrs,
+            ctx,
+            done: Some(done),
+        })
+    }
+}
+
+/// Puts the persisted state back: retained messages, sessions, their subscriptions.
+fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
+    let sessions = snapshot.sessions.len();
+    let retained = snapshot.retained.len();
+    {
+        let mut store = ctx.router.retained.write();
+        for message in snapshot.retained {
+            store.set(Arc::new(message));
+        }
+    }
+    for (client_id, stored) in snapshot.sessions {
+        let mut state = SessionState::new();
+        for item in stored.queue {
+            let delivery = Delivery {
+                message: item.message,
+                qos: item.qos,
+                retain: item.retain,
+                seq: item.seq,
+            };
+            match item.pkid {
+                Some(pkid) => state.restore_inflight(Inflight {
+                    pkid,
+                    state: match (item.released, item.qos) {
+                        (true, _) => InflightState::AwaitingPubComp,
+                        (false, crate::codec::QoS::ExactlyOnce) => InflightState::AwaitingPubRec,
+                        (false, _) => InflightState::AwaitingPubAck,
+                    },
+                    delivery,
+                }),
+                None => state.restore_queued(delivery),
+            }
+        }
+        for pkid in stored.incoming_qos2 {
+            state.restore_incoming_qos2(pkid);
+        }
+        for (filter, qos) in &stored.subscriptions {
+            state.add_subscription(filter.clone(), *qos);
+        }
+        let session = ctx.registry.restore(client_id, state);
+        let mut tree = ctx.router.subscriptions.write();
+        for (filter, qos) in stored.subscriptions {
+            tree.subscribe(&filter, session.id, qos, session.clone());
+        }
+    }
+    if sessions + retained > 0 {
+        tracing::info!(sessions, retained, "restored persisted state");
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    info: ListenerInfo,
+    ctx: Arc<BrokerContext>,
+    slots: Arc<Semaphore>,
+    tracker: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = ctx.shutdown.cancelled() => return,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, max = ctx.limits.max_connections, "max_connections reached: connection closed");
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                tracker.spawn(connection::serve(stream, peer, info, ctx.clone(), slot));
+            }
+            Err(error) => {
+                // Out of file descriptors, usually: wait instead of spinning.
+                tracing::warn!(%error, listener = %info.local, "accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Waits for shutdown, then closes every connection and commits the last writes.
+async fn supervise(ctx: Arc<BrokerContext>, tracker: TaskTracker) {
+    ctx.shutdown.cancelled().await;
+    ctx.registry.kick_all(Kick::Shutdown);
+    tracker.close();
+    if tokio::time::timeout(CONNECTIONS_GRACE, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still closing at shutdown");
+    }
+    if let Some(store) = &ctx.router.store {
+        if tokio::time::timeout(STORE_GRACE, store.close())
+            .await
+            .is_err()
+        {
+            tracing::error!("persistence did not finish its last writes in time");
+        }
+    }
+    tracing::info!("broker stopped");
+}
+
+/// Stops a running broker from anywhere (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct ShutdownHandle(CancellationToken);
+
+impl ShutdownHandle {
+    pub fn shutdown(&self) {
+        self.0.cancel();
+    }
+}
+
+/// A started broker. Dropping it stops the broker (without waiting).
+#[derive(Debug)]
+pub struct RunningBroker {
+    local_addrs: Vec<SocketAddr>,
+    ctx: Arc<BrokerContext>,
+    done: Option<JoinHandle<()>>,
+}
+
+impl RunningBroker {
+    /// The address of the first listener (with the real port when it was 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addrs[0]
+    }
+
+    /// The addresses of all listeners, in configuration order (`--listen` ones last).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.ctx.stats()
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle(self.ctx.shutdown.clone())
+    }
+
+    /// Waits until the broker has stopped (after a [`ShutdownHandle::shutdown`]).
+    pub async fn stopped(&mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.await;
+        }
+    }
+
+    /// Stops accepting, closes every connection, commits the last writes, and returns when
+    /// that is done.
+    pub async fn shutdown(mut self) {
+        self.ctx.shutdown.cancel();
+        self.stopped().await;
+    }
+}
+
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        self.ctx.shutdown.cancel();
+    }
+}
