@@ -10,6 +10,7 @@ use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, SessionStatus, TopicScheme, Uplink, UplinkSettings};
+use tokio::sync::mpsc;
 
 const PLATFORM_TOPIC: &str = "iot-2/evt/status/fmt/json";
 
@@ -44,8 +45,18 @@ async fn open_store(dir: &Path, max_messages: u64, on_full: OnFull) -> Store {
     Store::open(settings).await.expect("store opens")
 }
 
-async fn send(uplink: &Uplink, device: &str, seqs: std::ops::Range<u64>, qos: Qos) {
-    let sender = uplink.sender();
+/// Starts the uplink; events go in through the returned sender.
+fn start(
+    settings: UplinkSettings,
+    store: &Store,
+    devices: Vec<DeviceIdentity>,
+) -> (Uplink, mpsc::Sender<Event>) {
+    let (sender, events) = mpsc::channel(1024);
+    let uplink = Uplink::start(settings, store.clone(), devices, events).expect("uplink starts");
+    (uplink, sender)
+}
+
+async fn send(sender: &mpsc::Sender<Event>, device: &str, seqs: std::ops::Range<u64>, qos: Qos) {
     for seq in seqs {
         sender
             .send(event(device, seq, qos))
@@ -111,15 +122,11 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
         device("pump-7", "pump", Some("token-1")),
         device("intruder-1", "pump", Some("wrong-token")),
     ];
-    let uplink = Uplink::start(settings(broker.url()), store.clone(), devices).unwrap();
+    let (uplink, sender) = start(settings(broker.url()), &store, devices);
 
     for seq in 0..50 {
         for id in ["boiler-1", "boiler-2", "pump-7", "intruder-1"] {
-            uplink
-                .sender()
-                .send(event(id, seq, Qos::AtLeastOnce))
-                .await
-                .unwrap();
+            sender.send(event(id, seq, Qos::AtLeastOnce)).await.unwrap();
         }
     }
     subscriber.wait_for("150 events", |m| m.len() >= 150).await;
@@ -172,8 +179,7 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
     .await;
 
     // QoS 0 goes straight through while connected.
-    uplink
-        .sender()
+    sender
         .send(event("pump-7", 1000, Qos::AtMostOnce))
         .await
         .unwrap();
@@ -220,13 +226,7 @@ async fn custom_topic_templates_and_anonymous_devices() {
         command: "plant/{org}/{type}/{id}/cmd/{command}".into(),
     };
     settings.keepalive = Duration::from_secs(15);
-    let uplink = Uplink::start(
-        settings,
-        store.clone(),
-        vec![device("line-3", "press", None)],
-    )
-    .unwrap();
-    let sender = uplink.sender();
+    let (uplink, sender) = start(settings, &store, vec![device("line-3", "press", None)]);
     for (seq, event_id) in [(0, "status"), (1, "health"), (2, "status")] {
         let mut e = event("line-3", seq, Qos::AtLeastOnce);
         e.event_id = event_id.into();
@@ -273,9 +273,9 @@ async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
     let store = open_store(&tmp.path().join("data"), 100_000, OnFull::DropOldest).await;
     let ids = ["meter-a", "meter-b", "meter-c"];
     let devices = ids.iter().map(|id| device(id, "meter", None)).collect();
-    let uplink = Uplink::start(settings(broker.url()), store.clone(), devices).unwrap();
+    let (uplink, sender) = start(settings(broker.url()), &store, devices);
     for id in ids {
-        send(&uplink, id, 0..10, Qos::AtLeastOnce).await;
+        send(&sender, id, 0..10, Qos::AtLeastOnce).await;
     }
     subscriber.wait_for("30 events", |m| m.len() >= 30).await;
 
@@ -284,7 +284,7 @@ async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
         wait_status(&uplink, id, "disconnected", |s| !s.connected).await;
     }
     for id in ids {
-        send(&uplink, id, 10..1010, Qos::AtLeastOnce).await;
+        send(&sender, id, 10..1010, Qos::AtLeastOnce).await;
     }
     wait_until_async("1000 events queued per device", || async {
         let stats = store.stats().await.unwrap();
@@ -356,13 +356,12 @@ async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
     })
     .await;
     let store = open_store(&tmp.path().join("data"), 10_000, OnFull::DropOldest).await;
-    let uplink = Uplink::start(
+    let (uplink, sender) = start(
         settings(broker.url()),
-        store.clone(),
+        &store,
         vec![device("valve-1", "valve", Some(gateway.1))],
-    )
-    .unwrap();
-    send(&uplink, "valve-1", 0..5, Qos::AtLeastOnce).await;
+    );
+    send(&sender, "valve-1", 0..5, Qos::AtLeastOnce).await;
     subscriber.wait_for("5 events", |m| m.len() >= 5).await;
     wait_status(&uplink, "valve-1", "5 acknowledgements", |s| {
         s.acknowledged == 5
@@ -371,7 +370,7 @@ async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
 
     // A frozen broker receives publishes but acknowledges none.
     broker.pause();
-    send(&uplink, "valve-1", 5..55, Qos::AtLeastOnce).await;
+    send(&sender, "valve-1", 5..55, Qos::AtLeastOnce).await;
     wait_status(&uplink, "valve-1", "50 events in flight", |s| {
         s.in_flight == 50
     })
@@ -428,10 +427,10 @@ async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
         device("dev-a", "meter", None),
         device("dev-b", "meter", None),
     ];
-    let uplink = Uplink::start(settings(broker.url()), store.clone(), devices).unwrap();
-    send(&uplink, "dev-a", 0..150, Qos::AtLeastOnce).await;
-    send(&uplink, "dev-b", 0..20, Qos::AtLeastOnce).await;
-    send(&uplink, "dev-b", 100..105, Qos::AtMostOnce).await;
+    let (uplink, sender) = start(settings(broker.url()), &store, devices);
+    send(&sender, "dev-a", 0..150, Qos::AtLeastOnce).await;
+    send(&sender, "dev-b", 0..20, Qos::AtLeastOnce).await;
+    send(&sender, "dev-b", 100..105, Qos::AtMostOnce).await;
     store.flush().await.unwrap();
     wait_until_async("all 170 events handled", || async {
         let stats = store.stats().await.unwrap();

@@ -2,8 +2,8 @@
 //! store-and-forward queue for QoS 1 events and directly for QoS 0 events.
 //!
 //! ```text
-//! sender() ──> router ──QoS 1──> Store (SQLite, committed) ──> session ──> broker
-//!                     └─QoS 0──> session (dropped and counted when offline)
+//! events ──> router ──QoS 1──> Store (SQLite, committed) ──> session ──> broker
+//!            └─QoS 0──> session (dropped and counted when offline)
 //! ```
 //!
 //! Each session (`d:<org>:<type>:<id>`, `clean_session = false`) reads its device's
@@ -34,8 +34,6 @@ pub use topics::TopicScheme;
 
 /// Largest event payload accepted (the platform's limit).
 pub const MAX_PAYLOAD: usize = 131_072;
-/// Events waiting for the router (per uplink).
-const SUBMIT_CAPACITY: usize = 1024;
 /// QoS 0 events waiting for their session; more are dropped and counted.
 const QOS0_CAPACITY: usize = 16;
 
@@ -115,7 +113,6 @@ pub enum UplinkError {
 
 /// The running uplink.
 pub struct Uplink {
-    sender: mpsc::Sender<Event>,
     statuses: HashMap<String, watch::Receiver<SessionStatus>>,
     tasks: Vec<JoinHandle<()>>,
     router: JoinHandle<()>,
@@ -124,12 +121,16 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// Validates the settings and starts one session per device plus the router that
-    /// [`Uplink::sender`] feeds. Must be called inside a Tokio runtime.
+    /// Validates the settings and starts one session per device, plus the router that
+    /// takes `events` (from the runtime's event sink): QoS 1 events go to the queue,
+    /// waiting while its writer is behind (back-pressure); QoS 0 events go straight to
+    /// their session and are dropped and counted when it cannot take them. Must be
+    /// called inside a Tokio runtime.
     pub fn start(
         settings: UplinkSettings,
         store: Store,
         devices: Vec<DeviceIdentity>,
+        events: mpsc::Receiver<Event>,
     ) -> Result<Uplink, UplinkError> {
         let plan = session::Plan::new(&settings, &devices)?;
         let shutdown = CancellationToken::new();
@@ -157,10 +158,8 @@ impl Uplink {
             tasks.push(task);
         }
         tracing::info!(url = %settings.url, sessions = tasks.len(), "uplink started");
-        let (sender, events) = mpsc::channel(SUBMIT_CAPACITY);
         let router = tokio::spawn(route(events, routes, store.clone(), shutdown.clone()));
         Ok(Uplink {
-            sender,
             statuses,
             tasks,
             router,
@@ -169,24 +168,16 @@ impl Uplink {
         })
     }
 
-    /// Where the runtime sends events. Sending waits while the queue's writer is
-    /// behind (back-pressure); QoS 0 events never wait, they are dropped and counted
-    /// when their session cannot take them.
-    pub fn sender(&self) -> mpsc::Sender<Event> {
-        self.sender.clone()
-    }
-
     /// Connection state and counters of a device's session.
     pub fn status(&self, device_id: &str) -> Option<watch::Receiver<SessionStatus>> {
         self.statuses.get(device_id).cloned()
     }
 
-    /// Stops accepting events (those already submitted are queued), lets the broker
+    /// Stops taking events (QoS 1 ones already submitted are queued), lets the broker
     /// acknowledge what is in flight for a moment, commits the deletions, disconnects
     /// every session and flushes the queue: done within about a second.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
-        drop(self.sender);
         let _ = self.router.await;
         for task in self.tasks {
             let _ = task.await;
