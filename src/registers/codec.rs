@@ -234,7 +234,7 @@ pub fn decode(data_type: DataType, order: WordOrder, words: &[u16]) -> Result<Va
         DataType::I32 => Value::I64(i32::from_be_bytes(words_to_bytes(words, order)).into()),
         DataType::U64 => Value::U64(u64::from_be_bytes(words_to_bytes(words, order))),
         DataType::I64 => Value::I64(i64::from_be_bytes(words_to_bytes(words, order))),
-        DataType::F32 => Value::F64(f32::from_be_bytes(words_to_bytes(words, order)).into()),
+        DataType::F32 => Value::F64(widen_f32(f32::from_be_bytes(words_to_bytes(words, order)))),
         DataType::F64 => Value::F64(f64::from_be_bytes(words_to_bytes(words, order))),
         DataType::String(len) => Value::Text(decode_text(len, order, words)),
     })
@@ -446,6 +446,20 @@ fn encode_text(
 
 fn is_identity(scale: f64, offset: f64) -> bool {
     scale == 1.0 && offset == 0.0
+}
+
+/// The f64 nearest to the shortest decimal that reads back as `value`: a sensor's
+/// 20.1f32 becomes 20.1 in JSON rather than 20.100000381469727, and encoding it
+/// again gives back the same f32.
+fn widen_f32(value: f32) -> f64 {
+    if !value.is_finite() {
+        return value.into();
+    }
+    let mut buffer = ryu::Buffer::new();
+    buffer
+        .format_finite(value)
+        .parse()
+        .unwrap_or_else(|_| value.into())
 }
 
 /// Engineering value from a decoded raw value: `raw * scale + offset`.
