@@ -1,0 +1,12 @@
+//! Integration tests of the broker: real brokers (in-process or the binary) on loopback,
+//! real clients (raw packets through the codec, rumqttc, Mosquitto's command-line tools).
+
+mod common;
+
+mod auth;
+mod malformed;
+mod persistence;
+mod process;
+mod qos;
+mod retained;
+mod sessions;

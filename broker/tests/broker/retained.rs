@@ -1,0 +1,188 @@
+//! Retained messages, `$` topics and `$SYS`.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use fieldbridge_broker::codec::{Publish, QoS};
+
+use crate::common::{config, payload, publish, start, wait_until, Raw};
+
+fn retained(topic: &str, body: &str, qos: QoS, pkid: u16) -> Publish {
+    Publish {
+        retain: true,
+        ..publish(topic, body, qos, pkid)
+    }
+}
+
+#[tokio::test]
+async fn retained_set_replace_clear() {
+    let broker = start(config()).await;
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    publisher
+        .publish(retained("r/x", "v1", QoS::AtLeastOnce, 1))
+        .await;
+    publisher
+        .publish(retained("r/x", "v2", QoS::AtLeastOnce, 2))
+        .await;
+
+    let (mut late, _) = Raw::connect(addr, "late", true).await;
+    late.subscribe(&[("r/x", QoS::AtLeastOnce)]).await;
+    let got = late.recv_publish().await;
+    assert_eq!(
+        (payload(&got), got.retain, got.qos),
+        ("v2".into(), true, QoS::AtLeastOnce),
+        "only the latest, flagged retained"
+    );
+    late.ack(&got).await;
+
+    // Live delivery of a retained publish to an existing subscriber: RETAIN is 0.
+    publisher
+        .publish(retained("r/x", "v3", QoS::AtMostOnce, 0))
+        .await;
+    let live = late.recv_publish().await;
+    assert_eq!((payload(&live), live.retain), ("v3".into(), false));
+
+    // An empty retained payload clears (and is delivered as a normal message).
+    publisher
+        .publish(retained("r/x", "", QoS::AtMostOnce, 0))
+        .await;
+    assert_eq!(payload(&late.recv_publish().await), "");
+    wait_until("the retained message is cleared", || {
+        broker.stats().retained_messages == 0
+    })
+    .await;
+
+    let (mut later, _) = Raw::connect(addr, "later", true).await;
+    later.subscribe(&[("r/x", QoS::AtMostOnce)]).await;
+    publisher
+        .publish(publish("r/x", "marker", QoS::AtMostOnce, 0))
+        .await;
+    assert_eq!(
+        payload(&later.recv_publish().await),
+        "marker",
+        "no retained message after clearing"
+    );
+}
+
+#[tokio::test]
+async fn retained_messages_reach_wildcard_subscriptions() {
+    let broker = start(config()).await;
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    for topic in ["a/b", "a/c/d", "b/x", "a"] {
+        publisher
+            .publish(retained(topic, topic, QoS::AtLeastOnce, 1))
+            .await;
+    }
+    let (mut sub, _) = Raw::connect(addr, "sub", true).await;
+    sub.subscribe(&[("a/#", QoS::AtMostOnce)]).await;
+    let mut topics = Vec::new();
+    for _ in 0..3 {
+        let got = sub.recv_publish().await;
+        assert!(got.retain);
+        assert_eq!(got.qos, QoS::AtMostOnce, "min(retained QoS 1, granted 0)");
+        topics.push(got.topic.to_string());
+    }
+    topics.sort();
+    assert_eq!(topics, ["a", "a/b", "a/c/d"]);
+
+    sub.subscribe(&[("+/x", QoS::AtLeastOnce)]).await;
+    let got = sub.recv_publish().await;
+    assert_eq!((got.topic.to_string(), got.retain), ("b/x".into(), true));
+}
+
+#[tokio::test]
+async fn dollar_topics_are_not_matched_by_leading_wildcards() {
+    let broker = start(config()).await;
+    let addr = broker.local_addr();
+    let (mut everything, _) = Raw::connect(addr, "all", true).await;
+    everything
+        .subscribe(&[("#", QoS::AtMostOnce), ("+/status", QoS::AtMostOnce)])
+        .await;
+    let (mut dollar, _) = Raw::connect(addr, "dollar", true).await;
+    dollar.subscribe(&[("$app/#", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    publisher
+        .publish(publish("$app/status", "hidden", QoS::AtMostOnce, 0))
+        .await;
+    publisher
+        .publish(publish("app/status", "visible", QoS::AtMostOnce, 0))
+        .await;
+    assert_eq!(payload(&dollar.recv_publish().await), "hidden");
+    let first = everything.recv_publish().await;
+    assert_eq!(
+        payload(&first),
+        "visible",
+        "neither # nor +/status matched $app/status"
+    );
+}
+
+#[tokio::test]
+async fn sys_topics_report_the_broker() {
+    let mut cfg = config();
+    cfg.sys_interval = Duration::from_secs(1);
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    for pkid in 1..=3 {
+        publisher
+            .publish(publish("count/me", "x", QoS::AtLeastOnce, pkid))
+            .await;
+    }
+    let (mut sys, _) = Raw::connect(addr, "sys", true).await;
+    sys.subscribe(&[("$SYS/broker/#", QoS::AtMostOnce)]).await;
+    let mut values = HashMap::new();
+    let wanted = [
+        "version",
+        "uptime",
+        "clients/connected",
+        "clients/total",
+        "messages/received",
+        "messages/sent",
+        "bytes/received",
+        "bytes/sent",
+        "subscriptions/count",
+        "retained messages/count",
+    ];
+    while !wanted.iter().all(|key| values.contains_key(*key)) {
+        let got = sys.recv_publish().await;
+        let key = got
+            .topic
+            .strip_prefix("$SYS/broker/")
+            .expect("a $SYS topic")
+            .to_owned();
+        values.insert(key, payload(&got));
+    }
+    assert!(
+        values["version"].starts_with("fieldbridge-broker "),
+        "{values:?}"
+    );
+    assert!(values["uptime"].ends_with(" seconds"), "{values:?}");
+    let number = |key: &str| {
+        values[key]
+            .parse::<u64>()
+            .unwrap_or_else(|_| panic!("{key} is a number: {values:?}"))
+    };
+    assert_eq!(number("clients/connected"), 2);
+    assert!(number("messages/received") >= 3, "{values:?}");
+    assert!(number("bytes/received") > 0);
+    assert!(number("subscriptions/count") >= 1);
+    number("messages/sent");
+    number("bytes/sent");
+    number("retained messages/count");
+
+    // `#` does not see $SYS; the next update shows the new subscriber.
+    let (mut all, _) = Raw::connect(addr, "all", true).await;
+    all.subscribe(&[("#", QoS::AtMostOnce)]).await;
+    publisher
+        .publish(publish("plain", "marker", QoS::AtMostOnce, 0))
+        .await;
+    assert_eq!(all.recv_publish().await.topic, "plain");
+    loop {
+        let got = sys.recv_publish().await;
+        if got.topic == "$SYS/broker/clients/connected" && payload(&got) == "3" {
+            break;
+        }
+    }
+}
