@@ -294,3 +294,59 @@ devices:
     assert_eq!(d["utc"], "123520");
     run.gateway.shutdown().await;
 }
+
+/// Modbus RTU CRC-16 (polynomial 0xA001, initial 0xFFFF), low byte first on the wire.
+fn crc16(bytes: &[u8]) -> u16 {
+    let mut crc = 0xFFFFu16;
+    for &b in bytes {
+        crc ^= u16::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xA001
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
+#[tokio::test]
+async fn crc_errors_are_reported_and_the_bus_recovers() {
+    use tokio::io::AsyncReadExt;
+    let (mut slave_end, gateway_end) = SerialStream::pair().expect("pty pair");
+    let port = gateway_end.name().unwrap();
+    // A hand-written slave: the first answers carry a broken CRC, later ones are good.
+    tokio::spawn(async move {
+        let mut answered = 0u32;
+        let mut request = [0u8; 8];
+        while slave_end.read_exact(&mut request).await.is_ok() {
+            let mut frame = vec![request[0], 0x03, 0x02, 0x01, 0x2C];
+            let crc = crc16(&frame);
+            frame.extend_from_slice(&crc.to_le_bytes());
+            if answered < 4 {
+                let last = frame.len() - 1;
+                frame[last] ^= 0xFF;
+            }
+            answered += 1;
+            slave_end.write_all(&frame).await.unwrap();
+        }
+    });
+    let mut run = start(&format!(
+        r#"
+buses: [{{ name: rs485, kind: rtu, port: "{port}", baud: 9600, timeout: 200ms }}]
+devices:
+  - {{ id: noisy, type: t, bus: rs485, unit: 3, poll: 50ms, registers: [{{ name: v, kind: holding, address: 0, type: u16 }}] }}
+"#
+    ));
+    let (online, error) = next_health(&mut run.events, "noisy").await;
+    assert!(
+        !online,
+        "three broken answers in a row mark the device offline"
+    );
+    let error = error.unwrap();
+    assert!(error.contains("garbage or bad CRC"), "{error}");
+    assert!(next_health(&mut run.events, "noisy").await.0);
+    assert_eq!(next_reading(&mut run.events, "noisy").await["v"], 300);
+    run.gateway.shutdown().await;
+}

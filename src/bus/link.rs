@@ -59,6 +59,27 @@ pub struct DiscardStaleInput<S> {
     inner: S,
     writing: bool,
     discarded: u64,
+    received: InputSinceRequest,
+}
+
+/// Counts the bytes received since the last request was written, so that a request
+/// that timed out can tell silence from an answer that was garbled (bad CRC, noise).
+#[derive(Debug, Clone, Default)]
+pub struct InputSinceRequest(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl InputSinceRequest {
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn add(&self, n: usize) {
+        self.0
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn reset(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl<S> DiscardStaleInput<S> {
@@ -67,12 +88,18 @@ impl<S> DiscardStaleInput<S> {
             inner,
             writing: false,
             discarded: 0,
+            received: InputSinceRequest::default(),
         }
     }
 
     /// How many stale bytes were thrown away so far.
     pub fn discarded(&self) -> u64 {
         self.discarded
+    }
+
+    /// A handle on the count of bytes received since the last request.
+    pub fn input_since_request(&self) -> InputSinceRequest {
+        self.received.clone()
     }
 }
 
@@ -99,7 +126,10 @@ impl<S: AsyncRead + Unpin> AsyncRead for DiscardStaleInput<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        self.received.add(buf.filled().len() - before);
+        polled
     }
 }
 
@@ -111,6 +141,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for DiscardStaleInput<S> {
     ) -> Poll<io::Result<usize>> {
         if !self.writing {
             self.discard_pending_input(cx)?;
+            self.received.reset();
             self.writing = true;
         }
         Pin::new(&mut self.inner).poll_write(cx, data)

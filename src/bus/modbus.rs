@@ -9,7 +9,7 @@ use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::prelude::{ExceptionCode, SlaveContext};
 use tokio_modbus::Slave;
 
-use super::link::{connect_tcp, open_serial, DiscardStaleInput, SerialSettings};
+use super::link::{connect_tcp, open_serial, DiscardStaleInput, InputSinceRequest, SerialSettings};
 use crate::registers::RegisterKind;
 
 /// Where a Modbus bus is and how to reach it.
@@ -31,19 +31,26 @@ impl fmt::Display for ModbusEndpoint {
 }
 
 impl ModbusEndpoint {
-    /// Opens the port or connection, within `timeout` for TCP.
-    pub async fn open(&self, timeout: Duration) -> io::Result<Context> {
+    /// Opens the port or connection, within `timeout` for TCP. RTU links also give a
+    /// count of the bytes received since the last request.
+    pub async fn open(
+        &self,
+        timeout: Duration,
+    ) -> io::Result<(Context, Option<InputSinceRequest>)> {
         Ok(match self {
             ModbusEndpoint::Rtu(settings) => {
-                let port = open_serial(settings)?;
-                tokio_modbus::client::rtu::attach(DiscardStaleInput::new(port))
+                let link = DiscardStaleInput::new(open_serial(settings)?);
+                let received = link.input_since_request();
+                (tokio_modbus::client::rtu::attach(link), Some(received))
             }
-            ModbusEndpoint::Tcp { host, port } => {
-                tokio_modbus::client::tcp::attach(connect_tcp(host, *port, timeout).await?)
-            }
+            ModbusEndpoint::Tcp { host, port } => (
+                tokio_modbus::client::tcp::attach(connect_tcp(host, *port, timeout).await?),
+                None,
+            ),
             ModbusEndpoint::RtuOverTcp { host, port } => {
-                let stream = connect_tcp(host, *port, timeout).await?;
-                tokio_modbus::client::rtu::attach(DiscardStaleInput::new(stream))
+                let link = DiscardStaleInput::new(connect_tcp(host, *port, timeout).await?);
+                let received = link.input_since_request();
+                (tokio_modbus::client::rtu::attach(link), Some(received))
             }
         })
     }
@@ -72,6 +79,9 @@ pub enum RequestError {
     Exception { code: u8, name: String },
     #[error("timeout after {} ms", .0.as_millis())]
     Timeout(Duration),
+    /// Bytes came back but never a valid frame.
+    #[error("no valid answer within {} ms: {received} byte(s) of garbage or bad CRC received", .timeout.as_millis())]
+    Garbled { timeout: Duration, received: u64 },
     /// The link failed or the answer was garbage (CRC, framing, mismatched header).
     #[error("{0}")]
     Link(String),

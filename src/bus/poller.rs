@@ -7,6 +7,7 @@ use tokio::time::Instant;
 use tokio_modbus::client::Context;
 use tokio_util::sync::CancellationToken;
 
+use super::link::InputSinceRequest;
 use super::modbus::{read, ModbusEndpoint, ReadData, RequestError};
 use crate::backoff::Backoff;
 use crate::device::{DeviceState, OFFLINE_AFTER_FAILURES};
@@ -122,6 +123,7 @@ pub struct ModbusBus {
     settings: BusSettings,
     devices: Vec<PolledDevice>,
     link: Option<Context>,
+    link_input: Option<InputSinceRequest>,
     reconnect: Backoff,
     next_connect: Instant,
     /// Why the link is down, reported by every poll until it is back.
@@ -142,6 +144,7 @@ impl ModbusBus {
             settings,
             devices,
             link: None,
+            link_input: None,
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
             next_connect: Instant::now(),
             link_error: String::new(),
@@ -222,11 +225,12 @@ impl ModbusBus {
                 return Err(self.link_error.clone());
             }
             match self.settings.endpoint.open(self.settings.timeout).await {
-                Ok(ctx) => {
+                Ok((ctx, input)) => {
                     tracing::info!(bus = %self.settings.name, endpoint = %self.settings.endpoint, "bus link open");
                     self.reconnect.reset();
                     self.link_errors.clear();
                     self.link = Some(ctx);
+                    self.link_input = input;
                 }
                 Err(e) => {
                     let message = format!("cannot open {}: {e}", self.settings.endpoint);
@@ -303,7 +307,7 @@ impl ModbusBus {
         let timeout = self.settings.timeout;
         let survives_timeout = self.settings.endpoint.survives_timeout();
         let ctx = self.ensure_link().await.map_err(RequestError::Link)?;
-        let outcome = read(
+        let mut outcome = read(
             ctx,
             unit,
             request.kind,
@@ -312,10 +316,18 @@ impl ModbusBus {
             timeout,
         )
         .await;
+        if let (Err(RequestError::Timeout(_)), Some(input)) = (&outcome, &self.link_input) {
+            let received = input.get();
+            if received > 0 {
+                outcome = Err(RequestError::Garbled { timeout, received });
+            }
+        }
         self.last_request_end = Some(Instant::now());
         match &outcome {
-            Err(RequestError::Timeout(_)) if survives_timeout => {}
-            Err(RequestError::Timeout(_)) | Err(RequestError::Link(_)) => {
+            Err(RequestError::Timeout(_) | RequestError::Garbled { .. }) if survives_timeout => {}
+            Err(
+                RequestError::Timeout(_) | RequestError::Garbled { .. } | RequestError::Link(_),
+            ) => {
                 self.link = None;
             }
             _ => {}

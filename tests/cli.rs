@@ -1,0 +1,118 @@
+//! The `fieldbridge` binary as users drive it: `check` and `run` without an uplink.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fieldbridge::sim::{self, SimBus, SimSlave};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
+
+const EXAMPLE_TOKENS: [&str; 6] = [
+    "BOILER_1_TOKEN",
+    "HEAT_METER_1_TOKEN",
+    "PLC_1_TOKEN",
+    "FLUE_1_TOKEN",
+    "GPS_1_TOKEN",
+    "DOSING_1_TOKEN",
+];
+
+#[test]
+fn check_prints_devices_tags_and_planned_requests() {
+    let mut command = Command::new(BIN);
+    command.args(["check", "--config", "gateway.example.yaml"]);
+    for var in EXAMPLE_TOKENS {
+        command.env(var, "secret-token-value");
+    }
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("device boiler-1"), "{stdout}");
+    assert!(stdout.contains("request(s) per poll"), "{stdout}");
+    assert!(
+        stdout.lines().last().unwrap().starts_with("ok: "),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("secret-token-value"));
+}
+
+#[test]
+fn check_fails_with_file_line_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("broken.yaml");
+    std::fs::write(
+        &path,
+        "buses: [{ name: plc, kind: tcp, host: 127.0.0.1, port: 502 }]\ndevices:\n  - id: d1\n    type: t\n    bus: plc\n    unit: 1\n    registers:\n      - { name: x, kind: coil, address: 0, type: f32 }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.yaml:8:"), "{stderr}");
+    assert!(stderr.contains("devices[0].registers[0].type"), "{stderr}");
+}
+
+#[test]
+fn run_without_upstream_prints_json_lines_and_stops_on_sigterm() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let plc = SimSlave::default();
+    plc.set_holding(0, &[0x41A4, 0x0000]);
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "gateway: {{ data_dir: {} }}\nbuses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port} }}]\ndevices:\n  - {{ id: boiler-1, type: boiler, bus: plc, unit: 1, poll: 100ms, registers: [{{ name: temperature, kind: holding, address: 0, type: f32 }}] }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut readings = 0;
+    while readings < 3 {
+        let line = lines.next().expect("gateway printed a line").unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["device"], "boiler-1");
+        if v["event"] == "status" {
+            assert_eq!(v["d"]["temperature"], 20.5);
+            assert!(v["ts"].as_str().unwrap().ends_with('Z'));
+            readings += 1;
+        }
+    }
+    // SIGTERM: the gateway stops within a second or two and exits cleanly.
+    let stopped = Instant::now();
+    send_sigterm(child.id());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(stopped.elapsed() < Duration::from_secs(5));
+}
+
+fn send_sigterm(pid: u32) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+}
