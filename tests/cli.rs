@@ -73,14 +73,7 @@ fn run_without_upstream_prints_json_lines_and_stops_on_sigterm() {
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "gateway: {{ data_dir: {} }}\nbuses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port} }}]\ndevices:\n  - {{ id: boiler-1, type: boiler, bus: plc, unit: 1, poll: 100ms, registers: [{{ name: temperature, kind: holding, address: 0, type: f32 }}] }}\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&path, device_config(dir.path(), port, "boiler-1")).unwrap();
     let mut child = Command::new(BIN)
         .args(["run", "--config"])
         .arg(&path)
@@ -109,10 +102,90 @@ fn run_without_upstream_prints_json_lines_and_stops_on_sigterm() {
 }
 
 fn send_sigterm(pid: u32) {
+    send_signal(pid, "TERM");
+}
+
+fn send_signal(pid: u32, signal: &str) {
     let ok = Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
+        .args([&format!("-{signal}"), &pid.to_string()])
         .status()
         .unwrap()
         .success();
     assert!(ok);
+}
+
+fn device_config(dir: &std::path::Path, port: u16, device: &str) -> String {
+    format!(
+        "gateway: {{ data_dir: {} }}\nbuses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port} }}]\ndevices:\n  - {{ id: {device}, type: boiler, bus: plc, unit: 1, poll: 100ms, registers: [{{ name: temperature, kind: holding, address: 0, type: f32 }}] }}\n",
+        dir.display()
+    )
+}
+
+/// Waits (up to 30 s) for a stdout line from `device`.
+fn wait_for_device(lines: &std::sync::mpsc::Receiver<String>, device: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no event from {device} within 30 s"));
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if v["device"] == device {
+            return;
+        }
+    }
+}
+
+#[test]
+fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let plc = SimSlave::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(&path, device_config(dir.path(), port, "first")).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    wait_for_device(&lines, "first");
+
+    // A broken file: refused, and the running configuration keeps publishing.
+    std::fs::write(&path, "devices: [ this is not yaml").unwrap();
+    send_signal(child.id(), "HUP");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&log_path)
+        .unwrap()
+        .contains("reload refused")
+    {
+        assert!(Instant::now() < deadline, "no reload error logged");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    while lines.try_recv().is_ok() {}
+    wait_for_device(&lines, "first");
+
+    // A valid one: the new device takes over.
+    std::fs::write(&path, device_config(dir.path(), port, "second")).unwrap();
+    send_signal(child.id(), "HUP");
+    wait_for_device(&lines, "second");
+
+    send_sigterm(child.id());
+    assert!(child.wait().unwrap().success());
 }

@@ -56,7 +56,7 @@ devices:
 "#;
 
 pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
-    super::init_logging("info");
+    super::logging::init(None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
