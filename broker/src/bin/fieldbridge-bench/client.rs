@@ -1,0 +1,608 @@
+//! Benchmark clients: publishers, subscribers and idle connections on raw TCP.
+//!
+//! Each client owns one socket and fixed-size buffers; nothing queues between tasks, so a
+//! slow or stuck broker shows up as lower counts, never as memory growth in the generator.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use hdrhistogram::Histogram;
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::wire::{self, Connect, Incoming, Stamp, WireError};
+
+/// Bytes read from a socket at a time (the buffer grows to one packet beyond this at most).
+const READ_CHUNK: usize = 64 * 1024;
+/// Messages a flat-out publisher hands to the kernel in one write.
+const FLAT_OUT_BATCH: usize = 64;
+/// Messages a fixed-rate publisher catches up with in one write when it falls behind.
+const RATE_BATCH: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Wire(#[from] WireError),
+    #[error("connection closed by the broker")]
+    Closed,
+    #[error("no answer from the broker within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Nanoseconds since the generator started, from the monotonic clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+        }
+    }
+
+    pub fn nanos(&self) -> u64 {
+        u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub fn nanos_at(&self, instant: Instant) -> u64 {
+        u64::try_from(instant.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// What every connection needs to know about the broker.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    pub address: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub keepalive: Duration,
+    pub timeout: Duration,
+    pub max_packet: usize,
+}
+
+/// Connections the broker closed or that failed after connecting, with the first reason.
+#[derive(Debug, Default)]
+pub struct Failures {
+    count: AtomicU64,
+    first: Mutex<Option<String>>,
+}
+
+impl Failures {
+    pub fn record(&self, who: &str, error: &ClientError) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock();
+        if first.is_none() {
+            *first = Some(format!("{who}: {error}"));
+        }
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    pub fn first(&self) -> Option<String> {
+        self.first.lock().clone()
+    }
+}
+
+/// A connected MQTT session: the socket halves and what was read past the CONNACK.
+pub struct Session {
+    reader: OwnedReadHalf,
+    writer: OwnedWriteHalf,
+    buffer: BytesMut,
+    max_packet: usize,
+}
+
+impl Session {
+    /// Opens a TCP connection and completes the MQTT handshake (and the SUBSCRIBE when
+    /// `subscribe` is given), all within `options.timeout`.
+    pub async fn open(
+        options: &ConnectOptions,
+        client_id: &str,
+        subscribe: Option<(&str, u8)>,
+    ) -> Result<Self, ClientError> {
+        tokio::time::timeout(
+            options.timeout,
+            Self::handshake(options, client_id, subscribe),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout(options.timeout))?
+    }
+
+    async fn handshake(
+        options: &ConnectOptions,
+        client_id: &str,
+        subscribe: Option<(&str, u8)>,
+    ) -> Result<Self, ClientError> {
+        let stream = TcpStream::connect(&options.address).await?;
+        stream.set_nodelay(true)?;
+        let (reader, writer) = stream.into_split();
+        let mut session = Self {
+            reader,
+            writer,
+            buffer: BytesMut::with_capacity(READ_CHUNK),
+            max_packet: options.max_packet,
+        };
+        let mut out = BytesMut::with_capacity(256);
+        wire::put_connect(
+            &mut out,
+            &Connect {
+                client_id,
+                keepalive_secs: u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX),
+                username: options.username.as_deref(),
+                password: options.password.as_deref(),
+            },
+        );
+        if let Some((filter, qos)) = subscribe {
+            wire::put_subscribe(&mut out, 1, filter, qos);
+        }
+        session.writer.write_all(&out).await?;
+        match session.next_packet().await? {
+            PacketKind::ConnAck(0) => {}
+            PacketKind::ConnAck(code) => return Err(WireError::Refused(code).into()),
+            PacketKind::Other(kind) => return Err(WireError::Unexpected(kind).into()),
+        }
+        if subscribe.is_some() {
+            match session.next_packet().await? {
+                PacketKind::Other(9) => {}
+                PacketKind::ConnAck(_) => return Err(WireError::Unexpected(2).into()),
+                PacketKind::Other(kind) => return Err(WireError::Unexpected(kind).into()),
+            }
+        }
+        Ok(session)
+    }
+
+    /// Reads the next packet of the handshake; a refused subscription is an error.
+    async fn next_packet(&mut self) -> Result<PacketKind, ClientError> {
+        loop {
+            if let Some((packet, size)) = wire::parse(&self.buffer, self.max_packet)? {
+                let kind = match packet {
+                    Incoming::ConnAck { return_code } => PacketKind::ConnAck(return_code),
+                    Incoming::SubAck { granted, .. } if granted & 0x80 != 0 => {
+                        return Err(WireError::SubscriptionRefused.into())
+                    }
+                    Incoming::SubAck { .. } => PacketKind::Other(9),
+                    Incoming::Publish { .. } => PacketKind::Other(3),
+                    Incoming::PubAck { .. } => PacketKind::Other(4),
+                    Incoming::PingResp => PacketKind::Other(13),
+                };
+                self.buffer.advance(size);
+                return Ok(kind);
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Reads more bytes into the buffer; the end of the stream is an error.
+    async fn fill(&mut self) -> Result<usize, ClientError> {
+        fill(&mut self.reader, &mut self.buffer).await
+    }
+}
+
+enum PacketKind {
+    ConnAck(u8),
+    Other(u8),
+}
+
+async fn fill(reader: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<usize, ClientError> {
+    buffer.reserve(READ_CHUNK);
+    match reader.read_buf(buffer).await? {
+        0 => Err(ClientError::Closed),
+        read => Ok(read),
+    }
+}
+
+/// Parses every complete packet in `buffer`, hands each to `handle` and drops them.
+fn drain_packets(
+    buffer: &mut BytesMut,
+    max_packet: usize,
+    mut handle: impl FnMut(Incoming<'_>) -> Result<(), ClientError>,
+) -> Result<(), ClientError> {
+    let mut consumed = 0;
+    while let Some((packet, size)) = wire::parse(&buffer[consumed..], max_packet)? {
+        handle(packet)?;
+        consumed += size;
+    }
+    buffer.advance(consumed);
+    Ok(())
+}
+
+/// Counters of one publisher, read by the main task while it runs.
+#[derive(Debug, Default)]
+pub struct PublisherCounters {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+}
+
+/// How a publisher paces itself.
+#[derive(Debug, Clone, Copy)]
+pub struct PublishPlan {
+    pub qos: u8,
+    /// Messages per second, or flat out.
+    pub rate: Option<f64>,
+    /// QoS 1 messages awaiting PUBACK at once.
+    pub inflight: usize,
+    pub start: Instant,
+    pub end: Instant,
+    /// How long to wait for outstanding PUBACKs after `end`.
+    pub drain: Duration,
+    /// A publisher idle for half of this pings the broker.
+    pub keepalive: Duration,
+}
+
+/// Publishes `payload`-sized messages on `topic` until `plan.end`, then (QoS 1) waits for
+/// the outstanding acknowledgements.
+pub async fn publish(
+    session: Session,
+    index: u32,
+    topic: String,
+    payload: usize,
+    plan: PublishPlan,
+    clock: Clock,
+    counters: Arc<PublisherCounters>,
+) -> Result<(), ClientError> {
+    let Session {
+        reader,
+        mut writer,
+        buffer,
+        max_packet,
+    } = session;
+    let window = Arc::new(Semaphore::new(if plan.qos > 0 { plan.inflight } else { 0 }));
+    let stop_reading = CancellationToken::new();
+    let acks = tokio::spawn(read_acks(
+        reader,
+        buffer,
+        max_packet,
+        Arc::clone(&window),
+        Arc::clone(&counters),
+        stop_reading.clone(),
+    ));
+    let _stop_reading = stop_reading.clone().drop_guard();
+    let padding = vec![0u8; payload.saturating_sub(wire::PAYLOAD_HEADER)];
+    let batch = if plan.rate.is_some() {
+        RATE_BATCH
+    } else {
+        FLAT_OUT_BATCH
+    };
+    let mut out = BytesMut::with_capacity(batch * (payload + topic.len() + 8));
+    let outcome = async {
+        let mut sequence = 0u64;
+        let mut last_write = Instant::now();
+        tokio::time::sleep_until(plan.start.into()).await;
+        loop {
+            let now = Instant::now();
+            if now >= plan.end {
+                break;
+            }
+            let mut count = match plan.rate {
+                None => batch,
+                Some(rate) => {
+                    let due = due_count(plan.start, now, rate).saturating_sub(sequence);
+                    if due == 0 {
+                        let next =
+                            plan.start + Duration::from_secs_f64((sequence + 1) as f64 / rate);
+                        let ping_at = last_write + plan.keepalive / 2;
+                        tokio::time::sleep_until(next.min(ping_at).min(plan.end).into()).await;
+                        if Instant::now() >= ping_at {
+                            wire::put_pingreq(&mut out);
+                            write(&mut writer, &mut out, &stop_reading).await?;
+                            last_write = Instant::now();
+                        }
+                        continue;
+                    }
+                    usize::try_from(due).unwrap_or(batch).min(batch)
+                }
+            };
+            if plan.qos > 0 {
+                let permit = tokio::select! {
+                    permit = window.acquire() => permit,
+                    () = tokio::time::sleep_until(plan.end.into()) => break,
+                };
+                // A closed window means the reader saw the connection end.
+                let permit = permit.map_err(|_| ClientError::Closed)?;
+                permit.forget();
+                let mut granted = 1;
+                while granted < count {
+                    match window.try_acquire() {
+                        Ok(permit) => {
+                            permit.forget();
+                            granted += 1;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                count = granted;
+            }
+            let sent_nanos = clock.nanos();
+            for _ in 0..count {
+                sequence += 1;
+                let stamp = Stamp {
+                    publisher: index,
+                    sequence,
+                    sent_nanos,
+                };
+                // Packet identifiers 1..=65535 in turn; the window is far smaller.
+                let packet_id = (sequence % 65_535) as u16 + 1;
+                wire::put_publish(
+                    &mut out,
+                    topic.as_bytes(),
+                    plan.qos,
+                    packet_id,
+                    stamp,
+                    &padding,
+                );
+            }
+            write(&mut writer, &mut out, &stop_reading).await?;
+            last_write = Instant::now();
+            counters.sent.fetch_add(count as u64, Ordering::Relaxed);
+        }
+        if plan.qos > 0 {
+            let everything = u32::try_from(plan.inflight).unwrap_or(u32::MAX);
+            // All permits back means every message was acknowledged.
+            if let Ok(Err(_)) =
+                tokio::time::timeout(plan.drain, window.acquire_many(everything)).await
+            {
+                return Err(ClientError::Closed);
+            }
+        }
+        Ok(())
+    }
+    .await;
+    stop_reading.cancel();
+    // The reader knows best why a connection ended.
+    let outcome = match acks.await {
+        Ok(Err(error)) => Err(error),
+        _ => outcome,
+    };
+    if outcome.is_ok() {
+        out.clear();
+        wire::put_disconnect(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
+    }
+    outcome
+}
+
+/// Writes `out` unless the connection's reader has already given up.
+async fn write(
+    writer: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    failed: &CancellationToken,
+) -> Result<(), ClientError> {
+    tokio::select! {
+        result = writer.write_all(out) => result?,
+        () = failed.cancelled() => return Err(ClientError::Closed),
+    }
+    out.clear();
+    Ok(())
+}
+
+/// Messages due by `now` at `rate` per second since `start`.
+fn due_count(start: Instant, now: Instant, rate: f64) -> u64 {
+    (now.saturating_duration_since(start).as_secs_f64() * rate) as u64 + 1
+}
+
+/// Reads PUBACKs (and PINGRESPs) of a publisher, returning permits to its window.
+async fn read_acks(
+    mut reader: OwnedReadHalf,
+    mut buffer: BytesMut,
+    max_packet: usize,
+    window: Arc<Semaphore>,
+    counters: Arc<PublisherCounters>,
+    stop: CancellationToken,
+) -> Result<(), ClientError> {
+    let result = async {
+        loop {
+            drain_packets(&mut buffer, max_packet, |packet| match packet {
+                Incoming::PubAck { .. } => {
+                    counters.acked.fetch_add(1, Ordering::Relaxed);
+                    window.add_permits(1);
+                    Ok(())
+                }
+                Incoming::PingResp => Ok(()),
+                Incoming::ConnAck { .. } => Err(WireError::Unexpected(2).into()),
+                Incoming::Publish { .. } => Err(WireError::Unexpected(3).into()),
+                Incoming::SubAck { .. } => Err(WireError::Unexpected(9).into()),
+            })?;
+            tokio::select! {
+                read = fill(&mut reader, &mut buffer) => { read?; }
+                () = stop.cancelled() => return Ok(()),
+            }
+        }
+    }
+    .await;
+    if result.is_err() {
+        window.close();
+        stop.cancel();
+    }
+    result
+}
+
+/// What one subscriber saw.
+pub struct SubscriberReport {
+    /// Messages of this run's publishers, duplicates included.
+    pub received: u64,
+    /// Messages whose sequence number was not above the last one from the same publisher.
+    pub out_of_order: u64,
+    /// Messages that did not come from this run's publishers.
+    pub foreign: u64,
+    /// Publish-to-receive latency of the messages sent inside the measurement window, in
+    /// microseconds (fixed-rate runs only).
+    pub latency: Option<Histogram<u64>>,
+}
+
+/// Which messages a subscriber times.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyWindow {
+    pub from_nanos: u64,
+    pub to_nanos: u64,
+}
+
+/// Creates the histogram latencies are recorded in: 1 µs to 60 s, 2 significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 2).unwrap_or_else(|_| {
+        // The bounds are constants that hdrhistogram accepts.
+        unreachable!("valid histogram bounds")
+    })
+}
+
+/// Receives messages until cancelled, acknowledging QoS 1 deliveries and pinging the
+/// broker every half keepalive.
+#[allow(clippy::too_many_arguments)]
+pub async fn subscribe(
+    session: Session,
+    publishers: usize,
+    received: Arc<AtomicU64>,
+    clock: Clock,
+    latency_window: Option<LatencyWindow>,
+    keepalive: Duration,
+    stop: CancellationToken,
+) -> (SubscriberReport, Result<(), ClientError>) {
+    let Session {
+        mut reader,
+        mut writer,
+        mut buffer,
+        max_packet,
+    } = session;
+    let mut report = SubscriberReport {
+        received: 0,
+        out_of_order: 0,
+        foreign: 0,
+        latency: latency_window.map(|_| latency_histogram()),
+    };
+    let mut last_sequence = vec![0u64; publishers];
+    let mut out = BytesMut::with_capacity(4096);
+    let mut ping = tokio::time::interval(keepalive / 2);
+    ping.tick().await;
+    let result = async {
+        loop {
+            let read = tokio::select! {
+                read = fill(&mut reader, &mut buffer) => read,
+                _ = ping.tick() => {
+                    wire::put_pingreq(&mut out);
+                    Ok(0)
+                }
+                () = stop.cancelled() => return Ok(()),
+            };
+            read?;
+            let now = clock.nanos();
+            let before = report.received;
+            drain_packets(&mut buffer, max_packet, |packet| {
+                match packet {
+                    Incoming::Publish {
+                        qos,
+                        packet_id,
+                        payload,
+                        ..
+                    } => {
+                        if qos > 0 {
+                            wire::put_puback(&mut out, packet_id);
+                        }
+                        record(
+                            &mut report,
+                            &mut last_sequence,
+                            payload,
+                            now,
+                            latency_window,
+                        );
+                    }
+                    Incoming::PingResp | Incoming::PubAck { .. } => {}
+                    Incoming::ConnAck { .. } => return Err(WireError::Unexpected(2).into()),
+                    Incoming::SubAck { .. } => return Err(WireError::Unexpected(9).into()),
+                }
+                Ok(())
+            })?;
+            received.fetch_add(report.received - before, Ordering::Relaxed);
+            if !out.is_empty() {
+                tokio::select! {
+                    result = writer.write_all(&out) => result?,
+                    () = stop.cancelled() => return Ok(()),
+                }
+                out.clear();
+            }
+        }
+    }
+    .await;
+    if result.is_ok() {
+        out.clear();
+        wire::put_disconnect(&mut out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
+    }
+    (report, result)
+}
+
+fn record(
+    report: &mut SubscriberReport,
+    last_sequence: &mut [u64],
+    payload: &[u8],
+    now_nanos: u64,
+    latency_window: Option<LatencyWindow>,
+) {
+    let Some(stamp) = Stamp::read(payload) else {
+        report.foreign += 1;
+        return;
+    };
+    let Some(last) = usize::try_from(stamp.publisher)
+        .ok()
+        .and_then(|index| last_sequence.get_mut(index))
+    else {
+        report.foreign += 1;
+        return;
+    };
+    report.received += 1;
+    if stamp.sequence <= *last {
+        report.out_of_order += 1;
+    } else {
+        *last = stamp.sequence;
+    }
+    if let (Some(histogram), Some(window)) = (&mut report.latency, latency_window) {
+        if (window.from_nanos..window.to_nanos).contains(&stamp.sent_nanos) {
+            let micros = now_nanos.saturating_sub(stamp.sent_nanos) / 1000;
+            histogram.saturating_record(micros.max(1));
+        }
+    }
+}
+
+/// Holds a connection open, pinging every half keepalive, until cancelled or closed.
+pub async fn hold_idle(
+    session: Session,
+    keepalive: Duration,
+    stop: CancellationToken,
+) -> Result<(), ClientError> {
+    let Session {
+        mut reader,
+        mut writer,
+        mut buffer,
+        max_packet,
+    } = session;
+    let mut out = BytesMut::with_capacity(16);
+    let mut ping = tokio::time::interval(keepalive / 2);
+    ping.tick().await;
+    loop {
+        tokio::select! {
+            read = fill(&mut reader, &mut buffer) => {
+                read?;
+                drain_packets(&mut buffer, max_packet, |_| Ok(()))?;
+            }
+            _ = ping.tick() => {
+                wire::put_pingreq(&mut out);
+                writer.write_all(&out).await?;
+                out.clear();
+            }
+            () = stop.cancelled() => {
+                wire::put_disconnect(&mut out);
+                let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
+                return Ok(());
+            }
+        }
+    }
+}
