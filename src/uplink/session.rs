@@ -31,8 +31,8 @@ const MAX_PACKET: usize = MAX_PAYLOAD + 8 * 1024;
 const QOS0_PENDING_LIMIT: usize = 8;
 /// rumqttc requests beyond the window: QoS 0 publishes and a DISCONNECT.
 const EXTRA_REQUESTS: usize = QOS0_PENDING_LIMIT + 4;
-/// Driver events waiting for the session.
-const DRIVER_EVENTS: usize = 64;
+/// Driver event batches waiting for the session.
+const DRIVER_BATCHES: usize = 32;
 /// How often QoS 0 drop counts are written to the queue database.
 const DROP_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 /// At shutdown: time for the broker to acknowledge what is in flight, then to
@@ -165,7 +165,7 @@ impl Plan {
         network.set_connection_timeout(self.connect_timeout_secs);
         eventloop.set_network_options(network);
 
-        let (driver_events, driver_receiver) = mpsc::channel(DRIVER_EVENTS);
+        let (driver_events, driver_receiver) = mpsc::channel(DRIVER_BATCHES);
         let resume = Arc::new(Notify::new());
         let driver = tokio::spawn(drive(eventloop, driver_events, resume.clone()));
         let (status, status_receiver) = watch::channel(SessionStatus::default());
@@ -178,7 +178,7 @@ impl Plan {
             client,
             store,
             window: Window::new(self.window),
-            batch: (self.window / 4).max(1),
+            batch: (self.window / 2).max(1),
             driver: driver_receiver,
             resume,
             qos0,
@@ -190,7 +190,8 @@ impl Plan {
             backoff: Backoff::new(self.reconnect.0, self.reconnect.1),
             connected: false,
             failures: 0,
-            retry_at: None,
+            retry: Box::pin(tokio::time::sleep(Duration::ZERO)),
+            retry_pending: false,
             generation: 0,
             cursor: 0,
             resync: true,
@@ -235,30 +236,38 @@ fn relevant(event: MqttEvent) -> Option<DriverEvent> {
     }
 }
 
-async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<DriverEvent>, resume: Arc<Notify>) {
+/// A batch of driver events, in the order rumqttc produced them.
+type DriverBatch = Vec<DriverEvent>;
+
+async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<DriverBatch>, resume: Arc<Notify>) {
     loop {
-        match eventloop.poll().await {
-            Ok(event) => {
-                if let Some(event) = relevant(event) {
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
+        let (first, failure) = match eventloop.poll().await {
+            Ok(event) => (Some(event), None),
+            Err(error) => (None, Some(error)),
+        };
+        // rumqttc reads up to ten packets at once and hands them out one per poll;
+        // take the ones already buffered along (that is all `poll` would do with
+        // them), so that a burst of PUBACKs wakes the session once.
+        let mut batch: DriverBatch = first
+            .into_iter()
+            .chain(eventloop.state.events.drain(..))
+            .filter_map(relevant)
+            .collect();
+        match failure {
+            None => {
+                if !batch.is_empty() && events.send(batch).await.is_err() {
+                    return;
                 }
             }
-            Err(error) => {
+            Some(error) => {
                 // Events read together with the failure (acknowledgements among them)
-                // are real: report them before the loss.
-                let buffered: Vec<MqttEvent> = eventloop.state.events.drain(..).collect();
-                for event in buffered.into_iter().filter_map(relevant) {
-                    if events.send(event).await.is_err() {
-                        return;
-                    }
-                }
-                // rumqttc would replay or drop these on its own; the session resends
-                // from the queue instead, so nothing must be replayed twice.
+                // are real: they go ahead of the loss. rumqttc would replay or drop
+                // its pending publishes on its own; the session resends from the
+                // queue instead, so nothing must be replayed twice.
                 eventloop.pending.clear();
                 eventloop.state.collision = None;
-                if events.send(DriverEvent::Lost(error)).await.is_err() {
+                batch.push(DriverEvent::Lost(error));
+                if events.send(batch).await.is_err() {
                     return;
                 }
                 resume.notified().await;
@@ -289,7 +298,7 @@ struct Session {
     window: Window,
     /// Fetch at least this many rows at once while others are in flight.
     batch: usize,
-    driver: mpsc::Receiver<DriverEvent>,
+    driver: mpsc::Receiver<DriverBatch>,
     resume: Arc<Notify>,
     rows_changed: watch::Receiver<u64>,
     qos0: mpsc::Receiver<Event>,
@@ -303,7 +312,9 @@ struct Session {
     connected: bool,
     /// Consecutive failed connection attempts.
     failures: u32,
-    retry_at: Option<Instant>,
+    /// Fires when the next connection attempt is due (armed while `retry_pending`).
+    retry: Pin<Box<tokio::time::Sleep>>,
+    retry_pending: bool,
     /// Bumped on every connect and loss; a fetch from an older one is discarded.
     generation: u64,
     /// Id of the last row handed to the client.
@@ -334,8 +345,8 @@ impl Session {
             self.start_delete();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                event = self.driver.recv() => match event {
-                    Some(event) => self.on_driver_event(event),
+                batch = self.driver.recv() => match batch {
+                    Some(batch) => self.on_driver_batch(batch),
                     None => break,
                 },
                 done = maybe(self.delete.as_mut()) => {
@@ -354,10 +365,8 @@ impl Session {
                     Some(event) => self.on_qos0(event),
                     None => self.qos0_open = false,
                 },
-                _ = tokio::time::sleep_until(self.retry_at.unwrap_or_else(Instant::now)),
-                    if self.retry_at.is_some() =>
-                {
-                    self.retry_at = None;
+                _ = &mut self.retry, if self.retry_pending => {
+                    self.retry_pending = false;
                     self.resume.notify_one();
                 }
                 _ = persist.tick() => self.persist_qos0_drops().await,
@@ -366,7 +375,16 @@ impl Session {
         self.stop().await;
     }
 
-    fn on_driver_event(&mut self, event: DriverEvent) {
+    fn on_driver_batch(&mut self, batch: DriverBatch) {
+        let mut acknowledged = 0;
+        for event in batch {
+            acknowledged += self.on_driver_event(event);
+        }
+        self.update_in_flight(acknowledged);
+    }
+
+    /// Handles one event; returns 1 for an acknowledgement of a tracked row.
+    fn on_driver_event(&mut self, event: DriverEvent) -> u64 {
         match event {
             DriverEvent::ConnAck { session_present } => {
                 self.connected = true;
@@ -394,16 +412,13 @@ impl Session {
                         "publish with an unexpected packet id; it is resent after the next reconnect"
                     );
                 }
-                self.update_in_flight(0);
             }
-            DriverEvent::PubAck(pkid) => {
-                let acknowledged = u64::from(self.window.on_puback(pkid).is_some());
-                self.update_in_flight(acknowledged);
-            }
+            DriverEvent::PubAck(pkid) => return u64::from(self.window.on_puback(pkid).is_some()),
             DriverEvent::Inbound(publish) => self.forward_inbound(publish),
             DriverEvent::Disconnected => {}
             DriverEvent::Lost(error) => self.on_lost(error),
         }
+        0
     }
 
     fn on_lost(&mut self, error: ConnectionError) {
@@ -415,7 +430,8 @@ impl Session {
                 .fetch_add(lost_qos0 as u64, Ordering::Relaxed);
         }
         let delay = self.backoff.next_delay();
-        self.retry_at = Some(Instant::now() + delay);
+        self.retry.as_mut().reset(Instant::now() + delay);
+        self.retry_pending = true;
         if was_connected {
             tracing::warn!(
                 device = %self.device.id,
@@ -618,8 +634,8 @@ impl Session {
         let deadline = Instant::now() + ACK_GRACE;
         while self.connected && self.window.unacknowledged() > 0 {
             tokio::select! {
-                event = self.driver.recv() => match event {
-                    Some(event) => self.on_driver_event(event),
+                batch = self.driver.recv() => match batch {
+                    Some(batch) => self.on_driver_batch(batch),
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -639,9 +655,10 @@ impl Session {
             let deadline = Instant::now() + DISCONNECT_GRACE;
             loop {
                 tokio::select! {
-                    event = self.driver.recv() => match event {
-                        Some(DriverEvent::Disconnected) | None => break,
+                    batch = self.driver.recv() => match batch {
+                        Some(batch) if batch.iter().any(|e| matches!(e, DriverEvent::Disconnected)) => break,
                         Some(_) => {}
+                        None => break,
                     },
                     _ = tokio::time::sleep_until(deadline) => break,
                 }

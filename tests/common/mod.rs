@@ -26,6 +26,9 @@ pub struct BrokerConfig {
     pub users: Vec<(String, String)>,
     /// Extra configuration lines (TLS files, ...), appended to the listener.
     pub extra: Vec<String>,
+    /// Log errors and warnings only (benchmarks); otherwise everything, which the
+    /// tests read back.
+    pub quiet: bool,
 }
 
 /// A Mosquitto process; killed when dropped.
@@ -101,6 +104,11 @@ impl Mosquitto {
         }
     }
 
+    /// Process id while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
     }
@@ -131,11 +139,16 @@ impl Mosquitto {
             format!("listener {} 127.0.0.1", self.port),
             "user root".to_owned(),
             format!("log_dest file {}", dir.join("mosquitto.log").display()),
-            "log_type all".to_owned(),
             "max_queued_messages 0".to_owned(),
             format!("persistence {}", self.config.persistence),
             format!("persistence_location {}/", dir.display()),
         ];
+        if self.config.quiet {
+            lines.push("log_type error".to_owned());
+            lines.push("log_type warning".to_owned());
+        } else {
+            lines.push("log_type all".to_owned());
+        }
         if self.config.users.is_empty() {
             lines.push("allow_anonymous true".to_owned());
         } else {

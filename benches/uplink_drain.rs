@@ -1,0 +1,271 @@
+//! Drain benchmark: 100,000 queued QoS 1 events of 20 devices published to a loopback
+//! Mosquitto, against a bare rumqttc QoS 1 publisher (no queue) in the same run; then
+//! the memory one idle connected session costs.
+//!
+//! Run: `cargo bench --bench uplink_drain` (needs `mosquitto` on the PATH).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{BrokerConfig, Mosquitto};
+use fieldbridge::event::{Event, Qos};
+use fieldbridge::store::{Store, StoreSettings};
+use fieldbridge::uplink::{DeviceIdentity, SessionStatus, Uplink, UplinkSettings};
+use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, NetworkOptions, Packet, QoS};
+use tokio::sync::{mpsc, watch};
+
+const DEVICES: usize = 20;
+const EVENTS: usize = 100_000;
+const INFLIGHT: u16 = 100;
+const IDLE_SESSIONS: usize = 500;
+
+fn payload(seq: usize) -> Vec<u8> {
+    format!(
+        "{{\"d\":{{\"temperature\":21.5,\"pressure\":1.013,\"pump_on\":true,\"seq\":{seq}}},\
+         \"ts\":\"2026-11-21T10:15:30.120Z\"}}"
+    )
+    .into_bytes()
+}
+
+fn device(index: usize) -> DeviceIdentity {
+    DeviceIdentity {
+        id: format!("dev-{index:04}"),
+        device_type: "bench".into(),
+        token: None,
+    }
+}
+
+/// 20 plain rumqttc clients, each publishing its share at QoS 1 with the same inflight
+/// window as the uplink, as fast as PUBACKs allow. Returns messages per second.
+async fn bare_publishers(port: u16) -> f64 {
+    let per_client = EVENTS / DEVICES;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for client_index in 0..DEVICES {
+        let mut options = MqttOptions::new(format!("bare-{client_index}"), "127.0.0.1", port);
+        options
+            .set_clean_session(true)
+            .set_inflight(INFLIGHT)
+            .set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(options, usize::from(INFLIGHT));
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
+        tasks.push(tokio::spawn(async move {
+            let publisher = tokio::spawn(async move {
+                for seq in 0..per_client {
+                    client
+                        .publish(
+                            "iot-2/evt/status/fmt/json",
+                            QoS::AtLeastOnce,
+                            false,
+                            payload(seq),
+                        )
+                        .await
+                        .expect("publish");
+                }
+                client
+            });
+            let mut acked = 0;
+            while acked < per_client {
+                match eventloop.poll().await {
+                    Ok(MqttEvent::Incoming(Packet::PubAck(_))) => acked += 1,
+                    Ok(_) => {}
+                    Err(error) => panic!("bare publisher: {error}"),
+                }
+            }
+            let _client = publisher.await.unwrap();
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    EVENTS as f64 / started.elapsed().as_secs_f64()
+}
+
+/// What one queue drain measured.
+struct Drain {
+    acknowledged_rate: f64,
+    deleted_rate: f64,
+    /// CPU milliseconds per 1000 messages: this process, the broker.
+    cpu: (f64, f64),
+}
+
+/// Fills the queue while the broker is down, starts the broker and measures until
+/// every event is acknowledged, then until every row is deleted.
+async fn queue_drain(broker: &mut Mosquitto, data_dir: &std::path::Path) -> Drain {
+    let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
+    let mut settings = UplinkSettings::new(broker.url(), "bench");
+    settings.inflight = INFLIGHT;
+    settings.reconnect_min = Duration::from_millis(20);
+    settings.reconnect_max = Duration::from_millis(20);
+    let devices: Vec<DeviceIdentity> = (0..DEVICES).map(device).collect();
+    broker.stop();
+    let (sender, events) = mpsc::channel(1024);
+    let uplink = Uplink::start(settings, store.clone(), devices.clone(), events).unwrap();
+    for seq in 0..EVENTS {
+        let device = &devices[seq % DEVICES];
+        sender
+            .send(Event {
+                device_id: device.id.clone(),
+                event_id: "status".into(),
+                qos: Qos::AtLeastOnce,
+                payload: payload(seq),
+            })
+            .await
+            .unwrap();
+    }
+    loop {
+        let queued: u64 = store.stats().await.unwrap().iter().map(|s| s.depth).sum();
+        if queued == EVENTS as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let statuses: Vec<_> = devices
+        .iter()
+        .map(|d| uplink.status(&d.id).unwrap())
+        .collect();
+    let acknowledged = |statuses: &[watch::Receiver<SessionStatus>]| -> u64 {
+        statuses.iter().map(|s| s.borrow().acknowledged).sum()
+    };
+    let own_cpu = cpu_seconds("self");
+    let started = Instant::now();
+    broker.restart();
+    while acknowledged(&statuses) < EVENTS as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let acked_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+    // The restarted broker's CPU is all drain work (plus its negligible start-up).
+    let cpu = (
+        per_thousand(cpu_seconds("self") - own_cpu),
+        per_thousand(cpu_seconds(&broker.pid().unwrap().to_string())),
+    );
+    loop {
+        let queued: u64 = store.stats().await.unwrap().iter().map(|s| s.depth).sum();
+        if queued == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let deleted_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+    uplink.shutdown().await;
+    store.close().await;
+    Drain {
+        acknowledged_rate: acked_rate,
+        deleted_rate,
+        cpu,
+    }
+}
+
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// RSS growth per connected, idle session.
+async fn session_memory(broker: &Mosquitto, data_dir: &std::path::Path) -> f64 {
+    let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
+    let devices: Vec<DeviceIdentity> = (0..IDLE_SESSIONS).map(|i| device(1000 + i)).collect();
+    let before = rss_kib();
+    let (_sender, events) = mpsc::channel(1024);
+    let uplink = Uplink::start(
+        UplinkSettings::new(broker.url(), "bench"),
+        store.clone(),
+        devices.clone(),
+        events,
+    )
+    .unwrap();
+    for d in &devices {
+        let mut status = uplink.status(&d.id).unwrap();
+        status.wait_for(|s| s.connected).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = rss_kib();
+    uplink.shutdown().await;
+    store.close().await;
+    (after.saturating_sub(before)) as f64 / IDLE_SESSIONS as f64
+}
+
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are the 12th and
+    // 13th of them, in clock ticks (100 per second on Linux).
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields[11..13]
+        .iter()
+        .map(|f| f.parse::<u64>().unwrap_or(0))
+        .sum();
+    ticks as f64 / 100.0
+}
+
+fn per_thousand(cpu_seconds: f64) -> f64 {
+    cpu_seconds * 1000.0 / (EVENTS as f64 / 1000.0)
+}
+
+/// Runs `phase`, returning its rate and the CPU milliseconds per 1000 messages
+/// spent by this process and by the broker.
+async fn measured<F: std::future::Future<Output = f64>>(
+    broker_pid: &str,
+    phase: F,
+) -> (f64, f64, f64) {
+    let (own, theirs) = (cpu_seconds("self"), cpu_seconds(broker_pid));
+    let rate = phase.await;
+    (
+        rate,
+        per_thousand(cpu_seconds("self") - own),
+        per_thousand(cpu_seconds(broker_pid) - theirs),
+    )
+}
+
+fn main() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut broker = Mosquitto::start(
+            tmp.path(),
+            BrokerConfig {
+                quiet: true,
+                ..BrokerConfig::default()
+            },
+        );
+        println!("drain of {EVENTS} queued QoS 1 events, {DEVICES} devices, inflight {INFLIGHT}");
+        println!("(CPU = milliseconds per 1000 messages, this process / mosquitto)");
+        let (mut bare_rates, mut drain_rates) = (Vec::new(), Vec::new());
+        for round in 0..3 {
+            let pid = broker.pid().unwrap().to_string();
+            let (rate, own, theirs) = measured(&pid, bare_publishers(broker.port)).await;
+            println!("  bare rumqttc publishers: {rate:8.0} msg/s   CPU {own:5.1} / {theirs:5.1}");
+            bare_rates.push(rate);
+            if round == 2 {
+                break;
+            }
+            let drain = queue_drain(&mut broker, &tmp.path().join(format!("drain-{round}"))).await;
+            println!(
+                "  queue drain:             {:8.0} msg/s   CPU {:5.1} / {:5.1}   (rows deleted: {:.0} msg/s)",
+                drain.acknowledged_rate, drain.cpu.0, drain.cpu.1, drain.deleted_rate
+            );
+            drain_rates.push(drain.acknowledged_rate);
+        }
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let (bare, drain) = (mean(&bare_rates), mean(&drain_rates));
+        println!(
+            "mean: bare {bare:.0} msg/s, queue drain {drain:.0} msg/s = {:.2}x bare",
+            drain / bare
+        );
+
+        let per_session = session_memory(&broker, &tmp.path().join("memory")).await;
+        println!(
+            "memory: {per_session:.0} KiB RSS per idle connected session ({IDLE_SESSIONS} sessions)"
+        );
+    });
+}

@@ -1,0 +1,190 @@
+//! `mqtts://` against Mosquitto with a test CA: server authentication, a client
+//! certificate the broker requires, a broker signed by another CA, and `insecure`.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use fieldbridge::event::{Event, Qos};
+use fieldbridge::store::{Store, StoreSettings};
+use fieldbridge::uplink::{DeviceIdentity, SessionStatus, TlsSettings, Uplink, UplinkSettings};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tokio::sync::mpsc;
+
+/// PEM files of a CA, and of a broker and a client certificate it signed.
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_pki(dir: &Path, name: &str) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, format!("{name} test CA"));
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf = |sans: Vec<String>, common_name: &str| {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(sans).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        (params.signed_by(&key, &issuer).unwrap(), key)
+    };
+    let (server, server_key) = leaf(vec!["127.0.0.1".into()], "broker");
+    let (client, client_key) = leaf(vec![], "d:myorg:boiler:boiler-1");
+    let write = |file: &str, pem: String| {
+        let path = dir.join(format!("{name}-{file}"));
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    Pki {
+        ca: write("ca.pem", ca_cert.pem()),
+        server_cert: write("server.pem", server.pem()),
+        server_key: write("server.key", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client.key", client_key.serialize_pem()),
+    }
+}
+
+/// A broker with a TLS listener that requires client certificates from `pki`'s CA,
+/// and a plain listener for the test's subscriber.
+fn tls_broker(dir: &Path, pki: &Pki, plain_port: u16) -> Mosquitto {
+    Mosquitto::start(
+        dir,
+        BrokerConfig {
+            extra: vec![
+                format!("cafile {}", pki.ca.display()),
+                format!("certfile {}", pki.server_cert.display()),
+                format!("keyfile {}", pki.server_key.display()),
+                "require_certificate true".into(),
+                format!("listener {plain_port} 127.0.0.1"),
+            ],
+            ..BrokerConfig::default()
+        },
+    )
+}
+
+async fn start(
+    tls_port: u16,
+    tls: TlsSettings,
+    data_dir: &Path,
+) -> (Uplink, Store, mpsc::Sender<Event>) {
+    let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
+    let mut settings = UplinkSettings::new(format!("mqtts://127.0.0.1:{tls_port}"), "myorg");
+    settings.tls = tls;
+    settings.reconnect_min = Duration::from_millis(100);
+    settings.reconnect_max = Duration::from_secs(1);
+    let device = DeviceIdentity {
+        id: "boiler-1".into(),
+        device_type: "boiler".into(),
+        token: None,
+    };
+    let (sender, events) = mpsc::channel(16);
+    let uplink = Uplink::start(settings, store.clone(), vec![device], events).unwrap();
+    (uplink, store, sender)
+}
+
+async fn wait_status(uplink: &Uplink, what: &str, done: impl Fn(&SessionStatus) -> bool) {
+    let mut status = uplink.status("boiler-1").unwrap();
+    let reached = tokio::time::timeout(DEADLINE, status.wait_for(|s| done(s)))
+        .await
+        .is_ok();
+    assert!(
+        reached,
+        "timed out waiting for {what}: {:?}",
+        *status.borrow()
+    );
+}
+
+fn event(seq: u64) -> Event {
+    Event {
+        device_id: "boiler-1".into(),
+        event_id: "status".into(),
+        qos: Qos::AtLeastOnce,
+        payload: payload("boiler-1", seq),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_ca_file_and_a_client_certificate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = make_pki(tmp.path(), "good");
+    let plain_port = free_port();
+    let broker = tls_broker(tmp.path(), &pki, plain_port);
+    let subscriber = Subscriber::start(SubscriberConfig {
+        port: plain_port,
+        client_id: "tls-reader",
+        filter: "iot-2/#",
+        persistent: false,
+        credentials: None,
+    })
+    .await;
+    let tls = TlsSettings {
+        ca_file: Some(pki.ca.clone()),
+        cert_file: Some(pki.client_cert.clone()),
+        key_file: Some(pki.client_key.clone()),
+        insecure: false,
+    };
+    let (uplink, store, sender) = start(broker.port, tls, &tmp.path().join("data")).await;
+    for seq in 0..5 {
+        sender.send(event(seq)).await.unwrap();
+    }
+    subscriber
+        .wait_for("5 events over TLS", |m| m.len() >= 5)
+        .await;
+    check_complete_and_ordered(
+        "boiler-1",
+        &seqs_of(&subscriber.messages(), "boiler-1"),
+        0..5,
+    );
+    uplink.shutdown().await;
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker_pki = make_pki(tmp.path(), "broker");
+    let other_pki = make_pki(tmp.path(), "other");
+    let broker = tls_broker(tmp.path(), &broker_pki, free_port());
+
+    let tls = TlsSettings {
+        ca_file: Some(other_pki.ca.clone()),
+        cert_file: Some(broker_pki.client_cert.clone()),
+        key_file: Some(broker_pki.client_key.clone()),
+        insecure: false,
+    };
+    let (uplink, store, sender) = start(broker.port, tls, &tmp.path().join("strict")).await;
+    sender.send(event(0)).await.unwrap();
+    wait_status(&uplink, "a certificate error", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("certificate"))
+    })
+    .await;
+    assert_eq!(uplink.status("boiler-1").unwrap().borrow().connections, 0);
+    uplink.shutdown().await;
+    store.close().await;
+
+    // insecure: true skips the chain check (and warns); the client certificate is
+    // still presented, so the broker lets it in.
+    let tls = TlsSettings {
+        ca_file: None,
+        cert_file: Some(broker_pki.client_cert.clone()),
+        key_file: Some(broker_pki.client_key.clone()),
+        insecure: true,
+    };
+    let (uplink, store, _sender) = start(broker.port, tls, &tmp.path().join("insecure")).await;
+    wait_status(&uplink, "a connection", |s| s.connected).await;
+    uplink.shutdown().await;
+    store.close().await;
+}
