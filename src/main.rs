@@ -27,6 +27,11 @@ enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Show the store-and-forward queue: depth per device, oldest age, drops.
+    Queue {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Run everything in one process on simulated hardware (no setup needed).
     Demo {
         /// Stop after this long (e.g. `30s`); runs until Ctrl-C when absent.
@@ -40,6 +45,7 @@ fn main() -> ExitCode {
     let outcome = match args.command {
         Command::Check { config } => cli::check::run(&config),
         Command::Run { config } => cli::run::run(&config),
+        Command::Queue { config } => cli::queue::run(&config),
         Command::Demo { duration } => cli::demo::run(duration),
     };
     match outcome {

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod demo;
 pub mod logging;
+pub mod queue;
 pub mod run;
 pub mod systemd;
 

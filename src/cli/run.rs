@@ -10,9 +10,11 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use super::systemd;
-use crate::config::Config;
+use crate::config::{self, Config, Upstream};
 use crate::event::EventSink;
 use crate::gateway::Gateway;
+use crate::store::{Store, StoreSettings};
+use crate::uplink::{DeviceIdentity, TlsSettings, TopicScheme, Uplink, UplinkSettings};
 
 /// Events in flight between the buses and the output.
 const SINK_CAPACITY: usize = 4096;
@@ -28,27 +30,99 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     runtime.block_on(serve(path, config))
 }
 
+/// Where events go: the MQTT uplink, or stdout when no upstream is configured.
+enum Output {
+    Uplink(Uplink),
+    Stdout(JoinHandle<std::io::Result<()>>),
+}
+
 /// The acquisition side and where its events go, started from one configuration.
 struct Running {
     gateway: Gateway,
-    output: JoinHandle<std::io::Result<()>>,
+    output: Output,
 }
 
 impl Running {
-    fn start(config: &Config) -> anyhow::Result<Running> {
+    async fn start(config: &Config) -> anyhow::Result<Running> {
         let (sink, events) = EventSink::channel(SINK_CAPACITY);
-        let output = tokio::spawn(crate::output::write_lines(events, tokio::io::stdout()));
+        let output = match &config.upstream {
+            Some(upstream) => {
+                let store = Store::open(store_settings(config)).await?;
+                let devices = config
+                    .devices
+                    .iter()
+                    .map(|d| DeviceIdentity {
+                        id: d.id.clone(),
+                        device_type: d.device_type.clone(),
+                        token: d.token.as_ref().map(|t| t.expose().to_owned()),
+                    })
+                    .collect();
+                Output::Uplink(Uplink::start(
+                    uplink_settings(upstream),
+                    store,
+                    devices,
+                    events,
+                )?)
+            }
+            None => Output::Stdout(tokio::spawn(crate::output::write_lines(
+                events,
+                tokio::io::stdout(),
+            ))),
+        };
         let gateway = Gateway::start(config, sink)?;
         Ok(Running { gateway, output })
     }
 
+    /// Stops polling first, then lets the output take what was produced.
     async fn stop(self) -> anyhow::Result<()> {
         self.gateway.shutdown().await;
-        self.output
-            .await
-            .context("output task failed")?
-            .context("writing events to stdout")
+        match self.output {
+            Output::Uplink(uplink) => {
+                uplink.shutdown().await;
+                Ok(())
+            }
+            Output::Stdout(task) => task
+                .await
+                .context("output task failed")?
+                .context("writing events to stdout"),
+        }
     }
+}
+
+fn store_settings(config: &Config) -> StoreSettings {
+    let mut settings = StoreSettings::new(&config.gateway.data_dir);
+    settings.max_messages = config.queue.max_messages;
+    settings.max_bytes = config.queue.max_bytes.bytes();
+    settings.on_full = match config.queue.on_full {
+        config::OnFull::DropOldest => crate::store::OnFull::DropOldest,
+        config::OnFull::DropNewest => crate::store::OnFull::DropNewest,
+    };
+    settings
+}
+
+fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
+    let mut settings = UplinkSettings::new(upstream.url.to_string(), upstream.org.clone());
+    settings.keepalive = *upstream.keepalive;
+    settings.inflight = upstream.max_inflight;
+    if let Some(tls) = &upstream.tls {
+        settings.tls = TlsSettings {
+            ca_file: tls.ca_file.clone(),
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            insecure: tls.insecure,
+        };
+    }
+    settings.topics = match upstream.topic_scheme {
+        config::TopicScheme::Platform => TopicScheme::Platform,
+        config::TopicScheme::Custom => {
+            let templates = upstream.topics.clone().unwrap_or_default();
+            TopicScheme::Custom {
+                event: templates.event,
+                command: templates.command,
+            }
+        }
+    };
+    settings
 }
 
 fn status(config: &Config) -> String {
@@ -66,7 +140,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     let watchdog = systemd::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
-    let mut running = Running::start(&config)?;
+    let mut running = Running::start(&config).await?;
     let mut config = config;
     tracing::info!("gateway running: {}", status(&config));
     systemd::ready(&status(&config));
@@ -78,7 +152,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
                 match Config::load(path) {
                     Ok(new) => {
                         running.stop().await?;
-                        running = match Running::start(&new) {
+                        running = match Running::start(&new).await {
                             Ok(running) => {
                                 config = new;
                                 tracing::info!("configuration reloaded: {}", status(&config));
@@ -86,7 +160,7 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
                             }
                             Err(e) => {
                                 tracing::error!("cannot start the reloaded configuration, going back to the previous one: {e:#}");
-                                Running::start(&config)?
+                                Running::start(&config).await?
                             }
                         };
                     }
