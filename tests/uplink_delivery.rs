@@ -208,7 +208,7 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn custom_topic_templates_and_anonymous_devices() {
+async fn custom_templates_name_client_ids_users_and_topics() {
     let tmp = tempfile::tempdir().unwrap();
     let broker = Mosquitto::start(tmp.path(), BrokerConfig::default());
     let subscriber = Subscriber::start(SubscriberConfig {
@@ -222,11 +222,17 @@ async fn custom_topic_templates_and_anonymous_devices() {
     let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
     let mut settings = settings(broker.url());
     settings.topics = TopicScheme::Custom {
+        client_id: "gw-{org}-{device}".into(),
+        username: Some("{org}-{type}".into()),
         event: "plant/{org}/{type}/{id}/evt/{event}".into(),
         command: "plant/{org}/{type}/{id}/cmd/{command}".into(),
     };
     settings.keepalive = Duration::from_secs(15);
-    let (uplink, sender) = start(settings, &store, vec![device("line-3", "press", None)]);
+    let devices = vec![
+        device("line-3", "press", None),
+        device("line-4", "press", Some("token-4")),
+    ];
+    let (uplink, sender) = start(settings, &store, devices);
     for (seq, event_id) in [(0, "status"), (1, "health"), (2, "status")] {
         let mut e = event("line-3", seq, Qos::AtLeastOnce);
         e.event_id = event_id.into();
@@ -242,10 +248,13 @@ async fn custom_topic_templates_and_anonymous_devices() {
             "plant/myorg/press/line-3/evt/status"
         ]
     );
-    // Without a token no user name is sent.
+    // The client id template, and the user name template for the device with a
+    // token; without a token no user name is sent.
+    wait_status(&uplink, "line-4", "connected", |s| s.connected).await;
     let log = broker.log();
+    assert!(log.contains("as gw-myorg-line-3 (p2, c0, k15)."), "{log}");
     assert!(
-        log.contains("as d:myorg:press:line-3 (p2, c0, k15)."),
+        log.contains("as gw-myorg-line-4 (p2, c0, k15, u'myorg-press')."),
         "{log}"
     );
     uplink.shutdown().await;

@@ -117,6 +117,8 @@ fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
         config::TopicScheme::Custom => {
             let templates = upstream.topics.clone().unwrap_or_default();
             TopicScheme::Custom {
+                client_id: templates.client_id,
+                username: upstream.username.clone(),
                 event: templates.event,
                 command: templates.command,
             }

@@ -86,7 +86,8 @@ impl UplinkSettings {
 pub struct DeviceIdentity {
     pub id: String,
     pub device_type: String,
-    /// Sent as the password with username `use-token-auth`; no credentials when absent.
+    /// Sent as the password, with user name `use-token-auth` (or the custom scheme's
+    /// user name template); no credentials at all when absent.
     pub token: Option<String>,
 }
 

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::topics::{valid_id, TopicValues, Topics};
+use super::topics::{valid_id, Naming, TemplateValues};
 use super::window::Window;
 use super::{tls, DeviceIdentity, Endpoint, Inbound, UplinkError, UplinkSettings, MAX_PAYLOAD};
 use crate::backoff::Backoff;
@@ -67,7 +67,7 @@ pub struct SessionStatus {
 pub(super) struct Plan {
     endpoint: Endpoint,
     org: Arc<str>,
-    topics: Arc<Topics>,
+    naming: Arc<Naming>,
     keepalive: Duration,
     window: usize,
     tls: Option<TlsConfiguration>,
@@ -124,7 +124,7 @@ impl Plan {
         Ok(Plan {
             endpoint,
             org: settings.org.as_str().into(),
-            topics: Arc::new(Topics::new(&settings.topics)?),
+            naming: Arc::new(Naming::new(&settings.topics)?),
             keepalive: settings.keepalive,
             window: usize::from(settings.inflight),
             tls,
@@ -144,7 +144,12 @@ impl Plan {
         shutdown: CancellationToken,
     ) -> (watch::Receiver<SessionStatus>, JoinHandle<()>) {
         let requests = self.window + EXTRA_REQUESTS;
-        let client_id = format!("d:{}:{}:{}", self.org, device.device_type, device.id);
+        let values = TemplateValues {
+            org: &self.org,
+            device_type: &device.device_type,
+            device_id: &device.id,
+        };
+        let client_id = self.naming.client_id.render(&values, "");
         let mut options =
             MqttOptions::new(client_id, self.endpoint.host.clone(), self.endpoint.port);
         options
@@ -154,7 +159,7 @@ impl Plan {
             .set_request_channel_capacity(requests)
             .set_max_packet_size(MAX_PACKET, MAX_PACKET);
         if let Some(token) = &device.token {
-            options.set_credentials("use-token-auth", token.as_str());
+            options.set_credentials(self.naming.username.render(&values, ""), token.as_str());
         }
         if let Some(tls) = &self.tls {
             options.set_transport(Transport::tls_with_config(tls.clone()));
@@ -173,7 +178,7 @@ impl Plan {
             rows_changed: store.watch(&device.id),
             device,
             org: self.org.clone(),
-            topics: self.topics.clone(),
+            naming: self.naming.clone(),
             topic_cache: HashMap::new(),
             client,
             store,
@@ -291,7 +296,7 @@ struct Fetched {
 struct Session {
     device: DeviceIdentity,
     org: Arc<str>,
-    topics: Arc<Topics>,
+    naming: Arc<Naming>,
     topic_cache: HashMap<String, String>,
     client: AsyncClient,
     store: Store,
@@ -616,12 +621,12 @@ impl Session {
         if let Some(topic) = self.topic_cache.get(event_id) {
             return topic.clone();
         }
-        let values = TopicValues {
+        let values = TemplateValues {
             org: &self.org,
             device_type: &self.device.device_type,
             device_id: &self.device.id,
         };
-        let topic = self.topics.event.render(&values, event_id);
+        let topic = self.naming.event.render(&values, event_id);
         if self.topic_cache.len() < TOPIC_CACHE {
             self.topic_cache.insert(event_id.to_owned(), topic.clone());
         }
