@@ -87,7 +87,6 @@ async fn through_uplink(dir: &Path, synchronous: Synchronous) -> f64 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     uplink.shutdown().await;
-    store.close().await;
     rate
 }
 

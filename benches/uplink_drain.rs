@@ -153,7 +153,6 @@ async fn queue_drain(broker: &mut Mosquitto, data_dir: &std::path::Path) -> Drai
     }
     let deleted_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
     uplink.shutdown().await;
-    store.close().await;
     Drain {
         acknowledged_rate: acked_rate,
         deleted_rate,
@@ -190,7 +189,6 @@ async fn session_memory(broker: &Mosquitto, data_dir: &std::path::Path) -> f64 {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = rss_kib();
     uplink.shutdown().await;
-    store.close().await;
     (after.saturating_sub(before)) as f64 / IDLE_SESSIONS as f64
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::*;
 use fieldbridge::event::{Event, Qos};
-use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreSettings};
+use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreError, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, SessionStatus, TopicScheme, Uplink, UplinkSettings};
 use tokio::sync::mpsc;
 
@@ -190,21 +190,21 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
         })
         .await;
 
+    // Shutdown takes about half a second (grace for acknowledgements, then the
+    // DISCONNECTs); the bound only catches a hang on a loaded machine.
     let started = std::time::Instant::now();
     uplink.shutdown().await;
-    assert!(
-        started.elapsed() < Duration::from_secs(3),
-        "{:?}",
-        started.elapsed()
-    );
-    // Every session said goodbye with a DISCONNECT.
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     wait_until("DISCONNECT in the broker log", || {
         broker
             .log()
             .contains("Received DISCONNECT from d:myorg:boiler:boiler-1")
     })
     .await;
-    store.close().await;
+    // The uplink closed the store it was given.
+    let late = store.enqueue(event("pump-7", 2000, Qos::AtLeastOnce)).await;
+    assert!(matches!(late, Err(StoreError::Closed)), "{late:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,7 +258,6 @@ async fn custom_templates_name_client_ids_users_and_topics() {
         "{log}"
     );
     uplink.shutdown().await;
-    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,7 +340,6 @@ async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
         );
     }
     uplink.shutdown().await;
-    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -407,7 +405,6 @@ async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
     })
     .await;
     uplink.shutdown().await;
-    store.close().await;
 }
 
 async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
@@ -461,7 +458,6 @@ async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
     .await;
     subscriber.wait_for("100 events", |m| m.len() >= 100).await;
     uplink.shutdown().await;
-    store.close().await;
     let messages = subscriber.messages();
     let stats = read_stats(&data_dir).await.unwrap();
     (

@@ -241,6 +241,5 @@ fn run_gateway(spec: &str) {
             println!("{REPLY} done {to}");
         }
         uplink.shutdown().await;
-        store.close().await;
     });
 }

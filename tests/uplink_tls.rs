@@ -147,7 +147,6 @@ async fn mqtts_with_a_ca_file_and_a_client_certificate() {
         0..5,
     );
     uplink.shutdown().await;
-    store.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,7 +172,6 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
     .await;
     assert_eq!(uplink.status("boiler-1").unwrap().borrow().connections, 0);
     uplink.shutdown().await;
-    store.close().await;
 
     // insecure: true skips the chain check (and warns); the client certificate is
     // still presented, so the broker lets it in.
@@ -186,5 +184,4 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
     let (uplink, store, _sender) = start(broker.port, tls, &tmp.path().join("insecure")).await;
     wait_status(&uplink, "a connection", |s| s.connected).await;
     uplink.shutdown().await;
-    store.close().await;
 }

@@ -37,9 +37,9 @@ const DRIVER_BATCHES: usize = 32;
 const DROP_PERSIST_INTERVAL: Duration = Duration::from_secs(5);
 /// At shutdown: time for the broker to acknowledge what is in flight, then to
 /// commit deletions, then for the DISCONNECT to be written.
-const ACK_GRACE: Duration = Duration::from_millis(400);
-const DELETE_GRACE: Duration = Duration::from_millis(300);
-const DISCONNECT_GRACE: Duration = Duration::from_millis(200);
+const ACK_GRACE: Duration = Duration::from_millis(300);
+const DELETE_GRACE: Duration = Duration::from_millis(200);
+const DISCONNECT_GRACE: Duration = Duration::from_millis(150);
 /// Wait before reading the queue again after a failed read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
 /// Event topics remembered per session.
