@@ -1,16 +1,20 @@
 //! Assembles the running gateway from a validated configuration: one task per bus,
 //! every device on the bus of its config, all events into one sink.
 
+use std::collections::HashMap;
+
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::link::SerialSettings;
-use crate::bus::modbus::ModbusEndpoint;
-use crate::bus::poller::{BusSettings, ModbusBus, PolledDevice, Tag};
+use crate::bus::modbus::{ModbusEndpoint, ReadData, RequestError, WriteData};
+use crate::bus::poller::{BusSettings, ModbusBus, PolledDevice, Tag, WriteRequest, WRITE_QUEUE};
 use crate::config::{Bus, BusTransport, Config, Device};
 use crate::device::{DeviceState, PublishPolicy};
 use crate::event::EventSink;
 use crate::plan::{plan, Limits, Plan, PlanError, Span};
+use crate::registers::RegisterKind;
 use crate::serial_line::bus::{LineBus, LineBusSettings, LineDevice};
 
 /// A line device that sent nothing usable for `OFFLINE_AFTER_FAILURES` times this
@@ -21,6 +25,45 @@ const LINE_SILENCE_CHECK: std::time::Duration = std::time::Duration::from_secs(1
 pub struct Gateway {
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
+    buses: HashMap<String, DeviceBus>,
+}
+
+/// Where to send writes for one Modbus device: its bus task.
+#[derive(Debug, Clone)]
+pub struct DeviceBus {
+    unit: u8,
+    always_write_multiple: bool,
+    writes: mpsc::Sender<WriteRequest>,
+}
+
+impl DeviceBus {
+    /// Queues a write (ahead of pending polls) and waits for its outcome, with the
+    /// registers or coils read back when `readback` names a table and count.
+    pub async fn write(
+        &self,
+        address: u16,
+        data: WriteData,
+        readback: Option<(RegisterKind, u16)>,
+    ) -> Result<Option<ReadData>, RequestError> {
+        let (reply, outcome) = oneshot::channel();
+        let request = WriteRequest {
+            unit: self.unit,
+            address,
+            data,
+            always_multiple: self.always_write_multiple,
+            readback,
+            reply,
+        };
+        self.writes.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                RequestError::Link("bus busy: too many writes waiting".into())
+            }
+            mpsc::error::TrySendError::Closed(_) => RequestError::Link("bus stopped".into()),
+        })?;
+        outcome
+            .await
+            .map_err(|_| RequestError::Link("bus stopped".into()))?
+    }
 }
 
 impl Gateway {
@@ -28,6 +71,7 @@ impl Gateway {
     pub fn start(config: &Config, sink: EventSink) -> Result<Gateway, StartError> {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
+        let mut buses = HashMap::new();
         for bus in &config.buses {
             let devices: Vec<&Device> = config
                 .devices
@@ -59,15 +103,35 @@ impl Gateway {
                 }
                 _ => {
                     let settings = bus_settings(bus);
+                    let (writes, queued) = mpsc::channel(WRITE_QUEUE);
+                    for device in &devices {
+                        buses.insert(
+                            device.id.clone(),
+                            DeviceBus {
+                                unit: device.unit.unwrap_or(1),
+                                always_write_multiple: device.always_write_multiple,
+                                writes: writes.clone(),
+                            },
+                        );
+                    }
                     let devices = devices
                         .into_iter()
                         .map(polled_device)
                         .collect::<Result<_, _>>()?;
-                    tasks.spawn(ModbusBus::new(settings, devices).run(sink, stop));
+                    tasks.spawn(ModbusBus::new(settings, devices, queued).run(sink, stop));
                 }
             }
         }
-        Ok(Gateway { tasks, shutdown })
+        Ok(Gateway {
+            tasks,
+            shutdown,
+            buses,
+        })
+    }
+
+    /// The bus of a Modbus device, for writes; `None` for unknown and serial-line devices.
+    pub fn device_bus(&self, device_id: &str) -> Option<DeviceBus> {
+        self.buses.get(device_id).cloned()
     }
 
     /// Stops every bus task (each finishes its current request first) and waits for them.

@@ -15,3 +15,4 @@ pub mod output;
 pub mod ratelimit;
 pub mod plan;
 pub mod uplink;
+pub mod command;

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_modbus::client::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::link::InputSinceRequest;
-use super::modbus::{read, ModbusEndpoint, ReadData, RequestError};
+use super::modbus::{self, read, ModbusEndpoint, ReadData, RequestError, WriteData};
 use crate::backoff::Backoff;
 use crate::device::{DeviceState, OFFLINE_AFTER_FAILURES};
 use crate::event::EventSink;
@@ -118,10 +119,27 @@ pub struct BusSettings {
     pub delay_between_requests: Duration,
 }
 
+/// A write for a slave on the bus, done ahead of pending polls.
+#[derive(Debug)]
+pub struct WriteRequest {
+    pub unit: u8,
+    pub address: u16,
+    pub data: WriteData,
+    /// FC15/FC16 even for a single coil or register.
+    pub always_multiple: bool,
+    /// Read this table and count at `address` after writing, and answer with it.
+    pub readback: Option<(RegisterKind, u16)>,
+    pub reply: oneshot::Sender<Result<Option<ReadData>, RequestError>>,
+}
+
+/// Writes waiting for one bus, at most; a command beyond that is refused as busy.
+pub const WRITE_QUEUE: usize = 32;
+
 /// The bus task's state: its link and its devices.
 pub struct ModbusBus {
     settings: BusSettings,
     devices: Vec<PolledDevice>,
+    writes: mpsc::Receiver<WriteRequest>,
     link: Option<Context>,
     link_input: Option<InputSinceRequest>,
     reconnect: Backoff,
@@ -139,10 +157,15 @@ enum Cycle {
 }
 
 impl ModbusBus {
-    pub fn new(settings: BusSettings, devices: Vec<PolledDevice>) -> Self {
+    pub fn new(
+        settings: BusSettings,
+        devices: Vec<PolledDevice>,
+        writes: mpsc::Receiver<WriteRequest>,
+    ) -> Self {
         ModbusBus {
             settings,
             devices,
+            writes,
             link: None,
             link_input: None,
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
@@ -165,7 +188,12 @@ impl ModbusBus {
                 .map(|(i, d)| (i, d.next_due))
                 .expect("devices is not empty");
             tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break,
+                Some(write) = self.writes.recv() => {
+                    self.execute_write(write).await;
+                    continue;
+                }
                 _ = tokio::time::sleep_until(next.1) => {}
             }
             let index = next.0;
@@ -250,6 +278,7 @@ impl ModbusBus {
         let mut values = Vec::new();
         let mut request_index = 0;
         while request_index < self.devices[index].requests.len() {
+            self.execute_pending_writes().await;
             let request = self.devices[index].requests[request_index].clone();
             match self.execute(self.devices[index].unit, &request).await {
                 Ok(data) => {
@@ -298,24 +327,59 @@ impl ModbusBus {
         Cycle::Answered(values)
     }
 
-    /// Runs one read, honouring the delay between requests and dropping the link when
-    /// it can no longer be trusted.
+    /// Runs one read.
     async fn execute(&mut self, unit: u8, request: &ReadRequest) -> Result<ReadData, RequestError> {
+        let (kind, address, count) = (request.kind, request.address, request.count);
+        self.exchange(async |ctx, timeout| read(ctx, unit, kind, address, count, timeout).await)
+            .await
+    }
+
+    /// Runs one write, then the read-back if asked, and answers the requester.
+    async fn execute_write(&mut self, write: WriteRequest) {
+        let WriteRequest {
+            unit,
+            address,
+            data,
+            always_multiple,
+            readback,
+            reply,
+        } = write;
+        let mut outcome = self
+            .exchange(async |ctx, timeout| {
+                modbus::write(ctx, unit, address, &data, always_multiple, timeout).await
+            })
+            .await
+            .map(|()| None);
+        if let (Ok(_), Some((kind, count))) = (&outcome, readback) {
+            outcome = self
+                .exchange(async |ctx, timeout| read(ctx, unit, kind, address, count, timeout).await)
+                .await
+                .map(Some);
+        }
+        // The requester may have given up (shutdown); nothing to tell then.
+        let _ = reply.send(outcome);
+    }
+
+    /// Does writes that are waiting, ahead of the next poll request.
+    async fn execute_pending_writes(&mut self) {
+        while let Ok(write) = self.writes.try_recv() {
+            self.execute_write(write).await;
+        }
+    }
+
+    /// Runs one exchange on the link, honouring the delay between requests, naming
+    /// garbled answers, and dropping the link when it can no longer be trusted.
+    async fn exchange<T>(
+        &mut self,
+        op: impl AsyncFnOnce(&mut Context, Duration) -> Result<T, RequestError>,
+    ) -> Result<T, RequestError> {
         if let Some(end) = self.last_request_end {
             tokio::time::sleep_until(end + self.settings.delay_between_requests).await;
         }
         let timeout = self.settings.timeout;
         let survives_timeout = self.settings.endpoint.survives_timeout();
         let ctx = self.ensure_link().await.map_err(RequestError::Link)?;
-        let mut outcome = read(
-            ctx,
-            unit,
-            request.kind,
-            request.address,
-            request.count,
-            timeout,
-        )
-        .await;
+        let mut outcome = op(ctx, timeout).await;
         if let (Err(RequestError::Timeout(_)), Some(input)) = (&outcome, &self.link_input) {
             let received = input.get();
             if received > 0 {

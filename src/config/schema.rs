@@ -70,6 +70,34 @@ pub struct Upstream {
     /// Most QoS 1 publishes per device session awaiting their PUBACK.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+    /// QoS of the command subscription: 2 (default) so the broker hands each command
+    /// over once; the gateway also acts on each `reqId` once.
+    #[serde(
+        default = "default_command_qos",
+        deserialize_with = "deserialize_command_qos"
+    )]
+    pub command_qos: u8,
+    /// How many recent command `reqId`s each device remembers (in SQLite) to act on a
+    /// redelivered command only once.
+    #[serde(default = "default_remembered_commands")]
+    pub remembered_commands: u32,
+}
+
+fn default_command_qos() -> u8 {
+    2
+}
+
+fn default_remembered_commands() -> u32 {
+    1000
+}
+
+fn deserialize_command_qos<'de, D: Deserializer<'de>>(deserializer: D) -> Result<u8, D::Error> {
+    match u8::deserialize(deserializer)? {
+        qos @ 0..=2 => Ok(qos),
+        other => Err(de::Error::custom(format!(
+            "command_qos {other} is not an MQTT QoS, expected 0, 1 or 2 (default 2)"
+        ))),
+    }
 }
 
 fn default_keepalive() -> Duration {
@@ -419,6 +447,10 @@ pub struct Device {
     /// Answer device management requests (`iotdm-1/#`).
     #[serde(default)]
     pub managed: bool,
+    /// Write with FC15/FC16 even a single coil or register (many devices reject
+    /// FC05/FC06).
+    #[serde(default)]
+    pub always_write_multiple: bool,
     /// Unused addresses the planner may read through to merge two requests (registers
     /// for holding/input, bits for coil/discrete). `0`: never read unconfigured addresses.
     #[serde(default = "default_max_gap")]
