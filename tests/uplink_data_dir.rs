@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use fieldbridge::event::{Event, Qos};
-use fieldbridge::store::{Store, StoreError, StoreSettings, DB_FILE};
+use fieldbridge::store::{read_stats, Store, StoreError, StoreSettings, DB_FILE};
 
 async fn open_error(data_dir: &Path) -> StoreError {
     match Store::open(StoreSettings::new(data_dir)).await {
@@ -113,6 +113,36 @@ async fn a_corrupt_database_is_moved_aside_and_the_next_start_has_an_empty_queue
     assert!(store.stats().await.unwrap().is_empty());
     store.close().await;
     assert!(moved_to.exists(), "the corrupt copy stays");
+}
+
+#[tokio::test]
+async fn statistics_are_readable_from_a_read_only_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
+    for seq in 0..3 {
+        store
+            .enqueue(Event {
+                device_id: "meter-1".into(),
+                event_id: "status".into(),
+                qos: Qos::AtLeastOnce,
+                payload: format!("{{\"seq\":{seq}}}").into_bytes(),
+            })
+            .await
+            .unwrap();
+    }
+    store.close().await;
+    // As for a user who may read the data directory but not write to it.
+    let Some(_mount) = ReadOnlyMount::new(&data_dir) else {
+        println!("cannot bind-mount here (not root?); skipped");
+        return;
+    };
+    let stats = read_stats(&data_dir).await.unwrap();
+    assert_eq!(stats.len(), 1);
+    assert_eq!(
+        (stats[0].device_id.as_str(), stats[0].depth),
+        ("meter-1", 3)
+    );
 }
 
 /// A read-only bind mount of a directory onto itself, undone on drop.

@@ -63,14 +63,32 @@ pub(super) async fn open_read_only(data_dir: &Path) -> Result<SqliteConnection, 
     if !path.is_file() {
         return Err(StoreError::NotFound { path });
     }
-    SqliteConnectOptions::new()
+    let options = SqliteConnectOptions::new()
         .filename(&path)
         .read_only(true)
         .create_if_missing(false)
-        .busy_timeout(BUSY_TIMEOUT)
-        .connect()
-        .await
-        .map_err(|source| StoreError::Database { path, source })
+        .busy_timeout(BUSY_TIMEOUT);
+    match connect_and_read(&options).await {
+        Ok(conn) => Ok(conn),
+        // Reading a WAL database needs its -shm file, which a reader without write
+        // access to the directory cannot create. Without a -wal file no gateway has
+        // the database open, so it can be read as an immutable file instead.
+        Err(_) if !PathBuf::from(format!("{}-wal", path.display())).exists() => {
+            connect_and_read(&options.immutable(true))
+                .await
+                .map_err(|source| StoreError::Database { path, source })
+        }
+        Err(source) => Err(StoreError::Database { path, source }),
+    }
+}
+
+/// Connects and reads the schema, which is when SQLite opens the WAL files.
+async fn connect_and_read(options: &SqliteConnectOptions) -> Result<SqliteConnection, sqlx::Error> {
+    let mut conn = options.connect().await?;
+    sqlx::query("SELECT COUNT(*) FROM sqlite_master")
+        .fetch_one(&mut conn)
+        .await?;
+    Ok(conn)
 }
 
 /// The data directory must exist (only its last component is created here) and be
