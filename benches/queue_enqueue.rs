@@ -63,6 +63,7 @@ async fn through_uplink(dir: &Path, synchronous: Synchronous) -> f64 {
         .port();
     let devices = (0..DEVICES)
         .map(|i| DeviceIdentity {
+            managed: false,
             id: format!("dev-{i:02}"),
             device_type: "bench".into(),
             token: None,

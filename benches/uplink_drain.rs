@@ -31,6 +31,7 @@ fn payload(seq: usize) -> Vec<u8> {
 
 fn device(index: usize) -> DeviceIdentity {
     DeviceIdentity {
+        managed: false,
         id: format!("dev-{index:04}"),
         device_type: "bench".into(),
         token: None,

@@ -130,6 +130,15 @@ impl DeviceState {
         None
     }
 
+    /// Forget health and published values, as for a device that was just restarted:
+    /// its next answer is reported online and publishes every value.
+    pub fn restart(&mut self) {
+        self.health = Health::Unknown;
+        self.consecutive_failures = 0;
+        self.published.clear();
+        self.last_publish = None;
+    }
+
     pub fn is_offline(&self) -> bool {
         self.health == Health::Offline
     }

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bus::link::SerialSettings;
 use crate::bus::modbus::{ModbusEndpoint, ReadData, RequestError, WriteData};
-use crate::bus::poller::{BusSettings, ModbusBus, PolledDevice, Tag, WriteRequest, WRITE_QUEUE};
+use crate::bus::poller::{
+    BusRequest, BusSettings, ModbusBus, PolledDevice, Tag, WriteRequest, WRITE_QUEUE,
+};
 use crate::config::{Bus, BusTransport, Config, Device};
 use crate::device::{DeviceState, PublishPolicy};
 use crate::event::EventSink;
@@ -33,7 +35,7 @@ pub struct Gateway {
 pub struct DeviceBus {
     unit: u8,
     always_write_multiple: bool,
-    writes: mpsc::Sender<WriteRequest>,
+    requests: mpsc::Sender<BusRequest>,
 }
 
 impl DeviceBus {
@@ -54,7 +56,7 @@ impl DeviceBus {
             readback,
             reply,
         };
-        self.writes.try_send(request).map_err(|e| match e {
+        self.requests.try_send(BusRequest::Write(request)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => {
                 RequestError::Link("bus busy: too many writes waiting".into())
             }
@@ -63,6 +65,21 @@ impl DeviceBus {
         outcome
             .await
             .map_err(|_| RequestError::Link("bus stopped".into()))?
+    }
+
+    /// Reopens the bus link and polls the device at once (a management "reboot").
+    pub async fn reinitialize(&self) -> Result<(), RequestError> {
+        let (done, finished) = oneshot::channel();
+        self.requests
+            .send(BusRequest::Reinitialize {
+                unit: self.unit,
+                done,
+            })
+            .await
+            .map_err(|_| RequestError::Link("bus stopped".into()))?;
+        finished
+            .await
+            .map_err(|_| RequestError::Link("bus stopped".into()))
     }
 }
 
@@ -103,14 +120,14 @@ impl Gateway {
                 }
                 _ => {
                     let settings = bus_settings(bus);
-                    let (writes, queued) = mpsc::channel(WRITE_QUEUE);
+                    let (requests, queued) = mpsc::channel(WRITE_QUEUE);
                     for device in &devices {
                         buses.insert(
                             device.id.clone(),
                             DeviceBus {
                                 unit: device.unit.unwrap_or(1),
                                 always_write_multiple: device.always_write_multiple,
-                                writes: writes.clone(),
+                                requests: requests.clone(),
                             },
                         );
                     }

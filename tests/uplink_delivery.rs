@@ -16,6 +16,7 @@ const PLATFORM_TOPIC: &str = "iot-2/evt/status/fmt/json";
 
 fn device(id: &str, device_type: &str, token: Option<&str>) -> DeviceIdentity {
     DeviceIdentity {
+        managed: false,
         id: id.into(),
         device_type: device_type.into(),
         token: token.map(Into::into),

@@ -200,6 +200,7 @@ fn run_gateway(spec: &str) {
         let devices = DEVICES
             .iter()
             .map(|id| DeviceIdentity {
+                managed: false,
                 id: (*id).into(),
                 device_type: "tank".into(),
                 token: None,

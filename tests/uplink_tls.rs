@@ -84,6 +84,7 @@ async fn start(
     settings.reconnect_min = Duration::from_millis(100);
     settings.reconnect_max = Duration::from_secs(1);
     let device = DeviceIdentity {
+        managed: false,
         id: "boiler-1".into(),
         device_type: "boiler".into(),
         token: None,

@@ -119,7 +119,15 @@ pub struct BusSettings {
     pub delay_between_requests: Duration,
 }
 
-/// A write for a slave on the bus, done ahead of pending polls.
+/// What other tasks ask of a bus, done ahead of pending polls.
+#[derive(Debug)]
+pub enum BusRequest {
+    Write(WriteRequest),
+    /// Start over with a device: reopen the link and poll it now, as after a reboot.
+    Reinitialize { unit: u8, done: oneshot::Sender<()> },
+}
+
+/// A write for a slave on the bus.
 #[derive(Debug)]
 pub struct WriteRequest {
     pub unit: u8,
@@ -139,7 +147,7 @@ pub const WRITE_QUEUE: usize = 32;
 pub struct ModbusBus {
     settings: BusSettings,
     devices: Vec<PolledDevice>,
-    writes: mpsc::Receiver<WriteRequest>,
+    requests: mpsc::Receiver<BusRequest>,
     link: Option<Context>,
     link_input: Option<InputSinceRequest>,
     reconnect: Backoff,
@@ -160,12 +168,12 @@ impl ModbusBus {
     pub fn new(
         settings: BusSettings,
         devices: Vec<PolledDevice>,
-        writes: mpsc::Receiver<WriteRequest>,
+        requests: mpsc::Receiver<BusRequest>,
     ) -> Self {
         ModbusBus {
             settings,
             devices,
-            writes,
+            requests,
             link: None,
             link_input: None,
             reconnect: Backoff::new(Duration::from_millis(200), Duration::from_secs(30)),
@@ -190,8 +198,8 @@ impl ModbusBus {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
-                Some(write) = self.writes.recv() => {
-                    self.execute_write(write).await;
+                Some(request) = self.requests.recv() => {
+                    self.handle(request).await;
                     continue;
                 }
                 _ = tokio::time::sleep_until(next.1) => {}
@@ -278,7 +286,7 @@ impl ModbusBus {
         let mut values = Vec::new();
         let mut request_index = 0;
         while request_index < self.devices[index].requests.len() {
-            self.execute_pending_writes().await;
+            self.handle_pending_requests().await;
             let request = self.devices[index].requests[request_index].clone();
             match self.execute(self.devices[index].unit, &request).await {
                 Ok(data) => {
@@ -360,10 +368,28 @@ impl ModbusBus {
         let _ = reply.send(outcome);
     }
 
-    /// Does writes that are waiting, ahead of the next poll request.
-    async fn execute_pending_writes(&mut self) {
-        while let Ok(write) = self.writes.try_recv() {
-            self.execute_write(write).await;
+    /// Handles what is waiting, ahead of the next poll request.
+    async fn handle_pending_requests(&mut self) {
+        while let Ok(request) = self.requests.try_recv() {
+            self.handle(request).await;
+        }
+    }
+
+    async fn handle(&mut self, request: BusRequest) {
+        match request {
+            BusRequest::Write(write) => self.execute_write(write).await,
+            BusRequest::Reinitialize { unit, done } => {
+                tracing::info!(bus = %self.settings.name, unit, "reinitializing the device");
+                self.link = None;
+                self.next_connect = Instant::now();
+                self.reconnect.reset();
+                let now = Instant::now();
+                for device in self.devices.iter_mut().filter(|d| d.unit == unit) {
+                    device.state.restart();
+                    device.next_due = now;
+                }
+                let _ = done.send(());
+            }
         }
     }
 

@@ -10,6 +10,10 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
 use super::systemd;
+use tokio::sync::mpsc;
+
+use crate::command;
+use crate::command::seen::SeenCommands;
 use crate::config::{self, Config, Upstream};
 use crate::event::EventSink;
 use crate::gateway::Gateway;
@@ -30,11 +34,18 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     runtime.block_on(serve(path, config))
 }
 
-/// Where events go: the MQTT uplink, or stdout when no upstream is configured.
+/// Where events go: the MQTT uplink (with the command service answering what comes
+/// back), or stdout when no upstream is configured.
 enum Output {
-    Uplink(Uplink),
+    Uplink {
+        uplink: Uplink,
+        commands: JoinHandle<()>,
+    },
     Stdout(JoinHandle<std::io::Result<()>>),
 }
+
+/// Commands received and not yet taken by the command service.
+const INBOUND_CAPACITY: usize = 256;
 
 /// The acquisition side and where its events go, started from one configuration.
 struct Running {
@@ -45,40 +56,59 @@ struct Running {
 impl Running {
     async fn start(config: &Config) -> anyhow::Result<Running> {
         let (sink, events) = EventSink::channel(SINK_CAPACITY);
-        let output = match &config.upstream {
-            Some(upstream) => {
-                let store = Store::open(store_settings(config)).await?;
-                let devices = config
-                    .devices
-                    .iter()
-                    .map(|d| DeviceIdentity {
-                        id: d.id.clone(),
-                        device_type: d.device_type.clone(),
-                        token: d.token.as_ref().map(|t| t.expose().to_owned()),
-                    })
-                    .collect();
-                Output::Uplink(Uplink::start(
-                    uplink_settings(upstream),
-                    store,
-                    devices,
-                    events,
-                )?)
-            }
-            None => Output::Stdout(tokio::spawn(crate::output::write_lines(
-                events,
-                tokio::io::stdout(),
-            ))),
+        let Some(upstream) = &config.upstream else {
+            let output = tokio::spawn(crate::output::write_lines(events, tokio::io::stdout()));
+            let gateway = Gateway::start(config, sink)?;
+            return Ok(Running {
+                gateway,
+                output: Output::Stdout(output),
+            });
         };
-        let gateway = Gateway::start(config, sink)?;
-        Ok(Running { gateway, output })
+        let store = Store::open(store_settings(config)).await?;
+        let seen = SeenCommands::open(&config.gateway.data_dir, upstream.remembered_commands)
+            .await
+            .context("cannot open the command log in the queue database")?;
+        let devices = config
+            .devices
+            .iter()
+            .map(|d| DeviceIdentity {
+                id: d.id.clone(),
+                device_type: d.device_type.clone(),
+                token: d.token.as_ref().map(|t| t.expose().to_owned()),
+                managed: d.managed,
+            })
+            .collect();
+        let (inbound, commands) = mpsc::channel(INBOUND_CAPACITY);
+        let mut settings = uplink_settings(upstream);
+        settings.inbound = Some(inbound);
+        let uplink = Uplink::start(settings, store, devices, events)?;
+        let gateway = Gateway::start(config, sink.clone())?;
+        let buses = config
+            .devices
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), gateway.device_bus(&d.id)?)))
+            .collect();
+        let commands = tokio::spawn(command::service::serve(
+            config.devices.clone(),
+            buses,
+            seen,
+            sink,
+            commands,
+        ));
+        Ok(Running {
+            gateway,
+            output: Output::Uplink { uplink, commands },
+        })
     }
 
     /// Stops polling first, then lets the output take what was produced.
     async fn stop(self) -> anyhow::Result<()> {
         self.gateway.shutdown().await;
         match self.output {
-            Output::Uplink(uplink) => {
+            Output::Uplink { uplink, commands } => {
+                // Closing the sessions ends the command service's input.
                 uplink.shutdown().await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), commands).await;
                 Ok(())
             }
             Output::Stdout(task) => task
@@ -104,6 +134,11 @@ fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
     let mut settings = UplinkSettings::new(upstream.url.to_string(), upstream.org.clone());
     settings.keepalive = *upstream.keepalive;
     settings.inflight = upstream.max_inflight;
+    settings.command_qos = match upstream.command_qos {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    };
     if let Some(tls) = &upstream.tls {
         settings.tls = TlsSettings {
             ca_file: tls.ca_file.clone(),

@@ -60,7 +60,10 @@ pub struct UplinkSettings {
     pub connect_timeout: Duration,
     /// Where publishes received from the broker go (commands), if anywhere. The
     /// channel is bounded; when it is full, further publishes are dropped and logged.
+    /// Sessions subscribe to their commands only when it is set.
     pub inbound: Option<mpsc::Sender<Inbound>>,
+    /// QoS of the command subscription.
+    pub command_qos: rumqttc::QoS,
 }
 
 impl UplinkSettings {
@@ -77,6 +80,7 @@ impl UplinkSettings {
             reconnect_max: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             inbound: None,
+            command_qos: rumqttc::QoS::ExactlyOnce,
         }
     }
 }
@@ -89,14 +93,36 @@ pub struct DeviceIdentity {
     /// Sent as the password, with user name `use-token-auth` (or the custom scheme's
     /// user name template); no credentials at all when absent.
     pub token: Option<String>,
+    /// Announces itself with `iotdevice-1/mgmt/manage` on connect and takes device
+    /// management requests (`iotdm-1/#`).
+    pub managed: bool,
 }
 
-/// A publish the broker sent to a device session (a command, later).
+/// What a publish the broker sent to a device session is, by its topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InboundKind {
+    /// A command (`iot-2/cmd/<name>/fmt/json` or the custom command template).
+    Command(String),
+    /// A device management request, `iotdm-1/<rest>`: the rest.
+    Management(String),
+}
+
+/// A publish the broker sent to a device session.
 #[derive(Debug, Clone)]
 pub struct Inbound {
     pub device_id: String,
-    pub publish: rumqttc::Publish,
+    pub kind: InboundKind,
+    pub payload: bytes::Bytes,
+    /// The broker's redelivery flag and the packet id (0 for QoS 0).
+    pub dup: bool,
+    pub pkid: u16,
 }
+
+/// Topic prefix of device management requests, as the device sees them.
+pub const MANAGEMENT_REQUESTS: &str = "iotdm-1/";
+/// Topic prefix of what a managed device publishes; events whose id starts with it are
+/// published on that topic as is.
+pub const MANAGEMENT_PUBLISH: &str = "iotdevice-1/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -230,7 +256,11 @@ async fn dispatch(
         rejected.log(&event, "it is not a configured device");
         return;
     };
-    if !topics::valid_id(&event.event_id) {
+    let management = event
+        .event_id
+        .strip_prefix(MANAGEMENT_PUBLISH)
+        .is_some_and(|rest| !rest.is_empty() && !rest.contains(['+', '#']));
+    if !management && !topics::valid_id(&event.event_id) {
         rejected.log(&event, "the event id is not [A-Za-z0-9._-]{1,36}");
         return;
     }

@@ -18,9 +18,12 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::topics::{valid_id, Naming, TemplateValues};
+use super::topics::{command_in, valid_id, Naming, TemplateValues};
 use super::window::Window;
-use super::{tls, DeviceIdentity, Endpoint, Inbound, UplinkError, UplinkSettings, MAX_PAYLOAD};
+use super::{
+    tls, DeviceIdentity, Endpoint, Inbound, InboundKind, UplinkError, UplinkSettings,
+    MANAGEMENT_PUBLISH, MANAGEMENT_REQUESTS, MAX_PAYLOAD,
+};
 use crate::backoff::Backoff;
 use crate::event::Event;
 use crate::store::{QueuedEvent, Store, StoreError};
@@ -74,6 +77,7 @@ pub(super) struct Plan {
     connect_timeout_secs: u64,
     reconnect: (Duration, Duration),
     inbound: Option<mpsc::Sender<Inbound>>,
+    command_qos: QoS,
 }
 
 impl Plan {
@@ -131,6 +135,7 @@ impl Plan {
             connect_timeout_secs: settings.connect_timeout.as_secs().max(1),
             reconnect: (settings.reconnect_min, settings.reconnect_max),
             inbound: settings.inbound.clone(),
+            command_qos: settings.command_qos,
         })
     }
 
@@ -150,6 +155,7 @@ impl Plan {
             device_id: &device.id,
         };
         let client_id = self.naming.client_id.render(&values, "");
+        let command_filter = self.naming.command.render(&values, "+");
         let mut options =
             MqttOptions::new(client_id, self.endpoint.host.clone(), self.endpoint.port);
         options
@@ -192,6 +198,8 @@ impl Plan {
             qos0_persisted: 0,
             status,
             inbound: self.inbound.clone(),
+            command_filter,
+            command_qos: self.command_qos,
             backoff: Backoff::new(self.reconnect.0, self.reconnect.1),
             connected: false,
             failures: 0,
@@ -313,6 +321,9 @@ struct Session {
     qos0_persisted: u64,
     status: watch::Sender<SessionStatus>,
     inbound: Option<mpsc::Sender<Inbound>>,
+    /// The command subscription (`iot-2/cmd/+/fmt/json` in the platform scheme).
+    command_filter: String,
+    command_qos: QoS,
     backoff: Backoff,
     connected: bool,
     /// Consecutive failed connection attempts.
@@ -408,6 +419,7 @@ impl Session {
                     s.connections += 1;
                     s.session_present = session_present;
                 });
+                self.subscribe();
             }
             DriverEvent::Published(pkid) => {
                 if let Err(untracked) = self.window.on_outgoing_publish(pkid) {
@@ -473,13 +485,63 @@ impl Session {
         });
     }
 
+    /// After every connect: the command subscription (and management's), and a
+    /// managed device's announcement. Subscribing again on a kept session is harmless.
+    fn subscribe(&mut self) {
+        if self.inbound.is_none() {
+            return;
+        }
+        let mut requests = vec![(self.command_filter.clone(), self.command_qos)];
+        if self.device.managed {
+            requests.push((format!("{MANAGEMENT_REQUESTS}#"), QoS::AtLeastOnce));
+        }
+        for (filter, qos) in requests {
+            if let Err(error) = self.client.try_subscribe(filter.as_str(), qos) {
+                tracing::warn!(device = %self.device.id, "cannot subscribe to {filter}: {error}");
+            }
+        }
+        if self.device.managed {
+            let manage = serde_json::json!({
+                "d": {
+                    "supports": { "deviceActions": true, "firmwareActions": false },
+                    "deviceInfo": { "model": self.device.device_type, "description": "fieldbridge gateway device" },
+                    "metadata": {},
+                },
+                "reqId": format!("manage-{}-{}", self.device.id, self.generation),
+            });
+            let topic = format!("{MANAGEMENT_PUBLISH}mgmt/manage");
+            let payload = serde_json::to_vec(&manage).expect("JSON values always serialize");
+            if self
+                .client
+                .try_publish(topic, QoS::AtMostOnce, false, payload)
+                .is_ok()
+            {
+                self.window.qos0_submitted();
+            }
+        }
+    }
+
     fn forward_inbound(&mut self, publish: Publish) {
         let Some(inbound) = &self.inbound else {
             return;
         };
+        let topic = publish.topic.as_str();
+        let kind = match topic.strip_prefix(MANAGEMENT_REQUESTS) {
+            Some(rest) if self.device.managed => InboundKind::Management(rest.to_owned()),
+            _ => match command_in(&self.command_filter, topic) {
+                Some(name) => InboundKind::Command(name),
+                None => {
+                    tracing::warn!(device = %self.device.id, %topic, "publish on an unexpected topic ignored");
+                    return;
+                }
+            },
+        };
         let message = Inbound {
             device_id: self.device.id.clone(),
-            publish,
+            kind,
+            payload: publish.payload,
+            dup: publish.dup,
+            pkid: publish.pkid,
         };
         if inbound.try_send(message).is_err() {
             tracing::warn!(device = %self.device.id, "inbound message dropped: its queue is full");
@@ -618,6 +680,9 @@ impl Session {
     }
 
     fn topic(&mut self, event_id: &str) -> String {
+        if event_id.starts_with(MANAGEMENT_PUBLISH) {
+            return event_id.to_owned();
+        }
         if let Some(topic) = self.topic_cache.get(event_id) {
             return topic.clone();
         }

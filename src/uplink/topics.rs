@@ -211,6 +211,7 @@ pub(crate) struct Naming {
     pub client_id: Template,
     pub username: Template,
     pub event: Template,
+    pub command: Template,
 }
 
 impl Naming {
@@ -234,13 +235,35 @@ impl Naming {
                 command.as_str(),
             ),
         };
-        Template::parse(command, Kind::Command)?;
         Ok(Naming {
             client_id: Template::parse(client_id, Kind::ClientId)?,
             username: Template::parse(username, Kind::Username)?,
             event: Template::parse(event, Kind::Event)?,
+            command: Template::parse(command, Kind::Command)?,
         })
     }
+}
+
+/// The command name in `topic`, when it matches `filter` (a command template rendered
+/// with `+` for `{command}`, which is always a whole level).
+pub(crate) fn command_in(filter: &str, topic: &str) -> Option<String> {
+    let mut name = None;
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        let got = topic_levels.next()?;
+        if level == "+" {
+            if got.is_empty() {
+                return None;
+            }
+            name = Some(got.to_owned());
+        } else if level != got {
+            return None;
+        }
+    }
+    if topic_levels.next().is_some() {
+        return None;
+    }
+    name
 }
 
 /// Ids that go into client ids and topics: `[A-Za-z0-9._-]{1,36}`.
@@ -254,6 +277,22 @@ pub(crate) fn valid_id(text: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn command_names_come_out_of_topics() {
+        let filter = "iot-2/cmd/+/fmt/json";
+        assert_eq!(
+            command_in(filter, "iot-2/cmd/setpoint/fmt/json").as_deref(),
+            Some("setpoint")
+        );
+        assert_eq!(command_in(filter, "iot-2/cmd/setpoint/fmt/xml"), None);
+        assert_eq!(command_in(filter, "iot-2/cmd//fmt/json"), None);
+        assert_eq!(command_in(filter, "iot-2/cmd/a/fmt/json/extra"), None);
+        assert_eq!(
+            command_in("plant/boiler-1/+", "plant/boiler-1/mode").as_deref(),
+            Some("mode")
+        );
+    }
 
     const VALUES: TemplateValues<'static> = TemplateValues {
         org: "myorg",

@@ -1,0 +1,270 @@
+//! Acts on the commands and management requests addressed to the gateway's devices.
+//! One worker per device keeps a device's commands in order, while a slow or dead
+//! device never holds up commands to the others.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use serde_json::{json, Value as Json};
+use tokio::sync::{mpsc, Mutex};
+use tokio::task::JoinSet;
+
+use super::request::{parse, prepare, Rc, Refusal};
+use super::seen::SeenCommands;
+use crate::bus::modbus::{ReadData, RequestError};
+use crate::config::{Command, Device};
+use crate::event::{timestamp, Event, EventSink, Qos};
+use crate::gateway::DeviceBus;
+use crate::registers::codec::{apply_scale, decode, decode_coil};
+use crate::uplink::{Inbound, InboundKind};
+
+/// Event id of command results.
+pub const RESULT_EVENT: &str = "cmd-result";
+/// Topic of device management responses (a device-side topic, published as is).
+pub const MANAGEMENT_RESPONSE: &str = "iotdevice-1/response";
+
+/// Commands waiting for one device's worker; beyond that they are answered 503.
+const DEVICE_QUEUE: usize = 16;
+/// Packet ids remembered per device for commands without a reqId.
+const RECENT_PACKETS: usize = 64;
+
+/// Everything a device's worker needs.
+struct Target {
+    device_id: String,
+    commands: Vec<Command>,
+    registers: HashSet<String>,
+    bus: Option<DeviceBus>,
+    managed: bool,
+}
+
+/// Starts one worker per device and routes `messages` to them until the channel
+/// closes; then waits for the workers to finish what they hold.
+pub async fn serve(
+    devices: Vec<Device>,
+    mut buses: HashMap<String, DeviceBus>,
+    seen: SeenCommands,
+    sink: EventSink,
+    mut messages: mpsc::Receiver<Inbound>,
+) {
+    let seen = Arc::new(Mutex::new(seen));
+    let mut workers = JoinSet::new();
+    let mut routes = HashMap::new();
+    for device in devices {
+        let target = Target {
+            bus: buses.remove(&device.id),
+            registers: device.registers.iter().map(|r| r.name.clone()).collect(),
+            device_id: device.id,
+            commands: device.commands,
+            managed: device.managed,
+        };
+        let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
+        routes.insert(target.device_id.clone(), tx);
+        workers.spawn(work(target, rx, seen.clone(), sink.clone()));
+    }
+    while let Some(message) = messages.recv().await {
+        let Some(route) = routes.get(&message.device_id) else {
+            tracing::warn!(device = %message.device_id, "command for an unknown device dropped");
+            continue;
+        };
+        if let Err(mpsc::error::TrySendError::Full(message)) = route.try_send(message) {
+            let (req_id, _) = parse(&message.payload);
+            let refusal =
+                Refusal::new(Rc::Unavailable, "too many commands waiting for this device");
+            if let InboundKind::Command(name) = &message.kind {
+                let _ = sink
+                    .emit(result_event(
+                        &message.device_id,
+                        name,
+                        req_id.as_deref(),
+                        None,
+                        Err(refusal),
+                    ))
+                    .await;
+            }
+        }
+    }
+    drop(routes);
+    while workers.join_next().await.is_some() {}
+}
+
+async fn work(
+    target: Target,
+    mut messages: mpsc::Receiver<Inbound>,
+    seen: Arc<Mutex<SeenCommands>>,
+    sink: EventSink,
+) {
+    let mut recent_packets = VecDeque::with_capacity(RECENT_PACKETS);
+    while let Some(message) = messages.recv().await {
+        let (req_id, parsed) = parse(&message.payload);
+        let first_time = match &req_id {
+            Some(id) => match seen.lock().await.first_time(&target.device_id, id).await {
+                Ok(first) => first,
+                Err(e) => {
+                    tracing::error!(device = %target.device_id, "cannot record command {id}: {e}");
+                    true
+                }
+            },
+            None if message.dup => !recent_packets.contains(&message.pkid),
+            None => true,
+        };
+        if req_id.is_none() {
+            if recent_packets.len() == RECENT_PACKETS {
+                recent_packets.pop_front();
+            }
+            recent_packets.push_back(message.pkid);
+        }
+        if !first_time {
+            tracing::info!(device = %target.device_id, req_id = ?req_id, "repeated command ignored");
+            continue;
+        }
+        let event = match &message.kind {
+            InboundKind::Command(name) => {
+                let outcome = match parsed {
+                    Ok(request) => target
+                        .execute(name, &request.value)
+                        .await
+                        .map(|readback| (request.value, readback)),
+                    Err(refusal) => Err(refusal),
+                };
+                let (value, outcome) = match outcome {
+                    Ok((value, readback)) => (Some(value), Ok(readback)),
+                    Err(refusal) => (None, Err(refusal)),
+                };
+                if let Err(refusal) = &outcome {
+                    tracing::warn!(device = %target.device_id, command = %name, rc = refusal.rc as u16, "command refused: {}", refusal.message);
+                }
+                result_event(&target.device_id, name, req_id.as_deref(), value, outcome)
+            }
+            InboundKind::Management(path) => {
+                let (rc, message) = target.manage(path).await;
+                management_response(&target.device_id, rc, &message, req_id.as_deref())
+            }
+        };
+        if !sink.emit(event).await {
+            break;
+        }
+    }
+}
+
+impl Target {
+    /// Writes the command's value; the value read back when the command asks for it.
+    async fn execute(&self, name: &str, value: &Json) -> Result<Option<Json>, Refusal> {
+        let Some(command) = self.commands.iter().find(|c| c.name == name) else {
+            return Err(if self.registers.contains(name) {
+                Refusal::new(
+                    Rc::NotWritable,
+                    format!("{name} can be read but is not declared as a command"),
+                )
+            } else {
+                Refusal::new(Rc::UnknownCommand, format!("unknown command {name:?}"))
+            });
+        };
+        let data = prepare(command, value)?;
+        let Some(bus) = &self.bus else {
+            return Err(Refusal::new(
+                Rc::NotWritable,
+                "this device takes no commands",
+            ));
+        };
+        let readback = command.readback.then(|| {
+            (
+                command.kind,
+                if command.kind.is_bit() {
+                    1
+                } else {
+                    command.data_type.register_count()
+                },
+            )
+        });
+        match bus.write(command.address, data, readback).await {
+            Ok(None) => Ok(None),
+            Ok(Some(data)) => Ok(Some(read_back_value(command, &data)?)),
+            Err(e @ RequestError::Exception { .. }) => {
+                Err(Refusal::new(Rc::DeviceException, e.to_string()))
+            }
+            Err(e) => Err(Refusal::new(
+                Rc::Unavailable,
+                format!("device offline or not answering: {e}"),
+            )),
+        }
+    }
+
+    /// Answers a device management request: (rc, message).
+    async fn manage(&self, path: &str) -> (Rc, String) {
+        if !self.managed {
+            return (
+                Rc::NotImplemented,
+                "device management is not enabled for this device".into(),
+            );
+        }
+        match path {
+            "mgmt/initiate/device/reboot" => match &self.bus {
+                Some(bus) => match bus.reinitialize().await {
+                    Ok(()) => (Rc::Accepted, "reinitializing".into()),
+                    Err(e) => (Rc::Unavailable, e.to_string()),
+                },
+                None => (
+                    Rc::NotImplemented,
+                    "this device cannot be reinitialized".into(),
+                ),
+            },
+            "device/update" => (Rc::Updated, "updated".into()),
+            other => (Rc::NotImplemented, format!("{other} is not supported")),
+        }
+    }
+}
+
+fn read_back_value(command: &Command, data: &ReadData) -> Result<Json, Refusal> {
+    let raw = match data {
+        ReadData::Bits(bits) => decode_coil(bits),
+        ReadData::Words(words) => decode(command.data_type, command.order, words),
+    };
+    raw.and_then(|raw| apply_scale(raw, command.scale, command.offset))
+        .map(|v| serde_json::to_value(v).unwrap_or(Json::Null))
+        .map_err(|e| Refusal::new(Rc::DeviceException, format!("read-back: {e}")))
+}
+
+/// The `cmd-result` event: `{"rc", "message", "reqId", "d": {"command", "value", "readback"}, "ts"}`.
+pub fn result_event(
+    device_id: &str,
+    command: &str,
+    req_id: Option<&str>,
+    value: Option<Json>,
+    outcome: Result<Option<Json>, Refusal>,
+) -> Event {
+    let (rc, message, readback) = match outcome {
+        Ok(readback) => (Rc::Done, "success".to_owned(), readback),
+        Err(refusal) => (refusal.rc, refusal.message, None),
+    };
+    let mut d = json!({ "command": command });
+    if let Some(value) = value {
+        d["value"] = value;
+    }
+    if let Some(readback) = readback {
+        d["readback"] = readback;
+    }
+    let body = json!({
+        "rc": rc as u16,
+        "message": message,
+        "reqId": req_id,
+        "d": d,
+        "ts": timestamp(time::OffsetDateTime::now_utc()),
+    });
+    Event {
+        device_id: device_id.to_owned(),
+        event_id: RESULT_EVENT.to_owned(),
+        qos: Qos::AtLeastOnce,
+        payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+    }
+}
+
+/// A response on `iotdevice-1/response`, carried as an event whose id is its topic.
+fn management_response(device_id: &str, rc: Rc, message: &str, req_id: Option<&str>) -> Event {
+    let body = json!({ "rc": rc as u16, "message": message, "reqId": req_id });
+    Event {
+        device_id: device_id.to_owned(),
+        event_id: MANAGEMENT_RESPONSE.to_owned(),
+        qos: Qos::AtLeastOnce,
+        payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+    }
+}
