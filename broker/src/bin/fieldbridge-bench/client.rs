@@ -12,7 +12,7 @@ use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +68,9 @@ pub struct ConnectOptions {
     pub keepalive: Duration,
     pub timeout: Duration,
     pub max_packet: usize,
+    /// SO_SNDBUF of the socket; publishers keep it small so that a flat-out run does not
+    /// leave megabytes of messages in the kernel for the broker to read after the run.
+    pub send_buffer: Option<u32>,
 }
 
 /// Connections the broker closed or that failed after connecting, with the first reason.
@@ -124,7 +127,24 @@ impl Session {
         client_id: &str,
         subscribe: Option<(&str, u8)>,
     ) -> Result<Self, ClientError> {
-        let stream = TcpStream::connect(&options.address).await?;
+        let address = tokio::net::lookup_host(&options.address)
+            .await?
+            .next()
+            .ok_or_else(|| {
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{} has no address", options.address),
+                )
+            })?;
+        let socket = if address.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(size) = options.send_buffer {
+            socket.set_send_buffer_size(size)?;
+        }
+        let stream = socket.connect(address).await?;
         stream.set_nodelay(true)?;
         let (reader, writer) = stream.into_split();
         let mut session = Self {
@@ -143,16 +163,17 @@ impl Session {
                 password: options.password.as_deref(),
             },
         );
-        if let Some((filter, qos)) = subscribe {
-            wire::put_subscribe(&mut out, 1, filter, qos);
-        }
         session.writer.write_all(&out).await?;
         match session.next_packet().await? {
             PacketKind::ConnAck(0) => {}
             PacketKind::ConnAck(code) => return Err(WireError::Refused(code).into()),
             PacketKind::Other(kind) => return Err(WireError::Unexpected(kind).into()),
         }
-        if subscribe.is_some() {
+        // Like most clients, subscribe once the CONNACK is in.
+        if let Some((filter, qos)) = subscribe {
+            out.clear();
+            wire::put_subscribe(&mut out, 1, filter, qos);
+            session.writer.write_all(&out).await?;
             match session.next_packet().await? {
                 PacketKind::Other(9) => {}
                 PacketKind::ConnAck(_) => return Err(WireError::Unexpected(2).into()),
@@ -275,6 +296,7 @@ pub async fn publish(
         FLAT_OUT_BATCH
     };
     let mut out = BytesMut::with_capacity(batch * (payload + topic.len() + 8));
+    let mut truncated = false;
     let outcome = async {
         let mut sequence = 0u64;
         let mut last_write = Instant::now();
@@ -342,11 +364,20 @@ pub async fn publish(
                     &padding,
                 );
             }
-            write(&mut writer, &mut out, &stop_reading).await?;
+            let packet_size = out.len() / count;
+            let written = write_until(&mut writer, &mut out, plan.end, &stop_reading).await?;
             last_write = Instant::now();
-            counters.sent.fetch_add(count as u64, Ordering::Relaxed);
+            counters
+                .sent
+                .fetch_add((written / packet_size) as u64, Ordering::Relaxed);
+            if !out.is_empty() {
+                // Cut off mid-packet at the end of the run: the connection cannot be used
+                // any more, and the remaining messages were never sent.
+                truncated = true;
+                break;
+            }
         }
-        if plan.qos > 0 {
+        if plan.qos > 0 && !truncated {
             let everything = u32::try_from(plan.inflight).unwrap_or(u32::MAX);
             // All permits back means every message was acknowledged.
             if let Ok(Err(_)) =
@@ -364,7 +395,7 @@ pub async fn publish(
         Ok(Err(error)) => Err(error),
         _ => outcome,
     };
-    if outcome.is_ok() {
+    if outcome.is_ok() && !truncated {
         out.clear();
         wire::put_disconnect(&mut out);
         let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
@@ -384,6 +415,30 @@ async fn write(
     }
     out.clear();
     Ok(())
+}
+
+/// Writes `out` until it is all written or `until` passes, and returns the bytes written;
+/// what is left stays in `out`.
+async fn write_until(
+    writer: &mut OwnedWriteHalf,
+    out: &mut BytesMut,
+    until: Instant,
+    failed: &CancellationToken,
+) -> Result<usize, ClientError> {
+    let total = out.len();
+    while !out.is_empty() {
+        // `write_buf` only advances `out` by what the kernel took.
+        tokio::select! {
+            written = writer.write_buf(out) => {
+                if written? == 0 {
+                    return Err(ClientError::Closed);
+                }
+            }
+            () = tokio::time::sleep_until(until.into()) => break,
+            () = failed.cancelled() => return Err(ClientError::Closed),
+        }
+    }
+    Ok(total - out.len())
 }
 
 /// Messages due by `now` at `rate` per second since `start`.
@@ -433,8 +488,15 @@ pub struct SubscriberReport {
     pub received: u64,
     /// Messages whose sequence number was not above the last one from the same publisher.
     pub out_of_order: u64,
+    /// Per publisher: the highest sequence number received, and how many messages raised
+    /// it. A publisher's messages arrive in order, so the difference is what the broker
+    /// dropped, and numbers beyond the highest were still on their way when the run ended.
+    pub highest: Vec<u64>,
+    pub in_order: Vec<u64>,
     /// Messages that did not come from this run's publishers.
     pub foreign: u64,
+    /// When the last message of this run's publishers arrived (`Clock` nanoseconds).
+    pub last_received_nanos: u64,
     /// Publish-to-receive latency of the messages sent inside the measurement window, in
     /// microseconds (fixed-rate runs only).
     pub latency: Option<Histogram<u64>>,
@@ -476,10 +538,12 @@ pub async fn subscribe(
     let mut report = SubscriberReport {
         received: 0,
         out_of_order: 0,
+        highest: vec![0; publishers],
+        in_order: vec![0; publishers],
         foreign: 0,
+        last_received_nanos: 0,
         latency: latency_window.map(|_| latency_histogram()),
     };
-    let mut last_sequence = vec![0u64; publishers];
     let mut out = BytesMut::with_capacity(4096);
     let mut ping = tokio::time::interval(keepalive / 2);
     ping.tick().await;
@@ -507,13 +571,7 @@ pub async fn subscribe(
                         if qos > 0 {
                             wire::put_puback(&mut out, packet_id);
                         }
-                        record(
-                            &mut report,
-                            &mut last_sequence,
-                            payload,
-                            now,
-                            latency_window,
-                        );
+                        record(&mut report, payload, now, latency_window);
                     }
                     Incoming::PingResp | Incoming::PubAck { .. } => {}
                     Incoming::ConnAck { .. } => return Err(WireError::Unexpected(2).into()),
@@ -542,7 +600,6 @@ pub async fn subscribe(
 
 fn record(
     report: &mut SubscriberReport,
-    last_sequence: &mut [u64],
     payload: &[u8],
     now_nanos: u64,
     latency_window: Option<LatencyWindow>,
@@ -551,18 +608,20 @@ fn record(
         report.foreign += 1;
         return;
     };
-    let Some(last) = usize::try_from(stamp.publisher)
+    let Some(index) = usize::try_from(stamp.publisher)
         .ok()
-        .and_then(|index| last_sequence.get_mut(index))
+        .filter(|&index| index < report.highest.len())
     else {
         report.foreign += 1;
         return;
     };
     report.received += 1;
-    if stamp.sequence <= *last {
+    report.last_received_nanos = now_nanos;
+    if stamp.sequence <= report.highest[index] {
         report.out_of_order += 1;
     } else {
-        *last = stamp.sequence;
+        report.highest[index] = stamp.sequence;
+        report.in_order[index] += 1;
     }
     if let (Some(histogram), Some(window)) = (&mut report.latency, latency_window) {
         if (window.from_nanos..window.to_nanos).contains(&stamp.sent_nanos) {

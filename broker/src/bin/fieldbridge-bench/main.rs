@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
 use client::{
@@ -27,7 +27,7 @@ use report::{IdleReport, Latency, LoadReport};
     name = "fieldbridge-bench",
     version,
     about = "MQTT 3.1.1 load generator: throughput, latency, losses and memory per connection",
-    after_help = "Publisher i publishes on PREFIX/i; every subscriber subscribes to PREFIX/# and so \
+    after_help = "Publisher i publishes on PREFIX/RUN/i; every subscriber subscribes to PREFIX/RUN/# and so \
                   receives every message. Latency is measured only with --rate (a flat-out run's \
                   latency is queueing)."
 )]
@@ -55,8 +55,14 @@ struct Cli {
     /// Publishing before the window opens; its messages count for losses only.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     warmup: Duration,
+    /// Topics are PREFIX/RUN/PUBLISHER, with RUN random for each run, so that traffic
+    /// left over from an earlier run never counts.
     #[arg(long, default_value = "bench")]
     topic_prefix: String,
+    /// Socket send buffer of each publisher, in bytes (bounds what a flat-out publisher
+    /// leaves in the kernel; 0 keeps the system's automatic sizing).
+    #[arg(long, default_value_t = 65_536)]
+    publisher_send_buffer: u32,
     /// QoS 1 messages each publisher may have awaiting PUBACK.
     #[arg(long, default_value_t = 32)]
     inflight: usize,
@@ -84,7 +90,11 @@ struct Cli {
     /// before the missing messages count as lost (and QoS 1 publishers wait for PUBACKs).
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     drain: Duration,
-    /// Hard limit for the whole run; default: warm-up + duration + 2 x drain + 120 s.
+    /// Longest wait for subscribers after publishing stops; what has not arrived by then
+    /// is reported as undelivered (flat-out runs can leave much in socket buffers).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    drain_max: Duration,
+    /// Hard limit for the whole run; default: warm-up + duration + drain + drain-max + 120 s.
     #[arg(long, value_parser = humantime::parse_duration)]
     deadline: Option<Duration>,
     /// Worker threads of the generator (default: one per core).
@@ -158,12 +168,14 @@ impl Cli {
             timeout: self.connect_timeout,
             // Room for the topic and headers beyond the payload, and for stray messages.
             max_packet: (self.payload + self.topic_prefix.len() + 1024).max(64 * 1024),
+            send_buffer: None,
         }
     }
 
     fn deadline(&self) -> Duration {
-        self.deadline
-            .unwrap_or(self.warmup + self.duration + 2 * self.drain + Duration::from_secs(120))
+        self.deadline.unwrap_or(
+            self.warmup + self.duration + self.drain + self.drain_max + Duration::from_secs(120),
+        )
     }
 }
 
@@ -238,11 +250,10 @@ async fn open_sessions(
             }
         })
         .buffered(concurrency)
-        .collect::<Vec<_>>();
-    let results = tokio::time::timeout_at(deadline.into(), attempts)
+        .try_collect::<Vec<_>>();
+    tokio::time::timeout_at(deadline.into(), attempts)
         .await
-        .context("the deadline passed while connecting")?;
-    results.into_iter().collect()
+        .context("the deadline passed while connecting")?
 }
 
 fn client_prefix() -> String {
@@ -255,7 +266,8 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
     let clock = Clock::new();
     let options = cli.connect_options();
     let prefix = client_prefix();
-    let filter = format!("{}/#", cli.topic_prefix);
+    let run = format!("{}/{:08x}", cli.topic_prefix, rand::random::<u32>());
+    let filter = format!("{run}/#");
     let subscriptions = open_sessions(
         &options,
         cli.subscribers,
@@ -265,8 +277,12 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         deadline,
     )
     .await?;
+    let publisher_options = ConnectOptions {
+        send_buffer: (cli.publisher_send_buffer > 0).then_some(cli.publisher_send_buffer),
+        ..options.clone()
+    };
     let publications = open_sessions(
-        &options,
+        &publisher_options,
         cli.publishers,
         cli.connect_concurrency,
         |index| format!("{prefix}-p{index}"),
@@ -326,7 +342,7 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         let counters = Arc::new(PublisherCounters::default());
         publisher_counters.push(Arc::clone(&counters));
         let failures = Arc::clone(&failures);
-        let topic = format!("{}/{index}", cli.topic_prefix);
+        let topic = format!("{run}/{index}");
         // Fixed-rate publishers start out of step so their messages do not come in bursts.
         let mut plan = plan;
         if let Some(rate) = cli.rate {
@@ -378,13 +394,17 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
             break;
         }
     }
-    let sent_total: u64 = publisher_counters
+    let sent_by: Vec<u64> = publisher_counters
         .iter()
         .map(|c| c.sent.load(Ordering::Relaxed))
-        .sum();
-    // Subscribers drain until they have everything or receive nothing for `drain`.
+        .collect();
+    let sent_total: u64 = sent_by.iter().sum();
+    // Subscribers drain until they have everything, receive nothing for `drain`, or
+    // `drain_max` has passed.
+    let drain_until = (Instant::now() + cli.drain_max).min(deadline);
     let mut last_progress = Instant::now();
     let mut last_sum = 0;
+    let mut drain_cut_short = false;
     loop {
         let counts: Vec<u64> = received.iter().map(|r| r.load(Ordering::Relaxed)).collect();
         if counts.iter().all(|&count| count >= sent_total) {
@@ -395,6 +415,10 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
             last_sum = sum;
             last_progress = Instant::now();
         } else if last_progress.elapsed() >= cli.drain {
+            break;
+        }
+        if Instant::now() >= drain_until {
+            drain_cut_short = true;
             break;
         }
         if Instant::now() >= deadline {
@@ -429,6 +453,7 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         received_total: 0,
         expected_per_subscriber: sent_total,
         lost_total: 0,
+        undelivered_total: 0,
         subscribers_short: 0,
         min_received_per_subscriber: u64::MAX,
         max_received_per_subscriber: 0,
@@ -437,26 +462,40 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         latency: None,
         connections_failed: 0,
         first_failure: None,
+        drain_cut_short,
+        delivered_per_sec_overall: 0.0,
+        bench_cpu_secs: 0.0,
         deadline_reached,
     };
+    let mut last_received_nanos = 0;
     let collect_until = (Instant::now() + Duration::from_secs(5)).min(deadline.max(Instant::now()));
     for task in subscriber_tasks {
         let Ok(Ok(subscriber)) = tokio::time::timeout_at(collect_until.into(), task).await else {
             report.subscribers_short += 1;
-            report.lost_total += sent_total;
+            report.undelivered_total += sent_total;
             report.min_received_per_subscriber = 0;
             continue;
         };
-        let unique = subscriber.received - subscriber.out_of_order;
+        let unique: u64 = subscriber.in_order.iter().sum();
+        let gaps: u64 = (subscriber.highest.iter())
+            .zip(&subscriber.in_order)
+            .map(|(highest, in_order)| highest.saturating_sub(*in_order))
+            .sum();
+        let tail: u64 = (sent_by.iter())
+            .zip(&subscriber.highest)
+            .map(|(sent, highest)| sent.saturating_sub(*highest))
+            .sum();
         report.received_total += subscriber.received;
+        last_received_nanos = last_received_nanos.max(subscriber.last_received_nanos);
         report.out_of_order_or_duplicate += subscriber.out_of_order;
         report.foreign_messages += subscriber.foreign;
         report.min_received_per_subscriber = report.min_received_per_subscriber.min(unique);
         report.max_received_per_subscriber = report.max_received_per_subscriber.max(unique);
-        if unique < sent_total {
+        if gaps + tail > 0 {
             report.subscribers_short += 1;
-            report.lost_total += sent_total - unique;
         }
+        report.lost_total += gaps;
+        report.undelivered_total += tail;
         if let Some(histogram) = subscriber.latency {
             // Both histograms have the same bounds, so adding cannot fail.
             let _ = latency.add(&histogram);
@@ -466,6 +505,11 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         report.min_received_per_subscriber = 0;
     }
     report.latency = Latency::from_histogram(&latency);
+    let delivering_secs = last_received_nanos.saturating_sub(clock.nanos_at(start)) as f64 / 1e9;
+    if delivering_secs > 0.0 {
+        report.delivered_per_sec_overall = report.received_total as f64 / delivering_secs;
+    }
+    report.bench_cpu_secs = own_cpu_secs().unwrap_or(0.0);
     report.connections_failed = failures.count();
     report.first_failure = failures.first();
     Ok(report)
@@ -567,6 +611,17 @@ async fn run_idle(cli: &Cli, count: usize) -> anyhow::Result<IdleReport> {
     })
     .await;
     Ok(report)
+}
+
+/// CPU time (user and system) this process has used so far, in seconds.
+fn own_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let user: f64 = fields.get(11)?.parse().ok()?;
+    let system: f64 = fields.get(12)?.parse().ok()?;
+    // Linux reports these in clock ticks of 1/100 s on every architecture it runs on.
+    Some((user + system) / 100.0)
 }
 
 /// `VmRSS` of a process, in KiB.

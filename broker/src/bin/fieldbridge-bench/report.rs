@@ -52,7 +52,10 @@ pub struct LoadReport {
     pub received_total: u64,
     /// Every subscriber should receive every message sent.
     pub expected_per_subscriber: u64,
+    /// Messages missing between ones that arrived: dropped by the broker.
     pub lost_total: u64,
+    /// Messages after the last one that arrived, still missing when the drain ended.
+    pub undelivered_total: u64,
     pub subscribers_short: usize,
     pub min_received_per_subscriber: u64,
     pub max_received_per_subscriber: u64,
@@ -61,6 +64,13 @@ pub struct LoadReport {
     pub latency: Option<Latency>,
     pub connections_failed: u64,
     pub first_failure: Option<String>,
+    /// `drain_max` ended the wait for subscribers while messages were still arriving.
+    pub drain_cut_short: bool,
+    /// Everything received divided by the time from the first publication to the last
+    /// delivery: counts what a broker buffered during the window and delivered later.
+    pub delivered_per_sec_overall: f64,
+    /// CPU the generator itself used (it shares the machine with the broker).
+    pub bench_cpu_secs: f64,
     /// The overall deadline cut the run short: the figures are partial.
     pub deadline_reached: bool,
 }
@@ -109,6 +119,11 @@ impl LoadReport {
             group(self.received_per_sec.round() as u64),
             group(self.received_total)
         );
+        let _ = writeln!(
+            text,
+            "  delivered   {:>12} msg/s   (from the first publication to the last delivery)",
+            group(self.delivered_per_sec_overall.round() as u64),
+        );
         match (&self.latency, self.rate_per_publisher) {
             (Some(latency), _) => {
                 let _ = writeln!(
@@ -134,8 +149,9 @@ impl LoadReport {
         }
         let _ = writeln!(
             text,
-            "  losses      {} lost of {} expected per subscriber; {} subscriber(s) short (received min {}, max {})",
+            "  losses      {} dropped, {} undelivered at the end; {} expected per subscriber; {} subscriber(s) short (received min {}, max {})",
             group(self.lost_total),
+            group(self.undelivered_total),
             group(self.expected_per_subscriber),
             self.subscribers_short,
             group(self.min_received_per_subscriber),
@@ -149,6 +165,13 @@ impl LoadReport {
                 group(self.foreign_messages)
             );
         }
+        if self.drain_cut_short {
+            let _ = writeln!(
+                text,
+                "  drain       stopped by --drain-max while messages were still arriving"
+            );
+        }
+        let _ = writeln!(text, "  generator   {:.2} s of CPU", self.bench_cpu_secs);
         push_failures(
             &mut text,
             self.connections_failed,

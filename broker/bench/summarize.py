@@ -1,0 +1,127 @@
+#!/usr/bin/env python3
+"""Prints the table of broker/bench/compare.sh from its JSON lines: medians over the rounds
+of each scenario and broker, and fieldbridge's ratio to Mosquitto (and rumqttd)."""
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+BROKERS = ["fieldbridge", "mosquitto", "rumqttd"]
+
+# scenario -> (title, [(metric label, extractor, unit, better, target ratio vs Mosquitto)])
+def received(run):
+    return run.get("received_per_sec")
+
+
+def lost_pct(run):
+    expected = run.get("expected_per_subscriber", 0) * run.get("subscribers", 0)
+    missing = run.get("lost_total", 0) + run.get("undelivered_total", 0)
+    return 100.0 * missing / expected if expected else None
+
+
+def cpu_per_delivery(run):
+    total = run.get("received_total")
+    return 1e6 * run["broker_cpu_secs"] / total if total else None
+
+
+def latency(key):
+    return lambda run: (run.get("latency") or {}).get(key)
+
+
+THROUGHPUT = [
+    ("received msg/s", received, "higher", 1.5),
+    ("delivered msg/s, to the last delivery", lambda run: run.get("delivered_per_sec_overall"), "higher", None),
+    ("lost %", lost_pct, "lower", None),
+    ("broker CPU µs/delivery", cpu_per_delivery, "lower", None),
+    ("generator CPU s", lambda run: run.get("bench_cpu_secs"), "lower", None),
+]
+LATENCY = [
+    ("p99 µs", latency("p99_us"), "lower", 1.0),
+    ("p50 µs", latency("p50_us"), "lower", None),
+    ("max µs", latency("max_us"), "lower", None),
+    ("received msg/s", received, "higher", None),
+    ("lost %", lost_pct, "lower", None),
+    ("broker CPU µs/delivery", cpu_per_delivery, "lower", None),
+]
+SCENARIOS = {
+    "fanin-q0": ("fan-in 100 -> 1, QoS 0, flat out", THROUGHPUT),
+    "fanin-q1": ("fan-in 100 -> 1, QoS 1, flat out (32 in flight per publisher)", THROUGHPUT),
+    "fanout-q0": ("fan-out 1 -> 1,000, QoS 0, flat out", THROUGHPUT),
+    "latency-fanin": ("10 publishers x 1,000 msg/s -> 1, QoS 0", LATENCY),
+    "latency-fanout": ("1 publisher x 20 msg/s -> 1,000, QoS 0", LATENCY),
+    "idle-10k": (
+        "10,000 idle connections",
+        [
+            ("KiB RSS per connection", lambda run: run.get("kib_per_connection"), "lower", 2.0),
+            ("connections open", lambda run: run.get("connections_open"), "higher", None),
+        ],
+    ),
+}
+
+
+def fmt(value):
+    if value is None:
+        return "–"
+    if abs(value) >= 100:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        return f"{value:.2f}"
+    return f"{value:.3f}"
+
+
+def main(path):
+    runs = defaultdict(list)
+    with open(path) as lines:
+        for line in lines:
+            line = line.strip()
+            if line:
+                run = json.loads(line)
+                runs[(run.get("scenario"), run.get("broker_name"))].append(run)
+    brokers = [b for b in BROKERS if any(key[1] == b for key in runs)]
+    others = [b for b in brokers if b != "fieldbridge"]
+    header = ["scenario", "metric", *brokers, *[f"fieldbridge / {b}" for b in others], "target", "met"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    failures = []
+    for scenario, (title, metrics) in SCENARIOS.items():
+        if not any(key[0] == scenario for key in runs):
+            continue
+        for label, extract, better, target in metrics:
+            medians = {}
+            for broker in brokers:
+                values = [v for v in map(extract, runs.get((scenario, broker), [])) if v is not None]
+                medians[broker] = statistics.median(values) if values else None
+            ratios = []
+            for other in others:
+                a, b = medians.get("fieldbridge"), medians.get(other)
+                ratios.append(a / b if a is not None and b else None)
+            target_text, met = "", ""
+            if target is not None:
+                target_text = f"{'>=' if better == 'higher' else '<='} {target}x mosquitto"
+                ratio = ratios[0] if ratios else None
+                if ratio is None:
+                    met = "?"
+                elif (better == "higher" and ratio >= target) or (better == "lower" and ratio <= target):
+                    met = "yes"
+                else:
+                    met = "**no**"
+            row = [title, label, *[fmt(medians[b]) for b in brokers],
+                   *[f"{r:.2f}" if r is not None else "–" for r in ratios], target_text, met]
+            print("| " + " | ".join(row) + " |")
+            title = ""
+        for broker in brokers:
+            for run in runs.get((scenario, broker), []):
+                if run.get("first_failure") or run.get("exit"):
+                    failures.append(f"{scenario} on {broker}, round {run.get('round')}: exit {run.get('exit')}, "
+                                    f"{run.get('connections_failed', '?')} connection(s) failed, first: {run.get('first_failure')}")
+    rounds = max((len(v) for v in runs.values()), default=0)
+    print(f"\nMedians over {rounds} round(s); ratios are fieldbridge's figure divided by the other broker's.")
+    for failure in failures:
+        print(f"- {failure}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: summarize.py RESULTS.jsonl")
+    main(sys.argv[1])
