@@ -530,6 +530,18 @@ platform: { org: myorg, tokens: x }
     }
 
     #[test]
+    fn example_file_is_valid_and_shows_the_defaults() {
+        let config = parse(include_str!("../broker.example.yaml")).expect("the example parses");
+        assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.allow_anonymous, AnonymousPolicy::default());
+        assert_eq!(config.sys_interval, default_sys_interval());
+        assert_eq!(
+            config.effective_listeners(),
+            Config::default().effective_listeners()
+        );
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("10"), Some(10));
         assert_eq!(parse_size("2KiB"), Some(2048));

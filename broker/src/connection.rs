@@ -6,6 +6,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -14,7 +15,7 @@ use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
-use tokio::time::{sleep, timeout, Instant};
+use tokio::time::timeout;
 
 use crate::acl::Identity;
 use crate::codec::{
@@ -54,7 +55,6 @@ enum End {
     Closed,
     Io(io::Error),
     Protocol(String),
-    KeepaliveExpired,
     Kicked(Kick),
     NotDurable,
 }
@@ -66,12 +66,20 @@ impl std::fmt::Display for End {
             End::Closed => f.write_str("closed by the client"),
             End::Io(error) => write!(f, "I/O error: {error}"),
             End::Protocol(what) => write!(f, "protocol error: {what}"),
-            End::KeepaliveExpired => f.write_str("keepalive expired"),
             End::Kicked(Kick::TakenOver) => f.write_str("taken over by a new connection"),
             End::Kicked(Kick::Shutdown) => f.write_str("broker shutdown"),
+            End::Kicked(Kick::KeepaliveExpired) => f.write_str("keepalive expired"),
             End::NotDurable => f.write_str("persistence failed"),
         }
     }
+}
+
+/// What woke the connection task.
+enum Event {
+    Signal,
+    Readable,
+    Writable,
+    Failed(io::Error),
 }
 
 impl End {
@@ -88,45 +96,62 @@ impl From<NotDurable> for End {
 
 /// Serves one accepted TCP connection until it ends. `_slot` holds its place under
 /// `max_connections`.
+///
+/// The handshake, packet handling and closing run as boxed futures: a task's memory is the
+/// size of its largest state, and an idle connection should only pay for waiting.
 pub(crate) async fn serve(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     listener: ListenerInfo,
     ctx: Arc<BrokerContext>,
     _slot: OwnedSemaphorePermit,
 ) {
+    let Some(mut connection) = Box::pin(open(stream, peer, listener, ctx)).await else {
+        return;
+    };
+    let end = connection.run().await;
+    Box::pin(connection.finish(end)).await;
+}
+
+/// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
+async fn open(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    ctx: Arc<BrokerContext>,
+) -> Option<Connection> {
     let mut rbuf = BytesMut::new();
     let first = tokio::select! {
         first = timeout(ctx.limits.connect_timeout, read_first_packet(&mut stream, &mut rbuf, ctx.max_packet_size())) => first,
-        () = ctx.shutdown.cancelled() => return,
+        () = ctx.shutdown.cancelled() => return None,
     };
     let connect = match first {
         Err(_) => {
             tracing::debug!(%peer, "no CONNECT in time");
-            return;
+            return None;
         }
         Ok(Err(FirstPacketError::Io(error))) => {
             tracing::debug!(%peer, %error, "connection closed before CONNECT");
-            return;
+            return None;
         }
         Ok(Err(FirstPacketError::Codec(error))) => {
             tracing::info!(%peer, %error, "malformed first packet");
             if let Some(code) = error.connack_code() {
                 refuse(&mut stream, code).await;
             }
-            return;
+            return None;
         }
         Ok(Ok(Packet::Connect(connect))) => connect,
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT");
-            return;
+            return None;
         }
     };
-    let Some(mut connection) = handshake(stream, peer, listener, ctx, connect, rbuf).await else {
-        return;
-    };
-    let end = connection.run().await;
-    connection.finish(end).await;
+    if rbuf.is_empty() {
+        // The CONNECT's buffer goes with the packet (its strings are copied below).
+        rbuf = BytesMut::new();
+    }
+    handshake(stream, peer, listener, ctx, connect, rbuf).await
 }
 
 enum FirstPacketError {
@@ -189,8 +214,17 @@ async fn handshake(
         }
         ByteString::from(format!("auto-{:016x}", rand::thread_rng().gen::<u64>()))
     } else {
-        client_id
+        // Kept for the session's life: not as a slice pinning the CONNECT's read buffer.
+        ByteString::from(&*client_id)
     };
+    let username = username.map(|name| ByteString::from(&*name));
+    let will = will.map(|will| {
+        Box::new(LastWill {
+            topic: ByteString::from(&*will.topic),
+            payload: bytes::Bytes::copy_from_slice(&will.payload),
+            ..will
+        })
+    });
 
     let authenticated = match (&ctx.passwords, &username) {
         (Some(passwords), Some(user)) => {
@@ -239,10 +273,11 @@ async fn handshake(
         return None;
     }
 
-    let signal = Arc::new(ConnectionSignal::default());
-    let connection_id = ctx.next_connection_id.fetch_add(1, Ordering::Relaxed);
+    let signal = Arc::new(ConnectionSignal::new(
+        keepalive_timeout(keep_alive, ctx.limits.max_keepalive),
+        ctx.now_ms(),
+    ));
     let link = Link {
-        connection_id,
         signal: signal.clone(),
     };
     let permit = match &ctx.router.store {
@@ -272,19 +307,13 @@ async fn handshake(
 
     let mut connection = Connection {
         stream,
-        peer,
         rbuf,
         wbuf: BytesMut::new(),
         session: attached.session,
-        connection_id,
         signal,
-        username,
         will,
-        keepalive: keepalive_timeout(keep_alive, ctx.limits.max_keepalive),
-        last_read: Instant::now(),
         counters: LocalCounters::default(),
-        matches: Vec::new(),
-        outgoing: Vec::new(),
+        matches: None,
         ctx,
     };
     connection.write_packet(&Packet::ConnAck(ConnAck {
@@ -292,13 +321,9 @@ async fn handshake(
         code: ConnectReturnCode::Accepted,
     }));
     if attached.session_present {
-        connection
-            .session
-            .inner
-            .lock()
-            .state
-            .resend(&mut connection.outgoing);
-        connection.write_outgoing();
+        let mut resend = Vec::new();
+        connection.session.inner.lock().state.resend(&mut resend);
+        connection.write_outgoing(resend);
     }
     Some(connection)
 }
@@ -329,21 +354,17 @@ async fn check_password(
         .unwrap_or(false)
 }
 
+/// An accepted client. Kept small: every idle connection holds one.
 struct Connection {
     stream: TcpStream,
-    peer: SocketAddr,
     rbuf: BytesMut,
     wbuf: BytesMut,
     session: Arc<Session>,
-    connection_id: u64,
     signal: Arc<ConnectionSignal>,
-    username: Option<ByteString>,
-    will: Option<LastWill>,
-    keepalive: Option<Duration>,
-    last_read: Instant,
+    will: Option<Box<LastWill>>,
     counters: LocalCounters,
-    matches: MatchBuffer,
-    outgoing: Vec<Outgoing>,
+    /// Scratch space for routing, allocated once this client publishes.
+    matches: Option<Box<MatchBuffer>>,
     ctx: Arc<BrokerContext>,
 }
 
@@ -352,47 +373,65 @@ impl Connection {
         if self.ctx.shutdown.is_cancelled() {
             return End::Kicked(Kick::Shutdown);
         }
-        let timer = sleep(self.keepalive.unwrap_or(Duration::from_secs(3600)));
-        tokio::pin!(timer);
         loop {
             if let Some(end) = self.pull_outgoing() {
                 return end;
             }
             self.counters.flush(&self.ctx.metrics);
-            let can_read = self.wbuf.len() < HIGH_WATER;
-            tokio::select! {
-                ready = self.stream.readable(), if can_read => {
-                    if let Err(error) = ready {
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Signal => {
+                    if let Some(kick) = self.signal.kicked() {
+                        return End::Kicked(kick);
+                    }
+                }
+                Event::Writable => {
+                    if let Err(error) = self.write() {
                         return End::Io(error);
                     }
+                }
+                Event::Readable => {
                     match self.read() {
                         Ok(true) => {}
                         Ok(false) => return End::Closed,
                         Err(error) => return End::Io(error),
                     }
-                    if let Some(end) = self.process_packets().await {
+                    let routed_before = self.counters.messages_received;
+                    if let Some(end) = Box::pin(self.process_packets()).await {
                         return end;
                     }
-                }
-                ready = self.stream.writable(), if !self.wbuf.is_empty() => {
-                    if let Err(error) = ready.and_then(|()| self.write()) {
-                        return End::Io(error);
+                    if self.counters.messages_received != routed_before {
+                        // Let the subscribers just woken send before reading more: a
+                        // flooding publisher would otherwise fill their queues first.
+                        tokio::task::yield_now().await;
                     }
                 }
-                () = self.signal.notify.notified() => {
-                    if let Some(kick) = self.signal.kicked() {
-                        return End::Kicked(kick);
-                    }
-                }
-                () = &mut timer, if self.keepalive.is_some() => {
-                    let deadline = self.last_read + self.keepalive.unwrap_or_default();
-                    if Instant::now() >= deadline {
-                        return End::KeepaliveExpired;
-                    }
-                    timer.as_mut().reset(deadline);
-                }
+                Event::Failed(error) => return End::Io(error),
             }
         }
+    }
+
+    /// What the connection has to do next. Polled in place (no stored futures), so that a
+    /// waiting connection costs little memory. Writing comes before reading: a client
+    /// that floods us must still get its acknowledgements.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if self.signal.poll_woken(cx) {
+            return Poll::Ready(Event::Signal);
+        }
+        if !self.wbuf.is_empty() {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Writable),
+                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
+                Poll::Pending => {}
+            }
+        }
+        if self.wbuf.len() < HIGH_WATER {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
+                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
     }
 
     /// Reads what the socket has; false at end of stream.
@@ -404,7 +443,7 @@ impl Connection {
             Ok(0) => Ok(false),
             Ok(read) => {
                 self.counters.bytes_received += read as u64;
-                self.last_read = Instant::now();
+                self.signal.heard(self.ctx.now_ms());
                 Ok(true)
             }
             Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(true),
@@ -417,8 +456,8 @@ impl Connection {
             Ok(written) => {
                 self.counters.bytes_sent += written as u64;
                 self.wbuf.advance(written);
-                if self.wbuf.is_empty() && self.wbuf.capacity() > 4096 {
-                    // Idle connections keep no large buffer.
+                if self.wbuf.is_empty() {
+                    // Idle connections keep no buffer.
                     self.wbuf = BytesMut::new();
                 }
                 Ok(())
@@ -470,11 +509,34 @@ impl Connection {
         result.err()
     }
 
-    fn identity(&self) -> Identity<'_> {
-        Identity {
-            username: self.username.as_deref(),
-            client_id: &self.session.client_id,
-        }
+    /// Whether the ACL (if any) lets this client publish to `topic`.
+    fn may_publish(&self, topic: &str) -> bool {
+        let Some(acl) = &self.ctx.router.acl else {
+            return true;
+        };
+        let inner = self.session.inner.lock();
+        acl.can_publish(
+            Identity {
+                username: inner.username.as_deref(),
+                client_id: &self.session.client_id,
+            },
+            topic,
+        )
+    }
+
+    /// Whether the ACL (if any) lets this client subscribe to `filter`.
+    fn may_subscribe(&self, filter: &str) -> bool {
+        let Some(acl) = &self.ctx.router.acl else {
+            return true;
+        };
+        let inner = self.session.inner.lock();
+        acl.can_subscribe(
+            Identity {
+                username: inner.username.as_deref(),
+                client_id: &self.session.client_id,
+            },
+            filter,
+        )
     }
 
     fn persists(&self) -> bool {
@@ -492,11 +554,7 @@ impl Connection {
         let allowed = if publish.topic.starts_with("$SYS") {
             false
         } else {
-            self.ctx
-                .router
-                .acl
-                .as_ref()
-                .is_none_or(|acl| acl.can_publish(self.identity(), &publish.topic))
+            self.may_publish(&publish.topic)
         };
         if !allowed {
             tracing::info!(client_id = %self.session.client_id, topic = %publish.topic, "publish refused by the ACL: dropped");
@@ -507,7 +565,11 @@ impl Connection {
                 if let Some(message) = message {
                     self.ctx
                         .router
-                        .publish(message, &mut self.matches, false)
+                        .publish(
+                            message,
+                            self.matches.get_or_insert_with(Box::default),
+                            false,
+                        )
                         .await?;
                 }
             }
@@ -515,7 +577,11 @@ impl Connection {
                 if let Some(message) = message {
                     self.ctx
                         .router
-                        .publish(message, &mut self.matches, false)
+                        .publish(
+                            message,
+                            self.matches.get_or_insert_with(Box::default),
+                            false,
+                        )
                         .await?;
                 }
                 self.write_packet(&Packet::PubAck(PubAck::new(publish.pkid)));
@@ -567,7 +633,11 @@ impl Connection {
             Some(message) => {
                 self.ctx
                     .router
-                    .publish(message, &mut self.matches, persists)
+                    .publish(
+                        message,
+                        self.matches.get_or_insert_with(Box::default),
+                        persists,
+                    )
                     .await
             }
             None => match (&self.ctx.router.store, persists) {
@@ -584,7 +654,7 @@ impl Connection {
         };
         {
             let mut inner = self.session.inner.lock();
-            if !inner.is_linked_to(self.connection_id) {
+            if !inner.is_linked_to(&self.signal) {
                 return Ok(());
             }
             let acked = match kind {
@@ -636,12 +706,7 @@ impl Connection {
                 _ => None,
             };
             for filter in chunk {
-                let allowed = self
-                    .ctx
-                    .router
-                    .acl
-                    .as_ref()
-                    .is_none_or(|acl| acl.can_subscribe(self.identity(), &filter.filter));
+                let allowed = self.may_subscribe(&filter.filter);
                 if !allowed {
                     tracing::info!(client_id = %self.session.client_id, filter = %filter.filter, "subscription refused by the ACL");
                     return_codes.push(SubscribeReturnCode::Failure);
@@ -728,9 +793,10 @@ impl Connection {
             return None;
         }
         let budget = HIGH_WATER - self.wbuf.len();
+        let mut outgoing = Vec::new();
         {
             let mut inner = self.session.inner.lock();
-            if !inner.is_linked_to(self.connection_id) {
+            if !inner.is_linked_to(&self.signal) {
                 return Some(End::Kicked(self.signal.kicked().unwrap_or(Kick::TakenOver)));
             }
             if !inner.state.has_sendable(&self.ctx.router.limits) {
@@ -738,11 +804,11 @@ impl Connection {
             }
             inner
                 .state
-                .poll_outgoing(&self.ctx.router.limits, budget, &mut self.outgoing);
+                .poll_outgoing(&self.ctx.router.limits, budget, &mut outgoing);
             if let (Some(store), true) = (&self.ctx.router.store, self.session.persistent) {
                 // Packet identifiers only matter after a crash; a full channel skips them.
-                for outgoing in &self.outgoing {
-                    if let Outgoing::Publish { publish, seq } = outgoing {
+                for item in &outgoing {
+                    if let Outgoing::Publish { publish, seq } = item {
                         if publish.qos != QoS::AtMostOnce {
                             store.try_send(Op::Sent {
                                 client_id: self.session.client_id.clone(),
@@ -754,12 +820,11 @@ impl Connection {
                 }
             }
         }
-        self.write_outgoing();
+        self.write_outgoing(outgoing);
         None
     }
 
-    fn write_outgoing(&mut self) {
-        let outgoing = std::mem::take(&mut self.outgoing);
+    fn write_outgoing(&mut self, outgoing: Vec<Outgoing>) {
         for item in &outgoing {
             match item {
                 Outgoing::Publish { publish, .. } => {
@@ -769,8 +834,6 @@ impl Connection {
                 Outgoing::PubRel { pkid } => self.write_packet(&Packet::PubRel(PubRel::new(*pkid))),
             }
         }
-        self.outgoing = outgoing;
-        self.outgoing.clear();
     }
 
     fn write_publish(&mut self, publish: &Publish) {
@@ -788,11 +851,11 @@ impl Connection {
     async fn finish(mut self, end: End) {
         self.counters.flush(&self.ctx.metrics);
         match &end {
-            End::Disconnect | End::Closed | End::Kicked(_) => {
-                tracing::debug!(client_id = %self.session.client_id, peer = %self.peer, reason = %end, "connection ended")
+            End::Disconnect | End::Closed | End::Kicked(Kick::TakenOver | Kick::Shutdown) => {
+                tracing::debug!(client_id = %self.session.client_id, reason = %end, "connection ended")
             }
             _ => {
-                tracing::info!(client_id = %self.session.client_id, peer = %self.peer, reason = %end, "connection closed")
+                tracing::info!(client_id = %self.session.client_id, reason = %end, "connection closed")
             }
         }
         if !self.wbuf.is_empty() && !matches!(end, End::Io(_) | End::Closed) {
@@ -802,7 +865,7 @@ impl Connection {
         drop(self.stream);
         {
             let mut inner = self.session.inner.lock();
-            if inner.is_linked_to(self.connection_id) {
+            if inner.is_linked_to(&self.signal) {
                 inner.link = None;
             }
         }
@@ -825,7 +888,11 @@ impl Connection {
             if let Err(error) = self
                 .ctx
                 .router
-                .publish(message, &mut self.matches, false)
+                .publish(
+                    message,
+                    self.matches.get_or_insert_with(Box::default),
+                    false,
+                )
                 .await
             {
                 tracing::warn!(client_id = %self.session.client_id, %error, "will not stored durably");

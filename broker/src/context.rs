@@ -1,6 +1,5 @@
 //! What every connection task shares: the router, the sessions, authentication and limits.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -25,7 +24,6 @@ pub(crate) struct BrokerContext {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub password_checks: Semaphore,
-    pub next_connection_id: AtomicU64,
     pub shutdown: CancellationToken,
     pub started: Instant,
 }
@@ -34,6 +32,11 @@ impl BrokerContext {
     /// Largest packet accepted: a maximal payload with a maximal topic and headers.
     pub fn max_packet_size(&self) -> usize {
         self.limits.max_payload + 5 + 2 + usize::from(u16::MAX) + 2
+    }
+
+    /// Milliseconds since the broker started (the clock of keepalive checks).
+    pub fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     pub fn stats(&self) -> Stats {

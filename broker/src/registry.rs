@@ -1,13 +1,18 @@
 //! Sessions by client id, and the link between a session and the connection serving it.
 
-use std::collections::HashMap;
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::Context;
+use std::time::Duration;
+
+use futures::task::AtomicWaker;
 
 use bytestring::ByteString;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::mpsc::PermitIterator;
-use tokio::sync::Notify;
 
 use crate::persistence::Op;
 use crate::session::SessionState;
@@ -17,41 +22,88 @@ use crate::subscriptions::SubscriptionTree;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kick {
     /// Another connection took the client id over.
-    TakenOver = 1,
+    TakenOver,
     /// The broker is shutting down.
-    Shutdown = 2,
+    Shutdown,
+    /// Nothing came from the client for 1.5 times its keepalive.
+    KeepaliveExpired,
 }
 
-/// Wakes a connection task: messages to send, or an order to end.
-#[derive(Debug, Default)]
-pub(crate) struct ConnectionSignal {
-    pub notify: Notify,
-    kick: AtomicU8,
-}
-
-impl ConnectionSignal {
-    pub fn wake(&self) {
-        self.notify.notify_one();
-    }
-
-    pub fn kick(&self, why: Kick) {
-        self.kick.store(why as u8, Ordering::Release);
-        self.notify.notify_one();
-    }
-
-    pub fn kicked(&self) -> Option<Kick> {
-        match self.kick.load(Ordering::Acquire) {
-            1 => Some(Kick::TakenOver),
-            2 => Some(Kick::Shutdown),
-            _ => None,
+impl Kick {
+    fn bit(self) -> u8 {
+        match self {
+            Kick::TakenOver => 0b0010,
+            Kick::Shutdown => 0b0100,
+            Kick::KeepaliveExpired => 0b1000,
         }
     }
 }
 
-/// The connection currently serving a session.
+const WOKEN: u8 = 0b0001;
+
+/// Wakes a connection task (messages to send, or an order to end) and tells the keepalive
+/// sweeper when the client was last heard from. Small on purpose: every connection has one,
+/// and the task polls it without storing a future.
+#[derive(Debug)]
+pub(crate) struct ConnectionSignal {
+    waker: AtomicWaker,
+    state: AtomicU8,
+    /// Milliseconds since the broker started, at the client's last bytes.
+    last_heard_ms: AtomicU64,
+    /// 0: no keepalive.
+    timeout_ms: u64,
+}
+
+impl ConnectionSignal {
+    pub fn new(timeout: Option<Duration>, now_ms: u64) -> Self {
+        Self {
+            waker: AtomicWaker::new(),
+            state: AtomicU8::new(0),
+            last_heard_ms: AtomicU64::new(now_ms),
+            timeout_ms: timeout.map_or(0, |timeout| {
+                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+            }),
+        }
+    }
+
+    pub fn wake(&self) {
+        self.state.fetch_or(WOKEN, Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn kick(&self, why: Kick) {
+        self.state.fetch_or(why.bit(), Ordering::Release);
+        self.waker.wake();
+    }
+
+    pub fn kicked(&self) -> Option<Kick> {
+        let state = self.state.load(Ordering::Acquire);
+        [Kick::Shutdown, Kick::TakenOver, Kick::KeepaliveExpired]
+            .into_iter()
+            .find(|kick| state & kick.bit() != 0)
+    }
+
+    /// Registers the task to wake, and consumes the wake-up if there was one: true if
+    /// something happened since the last call (or the connection was kicked).
+    pub fn poll_woken(&self, cx: &mut Context<'_>) -> bool {
+        self.waker.register(cx.waker());
+        let state = self.state.fetch_and(!WOKEN, Ordering::AcqRel);
+        state != 0
+    }
+
+    pub fn heard(&self, now_ms: u64) {
+        self.last_heard_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.timeout_ms != 0
+            && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) >= self.timeout_ms
+    }
+}
+
+/// The connection currently serving a session (identified by its signal).
 #[derive(Debug, Clone)]
 pub(crate) struct Link {
-    pub connection_id: u64,
     pub signal: Arc<ConnectionSignal>,
 }
 
@@ -66,10 +118,10 @@ pub(crate) struct SessionInner {
 }
 
 impl SessionInner {
-    pub fn is_linked_to(&self, connection_id: u64) -> bool {
+    pub fn is_linked_to(&self, signal: &Arc<ConnectionSignal>) -> bool {
         self.link
             .as_ref()
-            .is_some_and(|link| link.connection_id == connection_id)
+            .is_some_and(|link| Arc::ptr_eq(&link.signal, signal))
     }
 }
 
@@ -95,9 +147,35 @@ pub(crate) struct Attached {
 #[error("the broker holds its maximum number of sessions")]
 pub(crate) struct RegistryFull;
 
+/// A session in the registry's set, found by its client id (8 bytes per entry instead of
+/// a second copy of the id beside the session).
+#[derive(Debug, Clone)]
+struct ByClientId(Arc<Session>);
+
+impl PartialEq for ByClientId {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.client_id == other.0.client_id
+    }
+}
+
+impl Eq for ByClientId {}
+
+impl Hash for ByClientId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        // Must hash as the `str` it borrows as.
+        (*self.0.client_id).hash(state);
+    }
+}
+
+impl Borrow<str> for ByClientId {
+    fn borrow(&self) -> &str {
+        &self.0.client_id
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct Registry {
-    sessions: Mutex<HashMap<ByteString, Arc<Session>>>,
+    sessions: Mutex<HashSet<ByClientId>>,
     next_id: AtomicU64,
     max_sessions: usize,
 }
@@ -105,7 +183,7 @@ pub(crate) struct Registry {
 impl Registry {
     pub fn new(max_sessions: usize) -> Self {
         Self {
-            sessions: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashSet::new()),
             next_id: AtomicU64::new(1),
             max_sessions,
         }
@@ -150,7 +228,7 @@ impl Registry {
         mut permit: Option<PermitIterator<'_, Op>>,
     ) -> Result<Attached, RegistryFull> {
         let mut sessions = self.sessions.lock();
-        if let Some(existing) = sessions.get(&client_id).cloned() {
+        if let Some(ByClientId(existing)) = sessions.get(&*client_id).cloned() {
             let mut inner = existing.inner.lock();
             if let Some(old) = inner.link.take() {
                 old.signal.kick(Kick::TakenOver);
@@ -164,7 +242,7 @@ impl Registry {
                 });
             }
             drop(inner);
-            sessions.remove(&client_id);
+            sessions.remove(&*client_id);
             discard(&existing, tree);
             if existing.persistent {
                 if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
@@ -185,7 +263,7 @@ impl Registry {
                 });
             }
         }
-        sessions.insert(client_id, session.clone());
+        sessions.insert(ByClientId(session.clone()));
         Ok(Attached {
             session,
             session_present: false,
@@ -197,10 +275,10 @@ impl Registry {
     pub fn remove_clean(&self, session: &Arc<Session>, tree: &Tree) {
         let mut sessions = self.sessions.lock();
         if sessions
-            .get(&session.client_id)
-            .is_some_and(|current| Arc::ptr_eq(current, session))
+            .get(&*session.client_id)
+            .is_some_and(|current| Arc::ptr_eq(&current.0, session))
         {
-            sessions.remove(&session.client_id);
+            sessions.remove(&*session.client_id);
         }
         drop(sessions);
         discard(session, tree);
@@ -210,15 +288,28 @@ impl Registry {
     pub fn restore(&self, client_id: ByteString, state: SessionState) -> Arc<Session> {
         let session = self.new_session(client_id.clone(), true, None, None);
         session.inner.lock().state = state;
-        self.sessions.lock().insert(client_id, session.clone());
+        self.sessions.lock().replace(ByClientId(session.clone()));
         session
     }
 
     /// Tells every connected client's connection to end.
     pub fn kick_all(&self, why: Kick) {
-        for session in self.sessions.lock().values() {
+        self.for_each_link(|signal| signal.kick(why));
+    }
+
+    /// Ends the connections whose clients have been silent for too long.
+    pub fn expire_silent(&self, now_ms: u64) {
+        self.for_each_link(|signal| {
+            if signal.expired(now_ms) {
+                signal.kick(Kick::KeepaliveExpired);
+            }
+        });
+    }
+
+    fn for_each_link(&self, mut action: impl FnMut(&ConnectionSignal)) {
+        for ByClientId(session) in self.sessions.lock().iter() {
             if let Some(link) = &session.inner.lock().link {
-                link.signal.kick(why);
+                action(&link.signal);
             }
         }
     }

@@ -2,7 +2,6 @@
 //! binds its listeners and runs it, [`RunningBroker`] tells where it listens and stops it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -140,7 +139,6 @@ impl Broker {
             anonymous: config.allow_anonymous,
             metrics,
             password_checks: Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
-            next_connection_id: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             limits,
@@ -161,6 +159,7 @@ impl Broker {
                 tracker.clone(),
             ));
         }
+        tracker.spawn(expire_silent_clients(ctx.clone()));
         if !config.sys_interval.is_zero() {
             tracker.spawn(crate::sys::run(ctx.clone(), config.sys_interval));
         }
@@ -248,6 +247,22 @@ async fn accept_loop(
                 tracing::warn!(%error, listener = %info.local, "accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
+        }
+    }
+}
+
+/// How often connections are checked for an expired keepalive (its precision).
+const KEEPALIVE_SWEEP: Duration = Duration::from_millis(250);
+
+/// Closes the connections of clients silent for 1.5 times their keepalive. One task for
+/// all connections instead of a timer in each keeps idle connections small.
+async fn expire_silent_clients(ctx: Arc<BrokerContext>) {
+    let mut ticker = tokio::time::interval(KEEPALIVE_SWEEP);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => ctx.registry.expire_silent(ctx.now_ms()),
+            () = ctx.shutdown.cancelled() => return,
         }
     }
 }

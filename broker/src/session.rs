@@ -2,13 +2,16 @@
 //! the QoS 1 and 2 messages in flight to it, and the QoS 2 messages received from it that
 //! await their PUBREL. A plain state machine: it says what to send, it never sends.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
 use bytestring::ByteString;
 
 use crate::codec::{Publish, QoS};
 use crate::message::Message;
+
+/// Queue capacity kept after a burst has drained; more is freed.
+const SHRINK_ABOVE: usize = 64;
 
 /// Bounds of one session, from the `limits` section of the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,8 +95,9 @@ pub struct SessionState {
     inflight: VecDeque<Inflight>,
     last_pkid: u16,
     next_seq: u64,
-    incoming_qos2: HashSet<u16>,
-    subscriptions: HashMap<ByteString, QoS>,
+    // B-trees: no hasher state and no allocation while empty, in every session.
+    incoming_qos2: BTreeSet<u16>,
+    subscriptions: BTreeMap<ByteString, QoS>,
     dropped: u64,
     /// Whether the last enqueue was dropped (to log the first drop of a run only).
     dropping: bool,
@@ -187,6 +191,10 @@ impl SessionState {
                 delivery,
                 state,
             });
+        }
+        if self.pending.is_empty() && self.pending.capacity() > SHRINK_ABOVE {
+            // A burst is over: give its memory back.
+            self.pending.shrink_to(0);
         }
     }
 
@@ -285,7 +293,7 @@ impl SessionState {
         }
     }
 
-    pub fn subscriptions(&self) -> &HashMap<ByteString, QoS> {
+    pub fn subscriptions(&self) -> &BTreeMap<ByteString, QoS> {
         &self.subscriptions
     }
 
