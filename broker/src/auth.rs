@@ -93,10 +93,7 @@ impl PasswordFile {
         let Some(hash) = self.users.get(user) else {
             return false;
         };
-        match PasswordHash::new(hash) {
-            Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
-            Err(_) => false,
-        }
+        verify_password(hash, password)
     }
 
     fn render(&self) -> String {
@@ -118,6 +115,15 @@ pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
         .hash_password(password, &salt)
         .map(|hash| hash.to_string())
         .map_err(|error| AuthError::Hash(error.to_string()))
+}
+
+/// Whether `password` matches `hash` (a PHC string from [`hash_password`]). Slow on
+/// purpose: call it off the async threads.
+pub fn verify_password(hash: &str, password: &[u8]) -> bool {
+    match PasswordHash::new(hash) {
+        Ok(parsed) => Argon2::default().verify_password(password, &parsed).is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Sets (adds or replaces) the password of `user` in the file at `path`, creating it if
