@@ -94,19 +94,23 @@ impl From<NotDurable> for End {
     }
 }
 
-/// Serves one accepted TCP connection until it ends. `_slot` holds its place under
-/// `max_connections`.
+/// A connection just accepted, with what serving it needs. Boxed: an async function keeps
+/// its arguments for its whole life, and every idle connection would pay for them.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: ListenerInfo,
+    pub ctx: Arc<BrokerContext>,
+    /// Its place under `max_connections`.
+    pub slot: OwnedSemaphorePermit,
+}
+
+/// Serves one accepted TCP connection until it ends.
 ///
 /// The handshake, packet handling and closing run as boxed futures: a task's memory is the
 /// size of its largest state, and an idle connection should only pay for waiting.
-pub(crate) async fn serve(
-    stream: TcpStream,
-    peer: SocketAddr,
-    listener: ListenerInfo,
-    ctx: Arc<BrokerContext>,
-    _slot: OwnedSemaphorePermit,
-) {
-    let Some(mut connection) = Box::pin(open(stream, peer, listener, ctx)).await else {
+pub(crate) async fn serve(accepted: Box<Accepted>) {
+    let Some(mut connection) = Box::pin(open(accepted)).await else {
         return;
     };
     let end = connection.run().await;
@@ -114,12 +118,14 @@ pub(crate) async fn serve(
 }
 
 /// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
-async fn open(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    listener: ListenerInfo,
-    ctx: Arc<BrokerContext>,
-) -> Option<Connection> {
+async fn open(accepted: Box<Accepted>) -> Option<Connection> {
+    let Accepted {
+        mut stream,
+        peer,
+        listener,
+        ctx,
+        slot,
+    } = *accepted;
     let mut rbuf = BytesMut::new();
     let first = tokio::select! {
         first = timeout(ctx.limits.connect_timeout, read_first_packet(&mut stream, &mut rbuf, ctx.max_packet_size())) => first,
@@ -151,7 +157,7 @@ async fn open(
         // The CONNECT's buffer goes with the packet (its strings are copied below).
         rbuf = BytesMut::new();
     }
-    handshake(stream, peer, listener, ctx, connect, rbuf).await
+    handshake(stream, peer, listener, ctx, slot, connect, rbuf).await
 }
 
 enum FirstPacketError {
@@ -194,6 +200,7 @@ async fn handshake(
     peer: SocketAddr,
     listener: ListenerInfo,
     ctx: Arc<BrokerContext>,
+    slot: OwnedSemaphorePermit,
     connect: Connect,
     rbuf: BytesMut,
 ) -> Option<Connection> {
@@ -315,6 +322,7 @@ async fn handshake(
         counters: LocalCounters::default(),
         matches: None,
         ctx,
+        _slot: slot,
     };
     connection.write_packet(&Packet::ConnAck(ConnAck {
         session_present: attached.session_present,
@@ -366,6 +374,7 @@ struct Connection {
     /// Scratch space for routing, allocated once this client publishes.
     matches: Option<Box<MatchBuffer>>,
     ctx: Arc<BrokerContext>,
+    _slot: OwnedSemaphorePermit,
 }
 
 impl Connection {

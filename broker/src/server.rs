@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, PasswordFile};
 use crate::config::{AnonymousPolicy, Config, ConfigError, ListenerProtocol};
-use crate::connection::{self, ListenerInfo};
+use crate::connection::{self, Accepted, ListenerInfo};
 use crate::context::{BrokerContext, CONCURRENT_PASSWORD_CHECKS};
 use crate::metrics::{Metrics, Stats};
 use crate::persistence::{self, Snapshot, StoreError};
@@ -240,7 +240,13 @@ async fn accept_loop(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                tracker.spawn(connection::serve(stream, peer, info, ctx.clone(), slot));
+                tracker.spawn(connection::serve(Box::new(Accepted {
+                    stream,
+                    peer,
+                    listener: info,
+                    ctx: ctx.clone(),
+                    slot,
+                })));
             }
             Err(error) => {
                 // Out of file descriptors, usually: wait instead of spinning.
