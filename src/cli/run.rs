@@ -48,13 +48,13 @@ enum Output {
 const INBOUND_CAPACITY: usize = 256;
 
 /// The acquisition side and where its events go, started from one configuration.
-struct Running {
+pub(crate) struct Running {
     gateway: Gateway,
     output: Output,
 }
 
 impl Running {
-    async fn start(config: &Config) -> anyhow::Result<Running> {
+    pub(crate) async fn start(config: &Config) -> anyhow::Result<Running> {
         let (sink, events) = EventSink::channel(SINK_CAPACITY);
         let Some(upstream) = &config.upstream else {
             let output = tokio::spawn(crate::output::write_lines(events, tokio::io::stdout()));
@@ -102,7 +102,7 @@ impl Running {
     }
 
     /// Stops polling first, then lets the output take what was produced.
-    async fn stop(self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(self) -> anyhow::Result<()> {
         self.gateway.shutdown().await;
         match self.output {
             Output::Uplink { uplink, commands } => {
