@@ -2,6 +2,7 @@
 //! every device on the bus of its config, all events into one sink.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
@@ -15,6 +16,7 @@ use crate::bus::poller::{
 use crate::config::{Bus, BusTransport, Config, Device};
 use crate::device::{DeviceState, PublishPolicy};
 use crate::event::EventSink;
+use crate::metrics::DeviceCounters;
 use crate::plan::{plan, Limits, Plan, PlanError, Span};
 use crate::registers::RegisterKind;
 use crate::serial_line::bus::{LineBus, LineBusSettings, LineDevice};
@@ -28,6 +30,7 @@ pub struct Gateway {
     tasks: JoinSet<()>,
     shutdown: CancellationToken,
     buses: HashMap<String, DeviceBus>,
+    counters: Vec<(String, Arc<DeviceCounters>)>,
 }
 
 /// Where to send writes for one Modbus device: its bus task.
@@ -56,12 +59,14 @@ impl DeviceBus {
             readback,
             reply,
         };
-        self.requests.try_send(BusRequest::Write(request)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                RequestError::Link("bus busy: too many writes waiting".into())
-            }
-            mpsc::error::TrySendError::Closed(_) => RequestError::Link("bus stopped".into()),
-        })?;
+        self.requests
+            .try_send(BusRequest::Write(request))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    RequestError::Link("bus busy: too many writes waiting".into())
+                }
+                mpsc::error::TrySendError::Closed(_) => RequestError::Link("bus stopped".into()),
+            })?;
         outcome
             .await
             .map_err(|_| RequestError::Link("bus stopped".into()))?
@@ -89,6 +94,7 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         let mut buses = HashMap::new();
+        let mut counters = Vec::new();
         for bus in &config.buses {
             let devices: Vec<&Device> = config
                 .devices
@@ -131,10 +137,15 @@ impl Gateway {
                             },
                         );
                     }
-                    let devices = devices
+                    let devices: Vec<PolledDevice> = devices
                         .into_iter()
                         .map(polled_device)
                         .collect::<Result<_, _>>()?;
+                    counters.extend(
+                        devices
+                            .iter()
+                            .map(|d| (d.state.id().to_owned(), d.counters.clone())),
+                    );
                     tasks.spawn(ModbusBus::new(settings, devices, queued).run(sink, stop));
                 }
             }
@@ -143,7 +154,13 @@ impl Gateway {
             tasks,
             shutdown,
             buses,
+            counters,
         })
+    }
+
+    /// Poll counters of every Modbus device.
+    pub fn counters(&self) -> &[(String, Arc<DeviceCounters>)] {
+        &self.counters
     }
 
     /// The bus of a Modbus device, for writes; `None` for unknown and serial-line devices.

@@ -16,3 +16,4 @@ pub mod ratelimit;
 pub mod plan;
 pub mod uplink;
 pub mod command;
+pub mod metrics;

@@ -189,3 +189,64 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
     send_sigterm(child.id());
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn metrics_endpoint_counts_polls_per_device() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let plc = SimSlave::default();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "metrics: 127.0.0.1:{metrics_port}\n{}",
+            device_config(dir.path(), port, "boiler-1")
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no metrics with polls within 30 s"
+        );
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
+            use std::io::{Read, Write};
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            let mut response = String::new();
+            let _ = stream.read_to_string(&mut response);
+            let polled = response.lines().any(|l| {
+                l.strip_prefix("fieldbridge_polls_total{device=\"boiler-1\"} ")
+                    .and_then(|n| n.parse::<f64>().ok())
+                    .is_some_and(|n| n >= 2.0)
+            });
+            if polled {
+                break response;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
+    assert!(body.contains("# TYPE fieldbridge_poll_failures_total counter"));
+    send_sigterm(child.id());
+    assert!(child.wait().unwrap().success());
+}

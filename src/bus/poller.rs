@@ -1,6 +1,7 @@
 //! The task of one Modbus bus: polls every device on it by its own schedule, one
 //! request at a time, and keeps a dead or slow slave from stalling the others.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
@@ -13,6 +14,7 @@ use super::modbus::{self, read, ModbusEndpoint, ReadData, RequestError, WriteDat
 use crate::backoff::Backoff;
 use crate::device::{DeviceState, OFFLINE_AFTER_FAILURES};
 use crate::event::EventSink;
+use crate::metrics::DeviceCounters;
 use crate::plan::{ReadRequest, Slot};
 use crate::ratelimit::LogLimiter;
 use crate::registers::codec::{self, apply_scale, CodecError, Value};
@@ -66,6 +68,7 @@ pub struct PolledDevice {
     /// The planned reads; a read that hits a hole in the device's map is split.
     pub requests: Vec<ReadRequest>,
     pub state: DeviceState,
+    pub counters: Arc<DeviceCounters>,
     next_due: Instant,
     errors: LogLimiter,
 }
@@ -84,6 +87,7 @@ impl PolledDevice {
             tags,
             requests,
             state,
+            counters: Arc::default(),
             next_due: Instant::now(),
             errors: LogLimiter::new(Duration::from_secs(60)),
         }
@@ -124,7 +128,10 @@ pub struct BusSettings {
 pub enum BusRequest {
     Write(WriteRequest),
     /// Start over with a device: reopen the link and poll it now, as after a reboot.
-    Reinitialize { unit: u8, done: oneshot::Sender<()> },
+    Reinitialize {
+        unit: u8,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// A write for a slave on the bus.
@@ -221,6 +228,7 @@ impl ModbusBus {
     async fn publish(&mut self, index: usize, cycle: Cycle, sink: &EventSink) -> bool {
         let device = &mut self.devices[index];
         let wall = time::OffsetDateTime::now_utc();
+        DeviceCounters::add(&device.counters.polls);
         let events = match cycle {
             Cycle::Answered(values) => {
                 device.errors.clear();
@@ -235,6 +243,7 @@ impl ModbusBus {
                     .record_values(values, deadband, std::time::Instant::now(), wall)
             }
             Cycle::Failed(error) => {
+                DeviceCounters::add(&device.counters.poll_failures);
                 if let Some(repeats) = device.errors.admit(&error, Instant::now().into_std()) {
                     tracing::warn!(bus = %self.settings.name, device = device.state.id(), unit = device.unit, repeats, "poll failed: {error}");
                 }
@@ -303,6 +312,7 @@ impl ModbusBus {
                     request_index += 1;
                 }
                 Err(e) if e.is_illegal_address() && request.slots.len() > 1 => {
+                    DeviceCounters::add(&self.devices[index].counters.modbus_exceptions);
                     // A coalesced read crossed a hole in the device's map: read the
                     // two sides separately from now on.
                     match request.split_at_largest_gap() {
@@ -319,6 +329,7 @@ impl ModbusBus {
                 }
                 Err(e) if e.is_exception() => {
                     let device = &mut self.devices[index];
+                    DeviceCounters::add(&device.counters.modbus_exceptions);
                     let message = format!("{request}: {e}");
                     if device
                         .errors

@@ -17,8 +17,12 @@ use crate::command::seen::SeenCommands;
 use crate::config::{self, Config, Upstream};
 use crate::event::EventSink;
 use crate::gateway::Gateway;
-use crate::store::{Store, StoreSettings};
-use crate::uplink::{DeviceIdentity, TlsSettings, TopicScheme, Uplink, UplinkSettings};
+use crate::metrics::Exposition;
+use crate::store::{DeviceStats, Store, StoreSettings};
+use crate::uplink::{
+    DeviceIdentity, SessionStatus, TlsSettings, TopicScheme, Uplink, UplinkSettings,
+};
+use tokio_util::sync::CancellationToken;
 
 /// Events in flight between the buses and the output.
 const SINK_CAPACITY: usize = 4096;
@@ -51,6 +55,8 @@ const INBOUND_CAPACITY: usize = 256;
 pub(crate) struct Running {
     gateway: Gateway,
     output: Output,
+    /// Stops the metrics endpoint, when one is served.
+    metrics: CancellationToken,
 }
 
 impl Running {
@@ -59,12 +65,15 @@ impl Running {
         let Some(upstream) = &config.upstream else {
             let output = tokio::spawn(crate::output::write_lines(events, tokio::io::stdout()));
             let gateway = Gateway::start(config, sink)?;
+            let metrics = serve_metrics(config, &gateway, None).await?;
             return Ok(Running {
                 gateway,
                 output: Output::Stdout(output),
+                metrics,
             });
         };
         let store = Store::open(store_settings(config)).await?;
+        let queue = store.clone();
         let seen = SeenCommands::open(&config.gateway.data_dir, upstream.remembered_commands)
             .await
             .context("cannot open the command log in the queue database")?;
@@ -95,14 +104,17 @@ impl Running {
             sink,
             commands,
         ));
+        let metrics = serve_metrics(config, &gateway, Some((&uplink, queue))).await?;
         Ok(Running {
             gateway,
             output: Output::Uplink { uplink, commands },
+            metrics,
         })
     }
 
     /// Stops polling first, then lets the output take what was produced.
     pub(crate) async fn stop(self) -> anyhow::Result<()> {
+        self.metrics.cancel();
         self.gateway.shutdown().await;
         match self.output {
             Output::Uplink { uplink, commands } => {
@@ -117,6 +129,110 @@ impl Running {
                 .context("writing events to stdout"),
         }
     }
+}
+
+/// Starts the Prometheus endpoint of `config.metrics`, if any: poll counters, and with
+/// an uplink the sessions and the queue.
+async fn serve_metrics(
+    config: &Config,
+    gateway: &Gateway,
+    uplink: Option<(&Uplink, Store)>,
+) -> anyhow::Result<CancellationToken> {
+    let stop = CancellationToken::new();
+    let Some(addr) = config.metrics else {
+        return Ok(stop);
+    };
+    let listener = crate::metrics::bind(addr)
+        .await
+        .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+    let counters = gateway.counters().to_vec();
+    let sessions: Vec<_> = match &uplink {
+        Some((uplink, _)) => config
+            .devices
+            .iter()
+            .filter_map(|d| Some((d.id.clone(), uplink.status(&d.id)?)))
+            .collect(),
+        None => Vec::new(),
+    };
+    let store = uplink.map(|(_, store)| store);
+    let render = move || {
+        let counters = counters.clone();
+        let sessions = sessions.clone();
+        let store = store.clone();
+        async move {
+            let mut out = Exposition::default();
+            out.device_counters(counters.iter().map(|(d, c)| (d.as_str(), c.as_ref())));
+            if let Some(store) = store {
+                let stats = store.stats().await.unwrap_or_default();
+                let families: [(&str, &str, &str, fn(&DeviceStats) -> u64); 3] = [
+                    (
+                        "fieldbridge_queue_depth",
+                        "gauge",
+                        "QoS 1 events queued, not yet acknowledged.",
+                        |s| s.depth,
+                    ),
+                    (
+                        "fieldbridge_queue_dropped_total",
+                        "counter",
+                        "QoS 1 events dropped because the queue was full.",
+                        |s| s.dropped_queue_full,
+                    ),
+                    (
+                        "fieldbridge_qos0_dropped_total",
+                        "counter",
+                        "QoS 0 events dropped while offline.",
+                        |s| s.dropped_offline_qos0,
+                    ),
+                ];
+                for (name, kind, help, value) in families {
+                    out.family(name, kind, help);
+                    for s in &stats {
+                        out.sample(name, Some(&s.device_id), value(s) as f64);
+                    }
+                }
+                let statuses: Vec<(String, SessionStatus)> = sessions
+                    .iter()
+                    .map(|(d, rx)| (d.clone(), rx.borrow().clone()))
+                    .collect();
+                out.family(
+                    "fieldbridge_session_connected",
+                    "gauge",
+                    "1 while the device's MQTT session is connected.",
+                );
+                for (device, status) in &statuses {
+                    out.sample(
+                        "fieldbridge_session_connected",
+                        Some(device),
+                        f64::from(u8::from(status.connected)),
+                    );
+                }
+                out.family(
+                    "fieldbridge_published_total",
+                    "counter",
+                    "QoS 1 events acknowledged by the broker.",
+                );
+                for (device, status) in &statuses {
+                    out.sample(
+                        "fieldbridge_published_total",
+                        Some(device),
+                        status.acknowledged as f64,
+                    );
+                }
+                out.family("fieldbridge_publish_latency_seconds_sum", "counter", "Time from sending to PUBACK, summed over the published events (divide by fieldbridge_published_total for the mean).");
+                for (device, status) in &statuses {
+                    out.sample(
+                        "fieldbridge_publish_latency_seconds_sum",
+                        Some(device),
+                        status.ack_latency_total.as_secs_f64(),
+                    );
+                }
+            }
+            out.into_text()
+        }
+    };
+    tokio::spawn(crate::metrics::serve(listener, render, stop.clone()));
+    tracing::info!(%addr, "serving metrics");
+    Ok(stop)
 }
 
 fn store_settings(config: &Config) -> StoreSettings {

@@ -28,6 +28,8 @@ pub struct Config {
     #[serde(default)]
     pub devices: Vec<Device>,
     pub log: Option<LogSection>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9464`.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -64,6 +64,9 @@ pub struct SessionStatus {
     pub in_flight: usize,
     /// QoS 0 events dropped since start (offline, or the session was congested).
     pub qos0_dropped: u64,
+    /// Time from handing a QoS 1 publish to the socket to its PUBACK, summed over the
+    /// `acknowledged` events (for a mean publish latency).
+    pub ack_latency_total: Duration,
 }
 
 /// Validated settings from which every device's session is built.
@@ -189,6 +192,9 @@ impl Plan {
             client,
             store,
             window: Window::new(self.window),
+            window_capacity: self.window,
+            sent_at: HashMap::new(),
+            ack_latency: Duration::ZERO,
             batch: (self.window / 2).max(1),
             driver: driver_receiver,
             resume,
@@ -309,6 +315,10 @@ struct Session {
     client: AsyncClient,
     store: Store,
     window: Window,
+    window_capacity: usize,
+    /// When each in-flight QoS 1 packet went out, for the publish latency.
+    sent_at: HashMap<u16, Instant>,
+    ack_latency: Duration,
     /// Fetch at least this many rows at once while others are in flight.
     batch: usize,
     driver: mpsc::Receiver<DriverBatch>,
@@ -422,6 +432,9 @@ impl Session {
                 self.subscribe();
             }
             DriverEvent::Published(pkid) => {
+                if pkid != 0 && self.sent_at.len() < self.window_capacity * 2 {
+                    self.sent_at.insert(pkid, Instant::now());
+                }
                 if let Err(untracked) = self.window.on_outgoing_publish(pkid) {
                     tracing::warn!(
                         device = %self.device.id,
@@ -430,7 +443,12 @@ impl Session {
                     );
                 }
             }
-            DriverEvent::PubAck(pkid) => return u64::from(self.window.on_puback(pkid).is_some()),
+            DriverEvent::PubAck(pkid) => {
+                if let Some(sent) = self.sent_at.remove(&pkid) {
+                    self.ack_latency += sent.elapsed();
+                }
+                return u64::from(self.window.on_puback(pkid).is_some());
+            }
             DriverEvent::Inbound(publish) => self.forward_inbound(publish),
             DriverEvent::Disconnected => {}
             DriverEvent::Lost(error) => self.on_lost(error),
@@ -440,6 +458,7 @@ impl Session {
 
     fn on_lost(&mut self, error: ConnectionError) {
         let was_connected = std::mem::replace(&mut self.connected, false);
+        self.sent_at.clear();
         self.generation += 1;
         let lost_qos0 = self.window.connection_lost();
         if lost_qos0 > 0 {
@@ -477,10 +496,12 @@ impl Session {
 
     fn update_in_flight(&mut self, acknowledged: u64) {
         let in_flight = self.window.sent();
+        let ack_latency = self.ack_latency;
         self.status.send_if_modified(|s| {
             let changed = acknowledged > 0 || s.in_flight != in_flight;
             s.acknowledged += acknowledged;
             s.in_flight = in_flight;
+            s.ack_latency_total = ack_latency;
             changed
         });
     }
