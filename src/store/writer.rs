@@ -160,20 +160,23 @@ impl Writer {
         let mut occupancy = self.occupancy;
 
         for chunk in batch.deletes.chunks(DELETE_CHUNK) {
-            let mut query = QueryBuilder::<Sqlite>::new("DELETE FROM queue WHERE id IN (");
-            let mut ids = query.separated(", ");
-            for id in chunk {
-                ids.push_bind(*id);
-            }
-            query.push(") RETURNING size");
-            let sizes: Vec<(i64,)> = query
-                .build_query_as()
+            // Counting first keeps the result to one row (RETURNING would send one
+            // row per deleted id back from the database thread).
+            let (messages, bytes): (i64, i64) = id_list_query(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue WHERE id IN (",
+                chunk,
+            )
+            .build_query_as()
+            .persistent(false)
+            .fetch_one(&mut *tx)
+            .await?;
+            id_list_query("DELETE FROM queue WHERE id IN (", chunk)
+                .build()
                 .persistent(false)
-                .fetch_all(&mut *tx)
+                .execute(&mut *tx)
                 .await?;
-            occupancy.messages = occupancy.messages.saturating_sub(sizes.len() as u64);
-            let freed: i64 = sizes.iter().map(|(size,)| *size).sum();
-            occupancy.bytes = occupancy.bytes.saturating_sub(freed.max(0) as u64);
+            occupancy.messages = occupancy.messages.saturating_sub(messages.max(0) as u64);
+            occupancy.bytes = occupancy.bytes.saturating_sub(bytes.max(0) as u64);
         }
 
         let sizes: Vec<u64> = batch
@@ -294,6 +297,17 @@ impl Writer {
             tracing::warn!("closing the queue database failed: {error}");
         }
     }
+}
+
+/// `head` followed by the ids, comma-separated, and a closing parenthesis.
+fn id_list_query<'a>(head: &str, ids: &'a [i64]) -> QueryBuilder<'a, Sqlite> {
+    let mut query = QueryBuilder::<Sqlite>::new(head);
+    let mut list = query.separated(", ");
+    for id in ids {
+        list.push_bind(*id);
+    }
+    query.push(")");
+    query
 }
 
 /// Deletes the globally oldest rows until at least `messages` rows and `bytes` payload
