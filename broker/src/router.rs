@@ -2,8 +2,9 @@
 //! session with a matching subscription, and durably so where the publisher's
 //! acknowledgement depends on it.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use parking_lot::RwLock;
 use tokio::sync::mpsc::PermitIterator;
@@ -22,6 +23,9 @@ use crate::subscriptions::Matched;
 /// slice of the publisher's read buffer, which a backlog would otherwise keep alive.
 const SHARE_BUFFER_BELOW: usize = 64;
 
+/// Least time between two queue-full warnings in the log.
+const DROP_WARNING_INTERVAL_MS: u64 = 10_000;
+
 /// Delivery targets handled per reservation of persistence room.
 const CHUNK: usize = 1024;
 
@@ -36,6 +40,9 @@ pub(crate) struct Router {
     pub acl: Option<Arc<Acl>>,
     pub limits: SessionLimits,
     pub metrics: Arc<Metrics>,
+    pub started: Instant,
+    /// Milliseconds after `started` of the last queue-full warning (0: none yet).
+    pub last_drop_warning_ms: AtomicU64,
 }
 
 /// Persistence state of one message being delivered: room reserved in the persistence
@@ -241,20 +248,35 @@ impl Router {
                 }
             }
             Enqueued::Dropped => {
-                self.metrics
+                let dropped = self
+                    .metrics
                     .messages_dropped
-                    .fetch_add(1, Ordering::Relaxed);
-                if !was_dropping {
+                    .fetch_add(1, Ordering::Relaxed)
+                    + 1;
+                if !was_dropping && self.drop_warning_due() {
                     tracing::warn!(
                         client_id = %session.client_id,
                         queued = inner.state.queued_len(),
-                        dropped_total = inner.state.dropped(),
-                        "session queue full: dropping messages"
+                        session_dropped = inner.state.dropped(),
+                        broker_dropped = dropped,
+                        "session queue full: dropping messages (next warning in 10 s at the earliest)"
                     );
                 }
             }
             Enqueued::Skipped => {}
         }
+    }
+
+    /// Whether a queue-full warning may be logged now: at most one per
+    /// [`DROP_WARNING_INTERVAL_MS`] for the whole broker (every drop is counted anyway).
+    fn drop_warning_due(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_drop_warning_ms.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= DROP_WARNING_INTERVAL_MS)
+            && self
+                .last_drop_warning_ms
+                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     fn store_body(&self, message: &Message, durable: &mut Durable<'_, '_>) -> Option<i64> {

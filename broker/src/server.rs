@@ -2,6 +2,7 @@
 //! binds its listeners and runs it, [`RunningBroker`] tells where it listens and stops it.
 
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,6 +134,8 @@ impl Broker {
                     max_queued_bytes: limits.max_queued_bytes,
                 },
                 metrics: metrics.clone(),
+                started: Instant::now(),
+                last_drop_warning_ms: AtomicU64::new(0),
             },
             registry: Registry::new(limits.max_sessions),
             passwords,
