@@ -94,6 +94,9 @@ pub struct ListenerConfig {
     pub protocol: ListenerProtocol,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// TLS listeners: clients must show a certificate issued by this CA (PEM). Such a
+    /// client counts as authenticated for `allow_anonymous`.
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl ListenerConfig {
@@ -104,6 +107,7 @@ impl ListenerConfig {
             protocol: ListenerProtocol::Mqtt,
             cert_file: None,
             key_file: None,
+            client_ca_file: None,
         }
     }
 }
@@ -183,13 +187,8 @@ pub struct AuthConfig {
     pub acl_file: Option<PathBuf>,
 }
 
-/// The IoT platform mode's settings (`platform: { org, ... }`); read, not yet enforced.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct PlatformConfig {
-    pub org: String,
-    #[serde(flatten)]
-    pub other: serde_yaml::Mapping,
-}
+/// The IoT platform mode's settings (`platform: { org, registry, ... }`).
+pub use crate::platform::PlatformConfig;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -285,6 +284,9 @@ impl Config {
         if let Some(persistence) = &mut self.persistence {
             resolve(&mut persistence.path);
         }
+        if let Some(registry) = self.platform.as_mut().and_then(|p| p.registry.as_mut()) {
+            resolve(registry);
+        }
         for path in [&mut self.auth.password_file, &mut self.auth.acl_file]
             .into_iter()
             .flatten()
@@ -292,8 +294,12 @@ impl Config {
             resolve(path);
         }
         for listener in &mut self.listeners {
-            for path in [&mut listener.cert_file, &mut listener.key_file]
-                .into_iter()
+            for path in [
+                &mut listener.cert_file,
+                &mut listener.key_file,
+                &mut listener.client_ca_file,
+            ]
+            .into_iter()
                 .flatten()
             {
                 resolve(path);
@@ -358,6 +364,15 @@ impl Config {
                     "a TLS listener needs cert_file and key_file",
                 ));
             }
+            if !tls && listener.client_ca_file.is_some() {
+                return Err(invalid(
+                    "listeners.client_ca_file",
+                    "client certificates need a TLS listener (mqtts or wss)",
+                ));
+            }
+        }
+        if let Some((key, message)) = self.platform.as_ref().and_then(|p| p.problem()) {
+            return Err(invalid(key, &message));
         }
         Ok(())
     }
@@ -467,7 +482,7 @@ limits:
 persistence: { path: /var/lib/fieldbridge-broker/broker.db, synchronous: normal }
 auth: { password_file: passwd, acl_file: acl }
 sys_interval: 30s
-platform: { org: myorg, tokens: x }
+platform: { org: myorg, registry: registry.db }
 "#,
         )
         .expect("parses");

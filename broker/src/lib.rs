@@ -15,10 +15,12 @@ pub mod codec;
 pub mod config;
 pub mod message;
 pub mod persistence;
+pub mod platform;
 pub mod retained;
 pub mod session;
 pub mod subscriptions;
 pub mod topic;
+pub mod transport;
 
 mod connection;
 mod context;
