@@ -1,4 +1,7 @@
-//! `fieldbridge-broker`: run the MQTT broker, or manage its password file.
+//! `fieldbridge-broker`: run the MQTT broker, or manage its password file and its
+//! platform registry.
+
+mod platform_cli;
 
 use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
@@ -44,6 +47,16 @@ enum Command {
         user: String,
         password: Option<String>,
     },
+    /// Manages the devices of the platform registry (`platform.registry` of the config).
+    Device {
+        #[command(subcommand)]
+        command: platform_cli::DeviceCommand,
+    },
+    /// Manages the applications of the platform registry.
+    App {
+        #[command(subcommand)]
+        command: platform_cli::AppCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -56,6 +69,8 @@ fn main() -> ExitCode {
             user,
             password,
         }) => passwd(&file, &user, delete, batch.then_some(password).flatten()),
+        Some(Command::Device { command }) => platform_cli::device(command),
+        Some(Command::App { command }) => platform_cli::app(command),
         None => run(cli.config.as_deref(), cli.listen),
     };
     match result {

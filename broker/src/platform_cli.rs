@@ -1,0 +1,181 @@
+//! `fieldbridge-broker device ...` and `fieldbridge-broker app ...`: the platform registry
+//! named by a broker configuration file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use fieldbridge_broker::platform::PlatformRegistry;
+use fieldbridge_broker::Config;
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Registers a device and prints its token (shown this once only) on the last line.
+    Add {
+        /// Broker configuration file with a `platform` section.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Device type (1 to 36 of A-Z a-z 0-9 . _ -).
+        #[arg(long = "type", value_name = "TYPE")]
+        device_type: String,
+        /// Device id (1 to 36 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        id: String,
+        /// Metadata to keep with the device (a JSON object).
+        #[arg(long, value_name = "JSON")]
+        metadata: Option<String>,
+    },
+    /// Removes a device: it can no longer connect.
+    Remove {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long = "type", value_name = "TYPE")]
+        device_type: String,
+        #[arg(long)]
+        id: String,
+    },
+    /// Lists the registered devices: type, id, registration time, metadata.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AppCommand {
+    /// Registers an application and prints `<api key> <token>` (shown this once only) on
+    /// the last line.
+    Add {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Application id (1 to 36 of A-Z a-z 0-9 . _ -).
+        #[arg(long)]
+        id: String,
+    },
+    /// Removes an application: its API key stops working.
+    Remove {
+        #[arg(long, short)]
+        config: PathBuf,
+        #[arg(long)]
+        id: String,
+    },
+    /// Lists the registered applications: id, API key, registration time.
+    List {
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+}
+
+/// The organization and the registry of a configuration file.
+fn open(config_path: &Path) -> anyhow::Result<(String, PlatformRegistry, tokio::runtime::Runtime)> {
+    let config = Config::load(config_path)?;
+    let Some(platform) = config.platform else {
+        bail!("{} has no platform section", config_path.display());
+    };
+    let Some(registry) = platform.registry else {
+        bail!(
+            "{}: platform.registry is not set (quickstart has no registry)",
+            config_path.display()
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let opened = runtime.block_on(PlatformRegistry::open(&registry))?;
+    Ok((platform.org, opened, runtime))
+}
+
+pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
+    match command {
+        DeviceCommand::Add {
+            config,
+            device_type,
+            id,
+            metadata,
+        } => {
+            let (org, registry, runtime) = open(&config)?;
+            let token = runtime.block_on(async {
+                let token = registry
+                    .add_device(&device_type, &id, metadata.as_deref())
+                    .await;
+                registry.close().await;
+                token
+            })?;
+            println!("Registered device {device_type}/{id} of {org}; client id d:{org}:{device_type}:{id}, user name use-token-auth.");
+            println!("Its token, shown this once only:");
+            println!("{token}");
+        }
+        DeviceCommand::Remove {
+            config,
+            device_type,
+            id,
+        } => {
+            let (_, registry, runtime) = open(&config)?;
+            let removed = runtime.block_on(async {
+                let removed = registry.remove_device(&device_type, &id).await;
+                registry.close().await;
+                removed
+            })?;
+            if !removed {
+                bail!("no device {device_type}/{id} is registered");
+            }
+            println!("Removed device {device_type}/{id}.");
+        }
+        DeviceCommand::List { config } => {
+            let (_, registry, runtime) = open(&config)?;
+            let devices = runtime.block_on(async {
+                let devices = registry.devices().await;
+                registry.close().await;
+                devices
+            })?;
+            for device in devices {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    device.device_type, device.device_id, device.created, device.metadata
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn app(command: AppCommand) -> anyhow::Result<()> {
+    match command {
+        AppCommand::Add { config, id } => {
+            let (org, registry, runtime) = open(&config)?;
+            let credentials = runtime.block_on(async {
+                let credentials = registry.add_app(&org, &id).await;
+                registry.close().await;
+                credentials
+            })?;
+            println!("Registered application {id} of {org}; client id a:{org}:{id} (or A:{org}:{id} to share the load).");
+            println!("Its API key (the user name) and token (the password), the token shown this once only:");
+            println!("{} {}", credentials.api_key, credentials.token);
+        }
+        AppCommand::Remove { config, id } => {
+            let (_, registry, runtime) = open(&config)?;
+            let removed = runtime.block_on(async {
+                let removed = registry.remove_app(&id).await;
+                registry.close().await;
+                removed
+            })?;
+            if !removed {
+                bail!("no application {id} is registered");
+            }
+            println!("Removed application {id}.");
+        }
+        AppCommand::List { config } => {
+            let (_, registry, runtime) = open(&config)?;
+            let apps = runtime.block_on(async {
+                let apps = registry.apps().await;
+                registry.close().await;
+                apps
+            })?;
+            for app in apps {
+                println!("{}\t{}\t{}", app.app_id, app.api_key, app.created);
+            }
+        }
+    }
+    Ok(())
+}
