@@ -834,6 +834,17 @@ impl Connection {
     }
 
     fn write_outgoing(&mut self, outgoing: Vec<Outgoing>) {
+        // One allocation for the batch instead of growing the buffer packet by packet.
+        let estimate: usize = outgoing
+            .iter()
+            .map(|item| match item {
+                Outgoing::Publish { publish, .. } => {
+                    publish.topic.len() + publish.payload.len() + 9
+                }
+                Outgoing::PubRel { .. } => 4,
+            })
+            .sum();
+        self.wbuf.reserve(estimate);
         for item in &outgoing {
             match item {
                 Outgoing::Publish { publish, .. } => {

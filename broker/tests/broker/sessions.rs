@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fieldbridge_broker::codec::{ConnectReturnCode, Packet, QoS};
+use fieldbridge_broker::codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
 
 use crate::common::{
     config, connect_packet, payload, publish, start, wait_until, will, Raw, Silence,
@@ -303,4 +303,44 @@ async fn max_connections() {
             other => panic!("no slot freed: {other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn session_and_subscription_limits() {
+    let mut cfg = config();
+    cfg.limits.max_sessions = 2;
+    cfg.limits.max_subscriptions_per_session = 2;
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    let (mut one, _) = Raw::connect(addr, "one", false).await;
+    let granted = |qos| SubscribeReturnCode::Success(qos);
+    assert_eq!(
+        one.subscribe(&[
+            ("a", QoS::AtMostOnce),
+            ("b", QoS::AtMostOnce),
+            ("c", QoS::AtMostOnce)
+        ])
+        .await,
+        vec![
+            granted(QoS::AtMostOnce),
+            granted(QoS::AtMostOnce),
+            SubscribeReturnCode::Failure
+        ]
+    );
+    assert_eq!(
+        one.subscribe(&[("a", QoS::AtLeastOnce)]).await,
+        vec![granted(QoS::AtLeastOnce)],
+        "replacing a subscription is not one more"
+    );
+    one.disconnect().await;
+    let (_two, _) = Raw::connect(addr, "two", true).await;
+    let (mut three, connack) = Raw::connect_with(addr, connect_packet("three", true)).await;
+    assert_eq!(
+        connack.code,
+        ConnectReturnCode::ServerUnavailable,
+        "the absent persistent session counts"
+    );
+    three.expect_closed().await;
+    let (_again, present) = Raw::connect(addr, "one", false).await;
+    assert!(present, "an existing session is resumed at the limit");
 }
