@@ -27,9 +27,12 @@ use crate::context::BrokerContext;
 use crate::message::Message;
 use crate::metrics::LocalCounters;
 use crate::persistence::{NotDurable, Op};
+use crate::platform::status::Action;
+use crate::platform::{Admission, Inbound, PlatformClient};
 use crate::registry::{ConnectionSignal, Kick, Link, Session};
 use crate::router::MatchBuffer;
 use crate::session::{Acked, Outgoing};
+use crate::transport::{ClientStream, Upgrade};
 
 /// Output buffered before the task stops reading from the client and taking messages from
 /// its session: a client that does not read costs at most about this much.
@@ -103,6 +106,8 @@ pub(crate) struct Accepted {
     pub ctx: Arc<BrokerContext>,
     /// Its place under `max_connections`.
     pub slot: OwnedSemaphorePermit,
+    /// TLS and WebSocket handshakes to run first (none for plain MQTT).
+    pub upgrade: Option<Arc<Upgrade>>,
 }
 
 /// Serves one accepted TCP connection until it ends.
@@ -120,12 +125,14 @@ pub(crate) async fn serve(accepted: Box<Accepted>) {
 /// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
 async fn open(accepted: Box<Accepted>) -> Option<Connection> {
     let Accepted {
-        mut stream,
+        stream,
         peer,
         listener,
         ctx,
         slot,
+        upgrade,
     } = *accepted;
+    let mut stream = crate::transport::establish(upgrade, stream, peer, &ctx).await?;
     let mut rbuf = BytesMut::new();
     let first = tokio::select! {
         first = timeout(ctx.limits.connect_timeout, read_first_packet(&mut stream, &mut rbuf, ctx.max_packet_size())) => first,
@@ -166,7 +173,7 @@ enum FirstPacketError {
 }
 
 async fn read_first_packet(
-    stream: &mut TcpStream,
+    stream: &mut ClientStream,
     rbuf: &mut BytesMut,
     max: usize,
 ) -> Result<Packet, FirstPacketError> {
@@ -183,20 +190,24 @@ async fn read_first_packet(
     }
 }
 
-async fn refuse(stream: &mut TcpStream, code: ConnectReturnCode) {
+async fn refuse(stream: &mut ClientStream, code: ConnectReturnCode) {
     let mut buf = BytesMut::new();
     let connack = Packet::ConnAck(ConnAck {
         session_present: false,
         code,
     });
     if codec::encode(&connack, &mut buf).is_ok() {
-        let _ = timeout(LINGER, stream.write_all(&buf)).await;
+        let _ = timeout(LINGER, async {
+            stream.write_all(&buf).await?;
+            stream.flush().await
+        })
+        .await;
     }
 }
 
 /// Checks a CONNECT and attaches the client to its session; `None` when refused.
 async fn handshake(
-    mut stream: TcpStream,
+    mut stream: ClientStream,
     peer: SocketAddr,
     listener: ListenerInfo,
     ctx: Arc<BrokerContext>,
@@ -232,6 +243,35 @@ async fn handshake(
             ..will
         })
     });
+    let mut verified = stream.client_verified();
+    let mut platform = None;
+    let (client_id, clean_session, will) = match &ctx.platform {
+        None => (client_id, clean_session, will),
+        Some(platform_mode) => {
+            let admission = Admission {
+                client_id: &client_id,
+                username: username.as_deref(),
+                password: password.as_deref(),
+                will,
+                clean_session,
+                peer,
+                local: listener.local,
+                transport: stream.transport(),
+            };
+            match platform_mode.admit(admission).await {
+                Ok(admitted) => {
+                    verified |= admitted.authenticated;
+                    platform = Some(admitted.client);
+                    (admitted.session_name, admitted.clean_session, admitted.will)
+                }
+                Err(refused) => {
+                    tracing::info!(%peer, %client_id, reason = %refused.reason, "platform client refused");
+                    refuse(&mut stream, refused.code).await;
+                    return None;
+                }
+            }
+        }
+    };
 
     let authenticated = match (&ctx.passwords, &username) {
         (Some(passwords), Some(user)) => {
@@ -256,7 +296,7 @@ async fn handshake(
         AnonymousPolicy::Never => false,
         AnonymousPolicy::Loopback => listener.loopback,
     };
-    if !authenticated && !anonymous_allowed {
+    if !verified && !authenticated && !anonymous_allowed {
         tracing::info!(%peer, %client_id, listener = %listener.local, "anonymous client refused");
         refuse(&mut stream, ConnectReturnCode::NotAuthorized).await;
         return None;
@@ -323,7 +363,12 @@ async fn handshake(
         matches: None,
         ctx,
         _slot: slot,
+        platform,
     };
+    if let Some(client) = &connection.platform {
+        crate::platform::status::publish(&connection.ctx, client, Action::Connect, None, true)
+            .await;
+    }
     connection.write_packet(&Packet::ConnAck(ConnAck {
         session_present: attached.session_present,
         code: ConnectReturnCode::Accepted,
@@ -364,7 +409,7 @@ async fn check_password(
 
 /// An accepted client. Kept small: every idle connection holds one.
 struct Connection {
-    stream: TcpStream,
+    stream: ClientStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     session: Arc<Session>,
@@ -375,6 +420,8 @@ struct Connection {
     matches: Option<Box<MatchBuffer>>,
     ctx: Arc<BrokerContext>,
     _slot: OwnedSemaphorePermit,
+    /// Platform mode: who the client is, its topic space and status facts.
+    platform: Option<Box<PlatformClient>>,
 }
 
 impl Connection {
@@ -382,9 +429,16 @@ impl Connection {
         if self.ctx.shutdown.is_cancelled() {
             return End::Kicked(Kick::Shutdown);
         }
+        // Packets that came in the same read as the CONNECT.
+        if let Some(end) = Box::pin(self.process_packets()).await {
+            return end;
+        }
         loop {
             if let Some(end) = self.pull_outgoing() {
                 return end;
+            }
+            if let Some(client) = self.platform.as_deref_mut() {
+                client.count(&self.counters);
             }
             self.counters.flush(&self.ctx.metrics);
             match std::future::poll_fn(|cx| self.poll_event(cx)).await {
@@ -560,6 +614,14 @@ impl Connection {
                 publish.payload.len()
             )));
         }
+        let publish = match self.platform.as_deref_mut() {
+            None => publish,
+            Some(client) => match client.inbound(publish) {
+                Inbound::Route(publish) => publish,
+                Inbound::Drop => return Ok(()),
+                Inbound::Refuse(reason) => return Err(End::Protocol(reason)),
+            },
+        };
         let allowed = if publish.topic.starts_with("$SYS") {
             false
         } else {
@@ -715,6 +777,19 @@ impl Connection {
                 _ => None,
             };
             for filter in chunk {
+                let mapped;
+                let filter = match self.platform.as_deref().map(|c| c.subscription(filter)) {
+                    None => filter,
+                    Some(Ok(platform_filter)) => {
+                        mapped = platform_filter;
+                        &mapped
+                    }
+                    Some(Err(refusal)) => {
+                        tracing::info!(client_id = %self.session.client_id, filter = %filter.filter, %refusal, "subscription refused by the platform");
+                        return_codes.push(SubscribeReturnCode::Failure);
+                        continue;
+                    }
+                };
                 let allowed = self.may_subscribe(&filter.filter);
                 if !allowed {
                     tracing::info!(client_id = %self.session.client_id, filter = %filter.filter, "subscription refused by the ACL");
@@ -776,6 +851,15 @@ impl Connection {
                 _ => None,
             };
             for filter in chunk {
+                let mapped;
+                let filter = match self.platform.as_deref().map(|c| c.unsubscription(filter)) {
+                    None => filter,
+                    Some(Some(platform_filter)) => {
+                        mapped = platform_filter;
+                        &mapped
+                    }
+                    Some(None) => continue,
+                };
                 let mut inner = self.session.inner.lock();
                 if inner.state.remove_subscription(filter) {
                     self.ctx
@@ -857,6 +941,10 @@ impl Connection {
     }
 
     fn write_publish(&mut self, publish: &Publish) {
+        if let Some(view) = self.platform.as_deref().and_then(|c| c.outbound(publish)) {
+            self.write_packet(&Packet::Publish(view));
+            return;
+        }
         // Cloning a Publish clones reference counts only.
         self.write_packet(&Packet::Publish(publish.clone()));
     }
@@ -869,6 +957,9 @@ impl Connection {
 
     /// Ends the connection: last bytes out, session detached, will published if due.
     async fn finish(mut self, end: End) {
+        if let Some(client) = self.platform.as_deref_mut() {
+            client.count(&self.counters);
+        }
         self.counters.flush(&self.ctx.metrics);
         match &end {
             End::Disconnect | End::Closed | End::Kicked(Kick::TakenOver | Kick::Shutdown) => {
@@ -898,6 +989,19 @@ impl Connection {
             .metrics
             .clients_connected
             .fetch_sub(1, Ordering::Relaxed);
+        if let Some(client) = self.platform.take() {
+            let reason = end.to_string();
+            // A taken-over client is connected again: its new status stays the retained one.
+            let retain = !matches!(end, End::Kicked(Kick::TakenOver));
+            crate::platform::status::publish(
+                &self.ctx,
+                &client,
+                Action::Disconnect,
+                Some(&reason),
+                retain,
+            )
+            .await;
+        }
         if let Some(will) = self.will.take().filter(|_| end.publishes_will()) {
             let message = Arc::new(Message::new(
                 will.topic,

@@ -20,6 +20,8 @@ pub(crate) struct BrokerContext {
     pub router: Router,
     pub registry: Registry,
     pub passwords: Option<Arc<PasswordFile>>,
+    /// The IoT platform mode, when configured.
+    pub platform: Option<Arc<crate::platform::Platform>>,
     pub anonymous: AnonymousPolicy,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,

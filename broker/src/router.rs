@@ -43,6 +43,8 @@ pub(crate) struct Router {
     pub started: Instant,
     /// Milliseconds after `started` of the last queue-full warning (0: none yet).
     pub last_drop_warning_ms: AtomicU64,
+    /// Platform mode: the sessions of a scalable application take its messages in turn.
+    pub shared_groups: Option<crate::platform::shared::SharedGroups>,
 }
 
 /// Persistence state of one message being delivered: room reserved in the persistence
@@ -72,6 +74,9 @@ impl Router {
             wait |= self.retain(&message).await? && message.qos != QoS::AtMostOnce;
         }
         self.subscriptions.read().matches(&message.topic, matches);
+        if let Some(groups) = &self.shared_groups {
+            groups.pick(matches);
+        }
         let mut detached = None;
         for chunk in matches.chunks(CHUNK) {
             let durable_count = chunk

@@ -15,16 +15,18 @@ use tokio_util::task::TaskTracker;
 
 use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, PasswordFile};
-use crate::config::{AnonymousPolicy, Config, ConfigError, ListenerProtocol};
+use crate::config::{AnonymousPolicy, Config, ConfigError};
 use crate::connection::{self, Accepted, ListenerInfo};
 use crate::context::{BrokerContext, CONCURRENT_PASSWORD_CHECKS};
 use crate::metrics::{Metrics, Stats};
 use crate::persistence::{self, Snapshot, StoreError};
+use crate::platform::{Platform, RegistryError};
 use crate::registry::{Kick, Registry};
 use crate::retained::RetainedStore;
 use crate::router::Router;
 use crate::session::{Delivery, Inflight, InflightState, SessionLimits, SessionState};
 use crate::subscriptions::SubscriptionTree;
+use crate::transport::{TransportError, Upgrade};
 
 /// Time connections get to close at shutdown before the broker stops waiting for them.
 const CONNECTIONS_GRACE: Duration = Duration::from_millis(500);
@@ -43,6 +45,10 @@ pub enum BrokerError {
     Acl(#[from] AclError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error(transparent)]
+    Platform(#[from] RegistryError),
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -57,18 +63,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(config: Config) -> Result<Self, BrokerError> {
+    pub fn new(mut config: Config) -> Result<Self, BrokerError> {
         config.validate("configuration")?;
-        for listener in config.effective_listeners() {
-            if listener.protocol != ListenerProtocol::Mqtt {
-                return Err(BrokerError::NotSupported(format!(
-                    "listener protocol {} (on {})",
-                    listener.protocol, listener.bind
-                )));
-            }
-        }
         if config.platform.is_some() {
-            return Err(BrokerError::NotSupported("platform mode".into()));
+            config.limits.max_payload = config.limits.max_payload.min(crate::platform::MAX_PAYLOAD);
         }
         Ok(Self { config })
     }
@@ -82,6 +80,10 @@ impl Broker {
     pub async fn start(self) -> Result<RunningBroker, BrokerError> {
         let config = self.config;
         let passwords = match &config.auth.password_file {
+            Some(_) if config.platform.is_some() => {
+                tracing::warn!("platform mode: the password file is not used (tokens are)");
+                None
+            }
             Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
             None => None,
         };
@@ -89,13 +91,17 @@ impl Broker {
             Some(path) => Some(Arc::new(Acl::load(path)?)),
             None => None,
         };
-        if passwords.is_none() && config.allow_anonymous == AnonymousPolicy::Never {
+        if passwords.is_none()
+            && config.platform.is_none()
+            && config.allow_anonymous == AnonymousPolicy::Never
+        {
             tracing::warn!(
                 "allow_anonymous is false and there is no password file: no client can connect"
             );
         }
         let mut listeners = Vec::new();
         for listener in config.effective_listeners() {
+            let upgrade = Upgrade::for_listener(&listener)?;
             let bound =
                 TcpListener::bind(listener.bind)
                     .await
@@ -111,7 +117,7 @@ impl Broker {
                 local,
                 loopback: local.ip().is_loopback(),
             };
-            listeners.push((bound, info));
+            listeners.push((bound, info, upgrade));
         }
         let (store, snapshot) = match &config.persistence {
             Some(persistence) => {
@@ -119,6 +125,10 @@ impl Broker {
                 (Some(store), snapshot)
             }
             None => (None, Snapshot::default()),
+        };
+        let platform = match &config.platform {
+            Some(platform) => Some(Arc::new(Platform::open(platform).await?)),
+            None => None,
         };
         let limits = config.limits.clone();
         let metrics = Arc::new(Metrics::default());
@@ -136,9 +146,11 @@ impl Broker {
                 metrics: metrics.clone(),
                 started: Instant::now(),
                 last_drop_warning_ms: AtomicU64::new(0),
+                shared_groups: config.platform.as_ref().map(|_| Default::default()),
             },
             registry: Registry::new(limits.max_sessions),
             passwords,
+            platform,
             anonymous: config.allow_anonymous,
             metrics,
             password_checks: Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
@@ -151,12 +163,13 @@ impl Broker {
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
         let mut local_addrs = Vec::new();
-        for (listener, info) in listeners {
+        for (listener, info, upgrade) in listeners {
             tracing::info!(address = %info.local, "listening");
             local_addrs.push(info.local);
             tracker.spawn(accept_loop(
                 listener,
                 info,
+                upgrade,
                 ctx.clone(),
                 slots.clone(),
                 tracker.clone(),
@@ -227,6 +240,7 @@ fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
 async fn accept_loop(
     listener: TcpListener,
     info: ListenerInfo,
+    upgrade: Option<Arc<Upgrade>>,
     ctx: Arc<BrokerContext>,
     slots: Arc<Semaphore>,
     tracker: TaskTracker,
@@ -249,6 +263,7 @@ async fn accept_loop(
                     listener: info,
                     ctx: ctx.clone(),
                     slot,
+                    upgrade: upgrade.clone(),
                 })));
             }
             Err(error) => {
@@ -294,6 +309,9 @@ async fn supervise(ctx: Arc<BrokerContext>, tracker: TaskTracker) {
         {
             tracing::error!("persistence did not finish its last writes in time");
         }
+    }
+    if let Some(platform) = &ctx.platform {
+        platform.close().await;
     }
     tracing::info!("broker stopped");
 }

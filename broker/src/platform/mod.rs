@@ -151,6 +151,7 @@ pub(crate) struct Admission<'a> {
     pub client_id: &'a str,
     pub username: Option<&'a str>,
     pub password: Option<&'a [u8]>,
+    pub will: Option<Box<LastWill>>,
     pub clean_session: bool,
     pub peer: SocketAddr,
     pub local: SocketAddr,
@@ -163,6 +164,8 @@ pub(crate) struct Admitted {
     /// The session's name: the client id, or a member name for scalable applications.
     pub session_name: ByteString,
     pub clean_session: bool,
+    /// The will, checked and rewritten like a PUBLISH.
+    pub will: Option<Box<LastWill>>,
     /// False in quickstart: the listener's anonymous policy decides.
     pub authenticated: bool,
 }
@@ -245,21 +248,31 @@ impl Platform {
             } => Some(DeviceTopics::new(device_type, device_id)),
             ClientKind::Application { .. } => None,
         };
+        let client = Box::new(PlatformClient {
+            identity,
+            topics,
+            quickstart: self.quickstart,
+            username: admission.username.map(str::to_owned),
+            peer: admission.peer,
+            local_port: admission.local.port(),
+            transport: admission.transport,
+            connected_at: SystemTime::now(),
+            totals: Totals::default(),
+            events: quickstart::EventRate::default(),
+        });
+        let will = match admission.will {
+            Some(will) => Some(
+                client
+                    .will(will)
+                    .map_err(|reason| refused(NotAuthorized, reason))?,
+            ),
+            None => None,
+        };
         Ok(Admitted {
-            client: Box::new(PlatformClient {
-                identity,
-                topics,
-                quickstart: self.quickstart,
-                username: admission.username.map(str::to_owned),
-                peer: admission.peer,
-                local_port: admission.local.port(),
-                transport: admission.transport,
-                connected_at: SystemTime::now(),
-                totals: Totals::default(),
-                events: quickstart::EventRate::default(),
-            }),
+            client,
             session_name,
             clean_session,
+            will,
             authenticated,
         })
     }

@@ -60,6 +60,8 @@ pub(crate) fn document(
             object.insert("ReadMsg".into(), json!(totals.read_messages));
             object.insert("WriteBytes".into(), json!(totals.write_bytes));
             object.insert("WriteMsg".into(), json!(totals.write_messages));
+            // Quickstart: events over the rate limit.
+            object.insert("DroppedMsg".into(), json!(client.dropped_events()));
         }
     }
     document

@@ -22,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::{ListenerConfig, ListenerProtocol};
+use crate::context::BrokerContext;
 
 pub use tls::TransportError;
 
@@ -369,6 +370,37 @@ impl Upgrade {
         Ok(ClientStream::Adapted(Box::new(Buffered::new(
             io, transport, verified,
         ))))
+    }
+}
+
+/// The client's stream once the listener's handshakes (if any) are done, within
+/// `connect_timeout`; `None` if they fail (logged).
+pub(crate) async fn establish(
+    upgrade: Option<Arc<Upgrade>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    ctx: &BrokerContext,
+) -> Option<ClientStream> {
+    let Some(upgrade) = upgrade else {
+        return Some(ClientStream::Tcp(stream));
+    };
+    let upgraded = tokio::select! {
+        upgraded = tokio::time::timeout(
+            ctx.limits.connect_timeout,
+            upgrade.upgrade(stream, peer, ctx.max_packet_size()),
+        ) => upgraded,
+        () = ctx.shutdown.cancelled() => return None,
+    };
+    match upgraded {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(error)) => {
+            tracing::info!(%peer, %error, protocol = %upgrade.protocol, "handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::info!(%peer, protocol = %upgrade.protocol, "handshake not finished in time");
+            None
+        }
     }
 }
 
