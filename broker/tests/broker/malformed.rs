@@ -246,3 +246,30 @@ async fn silent_connections_are_closed_after_the_connect_timeout() {
     );
     still_serving(addr).await;
 }
+
+/// Packets sent right behind the CONNECT, in the same segment, are handled at once.
+#[tokio::test]
+async fn pipelined_packets_after_connect() {
+    let broker = start(config()).await;
+    let mut bytes = Vec::new();
+    let mut out = bytes::BytesMut::new();
+    for packet in [
+        Packet::Connect(connect_packet("eager", true)),
+        Packet::Subscribe(fieldbridge_broker::codec::Subscribe {
+            pkid: 5,
+            filters: vec![fieldbridge_broker::codec::SubscribeFilter::new(
+                "e",
+                QoS::AtMostOnce,
+            )],
+        }),
+        Packet::PingReq,
+    ] {
+        fieldbridge_broker::codec::encode(&packet, &mut out).expect("encodes");
+    }
+    bytes.extend_from_slice(&out);
+    let mut raw = Raw::tcp(broker.local_addr()).await;
+    raw.write(&bytes).await;
+    assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
+    assert!(matches!(raw.recv().await, Packet::SubAck(_)));
+    assert_eq!(raw.recv().await, Packet::PingResp);
+}

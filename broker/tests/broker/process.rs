@@ -117,7 +117,7 @@ async fn config_errors_name_the_file_key_and_line() {
     let file = write_file(
         dir.path(),
         "tls.yaml",
-        "listeners: [{ bind: \"127.0.0.1:0\", protocol: ws }]\n",
+        "listeners: [{ bind: \"127.0.0.1:0\", protocol: mqtts }]\n",
     );
     let (ok, _, stderr) = run(
         env!("CARGO_BIN_EXE_fieldbridge-broker"),
@@ -125,7 +125,10 @@ async fn config_errors_name_the_file_key_and_line() {
     )
     .await;
     assert!(!ok);
-    assert!(stderr.contains("not supported yet"), "{stderr}");
+    assert!(
+        stderr.contains("tls.yaml") && stderr.contains("cert_file"),
+        "{stderr}"
+    );
 }
 
 #[tokio::test]
