@@ -31,6 +31,7 @@ pub struct SimSlave {
     requests: Arc<AtomicU64>,
     silent: Arc<AtomicBool>,
     delay_ms: Arc<AtomicU64>,
+    last_write_function: Arc<std::sync::atomic::AtomicU8>,
 }
 
 impl Default for SimSlave {
@@ -45,6 +46,7 @@ impl Default for SimSlave {
             requests: Arc::new(AtomicU64::new(0)),
             silent: Arc::new(AtomicBool::new(false)),
             delay_ms: Arc::new(AtomicU64::new(0)),
+            last_write_function: Arc::default(),
         }
     }
 }
@@ -99,8 +101,23 @@ impl SimSlave {
         std::time::Duration::from_millis(self.delay_ms.load(Ordering::Relaxed))
     }
 
+    /// The function code of the last write request (5, 6, 15 or 16), 0 before any.
+    pub fn last_write_function(&self) -> u8 {
+        self.last_write_function.load(Ordering::Relaxed)
+    }
+
     fn handle(&self, request: Request<'_>) -> Option<Result<Response, ExceptionCode>> {
         self.requests.fetch_add(1, Ordering::Relaxed);
+        let function = match &request {
+            Request::WriteSingleCoil(..) => 5,
+            Request::WriteSingleRegister(..) => 6,
+            Request::WriteMultipleCoils(..) => 15,
+            Request::WriteMultipleRegisters(..) => 16,
+            _ => 0,
+        };
+        if function != 0 {
+            self.last_write_function.store(function, Ordering::Relaxed);
+        }
         if self.silent.load(Ordering::Relaxed) {
             return None;
         }

@@ -350,3 +350,33 @@ devices:
     assert_eq!(next_reading(&mut run.events, "noisy").await["v"], 300);
     run.gateway.shutdown().await;
 }
+
+#[tokio::test]
+async fn writes_use_single_or_multiple_function_codes_as_configured() {
+    use fieldbridge::bus::modbus::WriteData;
+    let (plc, single) = (SimSlave::default(), SimSlave::default());
+    let (port, _server) = tcp_sim(SimBus::new([(1, plc.clone()), (2, single.clone())])).await;
+    let run = start(&format!(
+        r#"
+buses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port}, timeout: 1s }}]
+devices:
+  - {{ id: strict, type: t, bus: plc, unit: 1, always_write_multiple: true, registers: [{{ name: v, kind: holding, address: 0, type: u16 }}] }}
+  - {{ id: plain, type: t, bus: plc, unit: 2, registers: [{{ name: v, kind: holding, address: 0, type: u16 }}] }}
+"#
+    ));
+    let strict = run.gateway.device_bus("strict").unwrap();
+    let plain = run.gateway.device_bus("plain").unwrap();
+    for (bus, slave, data, function) in [
+        (&strict, &plc, WriteData::Registers(vec![7]), 16),
+        (&strict, &plc, WriteData::Coils(vec![true]), 15),
+        (&plain, &single, WriteData::Registers(vec![8]), 6),
+        (&plain, &single, WriteData::Coils(vec![true]), 5),
+        (&plain, &single, WriteData::Registers(vec![1, 2]), 16),
+    ] {
+        bus.write(4, data, None).await.unwrap();
+        assert_eq!(slave.last_write_function(), function);
+    }
+    assert_eq!(plc.holding(4, 1), [7]);
+    assert_eq!(single.holding(4, 2), [1, 2]);
+    run.gateway.shutdown().await;
+}
