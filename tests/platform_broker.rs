@@ -1,0 +1,319 @@
+//! The gateway, unchanged, against the companion broker in platform mode: a device
+//! registered with `fieldbridge-broker device add`, the gateway configured with its token
+//! and the platform topic scheme, a Modbus simulator behind it. Events reach an
+//! application on the full topic; an application's command is written to the simulator
+//! and its `cmd-result` comes back.
+//!
+//! The broker binary is the one `cargo test --workspace` builds beside this test; when it
+//! is not there (this package tested alone), the same registry and broker run in process.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Subscriber, SubscriberConfig, DEADLINE};
+use fieldbridge::sim::{self, SimBus, SimSlave};
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use serde_json::{json, Value};
+
+const GATEWAY: &str = env!("CARGO_BIN_EXE_fieldbridge");
+
+/// `fieldbridge-broker` beside this test's directory (target/debug), if built.
+fn broker_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let binary = exe.parent()?.parent()?.join("fieldbridge-broker");
+    binary.is_file().then_some(binary)
+}
+
+/// Kills the child process when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The broker, as a process or in process; stopped when dropped.
+struct Broker {
+    _process: Option<Process>,
+    _in_process: Option<fieldbridge_broker::RunningBroker>,
+}
+
+/// Runs `fieldbridge-broker ARGS` to completion; returns its standard output's last line.
+fn cli(binary: &Path, args: &[&str]) -> String {
+    let output = Command::new(binary)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("fieldbridge-broker runs");
+    assert!(
+        output.status.success(),
+        "fieldbridge-broker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .expect("a last line")
+        .to_owned()
+}
+
+/// Registers boiler/boiler-1 and the applications dash and ops; returns the device token
+/// and the applications' (API key, token).
+async fn register(config: &Path, registry: &Path) -> (String, (String, String), (String, String)) {
+    let app_credentials = |line: String| {
+        let (key, token) = line.split_once(' ').expect("<api key> <token>");
+        (key.to_owned(), token.to_owned())
+    };
+    match broker_binary() {
+        Some(binary) => {
+            let config = config.to_str().expect("UTF-8 path");
+            let token = cli(
+                &binary,
+                &[
+                    "device", "add", "--config", config, "--type", "boiler", "--id", "boiler-1",
+                ],
+            );
+            let dash = app_credentials(cli(
+                &binary,
+                &["app", "add", "--config", config, "--id", "dash"],
+            ));
+            let ops = app_credentials(cli(
+                &binary,
+                &["app", "add", "--config", config, "--id", "ops"],
+            ));
+            (token, dash, ops)
+        }
+        None => {
+            eprintln!("fieldbridge-broker is not built: registering in process");
+            let registry = fieldbridge_broker::platform::PlatformRegistry::open(registry)
+                .await
+                .expect("registry");
+            let token = registry
+                .add_device("boiler", "boiler-1", None)
+                .await
+                .expect("device");
+            let app = |id: &'static str| {
+                let registry = registry.clone();
+                async move {
+                    let credentials = registry.add_app("acme", id).await.expect("app");
+                    (credentials.api_key, credentials.token)
+                }
+            };
+            let dash = app("dash").await;
+            let ops = app("ops").await;
+            registry.close().await;
+            (token, dash, ops)
+        }
+    }
+}
+
+/// Starts the broker on a free loopback port; returns it and its address.
+async fn start_broker(config: &Path) -> (Broker, SocketAddr) {
+    match broker_binary() {
+        Some(binary) => {
+            let mut child = Command::new(binary)
+                .arg("--config")
+                .arg(config)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("broker starts");
+            let stderr = child.stderr.take().expect("stderr");
+            let process = Process(child);
+            // "listening on ADDR" is the broker's stable start-up line.
+            let (found, lines) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(addr) = line.strip_prefix("listening on ") {
+                        let _ = found.send(addr.trim().to_owned());
+                    }
+                }
+            });
+            let addr = lines
+                .recv_timeout(DEADLINE)
+                .expect("the broker prints its address")
+                .parse()
+                .expect("an address");
+            let broker = Broker {
+                _process: Some(process),
+                _in_process: None,
+            };
+            (broker, addr)
+        }
+        None => {
+            let config = fieldbridge_broker::Config::load(config).expect("broker config");
+            let running = fieldbridge_broker::Broker::new(config)
+                .expect("valid")
+                .start()
+                .await
+                .expect("broker starts");
+            let addr = running.local_addr();
+            let broker = Broker {
+                _process: None,
+                _in_process: Some(running),
+            };
+            (broker, addr)
+        }
+    }
+}
+
+fn write(dir: &Path, name: &str, text: String) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write");
+    path
+}
+
+fn f32_words(value: f32) -> [u16; 2] {
+    let bits = value.to_bits();
+    [(bits >> 16) as u16, bits as u16]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_against_the_platform_broker() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = dir.path().join("registry.db");
+    let broker_config = write(
+        dir.path(),
+        "broker.yaml",
+        "listeners: [{ bind: \"127.0.0.1:0\" }]\nsys_interval: 0\nplatform: { org: acme, registry: registry.db }\n".into(),
+    );
+    let (token, dash, ops) = register(&broker_config, &registry).await;
+    let (_broker, addr) = start_broker(&broker_config).await;
+
+    let plc = SimSlave::default();
+    plc.set_holding(0, &f32_words(21.5));
+    let modbus = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let modbus_port = modbus.local_addr().expect("address").port();
+    tokio::spawn(sim::serve_tcp(modbus, SimBus::new([(1, plc.clone())])));
+
+    // The application side: events and command results, and a separate command sender.
+    let events = Subscriber::start(SubscriberConfig {
+        port: addr.port(),
+        client_id: "a:acme:dash",
+        filter: "iot-2/type/boiler/id/boiler-1/evt/+/fmt/json",
+        persistent: false,
+        credentials: Some((&dash.0, &dash.1)),
+    })
+    .await;
+
+    let gateway_config = write(
+        dir.path(),
+        "gateway.yaml",
+        format!(
+            r#"
+gateway: {{ data_dir: "{data}" }}
+upstream:
+  url: mqtt://127.0.0.1:{port}
+  org: acme
+  topic_scheme: platform
+buses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {modbus_port}, timeout: 500ms }}]
+devices:
+  - id: boiler-1
+    type: boiler
+    token: "{token}"
+    bus: plc
+    unit: 1
+    poll: 200ms
+    event: status
+    qos: 1
+    registers:
+      - {{ name: temperature, kind: holding, address: 0, type: f32 }}
+    commands:
+      - {{ name: setpoint, kind: holding, address: 20, type: f32, min: 5, max: 90 }}
+"#,
+            data = dir.path().join("data").display(),
+            port = addr.port(),
+        ),
+    );
+    let log = dir.path().join("gateway.log");
+    let _gateway = Process(
+        Command::new(GATEWAY)
+            .args(["run", "--config"])
+            .arg(&gateway_config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("log file"))
+            .spawn()
+            .expect("gateway starts"),
+    );
+    let gateway_log = || std::fs::read_to_string(&log).unwrap_or_default();
+
+    // Events arrive on the application's full topic.
+    let parsed = |payload: &[u8]| serde_json::from_slice::<Value>(payload).unwrap_or(Value::Null);
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let got = events.messages().iter().any(|m| {
+            m.topic == "iot-2/type/boiler/id/boiler-1/evt/status/fmt/json"
+                && parsed(&m.payload)["d"]["temperature"] == json!(21.5)
+        });
+        if got {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event: {}", gateway_log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // A command from another application is written and answered.
+    let mut options = MqttOptions::new("a:acme:ops", addr.ip().to_string(), addr.port());
+    options.set_credentials(ops.0.clone(), ops.1.clone());
+    let (commands, mut eventloop) = AsyncClient::new(options, 16);
+    let driver = tokio::spawn(async move {
+        loop {
+            if eventloop.poll().await.is_err() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+    let result_of = |req_id: &str| {
+        events
+            .messages()
+            .iter()
+            .filter(|m| m.topic == "iot-2/type/boiler/id/boiler-1/evt/cmd-result/fmt/json")
+            .map(|m| parsed(&m.payload))
+            .find(|result| result["reqId"] == req_id)
+    };
+    // The gateway subscribes to commands some time after connecting: send until answered.
+    let deadline = Instant::now() + DEADLINE;
+    let mut attempt = 0u32;
+    let result = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no command result: {}",
+            gateway_log()
+        );
+        let req_id = format!("setpoint-{attempt}");
+        attempt += 1;
+        commands
+            .publish(
+                "iot-2/type/boiler/id/boiler-1/cmd/setpoint/fmt/json",
+                QoS::AtLeastOnce,
+                false,
+                json!({"d": {"value": 42.5}, "reqId": req_id}).to_string(),
+            )
+            .await
+            .expect("command queued");
+        let answer_by = Instant::now() + Duration::from_secs(2);
+        let mut answer = result_of(&req_id);
+        while answer.is_none() && Instant::now() < answer_by {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            answer = result_of(&req_id);
+        }
+        if let Some(result) = answer {
+            break result;
+        }
+    };
+    assert_eq!(result["rc"], 200, "{result}");
+    assert_eq!(result["d"]["command"], "setpoint");
+    assert_eq!(plc.holding(20, 2), f32_words(42.5));
+    driver.abort();
+}
