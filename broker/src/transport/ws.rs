@@ -18,12 +18,18 @@ use tokio_tungstenite::WebSocketStream;
 /// Subprotocols accepted, in the server's order of preference.
 pub const SUBPROTOCOLS: [&str; 2] = ["mqtt", "mqttv3.1"];
 
-/// The subprotocol to answer with: the first one the client offers that we speak.
-/// `Ok(None)`: the client offered none (accepted, for clients that do not send one).
-/// `Err(())`: it offered only others.
-pub fn choose_subprotocol<'a>(
-    offered: impl IntoIterator<Item = &'a str>,
-) -> Result<Option<&'static str>, ()> {
+/// The outcome of subprotocol negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Subprotocol {
+    /// The first offered one we speak: named in the answer.
+    Chosen(&'static str),
+    /// The client offered none: accepted, for clients that do not send one.
+    NoneOffered,
+    /// The client offered only others: refused.
+    Unsupported,
+}
+
+pub fn choose_subprotocol<'a>(offered: impl IntoIterator<Item = &'a str>) -> Subprotocol {
     let mut any = false;
     for name in offered {
         let name = name.trim();
@@ -32,13 +38,40 @@ pub fn choose_subprotocol<'a>(
         }
         any = true;
         if let Some(known) = SUBPROTOCOLS.iter().find(|known| **known == name) {
-            return Ok(Some(known));
+            return Subprotocol::Chosen(known);
         }
     }
     if any {
-        Err(())
+        Subprotocol::Unsupported
     } else {
-        Ok(None)
+        Subprotocol::NoneOffered
+    }
+}
+
+/// Answers the handshake request: names the chosen subprotocol, or refuses with 400.
+/// The error type is the handshake library's.
+#[allow(clippy::result_large_err)]
+fn negotiate(request: &Request, mut response: Response) -> Result<Response, ErrorResponse> {
+    let offered = request
+        .headers()
+        .get_all("Sec-WebSocket-Protocol")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','));
+    match choose_subprotocol(offered) {
+        Subprotocol::Chosen(protocol) => {
+            response
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
+            Ok(response)
+        }
+        Subprotocol::NoneOffered => Ok(response),
+        Subprotocol::Unsupported => {
+            let mut refusal =
+                ErrorResponse::new(Some("supported subprotocols: mqtt, mqttv3.1".to_owned()));
+            *refusal.status_mut() = StatusCode::BAD_REQUEST;
+            Err(refusal)
+        }
     }
 }
 
@@ -47,34 +80,10 @@ pub async fn accept<S>(stream: S, max_message: usize) -> io::Result<WsIo<S>>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let callback = |request: &Request, mut response: Response| {
-        let offered: Vec<&str> = request
-            .headers()
-            .get_all("Sec-WebSocket-Protocol")
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .collect();
-        match choose_subprotocol(offered) {
-            Ok(Some(protocol)) => {
-                response
-                    .headers_mut()
-                    .insert("Sec-WebSocket-Protocol", HeaderValue::from_static(protocol));
-                Ok(response)
-            }
-            Ok(None) => Ok(response),
-            Err(()) => {
-                let mut refusal =
-                    ErrorResponse::new(Some("supported subprotocols: mqtt, mqttv3.1".to_owned()));
-                *refusal.status_mut() = StatusCode::BAD_REQUEST;
-                Err(refusal)
-            }
-        }
-    };
     let config = WebSocketConfig::default()
         .max_message_size(Some(max_message))
         .max_frame_size(Some(max_message));
-    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(config))
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, negotiate, Some(config))
         .await
         .map_err(into_io)?;
     Ok(WsIo {
@@ -167,14 +176,15 @@ mod tests {
 
     #[test]
     fn subprotocol_choice() {
-        let cases: [(&[&str], Result<Option<&str>, ()>); 7] = [
-            (&["mqtt"], Ok(Some("mqtt"))),
-            (&["mqttv3.1"], Ok(Some("mqttv3.1"))),
-            (&["mqttv3.1", " mqtt"], Ok(Some("mqttv3.1"))),
-            (&["wamp", "mqtt"], Ok(Some("mqtt"))),
-            (&[], Ok(None)),
-            (&[" "], Ok(None)),
-            (&["wamp", "stomp"], Err(())),
+        use Subprotocol::{Chosen, NoneOffered, Unsupported};
+        let cases: [(&[&str], Subprotocol); 7] = [
+            (&["mqtt"], Chosen("mqtt")),
+            (&["mqttv3.1"], Chosen("mqttv3.1")),
+            (&["mqttv3.1", " mqtt"], Chosen("mqttv3.1")),
+            (&["wamp", "mqtt"], Chosen("mqtt")),
+            (&[], NoneOffered),
+            (&[" "], NoneOffered),
+            (&["wamp", "stomp"], Unsupported),
         ];
         for (offered, expected) in cases {
             assert_eq!(
