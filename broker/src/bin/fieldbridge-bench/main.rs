@@ -32,12 +32,16 @@ use report::{IdleReport, Latency, LoadReport};
                   latency is queueing)."
 )]
 struct Cli {
+    /// The broker's host name or address.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// The broker's plain MQTT port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// Publishing connections.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
+    /// Subscribing connections; each receives every publisher's messages.
     #[arg(long, default_value_t = 1)]
     subscribers: usize,
     /// QoS of the publications and subscriptions (0 or 1).
@@ -73,8 +77,10 @@ struct Cli {
     /// connections (the broker's PID; with --connections-only).
     #[arg(long, value_name = "PID")]
     rss_pid: Option<u32>,
+    /// User name sent in every CONNECT.
     #[arg(long)]
     username: Option<String>,
+    /// Password sent in every CONNECT (needs --username).
     #[arg(long)]
     password: Option<String>,
     /// Keepalive announced in CONNECT; clients ping every half of it.
