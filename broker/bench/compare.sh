@@ -8,7 +8,8 @@
 # within each round, in a different order each round, and the table shows the median over
 # the rounds. The load generator (fieldbridge-bench) runs on the same cores as the broker.
 # Raw results (one JSON object per run) go to $RESULTS (default:
-# $CARGO_TARGET_DIR/broker-bench-results.jsonl).
+# $CARGO_TARGET_DIR/broker-bench-results.jsonl). Scenarios: fanin-q0 fanin-q1 fanout-q0
+# latency-fanin latency-fanout idle-10k. See docs/BENCHMARKS.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -24,7 +25,7 @@ while [ $# -gt 0 ]; do
         --repeat) repeat=$2; shift ;;
         --duration) duration=$2; shift ;;
         --only) only+=("$2"); shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
