@@ -25,7 +25,7 @@ while [ $# -gt 0 ]; do
         --repeat) repeat=$2; shift ;;
         --duration) duration=$2; shift ;;
         --only) only+=("$2"); shift ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
