@@ -610,3 +610,46 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
         ConnectReturnCode::NotAuthorized
     );
 }
+
+#[tokio::test]
+async fn anonymous_quickstart_only_on_loopback_listeners_by_default() {
+    let mut config = support::platform_config("quickstart", None);
+    config
+        .listeners
+        .push(fieldbridge_broker::config::ListenerConfig::mqtt(
+            "0.0.0.0:0".parse().expect("address"),
+        ));
+    let broker = support::start(config).await;
+    let loopback = broker.local_addrs()[0];
+    let open = std::net::SocketAddr::from(([127, 0, 0, 1], broker.local_addrs()[1].port()));
+    let quick = || connect_packet("d:quickstart:sensor:s1", None, None);
+    assert_eq!(
+        Client::attempt(loopback, quick()).await,
+        ConnectReturnCode::Accepted
+    );
+    assert_eq!(
+        Client::attempt(open, quick()).await,
+        ConnectReturnCode::NotAuthorized,
+        "anonymous on a listener not bound to loopback"
+    );
+
+    // Registered clients authenticate, so they are welcome on any listener.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = dir.path().join("registry.db");
+    let (tokens, _) = support::register(&registry, ORG, &[("boiler", "b9")], &[]).await;
+    let mut config = support::platform_config(ORG, Some(&registry));
+    config.listeners = vec![fieldbridge_broker::config::ListenerConfig::mqtt(
+        "0.0.0.0:0".parse().expect("address"),
+    )];
+    let broker = support::start(config).await;
+    let open = std::net::SocketAddr::from(([127, 0, 0, 1], broker.local_addr().port()));
+    Client::connect(
+        open,
+        "d:acme:boiler:b9",
+        Some("use-token-auth"),
+        Some(&tokens[0]),
+    )
+    .await
+    .disconnect()
+    .await;
+}
