@@ -28,6 +28,36 @@ impl DeviceCounters {
     }
 }
 
+/// A metric family whose per-device value is read from a `T`.
+pub struct Family<T> {
+    pub name: &'static str,
+    pub kind: &'static str,
+    pub help: &'static str,
+    pub read: fn(&T) -> f64,
+}
+
+/// The families of [`DeviceCounters`].
+pub const DEVICE_COUNTERS: [Family<DeviceCounters>; 3] = [
+    Family {
+        name: "fieldbridge_polls_total",
+        kind: "counter",
+        help: "Poll cycles run.",
+        read: |c| c.polls.load(Ordering::Relaxed) as f64,
+    },
+    Family {
+        name: "fieldbridge_poll_failures_total",
+        kind: "counter",
+        help: "Poll cycles that failed (timeout, link down, garbled answer).",
+        read: |c| c.poll_failures.load(Ordering::Relaxed) as f64,
+    },
+    Family {
+        name: "fieldbridge_modbus_exceptions_total",
+        kind: "counter",
+        help: "Modbus exception answers to reads.",
+        read: |c| c.modbus_exceptions.load(Ordering::Relaxed) as f64,
+    },
+];
+
 /// Text exposition format, built metric by metric.
 #[derive(Debug, Default)]
 pub struct Exposition {
@@ -52,31 +82,16 @@ impl Exposition {
         }
     }
 
-    pub fn device_counters<'a>(
+    /// Every family, with one sample per device.
+    pub fn per_device<'a, T: 'a>(
         &mut self,
-        devices: impl Iterator<Item = (&'a str, &'a DeviceCounters)> + Clone,
+        families: &[Family<T>],
+        devices: impl Iterator<Item = (&'a str, &'a T)> + Clone,
     ) {
-        let families: [(&str, &str, fn(&DeviceCounters) -> &AtomicU64); 3] = [
-            ("fieldbridge_polls_total", "Poll cycles run.", |c| &c.polls),
-            (
-                "fieldbridge_poll_failures_total",
-                "Poll cycles that failed (timeout, link down, garbled answer).",
-                |c| &c.poll_failures,
-            ),
-            (
-                "fieldbridge_modbus_exceptions_total",
-                "Modbus exception answers to reads.",
-                |c| &c.modbus_exceptions,
-            ),
-        ];
-        for (name, help, counter) in families {
-            self.family(name, "counter", help);
-            for (device, counters) in devices.clone() {
-                self.sample(
-                    name,
-                    Some(device),
-                    counter(counters).load(Ordering::Relaxed) as f64,
-                );
+        for family in families {
+            self.family(family.name, family.kind, family.help);
+            for (device, value) in devices.clone() {
+                self.sample(family.name, Some(device), (family.read)(value));
             }
         }
     }

@@ -135,7 +135,7 @@ async fn mqtts_with_a_ca_file_and_a_client_certificate() {
         key_file: Some(pki.client_key.clone()),
         insecure: false,
     };
-    let (uplink, store, sender) = start(broker.port, tls, &tmp.path().join("data")).await;
+    let (uplink, _store, sender) = start(broker.port, tls, &tmp.path().join("data")).await;
     for seq in 0..5 {
         sender.send(event(seq)).await.unwrap();
     }
@@ -163,7 +163,7 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
         key_file: Some(broker_pki.client_key.clone()),
         insecure: false,
     };
-    let (uplink, store, sender) = start(broker.port, tls, &tmp.path().join("strict")).await;
+    let (uplink, _store, sender) = start(broker.port, tls, &tmp.path().join("strict")).await;
     sender.send(event(0)).await.unwrap();
     wait_status(&uplink, "a certificate error", |s| {
         s.last_error
@@ -182,7 +182,7 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
         key_file: Some(broker_pki.client_key.clone()),
         insecure: true,
     };
-    let (uplink, store, _sender) = start(broker.port, tls, &tmp.path().join("insecure")).await;
+    let (uplink, _store, _sender) = start(broker.port, tls, &tmp.path().join("insecure")).await;
     wait_status(&uplink, "a connection", |s| s.connected).await;
     uplink.shutdown().await;
 }

@@ -17,7 +17,7 @@ use crate::command::seen::SeenCommands;
 use crate::config::{self, Config, Upstream};
 use crate::event::EventSink;
 use crate::gateway::Gateway;
-use crate::metrics::Exposition;
+use crate::metrics::{Exposition, Family, DEVICE_COUNTERS};
 use crate::store::{DeviceStats, Store, StoreSettings};
 use crate::uplink::{
     DeviceIdentity, SessionStatus, TlsSettings, TopicScheme, Uplink, UplinkSettings,
@@ -131,6 +131,27 @@ impl Running {
     }
 }
 
+const QUEUE_FAMILIES: [Family<DeviceStats>; 3] = [
+    Family {
+        name: "fieldbridge_queue_depth",
+        kind: "gauge",
+        help: "QoS 1 events queued, not yet acknowledged.",
+        read: |s| s.depth as f64,
+    },
+    Family {
+        name: "fieldbridge_queue_dropped_total",
+        kind: "counter",
+        help: "QoS 1 events dropped because the queue was full.",
+        read: |s| s.dropped_queue_full as f64,
+    },
+    Family {
+        name: "fieldbridge_qos0_dropped_total",
+        kind: "counter",
+        help: "QoS 0 events dropped while offline.",
+        read: |s| s.dropped_offline_qos0 as f64,
+    },
+];
+
 /// Starts the Prometheus endpoint of `config.metrics`, if any: poll counters, and with
 /// an uplink the sessions and the queue.
 async fn serve_metrics(
@@ -161,35 +182,16 @@ async fn serve_metrics(
         let store = store.clone();
         async move {
             let mut out = Exposition::default();
-            out.device_counters(counters.iter().map(|(d, c)| (d.as_str(), c.as_ref())));
+            out.per_device(
+                &DEVICE_COUNTERS,
+                counters.iter().map(|(d, c)| (d.as_str(), c.as_ref())),
+            );
             if let Some(store) = store {
                 let stats = store.stats().await.unwrap_or_default();
-                let families: [(&str, &str, &str, fn(&DeviceStats) -> u64); 3] = [
-                    (
-                        "fieldbridge_queue_depth",
-                        "gauge",
-                        "QoS 1 events queued, not yet acknowledged.",
-                        |s| s.depth,
-                    ),
-                    (
-                        "fieldbridge_queue_dropped_total",
-                        "counter",
-                        "QoS 1 events dropped because the queue was full.",
-                        |s| s.dropped_queue_full,
-                    ),
-                    (
-                        "fieldbridge_qos0_dropped_total",
-                        "counter",
-                        "QoS 0 events dropped while offline.",
-                        |s| s.dropped_offline_qos0,
-                    ),
-                ];
-                for (name, kind, help, value) in families {
-                    out.family(name, kind, help);
-                    for s in &stats {
-                        out.sample(name, Some(&s.device_id), value(s) as f64);
-                    }
-                }
+                out.per_device(
+                    &QUEUE_FAMILIES,
+                    stats.iter().map(|s| (s.device_id.as_str(), s)),
+                );
                 let statuses: Vec<(String, SessionStatus)> = sessions
                     .iter()
                     .map(|(d, rx)| (d.clone(), rx.borrow().clone()))
