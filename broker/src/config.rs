@@ -300,7 +300,7 @@ impl Config {
                 &mut listener.client_ca_file,
             ]
             .into_iter()
-                .flatten()
+            .flatten()
             {
                 resolve(path);
             }
