@@ -10,6 +10,7 @@
 pub mod tls;
 pub mod ws;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -54,6 +55,9 @@ impl Transport {
 const STAGE_LIMIT: usize = 16 * 1024;
 /// Bytes read from an adapted stream per call.
 const READ_CHUNK: usize = 4096;
+/// Time a closing TLS or WebSocket session gets for its last bytes and close message: a
+/// client that stopped reading must not keep the connection's task alive.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// Any stream a [`Buffered`] adapts.
 pub(crate) trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin {}
@@ -71,6 +75,8 @@ pub(crate) struct Buffered {
     eof: bool,
     output: BytesMut,
     unflushed: bool,
+    /// Set by the first shutdown call: when it fires, the shutdown gives up waiting.
+    shutdown_deadline: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl Buffered {
@@ -83,6 +89,7 @@ impl Buffered {
             eof: false,
             output: BytesMut::new(),
             unflushed: false,
+            shutdown_deadline: None,
         }
     }
 
@@ -200,6 +207,12 @@ impl AsyncWrite for Buffered {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        let deadline = this
+            .shutdown_deadline
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(SHUTDOWN_GRACE)));
+        if deadline.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Ok(()));
+        }
         ready!(this.drive_output(cx))?;
         Pin::new(&mut this.io).poll_shutdown(cx)
     }
@@ -453,6 +466,27 @@ mod tests {
         }
         stream.flush().await.expect("flushes");
         assert_eq!(reader.await.expect("reader"), payload);
+    }
+
+    /// A peer that reads nothing cannot hold a shutdown up for long.
+    #[tokio::test]
+    async fn shutdown_gives_up_on_a_peer_that_does_not_read() {
+        let (near, _far) = tokio::io::duplex(16);
+        let mut stream = ClientStream::Adapted(Box::new(Buffered::new(
+            Box::new(near),
+            Transport::Tls,
+            false,
+        )));
+        let mut sent = 0;
+        while sent < 1000 {
+            match stream.try_write(&[0u8; 1000][sent..]) {
+                Ok(written) => sent += written,
+                Err(error) => panic!("{error}"),
+            }
+        }
+        let finished =
+            tokio::time::timeout(std::time::Duration::from_secs(20), stream.shutdown()).await;
+        assert!(finished.is_ok(), "the shutdown waited for the peer");
     }
 
     #[tokio::test]
