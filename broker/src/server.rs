@@ -37,8 +37,6 @@ const STORE_GRACE: Duration = Duration::from_millis(1500);
 pub enum BrokerError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0} is not supported yet")]
-    NotSupported(String),
     #[error(transparent)]
     Auth(#[from] AuthError),
     #[error(transparent)]
