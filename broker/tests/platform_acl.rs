@@ -653,3 +653,85 @@ async fn anonymous_quickstart_only_on_loopback_listeners_by_default() {
     .disconnect()
     .await;
 }
+
+#[tokio::test]
+async fn wills_and_offline_commands_in_the_device_view() {
+    let p = platform().await;
+    let addr = p.broker.local_addr();
+    let mut app = p.app("a:acme:dash").await;
+    app.subscribe(&[("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtMostOnce)])
+        .await;
+
+    // A will on the device's own event topic is rewritten, and not retained.
+    let mut connect = connect_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&p.b1));
+    connect.will = Some(will("iot-2/evt/gone/fmt/json", "{\"gone\":true}", true));
+    let (device, code) = Client::tcp(addr).await.handshake(connect).await;
+    assert_eq!(code, ConnectReturnCode::Accepted);
+    drop(device);
+    let gone = app.recv_publish().await;
+    assert_eq!(&*gone.topic, "iot-2/type/boiler/id/b1/evt/gone/fmt/json");
+    assert_eq!(text(&gone), "{\"gone\":true}");
+    let mut late = Client::connect(
+        addr,
+        "a:acme:ops",
+        Some(&p.other_app.0),
+        Some(&p.other_app.1),
+    )
+    .await;
+    late.subscribe(&[("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtMostOnce)])
+        .await;
+    late.ping().await;
+    assert_eq!(
+        late.try_recv(std::time::Duration::ZERO).await,
+        Err(Silence::TimedOut),
+        "the will was retained"
+    );
+
+    // Commands queued for a persistent device session arrive in its view when it returns.
+    let mut durable = connect_packet("d:acme:boiler:b2", Some("use-token-auth"), Some(&p.b2));
+    durable.clean_session = false;
+    let (mut device, code) = Client::tcp(addr).await.handshake(durable.clone()).await;
+    assert_eq!(code, ConnectReturnCode::Accepted);
+    device
+        .subscribe(&[("iot-2/cmd/+/fmt/json", QoS::AtLeastOnce)])
+        .await;
+    device.disconnect().await;
+    app.publish(
+        "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json",
+        b"{\"d\":{\"value\":7}}",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await;
+    let (mut device, code) = Client::tcp(addr).await.handshake(durable).await;
+    assert_eq!(code, ConnectReturnCode::Accepted);
+    let command = device.recv_publish().await;
+    assert_eq!(&*command.topic, "iot-2/cmd/setpoint/fmt/json");
+    assert_eq!(text(&command), "{\"d\":{\"value\":7}}");
+    // Unsubscribing in the device view removes the rewritten subscription.
+    device
+        .send(fieldbridge_broker::codec::Packet::Unsubscribe(
+            fieldbridge_broker::codec::Unsubscribe {
+                pkid: 3,
+                filters: vec!["iot-2/cmd/+/fmt/json".into()],
+            },
+        ))
+        .await;
+    assert!(matches!(
+        device.recv().await,
+        fieldbridge_broker::codec::Packet::UnsubAck(_)
+    ));
+    app.publish(
+        "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json",
+        b"{}",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await;
+    device.ping().await;
+    assert_eq!(
+        device.try_recv(std::time::Duration::ZERO).await,
+        Err(Silence::TimedOut),
+        "still subscribed"
+    );
+}
