@@ -151,10 +151,10 @@ build_arch() {
         native=true
     fi
 
-    local build=(cargo build --release --locked --bins)
+    local build=(cargo build --release --locked)
     local deb=(cargo deb --no-build --output "$out")
     for package in "${PACKAGES[@]}"; do
-        build+=(-p "$package")
+        build+=(-p "$package" --bin "$package")
     done
 
     if $native; then
