@@ -12,8 +12,7 @@ use tokio::task::JoinHandle;
 use super::systemd;
 use tokio::sync::mpsc;
 
-use crate::command;
-use crate::command::seen::SeenCommands;
+use crate::command::{self, service::CommandLog};
 use crate::config::{self, Config, Upstream};
 use crate::event::EventSink;
 use crate::gateway::Gateway;
@@ -74,9 +73,10 @@ impl Running {
         };
         let store = Store::open(store_settings(config)).await?;
         let queue = store.clone();
-        let seen = SeenCommands::open(&config.gateway.data_dir, upstream.remembered_commands)
-            .await
-            .context("cannot open the command log in the queue database")?;
+        let log = CommandLog {
+            store: store.clone(),
+            remembered: upstream.remembered_commands,
+        };
         let devices = config
             .devices
             .iter()
@@ -100,7 +100,7 @@ impl Running {
         let commands = tokio::spawn(command::service::serve(
             config.devices.clone(),
             buses,
-            seen,
+            log,
             sink,
             commands,
         ));

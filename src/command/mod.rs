@@ -2,5 +2,4 @@
 //! device's bus, acted on once per reqId, and answered with a `cmd-result` event.
 
 pub mod request;
-pub mod seen;
 pub mod service;

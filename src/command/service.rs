@@ -3,19 +3,18 @@
 //! device never holds up commands to the others.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
 
 use serde_json::{json, Value as Json};
-use tokio::sync::{mpsc, Mutex};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::request::{parse, prepare, Rc, Refusal};
-use super::seen::SeenCommands;
 use crate::bus::modbus::{ReadData, RequestError};
 use crate::config::{Command, Device};
 use crate::event::{timestamp, Event, EventSink, Qos};
 use crate::gateway::DeviceBus;
 use crate::registers::codec::{apply_scale, decode, decode_coil};
+use crate::store::Store;
 use crate::uplink::{Inbound, InboundKind};
 
 /// Event id of command results.
@@ -27,6 +26,13 @@ pub const MANAGEMENT_RESPONSE: &str = "iotdevice-1/response";
 const DEVICE_QUEUE: usize = 16;
 /// Packet ids remembered per device for commands without a reqId.
 const RECENT_PACKETS: usize = 64;
+
+/// Where the reqIds acted on are kept (in the queue database), and how many per device.
+#[derive(Clone)]
+pub struct CommandLog {
+    pub store: Store,
+    pub remembered: u32,
+}
 
 /// Everything a device's worker needs.
 struct Target {
@@ -42,11 +48,10 @@ struct Target {
 pub async fn serve(
     devices: Vec<Device>,
     mut buses: HashMap<String, DeviceBus>,
-    seen: SeenCommands,
+    log: CommandLog,
     sink: EventSink,
     mut messages: mpsc::Receiver<Inbound>,
 ) {
-    let seen = Arc::new(Mutex::new(seen));
     let mut workers = JoinSet::new();
     let mut routes = HashMap::new();
     for device in devices {
@@ -59,7 +64,7 @@ pub async fn serve(
         };
         let (tx, rx) = mpsc::channel(DEVICE_QUEUE);
         routes.insert(target.device_id.clone(), tx);
-        workers.spawn(work(target, rx, seen.clone(), sink.clone()));
+        workers.spawn(work(target, rx, log.clone(), sink.clone()));
     }
     while let Some(message) = messages.recv().await {
         let Some(route) = routes.get(&message.device_id) else {
@@ -90,14 +95,18 @@ pub async fn serve(
 async fn work(
     target: Target,
     mut messages: mpsc::Receiver<Inbound>,
-    seen: Arc<Mutex<SeenCommands>>,
+    log: CommandLog,
     sink: EventSink,
 ) {
     let mut recent_packets = VecDeque::with_capacity(RECENT_PACKETS);
     while let Some(message) = messages.recv().await {
         let (req_id, parsed) = parse(&message.payload);
         let first_time = match &req_id {
-            Some(id) => match seen.lock().await.first_time(&target.device_id, id).await {
+            Some(id) => match log
+                .store
+                .record_command(&target.device_id, id, log.remembered)
+                .await
+            {
                 Ok(first) => first,
                 Err(e) => {
                     tracing::error!(device = %target.device_id, "cannot record command {id}: {e}");

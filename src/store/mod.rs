@@ -157,6 +157,12 @@ enum Command {
         device: String,
         count: u64,
     },
+    RememberReqId {
+        device: String,
+        req_id: String,
+        keep: u32,
+        done: oneshot::Sender<Result<bool, StoreError>>,
+    },
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Close(oneshot::Sender<()>),
 }
@@ -237,6 +243,28 @@ impl Store {
         }
         let device = device.to_owned();
         self.send(Command::OfflineDrops { device, count }).await
+    }
+
+    /// Records that `device` is acting on the command `req_id`, keeping the `keep`
+    /// most recent ids per device; false when it was already recorded (a repeat).
+    /// Resolves once the record is committed, so a command acted on after it is never
+    /// acted on again, even after a restart. A crash between the commit and the write
+    /// loses that command rather than repeating a write.
+    pub async fn record_command(
+        &self,
+        device: &str,
+        req_id: &str,
+        keep: u32,
+    ) -> Result<bool, StoreError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::RememberReqId {
+            device: device.to_owned(),
+            req_id: req_id.to_owned(),
+            keep: keep.max(1),
+            done,
+        })
+        .await?;
+        result.await.map_err(|_| StoreError::Closed)?
     }
 
     /// Resolves once everything sent before it is committed.

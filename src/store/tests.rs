@@ -292,3 +292,48 @@ async fn a_database_with_damaged_pages_is_detected_at_open() {
     assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
     assert!(!db.exists());
 }
+
+#[tokio::test]
+async fn remembers_command_ids_across_reopen_and_forgets_the_oldest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    assert!(store.record_command("d1", "a", 3).await.unwrap());
+    assert!(!store.record_command("d1", "a", 3).await.unwrap());
+    assert!(
+        store.record_command("d2", "a", 3).await.unwrap(),
+        "ids are per device"
+    );
+    store.close().await;
+
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    assert!(
+        !store.record_command("d1", "a", 3).await.unwrap(),
+        "kept across a reopen"
+    );
+    for id in ["b", "c", "d"] {
+        assert!(store.record_command("d1", id, 3).await.unwrap());
+    }
+    // Only the 3 most recent of d1 remain: "a" was forgotten, "b" is still known.
+    assert!(!store.record_command("d1", "b", 3).await.unwrap());
+    assert!(store.record_command("d1", "a", 3).await.unwrap());
+    let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM command_seen WHERE device = 'd1'")
+        .fetch_one(&store.inner.readers)
+        .await
+        .unwrap();
+    assert_eq!(count, 3);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_command_id_repeated_within_one_batch_is_recorded_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    let (first, second) = tokio::join!(
+        store.record_command("d1", "x", 10),
+        store.record_command("d1", "x", 10)
+    );
+    let mut outcomes = [first.unwrap(), second.unwrap()];
+    outcomes.sort();
+    assert_eq!(outcomes, [false, true], "exactly one of them is the first");
+    store.close().await;
+}

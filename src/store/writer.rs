@@ -38,7 +38,16 @@ struct Batch {
     inserts: Vec<NewRow>,
     deletes: Vec<i64>,
     offline_drops: HashMap<String, u64>,
+    commands: Vec<CommandRecord>,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+/// A command id to record, in arrival order (a repeat within one batch is a repeat).
+struct CommandRecord {
+    device: String,
+    req_id: String,
+    keep: u32,
+    done: oneshot::Sender<Result<bool, StoreError>>,
 }
 
 /// What a committed transaction changed.
@@ -46,6 +55,8 @@ struct Committed {
     occupancy: Occupancy,
     dropped_full: HashMap<String, u64>,
     inserted_devices: HashSet<String>,
+    /// Per recorded command id, in batch order: false for a repeat.
+    first_time: Vec<bool>,
 }
 
 impl Writer {
@@ -92,6 +103,17 @@ impl Writer {
                     Command::OfflineDrops { device, count } => {
                         *batch.offline_drops.entry(device).or_default() += count;
                     }
+                    Command::RememberReqId {
+                        device,
+                        req_id,
+                        keep,
+                        done,
+                    } => batch.commands.push(CommandRecord {
+                        device,
+                        req_id,
+                        keep,
+                        done,
+                    }),
                     Command::Flush(done) => batch.waiters.push(done),
                     Command::Close(done) => close = Some(done),
                 }
@@ -114,7 +136,11 @@ impl Writer {
     }
 
     async fn apply(&mut self, batch: Batch) {
-        if batch.inserts.is_empty() && batch.deletes.is_empty() && batch.offline_drops.is_empty() {
+        if batch.inserts.is_empty()
+            && batch.deletes.is_empty()
+            && batch.offline_drops.is_empty()
+            && batch.commands.is_empty()
+        {
             for waiter in batch.waiters {
                 let _ = waiter.send(Ok(()));
             }
@@ -142,6 +168,9 @@ impl Writer {
                 for waiter in batch.waiters {
                     let _ = waiter.send(Ok(()));
                 }
+                for (record, first_time) in batch.commands.into_iter().zip(committed.first_time) {
+                    let _ = record.done.send(Ok(first_time));
+                }
             }
             Err(error) => {
                 tracing::error!(
@@ -150,6 +179,11 @@ impl Writer {
                 );
                 for waiter in batch.waiters {
                     let _ = waiter.send(Err(StoreError::WriteFailed(error.to_string())));
+                }
+                for record in batch.commands {
+                    let _ = record
+                        .done
+                        .send(Err(StoreError::WriteFailed(error.to_string())));
                 }
             }
         }
@@ -238,12 +272,17 @@ impl Writer {
         for (device, count) in &batch.offline_drops {
             add_drops(&mut tx, device, 0, *count).await?;
         }
+        let mut first_time = Vec::with_capacity(batch.commands.len());
+        for record in &batch.commands {
+            first_time.push(record_command(&mut tx, record).await?);
+        }
         tx.commit().await?;
 
         Ok(Committed {
             occupancy,
             dropped_full,
             inserted_devices: kept.iter().map(|row| row.device.clone()).collect(),
+            first_time,
         })
     }
 
@@ -297,6 +336,35 @@ impl Writer {
             tracing::warn!("closing the queue database failed: {error}");
         }
     }
+}
+
+/// Inserts a command id unless already there, then forgets all but the device's
+/// `keep` most recent ones. True when it was new.
+async fn record_command(
+    tx: &mut Transaction<'_, Sqlite>,
+    record: &CommandRecord,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT OR IGNORE INTO command_seen (device, req_id, seen_at) VALUES (?, ?, ?)",
+    )
+    .bind(&record.device)
+    .bind(&record.req_id)
+    .bind(super::unix_millis(std::time::SystemTime::now()))
+    .execute(&mut **tx)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        sqlx::query(
+            "DELETE FROM command_seen WHERE device = ?1 AND rowid <= \
+             (SELECT rowid FROM command_seen WHERE device = ?1 ORDER BY rowid DESC LIMIT 1 OFFSET ?2)",
+        )
+        .bind(&record.device)
+        .bind(i64::from(record.keep))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(inserted)
 }
 
 /// `head` followed by the ids, comma-separated, and a closing parenthesis.
