@@ -15,19 +15,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Subscriber, SubscriberConfig, DEADLINE};
+use common::{broker_binary, Subscriber, SubscriberConfig, DEADLINE};
 use fieldbridge::sim::{self, SimBus, SimSlave};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_fieldbridge");
-
-/// `fieldbridge-broker` beside this test's directory (target/debug), if built.
-fn broker_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let binary = exe.parent()?.parent()?.join("fieldbridge-broker");
-    binary.is_file().then_some(binary)
-}
 
 /// Kills the child process when dropped.
 struct Process(Child);

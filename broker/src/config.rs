@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+use crate::service::logging::LogSection;
+
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -207,6 +209,9 @@ pub struct Config {
     #[serde(default = "default_sys_interval", deserialize_with = "de_duration")]
     pub sys_interval: Duration,
     pub platform: Option<PlatformConfig>,
+    pub log: Option<LogSection>,
+    /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9465`.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -219,6 +224,8 @@ impl Default for Config {
             auth: AuthConfig::default(),
             sys_interval: default_sys_interval(),
             platform: None,
+            log: None,
+            metrics: None,
         }
     }
 }
@@ -554,6 +561,31 @@ platform: { org: myorg, registry: registry.db }
             config.effective_listeners(),
             Config::default().effective_listeners()
         );
+    }
+
+    #[test]
+    fn metrics_and_log_sections() {
+        let config = parse("metrics: 127.0.0.1:9465\nlog: { level: debug, target: stderr }\n")
+            .expect("valid");
+        assert_eq!(
+            config.metrics,
+            Some(SocketAddr::from(([127, 0, 0, 1], 9465)))
+        );
+        let log = config.log.expect("log section");
+        assert_eq!(log.level, "debug");
+        assert_eq!(log.target, crate::service::logging::LogTarget::Stderr);
+
+        let error = parse("sys_interval: 1s\nmetrics: everywhere\n")
+            .expect_err("bad address")
+            .to_string();
+        assert!(
+            error.contains("metrics") && error.contains("line 2"),
+            "{error}"
+        );
+        let error = parse("log: { target: syslog }\n")
+            .expect_err("unknown target")
+            .to_string();
+        assert!(error.contains("log.target"), "{error}");
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod message;
 pub mod persistence;
 pub mod platform;
 pub mod retained;
+pub mod service;
 pub mod session;
 pub mod subscriptions;
 pub mod topic;
@@ -32,7 +33,7 @@ mod sys;
 
 pub use config::Config;
 pub use metrics::Stats;
-pub use server::{Broker, BrokerError, RunningBroker, ShutdownHandle};
+pub use server::{Broker, BrokerError, RunningBroker, ShutdownHandle, StatsHandle};
 
 /// The broker's version, as reported in `$SYS/broker/version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

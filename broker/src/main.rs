@@ -7,11 +7,14 @@ use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fieldbridge_broker::config::ListenerConfig;
-use fieldbridge_broker::{auth, Broker, Config};
+use fieldbridge_broker::service::{logging, metrics, notify};
+use fieldbridge_broker::{auth, Broker, Config, RunningBroker};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -132,21 +135,15 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let mut config = match config_path {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    logging::init(config.log.as_ref());
     config
         .listeners
         .extend(listen.into_iter().map(ListenerConfig::mqtt));
+    let metrics_addr = config.metrics;
     let broker = Broker::new(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -154,25 +151,67 @@ fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let running = broker.start().await?;
-        for addr in running.local_addrs() {
+        let addrs: Vec<String> = running
+            .local_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        for addr in &addrs {
             // A stable line for scripts and tests that start the broker on port 0.
             eprintln!("listening on {addr}");
         }
-        wait_for_signal().await?;
+        let stop_metrics = CancellationToken::new();
+        if let Some(addr) = metrics_addr {
+            serve_metrics(addr, &running, stop_metrics.clone()).await?;
+        }
+        notify::ready(&format!("listening on {}", addrs.join(", ")));
+        serve_until_signal(&running).await?;
+        notify::stopping();
         tracing::info!("shutting down");
+        stop_metrics.cancel();
         running.shutdown().await;
         anyhow::Ok(())
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Serves `GET /metrics` with the broker's counters until `stop`.
+async fn serve_metrics(
+    addr: SocketAddr,
+    running: &RunningBroker,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let listener = metrics::bind(addr)
+        .await
+        .with_context(|| format!("metrics: cannot listen on {addr}"))?;
+    let bound = listener.local_addr().context("metrics listener")?;
+    eprintln!("metrics on {bound}");
+    let stats = running.stats_handle();
+    tokio::spawn(metrics::serve(
+        listener,
+        move || std::future::ready(stats.get().exposition()),
+        stop,
+    ));
+    Ok(())
+}
+
+/// Runs until SIGTERM or SIGINT, feeding the systemd watchdog in between. Each feed
+/// first reads the broker's shared state, so a deadlocked router stops the feed and
+/// systemd restarts the broker.
+async fn serve_until_signal(running: &RunningBroker) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    let watchdog = notify::watchdog_interval();
+    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                let _ = running.stats();
+                notify::watchdog();
+            }
+        }
     }
-    Ok(())
 }

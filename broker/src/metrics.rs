@@ -1,6 +1,9 @@
-//! Broker-wide counters for `$SYS/broker/...` and [`crate::RunningBroker::stats`].
+//! Broker-wide counters for `$SYS/broker/...`, [`crate::RunningBroker::stats`] and the
+//! Prometheus endpoint.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::service::metrics::{Exposition, Family};
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -57,5 +60,110 @@ pub struct Stats {
 impl Metrics {
     pub fn load(counter: &AtomicU64) -> u64 {
         counter.load(Ordering::Relaxed)
+    }
+}
+
+/// The Prometheus families of [`Stats`].
+const STATS_FAMILIES: [Family<Stats>; 10] = [
+    Family {
+        name: "fieldbridge_broker_uptime_seconds",
+        kind: "gauge",
+        help: "Seconds since the broker started.",
+        read: |s| s.uptime_secs as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_clients_connected",
+        kind: "gauge",
+        help: "Clients connected now.",
+        read: |s| s.clients_connected as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_sessions",
+        kind: "gauge",
+        help: "Sessions held: connected clients and absent persistent sessions.",
+        read: |s| s.clients_total as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_messages_received_total",
+        kind: "counter",
+        help: "PUBLISH packets received from clients.",
+        read: |s| s.messages_received as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_messages_sent_total",
+        kind: "counter",
+        help: "PUBLISH packets sent to clients.",
+        read: |s| s.messages_sent as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_bytes_received_total",
+        kind: "counter",
+        help: "Bytes received from clients.",
+        read: |s| s.bytes_received as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_bytes_sent_total",
+        kind: "counter",
+        help: "Bytes sent to clients.",
+        read: |s| s.bytes_sent as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_messages_dropped_total",
+        kind: "counter",
+        help: "Messages not queued because a session's queue was full.",
+        read: |s| s.messages_dropped as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_subscriptions",
+        kind: "gauge",
+        help: "Subscriptions held.",
+        read: |s| s.subscriptions as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_retained_messages",
+        kind: "gauge",
+        help: "Retained messages held.",
+        read: |s| s.retained_messages as f64,
+    },
+];
+
+impl Stats {
+    /// The counters in the Prometheus text format.
+    pub fn exposition(&self) -> String {
+        let mut out = Exposition::default();
+        out.single(&STATS_FAMILIES, self);
+        out.into_text()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_exposed_with_its_value() {
+        let stats = Stats {
+            uptime_secs: 1,
+            clients_connected: 2,
+            clients_total: 3,
+            messages_received: 4,
+            messages_sent: 5,
+            bytes_received: 6,
+            bytes_sent: 7,
+            messages_dropped: 8,
+            subscriptions: 9,
+            retained_messages: 10,
+        };
+        let text = stats.exposition();
+        for (family, value) in STATS_FAMILIES.iter().zip(1..) {
+            assert!(
+                text.contains(&format!(
+                    "# TYPE {} {}\n{} {value}\n",
+                    family.name, family.kind, family.name
+                )),
+                "{} = {value} missing from:\n{text}",
+                family.name
+            );
+        }
     }
 }

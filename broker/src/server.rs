@@ -324,6 +324,16 @@ impl ShutdownHandle {
     }
 }
 
+/// Reads a running broker's counters from another task (cheap to clone).
+#[derive(Debug, Clone)]
+pub struct StatsHandle(Arc<BrokerContext>);
+
+impl StatsHandle {
+    pub fn get(&self) -> Stats {
+        self.0.stats()
+    }
+}
+
 /// A started broker. Dropping it stops the broker (without waiting).
 #[derive(Debug)]
 pub struct RunningBroker {
@@ -345,6 +355,10 @@ impl RunningBroker {
 
     pub fn stats(&self) -> Stats {
         self.ctx.stats()
+    }
+
+    pub fn stats_handle(&self) -> StatsHandle {
+        StatsHandle(self.ctx.clone())
     }
 
     pub fn shutdown_handle(&self) -> ShutdownHandle {

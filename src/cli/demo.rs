@@ -69,7 +69,7 @@ devices:
 "#;
 
 pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
-    super::logging::init(None);
+    fieldbridge_broker::service::logging::init(None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -3,10 +3,8 @@
 
 pub mod check;
 pub mod demo;
-pub mod logging;
 pub mod queue;
 pub mod run;
-pub mod systemd;
 
 /// Resolves when the process is asked to stop (SIGTERM or Ctrl-C).
 pub async fn stop_requested() {

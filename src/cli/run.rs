@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
-use super::systemd;
+use fieldbridge_broker::service::notify;
 use tokio::sync::mpsc;
 
 use crate::command::{self, service::CommandLog};
@@ -28,7 +28,7 @@ const SINK_CAPACITY: usize = 4096;
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    super::logging::init(config.log.as_ref());
+    fieldbridge_broker::service::logging::init(config.log.as_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -292,18 +292,18 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let stop = super::stop_requested();
     tokio::pin!(stop);
-    let watchdog = systemd::watchdog_interval();
+    let watchdog = notify::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
 
     let mut running = Running::start(&config).await?;
     let mut config = config;
     tracing::info!("gateway running: {}", status(&config));
-    systemd::ready(&status(&config));
+    notify::ready(&status(&config));
     loop {
         tokio::select! {
             _ = &mut stop => break,
             _ = hangup.recv() => {
-                systemd::reloading();
+                notify::reloading();
                 match Config::load(path) {
                     Ok(new) => {
                         running.stop().await?;
@@ -321,12 +321,12 @@ async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
                     }
                     Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
                 }
-                systemd::ready(&status(&config));
+                notify::ready(&status(&config));
             }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => systemd::watchdog(),
+            _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
         }
     }
     tracing::info!("stopping");
-    systemd::stopping();
+    notify::stopping();
     running.stop().await
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::units::{Duration, Secret, Size};
 use crate::event::Qos;
 use crate::registers::{DataType, RegisterKind, WordOrder};
+pub use fieldbridge_broker::service::logging::{LogSection, LogTarget};
 
 /// The whole gateway configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -298,30 +299,6 @@ pub enum OnFull {
     #[default]
     DropOldest,
     DropNewest,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LogSection {
-    /// A tracing filter: `info`, `debug`, `fieldbridge=debug,info`, ...
-    #[serde(default = "default_log_level")]
-    pub level: String,
-    #[serde(default)]
-    pub target: LogTarget,
-}
-
-fn default_log_level() -> String {
-    "info".into()
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LogTarget {
-    /// The journal when started by systemd, stderr otherwise.
-    #[default]
-    Auto,
-    Stderr,
-    Journald,
 }
 
 /// One physical bus: a serial port or a TCP endpoint.

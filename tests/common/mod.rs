@@ -192,6 +192,14 @@ impl Drop for Mosquitto {
     }
 }
 
+/// `fieldbridge-broker` beside this test's directory (target/debug), when this package
+/// is tested together with the broker (`cargo test --workspace`).
+pub fn broker_binary() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let binary = exe.parent()?.parent()?.join("fieldbridge-broker");
+    binary.is_file().then_some(binary)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

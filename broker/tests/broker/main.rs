@@ -5,6 +5,7 @@ mod common;
 
 mod auth;
 mod malformed;
+mod metrics;
 mod persistence;
 mod process;
 mod qos;

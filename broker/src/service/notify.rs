@@ -1,4 +1,4 @@
-//! The service manager protocol: readiness, reloads, stopping and the watchdog. Every
+//! The service manager (systemd) protocol: readiness, reloads, stopping and the watchdog. Every
 //! call is a no-op when not started by systemd (no NOTIFY_SOCKET).
 
 use std::time::Duration;

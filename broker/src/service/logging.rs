@@ -1,7 +1,32 @@
 //! Where log lines go: journald under systemd (through systemd-journal-logger, with
 //! the priority of each level), human-readable lines on stderr elsewhere.
 
-use crate::config::{LogSection, LogTarget};
+use serde::Deserialize;
+
+/// The `log:` section of both programs' configuration files.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// A tracing filter: `info`, `debug`, `fieldbridge=debug,info`, ...
+    #[serde(default = "default_log_level")]
+    pub level: String,
+    #[serde(default)]
+    pub target: LogTarget,
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogTarget {
+    /// The journal when started by systemd, stderr otherwise.
+    #[default]
+    Auto,
+    Stderr,
+    Journald,
+}
 
 /// Sets up logging once per process. The level comes from `RUST_LOG` when set,
 /// else from the config's `log.level` (default `info`).
