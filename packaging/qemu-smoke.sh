@@ -63,7 +63,10 @@ smoke() {
         [ -e "${debs[0]}" ] || fail "no ${package}_*_$arch.deb in $packages (run build-packages.sh --arch $arch)"
         dpkg-deb --extract "${debs[-1]}" "$root"
     done
-    local run=("$qemu" -L "$sysroot")
+    # The loader of the cross sysroot must load that sysroot's libc: with libc6:ARCH also
+    # installed (multiarch), it would otherwise find /lib/<triple>/libc.so.6, of another
+    # build, and the mismatched pair hangs at the first thread.
+    local run=("$qemu" -L "$sysroot" -E "LD_LIBRARY_PATH=$sysroot/lib")
 
     echo "==> $arch: $(readelf --file-header "$root/usr/bin/fieldbridge" | sed -n 's/^ *Machine: *//p')"
     "${run[@]}" "$root/usr/bin/fieldbridge" --version
