@@ -80,6 +80,7 @@ smoke() {
         -e "s#/var/lib/fieldbridge-broker/#$root/#" \
         "$root/etc/fieldbridge-broker/broker.yaml" >"$root/broker.yaml"
     local log=$root/broker.log
+    : >"$log"
     "${run[@]}" "$root/usr/bin/fieldbridge-broker" --config "$root/broker.yaml" 2>"$log" &
     broker_pid=$!
     local address=
