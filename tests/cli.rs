@@ -1,7 +1,10 @@
 //! The `fieldbridge` binary as users drive it: `check` and `run` without an uplink.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldbridge::sim::{self, SimBus, SimSlave};
@@ -65,22 +68,12 @@ fn run_without_upstream_prints_json_lines_and_stops_on_sigterm() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let plc = SimSlave::default();
     plc.set_holding(0, &[0x41A4, 0x0000]);
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    let port = serve_plc(&runtime, plc);
 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, device_config(dir.path(), port, "boiler-1")).unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = run_gateway(&path, Stdio::piped(), Stdio::null());
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut readings = 0;
     while readings < 3 {
@@ -95,26 +88,34 @@ fn run_without_upstream_prints_json_lines_and_stops_on_sigterm() {
     }
     // SIGTERM: the gateway stops within a second or two and exits cleanly.
     let stopped = Instant::now();
-    send_sigterm(child.id());
+    common::signal(&child, "TERM");
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(stopped.elapsed() < Duration::from_secs(5));
 }
 
-fn send_sigterm(pid: u32) {
-    send_signal(pid, "TERM");
+/// Serves `plc` as unit 1 on a free loopback port, on `runtime`; returns the port.
+fn serve_plc(runtime: &tokio::runtime::Runtime, plc: SimSlave) -> u16 {
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    port
 }
 
-fn send_signal(pid: u32, signal: &str) {
-    let ok = Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
+/// `fieldbridge run --config PATH` with the given output streams.
+fn run_gateway(config: &Path, stdout: Stdio, stderr: Stdio) -> Child {
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
         .unwrap()
-        .success();
-    assert!(ok);
 }
 
-fn device_config(dir: &std::path::Path, port: u16, device: &str) -> String {
+fn device_config(dir: &Path, port: u16, device: &str) -> String {
     format!(
         "gateway: {{ data_dir: {} }}\nbuses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port} }}]\ndevices:\n  - {{ id: {device}, type: boiler, bus: plc, unit: 1, poll: 100ms, registers: [{{ name: temperature, kind: holding, address: 0, type: f32 }}] }}\n",
         dir.display()
@@ -123,7 +124,7 @@ fn device_config(dir: &std::path::Path, port: u16, device: &str) -> String {
 
 /// Waits (up to 30 s) for a stdout line from `device`.
 fn wait_for_device(lines: &std::sync::mpsc::Receiver<String>, device: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + common::DEADLINE;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = lines
@@ -139,23 +140,13 @@ fn wait_for_device(lines: &std::sync::mpsc::Receiver<String>, device: &str) {
 #[test]
 fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let plc = SimSlave::default();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    let port = serve_plc(&runtime, SimSlave::default());
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, device_config(dir.path(), port, "first")).unwrap();
     let log_path = dir.path().join("stderr.log");
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut child = run_gateway(&path, Stdio::piped(), log.into());
     let stdout = child.stdout.take().unwrap();
     let (tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -169,36 +160,27 @@ fn sighup_reloads_a_valid_config_and_keeps_the_old_one_on_errors() {
 
     // A broken file: refused, and the running configuration keeps publishing.
     std::fs::write(&path, "devices: [ this is not yaml").unwrap();
-    send_signal(child.id(), "HUP");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string(&log_path)
-        .unwrap()
-        .contains("reload refused")
-    {
-        assert!(Instant::now() < deadline, "no reload error logged");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::signal(&child, "HUP");
+    common::poll_blocking("a reload error logged", Duration::from_millis(50), || {
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        log.contains("reload refused").then_some(())
+    });
     while lines.try_recv().is_ok() {}
     wait_for_device(&lines, "first");
 
     // A valid one: the new device takes over.
     std::fs::write(&path, device_config(dir.path(), port, "second")).unwrap();
-    send_signal(child.id(), "HUP");
+    common::signal(&child, "HUP");
     wait_for_device(&lines, "second");
 
-    send_sigterm(child.id());
+    common::signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
 }
 
 #[test]
 fn metrics_endpoint_counts_polls_per_device() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let plc = SimSlave::default();
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    let port = serve_plc(&runtime, SimSlave::default());
     let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -214,39 +196,24 @@ fn metrics_endpoint_counts_polls_per_device() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no metrics with polls within 30 s"
-        );
-        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", metrics_port)) {
-            use std::io::{Read, Write};
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            let mut response = String::new();
-            let _ = stream.read_to_string(&mut response);
-            let polled = response.lines().any(|l| {
-                l.strip_prefix("fieldbridge_polls_total{device=\"boiler-1\"} ")
-                    .and_then(|n| n.parse::<f64>().ok())
-                    .is_some_and(|n| n >= 2.0)
-            });
-            if polled {
-                break response;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let mut child = run_gateway(&path, Stdio::null(), Stdio::null());
+    let body = common::poll_blocking("metrics with polls", Duration::from_millis(100), || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", metrics_port)).ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut response = String::new();
+        let _ = stream.read_to_string(&mut response);
+        let polled = response.lines().any(|l| {
+            l.strip_prefix("fieldbridge_polls_total{device=\"boiler-1\"} ")
+                .and_then(|n| n.parse::<f64>().ok())
+                .is_some_and(|n| n >= 2.0)
+        });
+        polled.then_some(response)
+    });
     assert!(body.starts_with("HTTP/1.1 200 OK"), "{body}");
     assert!(body.contains("# TYPE fieldbridge_poll_failures_total counter"));
-    send_sigterm(child.id());
+    common::signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
 }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, Mosquitto, Subscriber, SubscriberConfig};
+use common::{BrokerConfig, Mosquitto, Received, Subscriber, SubscriberConfig};
 use fieldbridge::sim::{self, SimBus, SimSlave};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
@@ -87,11 +87,9 @@ impl Gateway {
 
     fn stop(mut self) {
         common::signal(&self.0, "TERM");
-        let deadline = Instant::now() + common::DEADLINE;
-        while self.0.try_wait().unwrap().is_none() {
-            assert!(Instant::now() < deadline, "gateway did not stop");
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        common::poll_blocking("the gateway to stop", Duration::from_millis(20), || {
+            self.0.try_wait().unwrap()
+        });
     }
 }
 
@@ -151,20 +149,29 @@ impl Application {
         self.results
             .messages()
             .iter()
-            .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
+            .map(json_of)
             .filter(|v| v["reqId"] == req_id)
             .collect()
     }
 
     async fn result(&self, req_id: &str) -> Value {
-        self.results
-            .wait_for(&format!("result of {req_id}"), |messages| {
-                messages.iter().any(|m| {
-                    serde_json::from_slice::<Value>(&m.payload).unwrap()["reqId"] == req_id
-                })
+        let result = self
+            .results
+            .first_matching(&format!("result of {req_id}"), |m| {
+                json_of(m)["reqId"] == req_id
             })
             .await;
-        self.results_for(req_id).remove(0)
+        json_of(&result)
+    }
+
+    /// Sends again the command that set `mode` to eco with reqId `once`.
+    async fn repeat_once(&self) {
+        self.send(
+            "boiler-1",
+            "mode",
+            json!({"d": {"value": "eco"}, "reqId": "once"}).to_string(),
+        )
+        .await;
     }
 
     /// Sends a command and returns its result.
@@ -173,6 +180,10 @@ impl Application {
         self.send(device, command, payload.to_string()).await;
         self.result(req_id).await
     }
+}
+
+fn json_of(message: &Received) -> Value {
+    serde_json::from_slice(&message.payload).unwrap()
 }
 
 fn f32_of(words: &[u16]) -> f32 {
@@ -334,12 +345,7 @@ async fn a_command_is_acted_on_once_per_req_id_even_across_a_restart() {
     assert_eq!(plc.holding(22, 1), [1]);
     // Someone changes the register locally; a repeat of the command must not undo it.
     plc.set_holding(22, &[7]);
-    app.send(
-        "boiler-1",
-        "mode",
-        json!({"d": {"value": "eco"}, "reqId": "once"}).to_string(),
-    )
-    .await;
+    app.repeat_once().await;
     // Commands of a device are handled in order: once this one is answered, the
     // repeat has been seen (and ignored).
     assert_eq!(
@@ -353,12 +359,7 @@ async fn a_command_is_acted_on_once_per_req_id_even_across_a_restart() {
     gateway.stop();
     let _gateway = Gateway::start(&config, &dir.path().join("gateway-2.log"));
     wait_until_listening(&app).await;
-    app.send(
-        "boiler-1",
-        "mode",
-        json!({"d": {"value": "eco"}, "reqId": "once"}).to_string(),
-    )
-    .await;
+    app.repeat_once().await;
     assert_eq!(
         app.call("boiler-1", "setpoint", json!(41), "after-restart")
             .await["rc"],
@@ -415,22 +416,12 @@ devices:
     let response = |req_id: &'static str| {
         let watcher = &watcher;
         async move {
-            watcher
-                .wait_for(&format!("response {req_id}"), |m| {
-                    m.iter().any(|m| {
-                        m.topic == "iotdevice-1/response"
-                            && serde_json::from_slice::<Value>(&m.payload).unwrap()["reqId"]
-                                == req_id
-                    })
+            let response = watcher
+                .first_matching(&format!("response {req_id}"), |m| {
+                    m.topic == "iotdevice-1/response" && json_of(m)["reqId"] == req_id
                 })
                 .await;
-            watcher
-                .messages()
-                .iter()
-                .filter(|m| m.topic == "iotdevice-1/response")
-                .map(|m| serde_json::from_slice::<Value>(&m.payload).unwrap())
-                .find(|v| v["reqId"] == req_id)
-                .unwrap()
+            json_of(&response)
         }
     };
     let health_before = watcher

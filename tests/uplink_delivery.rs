@@ -9,35 +9,10 @@ use std::time::Duration;
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreError, StoreSettings};
-use fieldbridge::uplink::{DeviceIdentity, SessionStatus, TopicScheme, Uplink, UplinkSettings};
+use fieldbridge::uplink::{DeviceIdentity, TopicScheme, Uplink, UplinkSettings};
 use tokio::sync::mpsc;
 
 const PLATFORM_TOPIC: &str = "iot-2/evt/status/fmt/json";
-
-fn device(id: &str, device_type: &str, token: Option<&str>) -> DeviceIdentity {
-    DeviceIdentity {
-        managed: false,
-        id: id.into(),
-        device_type: device_type.into(),
-        token: token.map(Into::into),
-    }
-}
-
-fn settings(url: String) -> UplinkSettings {
-    let mut settings = UplinkSettings::new(url, "myorg");
-    settings.reconnect_min = Duration::from_millis(100);
-    settings.reconnect_max = Duration::from_secs(1);
-    settings
-}
-
-fn event(device: &str, seq: u64, qos: Qos) -> Event {
-    Event {
-        device_id: device.into(),
-        event_id: "status".into(),
-        qos,
-        payload: payload(device, seq),
-    }
-}
 
 async fn open_store(dir: &Path, max_messages: u64, on_full: OnFull) -> Store {
     let mut settings = StoreSettings::new(dir);
@@ -60,27 +35,10 @@ fn start(
 async fn send(sender: &mpsc::Sender<Event>, device: &str, seqs: std::ops::Range<u64>, qos: Qos) {
     for seq in seqs {
         sender
-            .send(event(device, seq, qos))
+            .send(test_event(device, "status", seq, qos))
             .await
             .expect("uplink accepts events");
     }
-}
-
-async fn wait_status(
-    uplink: &Uplink,
-    device: &str,
-    what: &str,
-    done: impl Fn(&SessionStatus) -> bool,
-) {
-    let mut status = uplink.status(device).expect("configured device");
-    let reached = tokio::time::timeout(DEADLINE, status.wait_for(|s| done(s)))
-        .await
-        .is_ok();
-    assert!(
-        reached,
-        "{device}: timed out waiting for {what}: {:?}",
-        *status.borrow()
-    );
 }
 
 fn stats_of<'a>(stats: &'a [DeviceStats], device: &str) -> Option<&'a DeviceStats> {
@@ -118,16 +76,19 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
     .await;
     let store = open_store(&tmp.path().join("data"), 10_000, OnFull::DropOldest).await;
     let devices = vec![
-        device("boiler-1", "boiler", Some("token-1")),
-        device("boiler-2", "boiler", Some("token-1")),
-        device("pump-7", "pump", Some("token-1")),
-        device("intruder-1", "pump", Some("wrong-token")),
+        device_identity("boiler-1", "boiler", Some("token-1")),
+        device_identity("boiler-2", "boiler", Some("token-1")),
+        device_identity("pump-7", "pump", Some("token-1")),
+        device_identity("intruder-1", "pump", Some("wrong-token")),
     ];
-    let (uplink, sender) = start(settings(broker.url()), &store, devices);
+    let (uplink, sender) = start(uplink_settings(broker.url()), &store, devices);
 
     for seq in 0..50 {
         for id in ["boiler-1", "boiler-2", "pump-7", "intruder-1"] {
-            sender.send(event(id, seq, Qos::AtLeastOnce)).await.unwrap();
+            sender
+                .send(test_event(id, "status", seq, Qos::AtLeastOnce))
+                .await
+                .unwrap();
         }
     }
     subscriber.wait_for("150 events", |m| m.len() >= 150).await;
@@ -181,7 +142,7 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
 
     // QoS 0 goes straight through while connected.
     sender
-        .send(event("pump-7", 1000, Qos::AtMostOnce))
+        .send(test_event("pump-7", "status", 1000, Qos::AtMostOnce))
         .await
         .unwrap();
     subscriber
@@ -204,7 +165,9 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
     })
     .await;
     // The uplink closed the store it was given.
-    let late = store.enqueue(event("pump-7", 2000, Qos::AtLeastOnce)).await;
+    let late = store
+        .enqueue(test_event("pump-7", "status", 2000, Qos::AtLeastOnce))
+        .await;
     assert!(matches!(late, Err(StoreError::Closed)), "{late:?}");
 }
 
@@ -221,7 +184,7 @@ async fn custom_templates_name_client_ids_users_and_topics() {
     })
     .await;
     let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
-    let mut settings = settings(broker.url());
+    let mut settings = uplink_settings(broker.url());
     settings.topics = TopicScheme::Custom {
         client_id: "gw-{org}-{device}".into(),
         username: Some("{org}-{type}".into()),
@@ -230,12 +193,12 @@ async fn custom_templates_name_client_ids_users_and_topics() {
     };
     settings.keepalive = Duration::from_secs(15);
     let devices = vec![
-        device("line-3", "press", None),
-        device("line-4", "press", Some("token-4")),
+        device_identity("line-3", "press", None),
+        device_identity("line-4", "press", Some("token-4")),
     ];
     let (uplink, sender) = start(settings, &store, devices);
     for (seq, event_id) in [(0, "status"), (1, "health"), (2, "status")] {
-        let mut e = event("line-3", seq, Qos::AtLeastOnce);
+        let mut e = test_event("line-3", "status", seq, Qos::AtLeastOnce);
         e.event_id = event_id.into();
         sender.send(e).await.unwrap();
     }
@@ -264,25 +227,15 @@ async fn custom_templates_name_client_ids_users_and_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(
-        tmp.path(),
-        BrokerConfig {
-            persistence: true,
-            ..BrokerConfig::default()
-        },
-    );
-    let mut subscriber = Subscriber::start(SubscriberConfig {
-        port: broker.port,
-        client_id: "outage-reader",
-        filter: "iot-2/#",
-        persistent: true,
-        credentials: None,
-    })
-    .await;
+    let (mut broker, mut subscriber) =
+        persistent_broker_and_reader(tmp.path(), "outage-reader").await;
     let store = open_store(&tmp.path().join("data"), 100_000, OnFull::DropOldest).await;
     let ids = ["meter-a", "meter-b", "meter-c"];
-    let devices = ids.iter().map(|id| device(id, "meter", None)).collect();
-    let (uplink, sender) = start(settings(broker.url()), &store, devices);
+    let devices = ids
+        .iter()
+        .map(|id| device_identity(id, "meter", None))
+        .collect();
+    let (uplink, sender) = start(uplink_settings(broker.url()), &store, devices);
     for id in ids {
         send(&sender, id, 0..10, Qos::AtLeastOnce).await;
     }
@@ -365,9 +318,9 @@ async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
     .await;
     let store = open_store(&tmp.path().join("data"), 10_000, OnFull::DropOldest).await;
     let (uplink, sender) = start(
-        settings(broker.url()),
+        uplink_settings(broker.url()),
         &store,
-        vec![device("valve-1", "valve", Some(gateway.1))],
+        vec![device_identity("valve-1", "valve", Some(gateway.1))],
     );
     send(&sender, "valve-1", 0..5, Qos::AtLeastOnce).await;
     subscriber.wait_for("5 events", |m| m.len() >= 5).await;
@@ -411,30 +364,16 @@ async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
 async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    let mut broker = Mosquitto::start(
-        tmp.path(),
-        BrokerConfig {
-            persistence: true,
-            ..BrokerConfig::default()
-        },
-    );
-    // A persistent subscription that outlives the broker's downtime.
-    let mut subscriber = Subscriber::start(SubscriberConfig {
-        port: broker.port,
-        client_id: "full-reader",
-        filter: "iot-2/#",
-        persistent: true,
-        credentials: None,
-    })
-    .await;
+    let (mut broker, mut subscriber) =
+        persistent_broker_and_reader(tmp.path(), "full-reader").await;
     broker.stop();
 
     let store = open_store(&data_dir, 100, on_full).await;
     let devices = vec![
-        device("dev-a", "meter", None),
-        device("dev-b", "meter", None),
+        device_identity("dev-a", "meter", None),
+        device_identity("dev-b", "meter", None),
     ];
-    let (uplink, sender) = start(settings(broker.url()), &store, devices);
+    let (uplink, sender) = start(uplink_settings(broker.url()), &store, devices);
     send(&sender, "dev-a", 0..150, Qos::AtLeastOnce).await;
     send(&sender, "dev-b", 0..20, Qos::AtLeastOnce).await;
     send(&sender, "dev-b", 100..105, Qos::AtMostOnce).await;

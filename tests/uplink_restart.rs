@@ -12,12 +12,11 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc as std_mpsc;
-use std::time::Duration;
 
 use common::*;
-use fieldbridge::event::{Event, Qos};
+use fieldbridge::event::Qos;
 use fieldbridge::store::{read_stats, Store, StoreSettings};
-use fieldbridge::uplink::{DeviceIdentity, Uplink, UplinkSettings};
+use fieldbridge::uplink::Uplink;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
@@ -42,21 +41,8 @@ fn a_killed_gateway_loses_no_event() {
 async fn kill_and_restart() {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
-    let mut broker = Mosquitto::start(
-        tmp.path(),
-        BrokerConfig {
-            persistence: true,
-            ..BrokerConfig::default()
-        },
-    );
-    let mut subscriber = Subscriber::start(SubscriberConfig {
-        port: broker.port,
-        client_id: "restart-reader",
-        filter: "iot-2/#",
-        persistent: true,
-        credentials: None,
-    })
-    .await;
+    let (mut broker, mut subscriber) =
+        persistent_broker_and_reader(tmp.path(), "restart-reader").await;
     let received_all = |upto: u64| {
         move |m: &[Received]| {
             DEVICES.iter().all(|d| {
@@ -193,18 +179,11 @@ fn run_gateway(spec: &str) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
-        let mut settings = UplinkSettings::new(url, "myorg");
+        let mut settings = uplink_settings(url);
         settings.inflight = WINDOW;
-        settings.reconnect_min = Duration::from_millis(100);
-        settings.reconnect_max = Duration::from_secs(1);
         let devices = DEVICES
             .iter()
-            .map(|id| DeviceIdentity {
-                managed: false,
-                id: (*id).into(),
-                device_type: "tank".into(),
-                token: None,
-            })
+            .map(|id| device_identity(id, "tank", None))
             .collect();
         let (sender, events) = mpsc::channel(1024);
         let uplink = Uplink::start(settings, store.clone(), devices, events).unwrap();
@@ -218,12 +197,7 @@ fn run_gateway(spec: &str) {
             let (from, to): (u64, u64) = (from.parse().unwrap(), to.parse().unwrap());
             for seq in from..to {
                 for device in DEVICES {
-                    let event = Event {
-                        device_id: device.into(),
-                        event_id: "level".into(),
-                        qos: Qos::AtLeastOnce,
-                        payload: payload(device, seq),
-                    };
+                    let event = test_event(device, "level", seq, Qos::AtLeastOnce);
                     sender.send(event).await.unwrap();
                 }
             }

@@ -4,12 +4,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
-use fieldbridge::uplink::{DeviceIdentity, SessionStatus, TlsSettings, Uplink, UplinkSettings};
+use fieldbridge::uplink::{TlsSettings, Uplink};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::sync::mpsc;
 
@@ -79,40 +78,12 @@ async fn start(
     data_dir: &Path,
 ) -> (Uplink, Store, mpsc::Sender<Event>) {
     let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
-    let mut settings = UplinkSettings::new(format!("mqtts://127.0.0.1:{tls_port}"), "myorg");
+    let mut settings = uplink_settings(format!("mqtts://127.0.0.1:{tls_port}"));
     settings.tls = tls;
-    settings.reconnect_min = Duration::from_millis(100);
-    settings.reconnect_max = Duration::from_secs(1);
-    let device = DeviceIdentity {
-        managed: false,
-        id: "boiler-1".into(),
-        device_type: "boiler".into(),
-        token: None,
-    };
+    let device = device_identity("boiler-1", "boiler", None);
     let (sender, events) = mpsc::channel(16);
     let uplink = Uplink::start(settings, store.clone(), vec![device], events).unwrap();
     (uplink, store, sender)
-}
-
-async fn wait_status(uplink: &Uplink, what: &str, done: impl Fn(&SessionStatus) -> bool) {
-    let mut status = uplink.status("boiler-1").unwrap();
-    let reached = tokio::time::timeout(DEADLINE, status.wait_for(|s| done(s)))
-        .await
-        .is_ok();
-    assert!(
-        reached,
-        "timed out waiting for {what}: {:?}",
-        *status.borrow()
-    );
-}
-
-fn event(seq: u64) -> Event {
-    Event {
-        device_id: "boiler-1".into(),
-        event_id: "status".into(),
-        qos: Qos::AtLeastOnce,
-        payload: payload("boiler-1", seq),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +108,10 @@ async fn mqtts_with_a_ca_file_and_a_client_certificate() {
     };
     let (uplink, _store, sender) = start(broker.port, tls, &tmp.path().join("data")).await;
     for seq in 0..5 {
-        sender.send(event(seq)).await.unwrap();
+        sender
+            .send(test_event("boiler-1", "status", seq, Qos::AtLeastOnce))
+            .await
+            .unwrap();
     }
     subscriber
         .wait_for("5 events over TLS", |m| m.len() >= 5)
@@ -164,8 +138,11 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
         insecure: false,
     };
     let (uplink, _store, sender) = start(broker.port, tls, &tmp.path().join("strict")).await;
-    sender.send(event(0)).await.unwrap();
-    wait_status(&uplink, "a certificate error", |s| {
+    sender
+        .send(test_event("boiler-1", "status", 0, Qos::AtLeastOnce))
+        .await
+        .unwrap();
+    wait_status(&uplink, "boiler-1", "a certificate error", |s| {
         s.last_error
             .as_deref()
             .is_some_and(|e| e.contains("certificate"))
@@ -183,6 +160,6 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure() {
         insecure: true,
     };
     let (uplink, _store, _sender) = start(broker.port, tls, &tmp.path().join("insecure")).await;
-    wait_status(&uplink, "a connection", |s| s.connected).await;
+    wait_status(&uplink, "boiler-1", "a connection", |s| s.connected).await;
     uplink.shutdown().await;
 }

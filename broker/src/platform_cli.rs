@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use fieldbridge_broker::platform::PlatformRegistry;
+use fieldbridge_broker::platform::{PlatformRegistry, RegistryError};
 use fieldbridge_broker::Config;
 
 #[derive(Debug, Subcommand)]
@@ -66,24 +66,58 @@ pub enum AppCommand {
     },
 }
 
-/// The organization and the registry of a configuration file.
-fn open(config_path: &Path) -> anyhow::Result<(String, PlatformRegistry, tokio::runtime::Runtime)> {
-    let config = Config::load(config_path)?;
-    let Some(platform) = config.platform else {
-        bail!("{} has no platform section", config_path.display());
-    };
-    let Some(registry) = platform.registry else {
-        bail!(
-            "{}: platform.registry is not set (quickstart has no registry)",
-            config_path.display()
-        );
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    let opened = runtime.block_on(PlatformRegistry::open(&registry))?;
-    Ok((platform.org, opened, runtime))
+/// The registry named by a configuration file, with its organization.
+struct OpenRegistry {
+    org: String,
+    registry: PlatformRegistry,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl OpenRegistry {
+    fn open(config_path: &Path) -> anyhow::Result<Self> {
+        let config = Config::load(config_path)?;
+        let Some(platform) = config.platform else {
+            bail!("{} has no platform section", config_path.display());
+        };
+        let Some(registry) = platform.registry else {
+            bail!(
+                "{}: platform.registry is not set (quickstart has no registry)",
+                config_path.display()
+            );
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("starting the async runtime")?;
+        let registry = runtime.block_on(PlatformRegistry::open(&registry))?;
+        Ok(Self {
+            org: platform.org,
+            registry,
+            runtime,
+        })
+    }
+
+    /// Runs one operation on the registry, then closes it.
+    fn run<T>(
+        &self,
+        operation: impl AsyncFnOnce(&PlatformRegistry) -> Result<T, RegistryError>,
+    ) -> anyhow::Result<T> {
+        let result = self.runtime.block_on(async {
+            let result = operation(&self.registry).await;
+            self.registry.close().await;
+            result
+        })?;
+        Ok(result)
+    }
+}
+
+/// Reports the removal of `what` ("device boiler/b1"): an error if it was not registered.
+fn report_removed(removed: bool, what: &str) -> anyhow::Result<()> {
+    if !removed {
+        bail!("no {what} is registered");
+    }
+    println!("Removed {what}.");
+    Ok(())
 }
 
 pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
@@ -94,14 +128,13 @@ pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
             id,
             metadata,
         } => {
-            let (org, registry, runtime) = open(&config)?;
-            let token = runtime.block_on(async {
-                let token = registry
+            let opened = OpenRegistry::open(&config)?;
+            let token = opened.run(async |registry| {
+                registry
                     .add_device(&device_type, &id, metadata.as_deref())
-                    .await;
-                registry.close().await;
-                token
+                    .await
             })?;
+            let org = opened.org;
             println!("Registered device {device_type}/{id} of {org}; client id d:{org}:{device_type}:{id}, user name use-token-auth.");
             println!("Its token, shown this once only:");
             println!("{token}");
@@ -111,24 +144,13 @@ pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
             device_type,
             id,
         } => {
-            let (_, registry, runtime) = open(&config)?;
-            let removed = runtime.block_on(async {
-                let removed = registry.remove_device(&device_type, &id).await;
-                registry.close().await;
-                removed
-            })?;
-            if !removed {
-                bail!("no device {device_type}/{id} is registered");
-            }
-            println!("Removed device {device_type}/{id}.");
+            let removed = OpenRegistry::open(&config)?
+                .run(async |registry| registry.remove_device(&device_type, &id).await)?;
+            report_removed(removed, &format!("device {device_type}/{id}"))?;
         }
         DeviceCommand::List { config } => {
-            let (_, registry, runtime) = open(&config)?;
-            let devices = runtime.block_on(async {
-                let devices = registry.devices().await;
-                registry.close().await;
-                devices
-            })?;
+            let devices =
+                OpenRegistry::open(&config)?.run(async |registry| registry.devices().await)?;
             for device in devices {
                 println!(
                     "{}\t{}\t{}\t{}",
@@ -143,35 +165,20 @@ pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
 pub fn app(command: AppCommand) -> anyhow::Result<()> {
     match command {
         AppCommand::Add { config, id } => {
-            let (org, registry, runtime) = open(&config)?;
-            let credentials = runtime.block_on(async {
-                let credentials = registry.add_app(&org, &id).await;
-                registry.close().await;
-                credentials
-            })?;
+            let opened = OpenRegistry::open(&config)?;
+            let org = &opened.org;
+            let credentials = opened.run(async |registry| registry.add_app(org, &id).await)?;
             println!("Registered application {id} of {org}; client id a:{org}:{id} (or A:{org}:{id} to share the load).");
             println!("Its API key (the user name) and token (the password), the token shown this once only:");
             println!("{} {}", credentials.api_key, credentials.token);
         }
         AppCommand::Remove { config, id } => {
-            let (_, registry, runtime) = open(&config)?;
-            let removed = runtime.block_on(async {
-                let removed = registry.remove_app(&id).await;
-                registry.close().await;
-                removed
-            })?;
-            if !removed {
-                bail!("no application {id} is registered");
-            }
-            println!("Removed application {id}.");
+            let removed = OpenRegistry::open(&config)?
+                .run(async |registry| registry.remove_app(&id).await)?;
+            report_removed(removed, &format!("application {id}"))?;
         }
         AppCommand::List { config } => {
-            let (_, registry, runtime) = open(&config)?;
-            let apps = runtime.block_on(async {
-                let apps = registry.apps().await;
-                registry.close().await;
-                apps
-            })?;
+            let apps = OpenRegistry::open(&config)?.run(async |registry| registry.apps().await)?;
             for app in apps {
                 println!("{}\t{}\t{}", app.app_id, app.api_key, app.created);
             }

@@ -6,7 +6,7 @@ mod support;
 
 use fieldbridge_broker::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 use fieldbridge_broker::RunningBroker;
-use support::{connect_packet, granted, text, will, Client, Silence, DEADLINE};
+use support::{granted, login_packet, text, will, Client, Silence, DEADLINE};
 
 const ORG: &str = "acme";
 
@@ -44,7 +44,7 @@ async fn platform() -> Platform {
 impl Platform {
     async fn device(&self, id: &str) -> Client {
         let token = if id == "b1" { &self.b1 } else { &self.b2 };
-        Client::connect(
+        Client::log_in(
             self.broker.local_addr(),
             &format!("d:{ORG}:boiler:{id}"),
             Some("use-token-auth"),
@@ -54,7 +54,7 @@ impl Platform {
     }
 
     async fn app(&self, client_id: &str) -> Client {
-        Client::connect(
+        Client::log_in(
             self.broker.local_addr(),
             client_id,
             Some(&self.dash.0),
@@ -112,29 +112,29 @@ async fn devices_are_isolated_and_applications_see_the_org() {
     );
 
     // Events of both devices reach the application on the full topic.
-    b1.publish(
+    b1.publish_to(
         "iot-2/evt/status/fmt/json",
         b"{\"from\":\"b1\"}",
         QoS::AtLeastOnce,
         false,
     )
     .await;
-    b2.publish(
+    b2.publish_to(
         "iot-2/evt/status/fmt/json",
         b"{\"from\":\"b2\"}",
         QoS::AtLeastOnce,
         false,
     )
     .await;
-    let first = app.recv_publish().await;
-    let second = app.recv_publish().await;
+    let first = app.next_publish().await;
+    let second = app.next_publish().await;
     assert_eq!(&*first.topic, "iot-2/type/boiler/id/b1/evt/status/fmt/json");
     assert_eq!(text(&first), "{\"from\":\"b1\"}");
     assert_eq!(
         &*second.topic,
         "iot-2/type/boiler/id/b2/evt/status/fmt/json"
     );
-    b2.publish(
+    b2.publish_to(
         "iotdevice-1/response",
         b"{\"rc\":200}",
         QoS::AtMostOnce,
@@ -142,29 +142,29 @@ async fn devices_are_isolated_and_applications_see_the_org() {
     )
     .await;
     assert_eq!(
-        &*app.recv_publish().await.topic,
+        &*app.next_publish().await.topic,
         "iotdevice-1/type/boiler/id/b2/response"
     );
 
     // The application commands each device; each sees only its own, in its short view.
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b1/cmd/setpoint/fmt/json",
         b"{\"d\":{\"value\":1}}",
         QoS::AtLeastOnce,
         false,
     )
     .await;
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json",
         b"{\"d\":{\"value\":2}}",
         QoS::AtLeastOnce,
         false,
     )
     .await;
-    let command = b1.recv_publish().await;
+    let command = b1.next_publish().await;
     assert_eq!(&*command.topic, "iot-2/cmd/setpoint/fmt/json");
     assert_eq!(text(&command), "{\"d\":{\"value\":1}}");
-    let command = b2.recv_publish().await;
+    let command = b2.next_publish().await;
     assert_eq!(&*command.topic, "iot-2/cmd/setpoint/fmt/json");
     assert_eq!(
         text(&command),
@@ -172,7 +172,7 @@ async fn devices_are_isolated_and_applications_see_the_org() {
         "b2 got b1's command"
     );
     // Device management requests are rewritten too.
-    app.publish(
+    app.publish_to(
         "iotdm-1/type/boiler/id/b2/mgmt/initiate/device/reboot",
         b"{}",
         QoS::AtMostOnce,
@@ -180,12 +180,12 @@ async fn devices_are_isolated_and_applications_see_the_org() {
     )
     .await;
     assert_eq!(
-        &*b2.recv_publish().await.topic,
+        &*b2.next_publish().await.topic,
         "iotdm-1/mgmt/initiate/device/reboot"
     );
 
     // An application publishes events on behalf of a device.
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b1/evt/migrated/fmt/json",
         b"{}",
         QoS::AtMostOnce,
@@ -193,19 +193,19 @@ async fn devices_are_isolated_and_applications_see_the_org() {
     )
     .await;
     assert_eq!(
-        &*app.recv_publish().await.topic,
+        &*app.next_publish().await.topic,
         "iot-2/type/boiler/id/b1/evt/migrated/fmt/json"
     );
 
     // b1 got nothing else: the next thing it sees is the next command to it.
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b1/cmd/next/fmt/json",
         b"{}",
         QoS::AtLeastOnce,
         false,
     )
     .await;
-    assert_eq!(&*b1.recv_publish().await.topic, "iot-2/cmd/next/fmt/json");
+    assert_eq!(&*b1.next_publish().await.topic, "iot-2/cmd/next/fmt/json");
 }
 
 #[tokio::test]
@@ -221,22 +221,23 @@ async fn a_device_publishing_as_another_device_is_disconnected() {
         "sensors/temperature",
     ] {
         let mut b1 = p.device("b1").await;
-        b1.publish(forbidden, b"{}", QoS::AtMostOnce, false).await;
+        b1.publish_to(forbidden, b"{}", QoS::AtMostOnce, false)
+            .await;
         b1.expect_closed().await;
     }
     // Nothing of that reached the application: its next event is a legitimate one.
     let mut b2 = p.device("b2").await;
-    b2.publish("iot-2/evt/ok/fmt/json", b"{}", QoS::AtMostOnce, false)
+    b2.publish_to("iot-2/evt/ok/fmt/json", b"{}", QoS::AtMostOnce, false)
         .await;
     assert_eq!(
-        &*app.recv_publish().await.topic,
+        &*app.next_publish().await.topic,
         "iot-2/type/boiler/id/b2/evt/ok/fmt/json"
     );
 
     // An application may not publish status or device responses.
     let mut rogue = p.app("a:acme:dash").await;
     rogue
-        .publish("iot-2/type/boiler/id/b1/mon", b"{}", QoS::AtMostOnce, false)
+        .publish_to("iot-2/type/boiler/id/b1/mon", b"{}", QoS::AtMostOnce, false)
         .await;
     rogue.expect_closed().await;
 }
@@ -246,7 +247,7 @@ async fn every_authentication_refusal() {
     let p = platform().await;
     let addr = p.broker.local_addr();
     let device = |id: &str, user: Option<&str>, token: Option<&str>| {
-        connect_packet(&format!("d:{ORG}:boiler:{id}"), user, token)
+        login_packet(&format!("d:{ORG}:boiler:{id}"), user, token)
     };
     let cases = [
         (
@@ -276,42 +277,42 @@ async fn every_authentication_refusal() {
         ),
         (
             "wrong org",
-            connect_packet("d:other:boiler:b1", Some("use-token-auth"), Some(&p.b1)),
+            login_packet("d:other:boiler:b1", Some("use-token-auth"), Some(&p.b1)),
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "malformed id",
-            connect_packet("boiler-b1", Some("use-token-auth"), Some(&p.b1)),
+            login_packet("boiler-b1", Some("use-token-auth"), Some(&p.b1)),
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "malformed device id",
-            connect_packet("d:acme:boiler:b/1", Some("use-token-auth"), Some(&p.b1)),
+            login_packet("d:acme:boiler:b/1", Some("use-token-auth"), Some(&p.b1)),
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "application with a bad token",
-            connect_packet("a:acme:dash", Some(&p.dash.0), Some("wrong")),
+            login_packet("a:acme:dash", Some(&p.dash.0), Some("wrong")),
             ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
             "application with an unknown key",
-            connect_packet("a:acme:dash", Some("a-acme-nosuchkey"), Some(&p.dash.1)),
+            login_packet("a:acme:dash", Some("a-acme-nosuchkey"), Some(&p.dash.1)),
             ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
             "application with another application's key",
-            connect_packet("a:acme:dash", Some(&p.other_app.0), Some(&p.other_app.1)),
+            login_packet("a:acme:dash", Some(&p.other_app.0), Some(&p.other_app.1)),
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "application of another org",
-            connect_packet("a:other:dash", Some(&p.dash.0), Some(&p.dash.1)),
+            login_packet("a:other:dash", Some(&p.dash.0), Some(&p.dash.1)),
             ConnectReturnCode::NotAuthorized,
         ),
         (
             "anonymous plain client",
-            connect_packet("plain", None, None),
+            login_packet("plain", None, None),
             ConnectReturnCode::NotAuthorized,
         ),
     ];
@@ -320,7 +321,12 @@ async fn every_authentication_refusal() {
     }
     // Will topics are held to the same rules.
     let mut connect = device("b1", Some("use-token-auth"), Some(&p.b1));
-    connect.will = Some(will("iot-2/type/boiler/id/b2/evt/x/fmt/json", "{}", false));
+    connect.will = Some(will(
+        "iot-2/type/boiler/id/b2/evt/x/fmt/json",
+        "{}",
+        QoS::AtMostOnce,
+        false,
+    ));
     assert_eq!(
         Client::attempt(addr, connect).await,
         ConnectReturnCode::NotAuthorized,
@@ -330,7 +336,7 @@ async fn every_authentication_refusal() {
     for _ in 0..2 {
         p.device("b1").await.disconnect().await;
     }
-    Client::connect(
+    Client::log_in(
         addr,
         "a:acme:ops",
         Some(&p.other_app.0),
@@ -345,7 +351,7 @@ async fn every_authentication_refusal() {
 async fn events_are_never_retained_and_payloads_are_limited() {
     let p = platform().await;
     let mut b1 = p.device("b1").await;
-    b1.publish(
+    b1.publish_to(
         "iot-2/evt/status/fmt/json",
         b"{\"n\":1}",
         QoS::AtLeastOnce,
@@ -353,7 +359,7 @@ async fn events_are_never_retained_and_payloads_are_limited() {
     )
     .await;
     let mut app = p.app("a:acme:dash").await;
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b2/evt/status/fmt/json",
         b"{\"n\":2}",
         QoS::AtLeastOnce,
@@ -363,20 +369,20 @@ async fn events_are_never_retained_and_payloads_are_limited() {
     app.subscribe(&[("iot-2/type/+/id/+/evt/+/fmt/+", QoS::AtMostOnce)])
         .await;
     // No retained event arrives on subscribing: the first event is a live one.
-    b1.publish("iot-2/evt/live/fmt/json", b"{}", QoS::AtLeastOnce, false)
+    b1.publish_to("iot-2/evt/live/fmt/json", b"{}", QoS::AtLeastOnce, false)
         .await;
-    let first = app.recv_publish().await;
+    let first = app.next_publish().await;
     assert_eq!(&*first.topic, "iot-2/type/boiler/id/b1/evt/live/fmt/json");
     assert!(!first.retain);
 
     // The largest payload passes; one byte more ends the connection.
     let largest = vec![b'x'; 131_072];
-    b1.publish("iot-2/evt/big/fmt/bin", &largest, QoS::AtLeastOnce, false)
+    b1.publish_to("iot-2/evt/big/fmt/bin", &largest, QoS::AtLeastOnce, false)
         .await;
-    assert_eq!(app.recv_publish().await.payload.len(), 131_072);
+    assert_eq!(app.next_publish().await.payload.len(), 131_072);
     let oversized = vec![b'x'; 131_073];
     b1.send(fieldbridge_broker::codec::Packet::Publish(
-        support::publish("iot-2/evt/big/fmt/bin", &oversized, QoS::AtMostOnce, false),
+        support::publish("iot-2/evt/big/fmt/bin", &oversized, QoS::AtMostOnce, 0),
     ))
     .await;
     b1.expect_closed().await;
@@ -396,14 +402,14 @@ async fn status_messages_on_connect_and_disconnect() {
         2
     );
     // The application's own connect status is retained and arrives on subscribing.
-    let own = app.recv_publish().await;
+    let own = app.next_publish().await;
     assert_eq!(&*own.topic, "iot-2/app/dash/mon");
     let own: serde_json::Value = serde_json::from_slice(&own.payload).expect("JSON");
     assert_eq!(own["Action"], "Connect");
     assert_eq!(own["ClientID"], "a:acme:dash");
 
     let mut b1 = p.device("b1").await;
-    let connected = app.recv_publish().await;
+    let connected = app.next_publish().await;
     assert_eq!(&*connected.topic, "iot-2/type/boiler/id/b1/mon");
     let status: serde_json::Value = serde_json::from_slice(&connected.payload).expect("JSON");
     assert_eq!(status["Action"], "Connect");
@@ -418,7 +424,7 @@ async fn status_messages_on_connect_and_disconnect() {
         "the token is not in the status"
     );
 
-    b1.publish(
+    b1.publish_to(
         "iot-2/evt/status/fmt/json",
         b"{\"a\":1}",
         QoS::AtLeastOnce,
@@ -426,7 +432,7 @@ async fn status_messages_on_connect_and_disconnect() {
     )
     .await;
     b1.disconnect().await;
-    let gone = app.recv_publish().await;
+    let gone = app.next_publish().await;
     assert_eq!(&*gone.topic, "iot-2/type/boiler/id/b1/mon");
     let status: serde_json::Value = serde_json::from_slice(&gone.payload).expect("JSON");
     assert_eq!(status["Action"], "Disconnect");
@@ -442,7 +448,7 @@ async fn status_messages_on_connect_and_disconnect() {
     );
 
     // A later subscriber finds the last status retained.
-    let mut late = Client::connect(
+    let mut late = Client::log_in(
         p.broker.local_addr(),
         "a:acme:ops",
         Some(&p.other_app.0),
@@ -451,7 +457,7 @@ async fn status_messages_on_connect_and_disconnect() {
     .await;
     late.subscribe(&[("iot-2/type/boiler/id/b1/mon", QoS::AtMostOnce)])
         .await;
-    let retained = late.recv_publish().await;
+    let retained = late.next_publish().await;
     assert!(retained.retain);
     let status: serde_json::Value = serde_json::from_slice(&retained.payload).expect("JSON");
     assert_eq!(status["Action"], "Disconnect");
@@ -472,7 +478,7 @@ async fn scalable_applications_share_the_load_round_robin() {
     }
     let mut b1 = p.device("b1").await;
     for n in 0..10 {
-        b1.publish(
+        b1.publish_to(
             "iot-2/evt/n/fmt/json",
             format!("{n}").as_bytes(),
             QoS::AtLeastOnce,
@@ -482,8 +488,8 @@ async fn scalable_applications_share_the_load_round_robin() {
     }
     let mut received = Vec::new();
     for _ in 0..5 {
-        received.push(text(&first.recv_publish().await).to_owned());
-        received.push(text(&second.recv_publish().await).to_owned());
+        received.push(text(&first.next_publish().await).to_owned());
+        received.push(text(&second.next_publish().await).to_owned());
     }
     received.sort_by_key(|n| n.parse::<u32>().unwrap_or(u32::MAX));
     let expected: Vec<String> = (0..10).map(|n| n.to_string()).collect();
@@ -509,14 +515,14 @@ async fn scalable_applications_share_the_load_round_robin() {
         fieldbridge_broker::codec::Packet::UnsubAck(_)
     ));
     for n in 10..14 {
-        b1.publish(
+        b1.publish_to(
             "iot-2/evt/n/fmt/json",
             format!("{n}").as_bytes(),
             QoS::AtLeastOnce,
             false,
         )
         .await;
-        assert_eq!(text(&first.recv_publish().await), n.to_string());
+        assert_eq!(text(&first.next_publish().await), n.to_string());
     }
 
     // Plain applications with one client id still take each other over.
@@ -529,7 +535,7 @@ async fn scalable_applications_share_the_load_round_robin() {
 async fn quickstart_needs_no_registration_and_limits_devices() {
     let broker = support::start(support::platform_config("quickstart", None)).await;
     let addr = broker.local_addr();
-    let mut app = Client::connect(addr, "a:quickstart:viewer", None, None).await;
+    let mut app = Client::log_in(addr, "a:quickstart:viewer", None, None).await;
     assert_eq!(
         app.subscribe(&[
             ("iot-2/type/sensor/id/+/evt/+/fmt/+", QoS::AtLeastOnce),
@@ -543,7 +549,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
             SubscribeReturnCode::Failure
         ]
     );
-    let mut device = Client::connect(addr, "d:quickstart:sensor:s1", None, None).await;
+    let mut device = Client::log_in(addr, "d:quickstart:sensor:s1", None, None).await;
     assert_eq!(
         device
             .subscribe(&[
@@ -560,12 +566,12 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
                 "iot-2/evt/burst/fmt/json",
                 format!("{n}").as_bytes(),
                 QoS::AtMostOnce,
-                false,
+                0,
             ))
         })
         .collect();
     device.send_all(burst).await;
-    assert_eq!(text(&app.recv_publish().await), "0");
+    assert_eq!(text(&app.next_publish().await), "0");
     // Once a second has passed an event goes through again; nothing of the burst did.
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
@@ -574,7 +580,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
             "no later event passed"
         );
         device
-            .publish("iot-2/evt/later/fmt/json", b"later", QoS::AtMostOnce, false)
+            .publish_to("iot-2/evt/later/fmt/json", b"later", QoS::AtMostOnce, false)
             .await;
         match app.try_recv(std::time::Duration::from_millis(200)).await {
             Ok(fieldbridge_broker::codec::Packet::Publish(publish)) => {
@@ -588,15 +594,15 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
     }
     // QoS 1 and commands are not available.
     device
-        .publish("iot-2/evt/x/fmt/json", b"{}", QoS::AtMostOnce, false)
+        .publish_to("iot-2/evt/x/fmt/json", b"{}", QoS::AtMostOnce, false)
         .await;
     device
         .send(fieldbridge_broker::codec::Packet::Publish(
-            support::publish("iot-2/evt/x/fmt/json", b"{}", QoS::AtLeastOnce, false),
+            support::publish("iot-2/evt/x/fmt/json", b"{}", QoS::AtLeastOnce, 1),
         ))
         .await;
     device.expect_closed().await;
-    app.publish(
+    app.publish_to(
         "iot-2/type/sensor/id/s1/cmd/x/fmt/json",
         b"{}",
         QoS::AtMostOnce,
@@ -606,7 +612,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
     app.expect_closed().await;
     // Another org is not served.
     assert_eq!(
-        Client::attempt(addr, connect_packet("d:acme:sensor:s1", None, None)).await,
+        Client::attempt(addr, login_packet("d:acme:sensor:s1", None, None)).await,
         ConnectReturnCode::NotAuthorized
     );
 }
@@ -622,7 +628,7 @@ async fn anonymous_quickstart_only_on_loopback_listeners_by_default() {
     let broker = support::start(config).await;
     let loopback = broker.local_addrs()[0];
     let open = std::net::SocketAddr::from(([127, 0, 0, 1], broker.local_addrs()[1].port()));
-    let quick = || connect_packet("d:quickstart:sensor:s1", None, None);
+    let quick = || login_packet("d:quickstart:sensor:s1", None, None);
     assert_eq!(
         Client::attempt(loopback, quick()).await,
         ConnectReturnCode::Accepted
@@ -643,7 +649,7 @@ async fn anonymous_quickstart_only_on_loopback_listeners_by_default() {
     )];
     let broker = support::start(config).await;
     let open = std::net::SocketAddr::from(([127, 0, 0, 1], broker.local_addr().port()));
-    Client::connect(
+    Client::log_in(
         open,
         "d:acme:boiler:b9",
         Some("use-token-auth"),
@@ -663,15 +669,20 @@ async fn wills_and_offline_commands_in_the_device_view() {
         .await;
 
     // A will on the device's own event topic is rewritten, and not retained.
-    let mut connect = connect_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&p.b1));
-    connect.will = Some(will("iot-2/evt/gone/fmt/json", "{\"gone\":true}", true));
-    let (device, code) = Client::tcp(addr).await.handshake(connect).await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
+    let mut connect = login_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&p.b1));
+    connect.will = Some(will(
+        "iot-2/evt/gone/fmt/json",
+        "{\"gone\":true}",
+        QoS::AtMostOnce,
+        true,
+    ));
+    let (device, connack) = Client::connect_with(addr, connect).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
     drop(device);
-    let gone = app.recv_publish().await;
+    let gone = app.next_publish().await;
     assert_eq!(&*gone.topic, "iot-2/type/boiler/id/b1/evt/gone/fmt/json");
     assert_eq!(text(&gone), "{\"gone\":true}");
-    let mut late = Client::connect(
+    let mut late = Client::log_in(
         addr,
         "a:acme:ops",
         Some(&p.other_app.0),
@@ -688,24 +699,24 @@ async fn wills_and_offline_commands_in_the_device_view() {
     );
 
     // Commands queued for a persistent device session arrive in its view when it returns.
-    let mut durable = connect_packet("d:acme:boiler:b2", Some("use-token-auth"), Some(&p.b2));
+    let mut durable = login_packet("d:acme:boiler:b2", Some("use-token-auth"), Some(&p.b2));
     durable.clean_session = false;
-    let (mut device, code) = Client::tcp(addr).await.handshake(durable.clone()).await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
+    let (mut device, connack) = Client::connect_with(addr, durable.clone()).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
     device
         .subscribe(&[("iot-2/cmd/+/fmt/json", QoS::AtLeastOnce)])
         .await;
     device.disconnect().await;
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json",
         b"{\"d\":{\"value\":7}}",
         QoS::AtLeastOnce,
         false,
     )
     .await;
-    let (mut device, code) = Client::tcp(addr).await.handshake(durable).await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
-    let command = device.recv_publish().await;
+    let (mut device, connack) = Client::connect_with(addr, durable).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    let command = device.next_publish().await;
     assert_eq!(&*command.topic, "iot-2/cmd/setpoint/fmt/json");
     assert_eq!(text(&command), "{\"d\":{\"value\":7}}");
     // Unsubscribing in the device view removes the rewritten subscription.
@@ -721,7 +732,7 @@ async fn wills_and_offline_commands_in_the_device_view() {
         device.recv().await,
         fieldbridge_broker::codec::Packet::UnsubAck(_)
     ));
-    app.publish(
+    app.publish_to(
         "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json",
         b"{}",
         QoS::AtLeastOnce,

@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 
 use fieldbridge_broker::codec::ConnectReturnCode;
 use fieldbridge_broker::Config;
-use support::{connect_packet, Client};
+use support::{login_packet, Client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge-broker");
 
@@ -102,7 +102,7 @@ async fn devices_and_applications_from_the_command_line() {
     // The broker accepts what the commands printed.
     let broker = support::start(Config::load(&config).expect("config loads")).await;
     let addr = broker.local_addr();
-    Client::connect(
+    Client::log_in(
         addr,
         "d:acme:boiler:b1",
         Some("use-token-auth"),
@@ -111,7 +111,7 @@ async fn devices_and_applications_from_the_command_line() {
     .await
     .disconnect()
     .await;
-    Client::connect(addr, "a:acme:dash", Some(api_key), Some(app_token))
+    Client::log_in(addr, "a:acme:dash", Some(api_key), Some(app_token))
         .await
         .disconnect()
         .await;
@@ -136,7 +136,7 @@ async fn devices_and_applications_from_the_command_line() {
     assert_eq!(
         Client::attempt(
             addr,
-            connect_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&token))
+            login_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&token))
         )
         .await,
         ConnectReturnCode::NotAuthorized
@@ -144,7 +144,7 @@ async fn devices_and_applications_from_the_command_line() {
     assert_eq!(
         Client::attempt(
             addr,
-            connect_packet("a:acme:dash", Some(api_key), Some(app_token))
+            login_packet("a:acme:dash", Some(api_key), Some(app_token))
         )
         .await,
         ConnectReturnCode::BadUserNameOrPassword

@@ -13,7 +13,7 @@ use fieldbridge_broker::codec::{ConnectReturnCode, QoS};
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
 use support::pki::{connect, Ca, ClientTls, Leaf, Validity};
-use support::{connect_packet, granted, text, Client, DEADLINE};
+use support::{granted, login_packet, text, Client, DEADLINE};
 use tokio_rustls::rustls::{version, SupportedProtocolVersion};
 
 fn tls_listener(server: &Leaf, client_ca: Option<&Path>) -> ListenerConfig {
@@ -42,10 +42,10 @@ async fn broker(listener: ListenerConfig, anonymous: AnonymousPolicy) -> Running
 
 async fn mqtt_over_tls(addr: SocketAddr, tls: &ClientTls<'_>, client_id: &str) -> Client {
     let stream = connect(addr, tls).await.expect("TLS handshake");
-    let (client, code) = Client::over(stream)
-        .handshake(connect_packet(client_id, None, None))
+    let (client, connack) = Client::over(stream)
+        .handshake(login_packet(client_id, None, None))
         .await;
-    assert_eq!(code, ConnectReturnCode::Accepted, "{client_id}");
+    assert_eq!(connack.code, ConnectReturnCode::Accepted, "{client_id}");
     client
 }
 
@@ -57,7 +57,7 @@ async fn tls_connect_works(addr: SocketAddr, tls: &ClientTls<'_>) -> Result<(), 
         .map_err(|error| error.to_string())?;
     let mut client = Client::over(stream);
     client
-        .send(fieldbridge_broker::codec::Packet::Connect(connect_packet(
+        .send(fieldbridge_broker::codec::Packet::Connect(login_packet(
             "probe", None, None,
         )))
         .await;
@@ -91,16 +91,16 @@ async fn mqtts_with_tls12_and_tls13_clients() {
             [granted(QoS::AtLeastOnce)]
         );
         // From a plain client to the TLS one, and back.
-        let mut plain = Client::connect(plain_addr, &format!("plain-{name}"), None, None).await;
+        let mut plain = Client::log_in(plain_addr, &format!("plain-{name}"), None, None).await;
         plain.subscribe(&[("reply/#", QoS::AtLeastOnce)]).await;
         plain
-            .publish("secure/x", name.as_bytes(), QoS::AtLeastOnce, false)
+            .publish_to("secure/x", name.as_bytes(), QoS::AtLeastOnce, false)
             .await;
-        assert_eq!(text(&subscriber.recv_publish().await), name);
+        assert_eq!(text(&subscriber.next_publish().await), name);
         subscriber
-            .publish("reply/x", b"over TLS", QoS::AtLeastOnce, false)
+            .publish_to("reply/x", b"over TLS", QoS::AtLeastOnce, false)
             .await;
-        assert_eq!(text(&plain.recv_publish().await), "over TLS");
+        assert_eq!(text(&plain.next_publish().await), "over TLS");
         subscriber.disconnect().await;
     }
 }
@@ -164,7 +164,7 @@ async fn client_certificates_from_the_ca_authenticate() {
     }
     // The plain listener still refuses anonymous clients.
     assert_eq!(
-        Client::attempt(broker.local_addrs()[1], connect_packet("anon", None, None)).await,
+        Client::attempt(broker.local_addrs()[1], login_packet("anon", None, None)).await,
         ConnectReturnCode::NotAuthorized
     );
 }
@@ -177,10 +177,10 @@ async fn mosquitto_sub_with_cafile() {
     let server = ca.server(Validity::Current);
     let broker = broker(tls_listener(&server, None), AnonymousPolicy::Loopback).await;
     let tls_port = broker.local_addr().port().to_string();
-    let mut publisher = Client::connect(broker.local_addrs()[1], "publisher", None, None).await;
+    let mut publisher = Client::log_in(broker.local_addrs()[1], "publisher", None, None).await;
     // Retained: there when mosquitto_sub subscribes, whenever that is.
     publisher
-        .publish("secure/greeting", b"hello over TLS", QoS::AtLeastOnce, true)
+        .publish_to("secure/greeting", b"hello over TLS", QoS::AtLeastOnce, true)
         .await;
 
     let sub = |ca_file: &Path| {

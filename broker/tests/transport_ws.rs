@@ -14,7 +14,7 @@ use fieldbridge_broker::config::{ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
 use futures::{SinkExt, StreamExt};
 use support::pki::{Ca, ClientTls, Validity};
-use support::{connect_packet, granted, text, Client, DEADLINE};
+use support::{granted, login_packet, text, Client, DEADLINE};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -131,25 +131,25 @@ async fn ws_clients_publish_and_subscribe() {
         };
         assert_eq!(chosen.as_deref(), Some(expected), "offered {offered}");
         // 7-byte frames: packets span several frames.
-        let (mut client, code) = Client::over(bridge(ws, 7))
-            .handshake(connect_packet(&format!("ws-{expected}"), None, None))
+        let (mut client, connack) = Client::over(bridge(ws, 7))
+            .handshake(login_packet(&format!("ws-{expected}"), None, None))
             .await;
-        assert_eq!(code, ConnectReturnCode::Accepted);
+        assert_eq!(connack.code, ConnectReturnCode::Accepted);
         assert_eq!(
             client.subscribe(&[("to-ws/#", QoS::AtLeastOnce)]).await,
             [granted(QoS::AtLeastOnce)]
         );
-        let mut plain = Client::connect(plain_addr, "plain", None, None).await;
+        let mut plain = Client::log_in(plain_addr, "plain", None, None).await;
         plain.subscribe(&[("from-ws/#", QoS::AtLeastOnce)]).await;
         let big = "x".repeat(100_000);
         plain
-            .publish("to-ws/big", big.as_bytes(), QoS::AtLeastOnce, false)
+            .publish_to("to-ws/big", big.as_bytes(), QoS::AtLeastOnce, false)
             .await;
-        assert_eq!(text(&client.recv_publish().await), big);
+        assert_eq!(text(&client.next_publish().await), big);
         client
-            .publish("from-ws/hello", offered.as_bytes(), QoS::AtLeastOnce, false)
+            .publish_to("from-ws/hello", offered.as_bytes(), QoS::AtLeastOnce, false)
             .await;
-        assert_eq!(text(&plain.recv_publish().await), offered);
+        assert_eq!(text(&plain.next_publish().await), offered);
         client.disconnect().await;
         plain.disconnect().await;
     }
@@ -200,7 +200,7 @@ async fn wss_with_a_test_ca_and_platform_status() {
     };
     let broker = broker(wss, Some(&registry)).await;
     let wss_addr = broker.local_addr();
-    let mut app = Client::connect(
+    let mut app = Client::log_in(
         broker.local_addrs()[1],
         "a:acme:dash",
         Some(&keys[0].0),
@@ -220,32 +220,32 @@ async fn wss_with_a_test_ca_and_platform_status() {
         .await
         .expect("WebSocket handshake");
     assert_eq!(chosen.as_deref(), Some("mqtt"));
-    let (mut device, code) = Client::over(bridge(ws, 4096))
-        .handshake(connect_packet(
+    let (mut device, connack) = Client::over(bridge(ws, 4096))
+        .handshake(login_packet(
             "d:acme:gw:g1",
             Some("use-token-auth"),
             Some(&tokens[0]),
         ))
         .await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
-    let status = app.recv_publish().await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    let status = app.next_publish().await;
     let status: serde_json::Value = serde_json::from_slice(&status.payload).expect("JSON");
     assert_eq!(status["Action"], "Connect");
     assert_eq!(status["Protocol"], "mqtt-wss");
     assert_eq!(status["Ssl"], true);
 
     device
-        .publish(
+        .publish_to(
             "iot-2/evt/status/fmt/json",
             b"{\"ok\":true}",
             QoS::AtLeastOnce,
             false,
         )
         .await;
-    let event = app.recv_publish().await;
+    let event = app.next_publish().await;
     assert_eq!(&*event.topic, "iot-2/type/gw/id/g1/evt/status/fmt/json");
     device.send(Packet::Disconnect).await;
-    let status = app.recv_publish().await;
+    let status = app.next_publish().await;
     let status: serde_json::Value = serde_json::from_slice(&status.payload).expect("JSON");
     assert_eq!(status["Action"], "Disconnect");
 }

@@ -10,6 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use fieldbridge::event::{Event, Qos};
+use fieldbridge::uplink::{DeviceIdentity, SessionStatus, Uplink, UplinkSettings};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, Packet, QoS};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -316,6 +318,37 @@ impl Subscriber {
         let received = self.received.clone();
         wait_until(what, || done(&received.lock().unwrap())).await;
     }
+
+    /// Waits for a message that `wanted` accepts and returns the first one.
+    pub async fn first_matching(&self, what: &str, wanted: impl Fn(&Received) -> bool) -> Received {
+        self.wait_for(what, |messages| messages.iter().any(&wanted))
+            .await;
+        self.messages()
+            .into_iter()
+            .find(wanted)
+            .expect("a message that matched stays recorded")
+    }
+}
+
+/// A Mosquitto that keeps sessions across a restart, and a persistent subscriber to
+/// every platform event (`iot-2/#`) whose session outlives the broker's downtime.
+pub async fn persistent_broker_and_reader(dir: &Path, client_id: &str) -> (Mosquitto, Subscriber) {
+    let broker = Mosquitto::start(
+        dir,
+        BrokerConfig {
+            persistence: true,
+            ..BrokerConfig::default()
+        },
+    );
+    let subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id,
+        filter: "iot-2/#",
+        persistent: true,
+        credentials: None,
+    })
+    .await;
+    (broker, subscriber)
 }
 
 impl Drop for Subscriber {
@@ -333,6 +366,23 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
     }
 }
 
+/// Calls `attempt` every `interval` until it returns a value, blocking the thread;
+/// panics after [`DEADLINE`].
+pub fn poll_blocking<T>(
+    what: &str,
+    interval: Duration,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(value) = attempt() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(interval);
+    }
+}
+
 /// Like [`wait_until`] for an asynchronous condition.
 pub async fn wait_until_async<F, Fut>(what: &str, mut condition: F)
 where
@@ -344,6 +394,52 @@ where
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// An unmanaged device of the uplink; `token` makes it use token authentication.
+pub fn device_identity(id: &str, device_type: &str, token: Option<&str>) -> DeviceIdentity {
+    DeviceIdentity {
+        managed: false,
+        id: id.into(),
+        device_type: device_type.into(),
+        token: token.map(Into::into),
+    }
+}
+
+/// Uplink settings for organization `myorg` that reconnect quickly.
+pub fn uplink_settings(url: impl Into<String>) -> UplinkSettings {
+    let mut settings = UplinkSettings::new(url, "myorg");
+    settings.reconnect_min = Duration::from_millis(100);
+    settings.reconnect_max = Duration::from_secs(1);
+    settings
+}
+
+/// Event `event_id` of `device` carrying a test payload with `seq`.
+pub fn test_event(device: &str, event_id: &str, seq: u64, qos: Qos) -> Event {
+    Event {
+        device_id: device.into(),
+        event_id: event_id.into(),
+        qos,
+        payload: payload(device, seq),
+    }
+}
+
+/// Waits until `done` holds for the session status of `device`; panics after [`DEADLINE`].
+pub async fn wait_status(
+    uplink: &Uplink,
+    device: &str,
+    what: &str,
+    done: impl Fn(&SessionStatus) -> bool,
+) {
+    let mut status = uplink.status(device).expect("configured device");
+    let reached = tokio::time::timeout(DEADLINE, status.wait_for(|s| done(s)))
+        .await
+        .is_ok();
+    assert!(
+        reached,
+        "{device}: timed out waiting for {what}: {:?}",
+        *status.borrow()
+    );
 }
 
 /// A test event payload: `{"device": ..., "seq": N}`.

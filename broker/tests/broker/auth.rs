@@ -2,24 +2,23 @@
 
 use std::net::SocketAddr;
 
-use bytes::Bytes;
 use fieldbridge_broker::auth::set_password;
 use fieldbridge_broker::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig};
 
-use crate::common::{config, connect_packet, payload, publish, run, start, write_file, Raw};
+use crate::support::{
+    config, connect_packet, login_packet, payload, publish, run, start, write_file, Client,
+};
 
 async fn login(
     addr: SocketAddr,
     client_id: &str,
     user: Option<&str>,
     password: Option<&str>,
-) -> (Raw, ConnectReturnCode) {
-    let mut connect = connect_packet(client_id, true);
-    connect.username = user.map(Into::into);
-    connect.password = password.map(|p| Bytes::copy_from_slice(p.as_bytes()));
-    let (raw, connack) = Raw::connect_with(addr, connect).await;
-    (raw, connack.code)
+) -> (Client, ConnectReturnCode) {
+    let (client, connack) =
+        Client::connect_with(addr, login_packet(client_id, user, password)).await;
+    (client, connack.code)
 }
 
 #[tokio::test]
@@ -164,13 +163,13 @@ async fn will_topic_must_be_writable() {
     let broker = start(cfg).await;
     let mut connect = connect_packet("bob-2", true);
     connect.username = Some("bob".into());
-    connect.will = Some(crate::common::will(
+    connect.will = Some(crate::support::will(
         "sensors/alice",
         "x",
         QoS::AtMostOnce,
         false,
     ));
-    let (_, connack) = Raw::connect_with(broker.local_addr(), connect).await;
+    let (_, connack) = Client::connect_with(broker.local_addr(), connect).await;
     assert_eq!(connack.code, ConnectReturnCode::NotAuthorized);
 }
 

@@ -1,7 +1,8 @@
 //! Integration tests of the broker: real brokers (in-process or the binary) on loopback,
 //! real clients (raw packets through the codec, rumqttc, Mosquitto's command-line tools).
 
-mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod auth;
 mod malformed;

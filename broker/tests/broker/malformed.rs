@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fieldbridge_broker::codec::{ConnAck, ConnectReturnCode, Packet, QoS};
 
-use crate::common::{config, connect_packet, payload, start, will, Raw};
+use crate::support::{config, connect_packet, payload, start, will, Client};
 
 fn remaining_length(mut len: usize, out: &mut Vec<u8>) {
     loop {
@@ -52,7 +52,7 @@ fn publish_bytes(first: u8, topic: &[u8], pkid: Option<u16>, payload: &[u8]) -> 
 
 /// The broker still accepts and serves a well-behaved client.
 async fn still_serving(addr: SocketAddr) {
-    let (mut client, _) = Raw::connect(addr, "well-behaved", true).await;
+    let (mut client, _) = Client::connect(addr, "well-behaved", true).await;
     client.ping().await;
     client.disconnect().await;
 }
@@ -60,14 +60,14 @@ async fn still_serving(addr: SocketAddr) {
 /// Sends `bytes` as the first thing on a new connection; returns what came back before the
 /// broker closed it.
 async fn first_bytes(addr: SocketAddr, bytes: &[u8]) -> Vec<Packet> {
-    let mut raw = Raw::tcp(addr).await;
+    let mut raw = Client::tcp(addr).await;
     raw.write(bytes).await;
     raw.expect_closed().await
 }
 
 /// Sends `bytes` after a successful CONNECT; asserts the connection is closed.
 async fn after_connect(addr: SocketAddr, bytes: &[u8]) {
-    let (mut raw, _) = Raw::connect(addr, "offender", true).await;
+    let (mut raw, _) = Client::connect(addr, "offender", true).await;
     raw.write(bytes).await;
     let before = raw.expect_closed().await;
     assert!(before.is_empty(), "nothing answered: {before:?}");
@@ -91,7 +91,7 @@ async fn bad_remaining_lengths() {
     after_connect(addr, &[0xc0, 0x80, 0x00]).await; // PINGREQ with a non-minimal length
                                                     // A remaining length longer than the bytes that follow, then the client stops: the
                                                     // connection waits for the rest, and goes when the client does.
-    let mut raw = Raw::tcp(addr).await;
+    let mut raw = Client::tcp(addr).await;
     raw.write(&[0x10, 0x20, 0x00, 0x04]).await;
     drop(raw);
     still_serving(addr).await;
@@ -146,7 +146,7 @@ async fn wrong_protocol_name_or_level_gets_connack_1() {
 }
 
 async fn first_connack(addr: SocketAddr, bytes: &[u8]) -> ConnAck {
-    let mut raw = Raw::tcp(addr).await;
+    let mut raw = Client::tcp(addr).await;
     raw.write(bytes).await;
     match raw.recv().await {
         Packet::ConnAck(connack) => connack,
@@ -177,11 +177,11 @@ async fn invalid_strings() {
 async fn protocol_error_publishes_the_will() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut watcher, _) = Raw::connect(addr, "watcher", true).await;
+    let (mut watcher, _) = Client::connect(addr, "watcher", true).await;
     watcher.subscribe(&[("bad/status", QoS::AtMostOnce)]).await;
     let mut connect = connect_packet("bad", true);
     connect.will = Some(will("bad/status", "protocol error", QoS::AtMostOnce, false));
-    let (mut offender, _) = Raw::connect_with(addr, connect).await;
+    let (mut offender, _) = Client::connect_with(addr, connect).await;
     offender
         .write(&publish_bytes(0x30, b"wild/+", None, b"wildcard topic"))
         .await;
@@ -219,13 +219,13 @@ async fn oversize_packets() {
     // Announced far larger than allowed: closed on the header alone.
     let mut huge = vec![0x30];
     remaining_length(10_000_000, &mut huge);
-    let (mut raw, _) = Raw::connect(addr, "huge", true).await;
+    let (mut raw, _) = Client::connect(addr, "huge", true).await;
     raw.write(&huge).await;
     raw.expect_closed().await;
     // Within the packet bound but over max_payload.
     after_connect(addr, &publish_bytes(0x30, b"t", None, &[b'x'; 2000])).await;
     // At max_payload: fine.
-    let (mut ok, _) = Raw::connect(addr, "ok", true).await;
+    let (mut ok, _) = Client::connect(addr, "ok", true).await;
     ok.write(&publish_bytes(0x30, b"t", None, &[b'x'; 1024]))
         .await;
     ok.ping().await;
@@ -267,7 +267,7 @@ async fn pipelined_packets_after_connect() {
         fieldbridge_broker::codec::encode(&packet, &mut out).expect("encodes");
     }
     bytes.extend_from_slice(&out);
-    let mut raw = Raw::tcp(broker.local_addr()).await;
+    let mut raw = Client::tcp(broker.local_addr()).await;
     raw.write(&bytes).await;
     assert!(matches!(raw.recv().await, Packet::ConnAck(_)));
     assert!(matches!(raw.recv().await, Packet::SubAck(_)));

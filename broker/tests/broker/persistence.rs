@@ -6,7 +6,7 @@ use fieldbridge_broker::codec::{Packet, PubAck, Publish, QoS};
 use fieldbridge_broker::config::{PersistenceConfig, Synchronous};
 use fieldbridge_broker::Config;
 
-use crate::common::{config, payload, publish, start, wait_until, write_file, Process, Raw};
+use crate::support::{config, payload, publish, start, wait_until, write_file, Client, Process};
 
 fn persistent_config(dir: &Path) -> Config {
     let mut cfg = config();
@@ -23,10 +23,10 @@ async fn state_survives_a_restart() {
     let broker = start(persistent_config(dir.path())).await;
     let addr = broker.local_addr();
 
-    let (mut sub, _) = Raw::connect(addr, "durable", false).await;
+    let (mut sub, _) = Client::connect(addr, "durable", false).await;
     sub.subscribe(&[("d/#", QoS::ExactlyOnce), ("other", QoS::AtMostOnce)])
         .await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish(
             "d/inflight",
@@ -71,7 +71,7 @@ async fn state_survives_a_restart() {
     let addr = broker.local_addr();
     assert_eq!(broker.stats().retained_messages, 1);
     assert_eq!(broker.stats().subscriptions, 2);
-    let (mut sub, present) = Raw::connect(addr, "durable", false).await;
+    let (mut sub, present) = Client::connect(addr, "durable", false).await;
     assert!(present, "the session was restored");
     let again = sub.recv_publish().await;
     assert_eq!(
@@ -85,7 +85,7 @@ async fn state_survives_a_restart() {
         assert_eq!(payload(&got), expected);
         sub.ack(&got).await;
     }
-    let (mut fresh, _) = Raw::connect(addr, "fresh", true).await;
+    let (mut fresh, _) = Client::connect(addr, "fresh", true).await;
     fresh.subscribe(&[("keep/#", QoS::AtLeastOnce)]).await;
     let got = fresh.recv_publish().await;
     assert_eq!(
@@ -96,9 +96,9 @@ async fn state_survives_a_restart() {
 
     // Acknowledged messages are gone for good.
     let broker = start(persistent_config(dir.path())).await;
-    let (mut sub, present) = Raw::connect(broker.local_addr(), "durable", false).await;
+    let (mut sub, present) = Client::connect(broker.local_addr(), "durable", false).await;
     assert!(present);
-    let (mut publisher, _) = Raw::connect(broker.local_addr(), "pub", true).await;
+    let (mut publisher, _) = Client::connect(broker.local_addr(), "pub", true).await;
     publisher
         .publish(publish("d/new", "new", QoS::AtLeastOnce, 1))
         .await;
@@ -113,10 +113,10 @@ async fn state_survives_a_restart() {
 async fn clean_session_removes_the_stored_session() {
     let dir = tempfile::tempdir().expect("temp dir");
     let broker = start(persistent_config(dir.path())).await;
-    let (mut sub, _) = Raw::connect(broker.local_addr(), "c", false).await;
+    let (mut sub, _) = Client::connect(broker.local_addr(), "c", false).await;
     sub.subscribe(&[("x", QoS::AtLeastOnce)]).await;
     sub.disconnect().await;
-    let (clean, _) = Raw::connect(broker.local_addr(), "c", true).await;
+    let (clean, _) = Client::connect(broker.local_addr(), "c", true).await;
     clean.disconnect().await;
     broker.shutdown().await;
     let broker = start(persistent_config(dir.path())).await;
@@ -145,15 +145,15 @@ async fn acknowledged_messages_survive_a_crash() {
         "127.0.0.1:0",
     ];
     let process = Process::spawn(&args).await;
-    let (mut sub, _) = Raw::connect(process.addr, "crash-sub", false).await;
+    let (mut sub, _) = Client::connect(process.addr, "crash-sub", false).await;
     sub.subscribe(&[("c/#", QoS::AtLeastOnce)]).await;
     sub.disconnect().await;
-    let (mut publisher, _) = Raw::connect(process.addr, "crash-pub", true).await;
+    let (mut publisher, _) = Client::connect(process.addr, "crash-pub", true).await;
     for pkid in 1..=20u16 {
         publisher
             .send(Packet::Publish(publish(
                 "c/m",
-                &pkid.to_string(),
+                pkid.to_string(),
                 QoS::AtLeastOnce,
                 pkid,
             )))
@@ -166,7 +166,7 @@ async fn acknowledged_messages_survive_a_crash() {
     drop(process);
 
     let process = Process::spawn(&args).await;
-    let (mut sub, present) = Raw::connect(process.addr, "crash-sub", false).await;
+    let (mut sub, present) = Client::connect(process.addr, "crash-sub", false).await;
     assert!(present);
     for pkid in 1..=20u16 {
         let got = sub.recv_publish().await;

@@ -5,7 +5,9 @@ use std::time::Duration;
 use fieldbridge_broker::codec::QoS;
 use tokio::process::Command;
 
-use crate::common::{config, publish, run, start, wait_until, write_file, Process, Raw, DEADLINE};
+use crate::support::{
+    config, publish, run, start, wait_until, write_file, Client, Process, DEADLINE,
+};
 
 #[tokio::test]
 async fn mosquitto_clients_publish_and_subscribe() {
@@ -53,7 +55,7 @@ async fn mosquitto_sub_receives_live_messages() {
         broker.stats().subscriptions == 1
     })
     .await;
-    let (mut publisher, _) = Raw::connect(broker.local_addr(), "pub", true).await;
+    let (mut publisher, _) = Client::connect(broker.local_addr(), "pub", true).await;
     publisher
         .publish(publish("live/a", "first", QoS::ExactlyOnce, 1))
         .await;
@@ -77,7 +79,7 @@ async fn mosquitto_sub_receives_live_messages() {
 #[tokio::test]
 async fn sigterm_stops_the_broker_cleanly() {
     let process = Process::spawn(&["--listen", "127.0.0.1:0"]).await;
-    let (mut client, _) = Raw::connect(process.addr, "c", true).await;
+    let (mut client, _) = Client::connect(process.addr, "c", true).await;
     client.ping().await;
     process.terminate();
     client.expect_closed().await;
@@ -146,7 +148,7 @@ async fn config_file_listeners_and_cli_listeners_together() {
         "127.0.0.1:0",
     ])
     .await;
-    let (mut client, _) = Raw::connect(process.addr, "first", true).await;
+    let (mut client, _) = Client::connect(process.addr, "first", true).await;
     client.ping().await;
     let addresses: Vec<String> = process
         .stderr
@@ -168,6 +170,6 @@ async fn config_file_listeners_and_cli_listeners_together() {
     }
     assert_eq!(addresses.len(), 2, "{addresses:?}");
     let second = addresses[1].parse().expect("an address");
-    let (mut other, _) = Raw::connect(second, "second", true).await;
+    let (mut other, _) = Client::connect(second, "second", true).await;
     other.ping().await;
 }

@@ -7,18 +7,18 @@ use fieldbridge_broker::codec::{
 };
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions};
 
-use crate::common::{config, payload, publish, start, Raw, DEADLINE};
+use crate::support::{config, payload, publish, start, Client, DEADLINE};
 
 #[tokio::test]
 async fn every_qos_in_both_directions() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "sub", true).await;
+    let (mut sub, _) = Client::connect(addr, "sub", true).await;
     assert_eq!(
         sub.subscribe(&[("t/#", QoS::ExactlyOnce)]).await,
         vec![SubscribeReturnCode::Success(QoS::ExactlyOnce)]
     );
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     for (index, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
         .into_iter()
         .enumerate()
@@ -29,7 +29,7 @@ async fn every_qos_in_both_directions() {
             10 + index as u16
         };
         publisher
-            .publish(publish("t/x", &format!("m{index}"), qos, pkid))
+            .publish(publish("t/x", format!("m{index}"), qos, pkid))
             .await;
         let received = sub.recv_publish().await;
         assert_eq!(
@@ -53,11 +53,11 @@ async fn every_qos_in_both_directions() {
 async fn delivery_qos_is_the_lower_of_published_and_granted() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub0, _) = Raw::connect(addr, "sub0", true).await;
-    let (mut sub1, _) = Raw::connect(addr, "sub1", true).await;
+    let (mut sub0, _) = Client::connect(addr, "sub0", true).await;
+    let (mut sub1, _) = Client::connect(addr, "sub1", true).await;
     sub0.subscribe(&[("m", QoS::AtMostOnce)]).await;
     sub1.subscribe(&[("m", QoS::AtLeastOnce)]).await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("m", "two", QoS::ExactlyOnce, 1))
         .await;
@@ -79,7 +79,7 @@ async fn delivery_qos_is_the_lower_of_published_and_granted() {
 async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "sub", true).await;
+    let (mut sub, _) = Client::connect(addr, "sub", true).await;
     let codes = sub
         .subscribe(&[
             ("a/+", QoS::AtMostOnce),
@@ -88,7 +88,7 @@ async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
         ])
         .await;
     assert_eq!(codes.len(), 3);
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("a/b", "once", QoS::ExactlyOnce, 1))
         .await;
@@ -113,9 +113,9 @@ async fn overlapping_subscriptions_deliver_once_at_the_highest_qos() {
 async fn qos2_duplicate_before_pubrel_is_delivered_once() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "sub", true).await;
+    let (mut sub, _) = Client::connect(addr, "sub", true).await;
     sub.subscribe(&[("x", QoS::ExactlyOnce)]).await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     let original = publish("x", "exactly", QoS::ExactlyOnce, 7);
     publisher.send(Packet::Publish(original.clone())).await;
     assert_eq!(publisher.recv().await, Packet::PubRec(PubRec::new(7)));
@@ -161,10 +161,10 @@ async fn qos2_duplicate_before_pubrel_is_delivered_once() {
 async fn unacknowledged_messages_are_resent_with_dup_in_order_on_reconnect() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, present) = Raw::connect(addr, "keeper", false).await;
+    let (mut sub, present) = Client::connect(addr, "keeper", false).await;
     assert!(!present);
     sub.subscribe(&[("r/#", QoS::ExactlyOnce)]).await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     let sent = [
         ("r/1", QoS::AtLeastOnce),
         ("r/2", QoS::ExactlyOnce),
@@ -181,7 +181,7 @@ async fn unacknowledged_messages_are_resent_with_dup_in_order_on_reconnect() {
     }
     drop(sub); // no acknowledgement, no DISCONNECT
 
-    let (mut sub, present) = Raw::connect(addr, "keeper", false).await;
+    let (mut sub, present) = Client::connect(addr, "keeper", false).await;
     assert!(present, "the session was kept");
     for original in &first_time {
         let again = sub.recv_publish().await;
@@ -217,9 +217,9 @@ async fn unacknowledged_messages_are_resent_with_dup_in_order_on_reconnect() {
 async fn owed_pubrel_is_resent_on_reconnect() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "rel", false).await;
+    let (mut sub, _) = Client::connect(addr, "rel", false).await;
     sub.subscribe(&[("q2", QoS::ExactlyOnce)]).await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("q2", "body", QoS::ExactlyOnce, 3))
         .await;
@@ -228,7 +228,7 @@ async fn owed_pubrel_is_resent_on_reconnect() {
     assert_eq!(sub.recv().await, Packet::PubRel(PubRel::new(received.pkid)));
     drop(sub); // PUBCOMP never sent
 
-    let (mut sub, present) = Raw::connect(addr, "rel", false).await;
+    let (mut sub, present) = Client::connect(addr, "rel", false).await;
     assert!(present);
     assert_eq!(
         sub.recv().await,
@@ -248,19 +248,19 @@ async fn inflight_window_holds_back_the_rest_until_acknowledged() {
     cfg.limits.max_inflight = 2;
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "slow", true).await;
+    let (mut sub, _) = Client::connect(addr, "slow", true).await;
     sub.subscribe(&[("w", QoS::AtLeastOnce)]).await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     for pkid in 1..=3 {
         publisher
-            .publish(publish("w", &pkid.to_string(), QoS::AtLeastOnce, pkid))
+            .publish(publish("w", pkid.to_string(), QoS::AtLeastOnce, pkid))
             .await;
     }
     let first = sub.recv_publish().await;
     let second = sub.recv_publish().await;
     assert_eq!(
         sub.try_recv(Duration::from_millis(300)).await.err(),
-        Some(crate::common::Silence::TimedOut)
+        Some(crate::support::Silence::TimedOut)
     );
     sub.ack(&first).await;
     assert_eq!(payload(&sub.recv_publish().await), "3");

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use fieldbridge_broker::codec::{Publish, QoS};
 
-use crate::common::{config, payload, publish, start, wait_until, Raw};
+use crate::support::{config, payload, publish, start, wait_until, Client};
 
 fn retained(topic: &str, body: &str, qos: QoS, pkid: u16) -> Publish {
     Publish {
@@ -18,7 +18,7 @@ fn retained(topic: &str, body: &str, qos: QoS, pkid: u16) -> Publish {
 async fn retained_set_replace_clear() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(retained("r/x", "v1", QoS::AtLeastOnce, 1))
         .await;
@@ -26,7 +26,7 @@ async fn retained_set_replace_clear() {
         .publish(retained("r/x", "v2", QoS::AtLeastOnce, 2))
         .await;
 
-    let (mut late, _) = Raw::connect(addr, "late", true).await;
+    let (mut late, _) = Client::connect(addr, "late", true).await;
     late.subscribe(&[("r/x", QoS::AtLeastOnce)]).await;
     let got = late.recv_publish().await;
     assert_eq!(
@@ -53,7 +53,7 @@ async fn retained_set_replace_clear() {
     })
     .await;
 
-    let (mut later, _) = Raw::connect(addr, "later", true).await;
+    let (mut later, _) = Client::connect(addr, "later", true).await;
     later.subscribe(&[("r/x", QoS::AtMostOnce)]).await;
     publisher
         .publish(publish("r/x", "marker", QoS::AtMostOnce, 0))
@@ -69,13 +69,13 @@ async fn retained_set_replace_clear() {
 async fn retained_messages_reach_wildcard_subscriptions() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     for topic in ["a/b", "a/c/d", "b/x", "a"] {
         publisher
             .publish(retained(topic, topic, QoS::AtLeastOnce, 1))
             .await;
     }
-    let (mut sub, _) = Raw::connect(addr, "sub", true).await;
+    let (mut sub, _) = Client::connect(addr, "sub", true).await;
     sub.subscribe(&[("a/#", QoS::AtMostOnce)]).await;
     let mut topics = Vec::new();
     for _ in 0..3 {
@@ -96,13 +96,13 @@ async fn retained_messages_reach_wildcard_subscriptions() {
 async fn dollar_topics_are_not_matched_by_leading_wildcards() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut everything, _) = Raw::connect(addr, "all", true).await;
+    let (mut everything, _) = Client::connect(addr, "all", true).await;
     everything
         .subscribe(&[("#", QoS::AtMostOnce), ("+/status", QoS::AtMostOnce)])
         .await;
-    let (mut dollar, _) = Raw::connect(addr, "dollar", true).await;
+    let (mut dollar, _) = Client::connect(addr, "dollar", true).await;
     dollar.subscribe(&[("$app/#", QoS::AtMostOnce)]).await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("$app/status", "hidden", QoS::AtMostOnce, 0))
         .await;
@@ -124,13 +124,13 @@ async fn sys_topics_report_the_broker() {
     cfg.sys_interval = Duration::from_secs(1);
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     for pkid in 1..=3 {
         publisher
             .publish(publish("count/me", "x", QoS::AtLeastOnce, pkid))
             .await;
     }
-    let (mut sys, _) = Raw::connect(addr, "sys", true).await;
+    let (mut sys, _) = Client::connect(addr, "sys", true).await;
     sys.subscribe(&[("$SYS/broker/#", QoS::AtMostOnce)]).await;
     let mut values = HashMap::new();
     let wanted = [
@@ -173,7 +173,7 @@ async fn sys_topics_report_the_broker() {
     number("retained messages/count");
 
     // `#` does not see $SYS; the next update shows the new subscriber.
-    let (mut all, _) = Raw::connect(addr, "all", true).await;
+    let (mut all, _) = Client::connect(addr, "all", true).await;
     all.subscribe(&[("#", QoS::AtMostOnce)]).await;
     publisher
         .publish(publish("plain", "marker", QoS::AtMostOnce, 0))

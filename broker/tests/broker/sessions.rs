@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use fieldbridge_broker::codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
 
-use crate::common::{
-    config, connect_packet, payload, publish, start, wait_until, will, Raw, Silence,
+use crate::support::{
+    config, connect_packet, payload, publish, start, wait_until, will, Client, Silence,
 };
 
 #[tokio::test]
 async fn persistent_session_queues_qos1_and_qos2_while_away() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "away", false).await;
+    let (mut sub, _) = Client::connect(addr, "away", false).await;
     sub.subscribe(&[("q/#", QoS::ExactlyOnce)]).await;
     sub.disconnect().await;
     wait_until("the client is gone", || {
@@ -21,7 +21,7 @@ async fn persistent_session_queues_qos1_and_qos2_while_away() {
     })
     .await;
 
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("q/1", "one", QoS::AtLeastOnce, 1))
         .await;
@@ -35,7 +35,7 @@ async fn persistent_session_queues_qos1_and_qos2_while_away() {
         .publish(publish("q/3", "three", QoS::AtLeastOnce, 3))
         .await;
 
-    let (mut sub, present) = Raw::connect(addr, "away", false).await;
+    let (mut sub, present) = Client::connect(addr, "away", false).await;
     assert!(present);
     for expected in ["one", "two", "three"] {
         let got = sub.recv_publish().await;
@@ -63,17 +63,17 @@ async fn queue_limits_drop_and_count() {
     cfg.limits.max_queued_messages = 3;
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "limited", false).await;
+    let (mut sub, _) = Client::connect(addr, "limited", false).await;
     sub.subscribe(&[("l", QoS::AtLeastOnce)]).await;
     sub.disconnect().await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     for pkid in 1..=5 {
         publisher
-            .publish(publish("l", &pkid.to_string(), QoS::AtLeastOnce, pkid))
+            .publish(publish("l", pkid.to_string(), QoS::AtLeastOnce, pkid))
             .await;
     }
     assert_eq!(broker.stats().messages_dropped, 2);
-    let (mut sub, _) = Raw::connect(addr, "limited", false).await;
+    let (mut sub, _) = Client::connect(addr, "limited", false).await;
     for expected in ["1", "2", "3"] {
         let got = sub.recv_publish().await;
         assert_eq!(
@@ -95,10 +95,10 @@ async fn queue_byte_limit_drops_too() {
     cfg.limits.max_queued_bytes = 100;
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "bytes", false).await;
+    let (mut sub, _) = Client::connect(addr, "bytes", false).await;
     sub.subscribe(&[("b", QoS::AtLeastOnce)]).await;
     sub.disconnect().await;
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     let forty = "x".repeat(40);
     for pkid in 1..=3 {
         publisher
@@ -116,12 +116,12 @@ async fn queue_byte_limit_drops_too() {
 async fn clean_session_discards_the_session() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut sub, _) = Raw::connect(addr, "c", false).await;
+    let (mut sub, _) = Client::connect(addr, "c", false).await;
     sub.subscribe(&[("gone", QoS::AtLeastOnce)]).await;
     sub.disconnect().await;
-    let (mut clean, present) = Raw::connect(addr, "c", true).await;
+    let (mut clean, present) = Client::connect(addr, "c", true).await;
     assert!(!present, "clean session 1 starts afresh");
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("gone", "nobody", QoS::AtLeastOnce, 1))
         .await;
@@ -139,7 +139,7 @@ async fn clean_session_discards_the_session() {
         broker.stats().clients_total == 1
     })
     .await;
-    let (_again, present) = Raw::connect(addr, "c", false).await;
+    let (_again, present) = Client::connect(addr, "c", false).await;
     assert!(!present, "nothing was kept");
 }
 
@@ -147,10 +147,10 @@ async fn clean_session_discards_the_session() {
 async fn zero_length_client_id() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut anonymous, connack) = Raw::connect_with(addr, connect_packet("", true)).await;
+    let (mut anonymous, connack) = Client::connect_with(addr, connect_packet("", true)).await;
     assert_eq!(connack.code, ConnectReturnCode::Accepted);
     anonymous.ping().await;
-    let (mut refused, connack) = Raw::connect_with(addr, connect_packet("", false)).await;
+    let (mut refused, connack) = Client::connect_with(addr, connect_packet("", false)).await;
     assert_eq!(connack.code, ConnectReturnCode::IdentifierRejected);
     assert!(!connack.session_present);
     refused.expect_closed().await;
@@ -162,11 +162,11 @@ async fn second_connection_takes_the_client_id_over() {
     let addr = broker.local_addr();
     let mut first_connect = connect_packet("twin", false);
     first_connect.will = Some(will("twin/status", "lost", QoS::AtMostOnce, false));
-    let (mut watcher, _) = Raw::connect(addr, "watcher", true).await;
+    let (mut watcher, _) = Client::connect(addr, "watcher", true).await;
     watcher.subscribe(&[("twin/#", QoS::AtMostOnce)]).await;
-    let (mut first, _) = Raw::connect_with(addr, first_connect).await;
+    let (mut first, _) = Client::connect_with(addr, first_connect).await;
     first.subscribe(&[("twin/cmd", QoS::AtLeastOnce)]).await;
-    let (mut second, present) = Raw::connect(addr, "twin", false).await;
+    let (mut second, present) = Client::connect(addr, "twin", false).await;
     assert!(present, "the persistent session carries over");
     first.expect_closed().await;
     assert_eq!(
@@ -174,7 +174,7 @@ async fn second_connection_takes_the_client_id_over() {
         "lost",
         "the replaced connection's will"
     );
-    let (mut publisher, _) = Raw::connect(addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
     publisher
         .publish(publish("twin/cmd", "for the second", QoS::AtLeastOnce, 1))
         .await;
@@ -186,7 +186,7 @@ async fn second_connection_takes_the_client_id_over() {
 async fn will_on_abnormal_disconnect_only() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut watcher, _) = Raw::connect(addr, "watcher", true).await;
+    let (mut watcher, _) = Client::connect(addr, "watcher", true).await;
     watcher.subscribe(&[("wills/#", QoS::AtLeastOnce)]).await;
 
     let mut polite = connect_packet("polite", true);
@@ -196,12 +196,12 @@ async fn will_on_abnormal_disconnect_only() {
         QoS::AtLeastOnce,
         false,
     ));
-    let (polite, _) = Raw::connect_with(addr, polite).await;
+    let (polite, _) = Client::connect_with(addr, polite).await;
     polite.disconnect().await;
 
     let mut rude = connect_packet("rude", true);
     rude.will = Some(will("wills/rude", "gone", QoS::AtLeastOnce, true));
-    let (rude, _) = Raw::connect_with(addr, rude).await;
+    let (rude, _) = Client::connect_with(addr, rude).await;
     drop(rude);
 
     let got = watcher.recv_publish().await;
@@ -210,7 +210,7 @@ async fn will_on_abnormal_disconnect_only() {
         ("wills/rude".into(), "gone".into(), QoS::AtLeastOnce)
     );
     watcher.ack(&got).await;
-    let (mut late, _) = Raw::connect(addr, "late", true).await;
+    let (mut late, _) = Client::connect(addr, "late", true).await;
     late.subscribe(&[("wills/rude", QoS::AtMostOnce)]).await;
     assert!(
         late.recv_publish().await.retain,
@@ -222,7 +222,7 @@ async fn will_on_abnormal_disconnect_only() {
 async fn will_on_keepalive_expiry() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let (mut watcher, _) = Raw::connect(addr, "watcher", true).await;
+    let (mut watcher, _) = Client::connect(addr, "watcher", true).await;
     watcher
         .subscribe(&[("silent/status", QoS::AtMostOnce)])
         .await;
@@ -230,7 +230,7 @@ async fn will_on_keepalive_expiry() {
     connect.keep_alive = 1;
     connect.will = Some(will("silent/status", "expired", QoS::AtMostOnce, false));
     let started = Instant::now();
-    let (mut silent, _) = Raw::connect_with(addr, connect).await;
+    let (mut silent, _) = Client::connect_with(addr, connect).await;
     silent.expect_closed().await;
     assert!(
         started.elapsed() >= Duration::from_millis(1400),
@@ -245,7 +245,7 @@ async fn activity_keeps_the_connection_alive() {
     let addr = broker.local_addr();
     let mut connect = connect_packet("busy", true);
     connect.keep_alive = 2;
-    let (mut busy, _) = Raw::connect_with(addr, connect).await;
+    let (mut busy, _) = Client::connect_with(addr, connect).await;
     let started = Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
         busy.ping().await;
@@ -262,7 +262,7 @@ async fn max_keepalive_caps_what_the_client_asks() {
     let addr = broker.local_addr();
     let mut connect = connect_packet("lazy", true);
     connect.keep_alive = 0;
-    let (mut lazy, _) = Raw::connect_with(addr, connect).await;
+    let (mut lazy, _) = Client::connect_with(addr, connect).await;
     lazy.expect_closed().await;
 }
 
@@ -272,9 +272,9 @@ async fn max_connections() {
     cfg.limits.max_connections = 2;
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    let (mut one, _) = Raw::connect(addr, "one", true).await;
-    let (two, _) = Raw::connect(addr, "two", true).await;
-    let mut three = Raw::tcp(addr).await;
+    let (mut one, _) = Client::connect(addr, "one", true).await;
+    let (two, _) = Client::connect(addr, "two", true).await;
+    let mut three = Client::tcp(addr).await;
     three
         .send(Packet::Connect(connect_packet("three", true)))
         .await;
@@ -289,7 +289,7 @@ async fn max_connections() {
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let mut four = Raw::tcp(addr).await;
+        let mut four = Client::tcp(addr).await;
         four.send(Packet::Connect(connect_packet("four", true)))
             .await;
         match four.try_recv(Duration::from_secs(5)).await {
@@ -312,7 +312,7 @@ async fn session_and_subscription_limits() {
     cfg.limits.max_subscriptions_per_session = 2;
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    let (mut one, _) = Raw::connect(addr, "one", false).await;
+    let (mut one, _) = Client::connect(addr, "one", false).await;
     let granted = |qos| SubscribeReturnCode::Success(qos);
     assert_eq!(
         one.subscribe(&[
@@ -333,14 +333,14 @@ async fn session_and_subscription_limits() {
         "replacing a subscription is not one more"
     );
     one.disconnect().await;
-    let (_two, _) = Raw::connect(addr, "two", true).await;
-    let (mut three, connack) = Raw::connect_with(addr, connect_packet("three", true)).await;
+    let (_two, _) = Client::connect(addr, "two", true).await;
+    let (mut three, connack) = Client::connect_with(addr, connect_packet("three", true)).await;
     assert_eq!(
         connack.code,
         ConnectReturnCode::ServerUnavailable,
         "the absent persistent session counts"
     );
     three.expect_closed().await;
-    let (_again, present) = Raw::connect(addr, "one", false).await;
+    let (_again, present) = Client::connect(addr, "one", false).await;
     assert!(present, "an existing session is resumed at the limit");
 }

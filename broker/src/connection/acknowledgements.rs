@@ -1,0 +1,66 @@
+//! Acknowledgements: PUBACK, PUBREC and PUBCOMP of messages sent to the client, PUBREL of
+//! QoS 2 messages it sent.
+
+use super::{Connection, End};
+use crate::codec::{Packet, PubComp, PubRel};
+use crate::persistence::Op;
+use crate::session::Acked;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which acknowledgement of an outgoing QoS 1 or 2 message arrived.
+pub(super) enum AckKind {
+    /// PUBACK
+    Ack,
+    /// PUBREC
+    Rec,
+    /// PUBCOMP
+    Comp,
+}
+
+impl Connection {
+    pub(super) async fn on_ack(&mut self, pkid: u16, kind: AckKind) -> Result<(), End> {
+        let mut permit = self.reserve_durable(1).await?;
+        {
+            let mut inner = self.session.inner.lock();
+            if !inner.is_linked_to(&self.signal) {
+                return Ok(());
+            }
+            let acked = match kind {
+                AckKind::Ack => inner.state.puback(pkid),
+                AckKind::Rec => inner.state.pubrec(pkid),
+                AckKind::Comp => inner.state.pubcomp(pkid),
+            };
+            let client_id = self.session.client_id.clone();
+            let op = match acked {
+                Acked::Completed { seq } => Some(Op::Completed { client_id, seq }),
+                Acked::Released { seq } => Some(Op::Released { client_id, seq }),
+                Acked::Unknown => {
+                    tracing::debug!(client_id = %self.session.client_id, pkid, ?kind, "acknowledgement of nothing in flight");
+                    None
+                }
+            };
+            if let (Some(op), Some(permit)) = (op, permit.as_mut().and_then(Iterator::next)) {
+                permit.send(op);
+            }
+        }
+        drop(permit);
+        if kind == AckKind::Rec {
+            self.write_packet(&Packet::PubRel(PubRel::new(pkid)));
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_pubrel(&mut self, pkid: u16) -> Result<(), End> {
+        let released = self.session.inner.lock().state.incoming_pubrel(pkid);
+        if let Some(store) = self.durable_store().filter(|_| released) {
+            store
+                .send(Op::IncomingReleased {
+                    client_id: self.session.client_id.clone(),
+                    pkid,
+                })
+                .await?;
+        }
+        self.write_packet(&Packet::PubComp(PubComp::new(pkid)));
+        Ok(())
+    }
+}

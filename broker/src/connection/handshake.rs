@@ -1,0 +1,381 @@
+//! The CONNECT handshake: reading the first packet, checking the client, attaching it to its
+//! session, and answering with a CONNACK.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use bytestring::ByteString;
+use rand::Rng;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+
+use super::{Accepted, Connection, ListenerInfo, LINGER};
+use crate::acl::Identity;
+use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet};
+use crate::config::AnonymousPolicy;
+use crate::context::BrokerContext;
+use crate::metrics::LocalCounters;
+use crate::platform::status::Action;
+use crate::platform::{Admission, PlatformClient};
+use crate::registry::{Attached, ConnectionSignal, Link};
+use crate::transport::{ClientStream, Transport};
+
+/// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
+pub(super) async fn open(accepted: Box<Accepted>) -> Option<Connection> {
+    let Accepted {
+        stream,
+        peer,
+        listener,
+        ctx,
+        slot,
+        upgrade,
+    } = *accepted;
+    let mut stream = crate::transport::establish(upgrade, stream, peer, &ctx).await?;
+    let mut rbuf = BytesMut::new();
+    let first = tokio::select! {
+        first = timeout(ctx.limits.connect_timeout, read_first_packet(&mut stream, &mut rbuf, ctx.max_packet_size())) => first,
+        () = ctx.shutdown.cancelled() => return None,
+    };
+    let connect = match first {
+        Err(_) => {
+            tracing::debug!(%peer, "no CONNECT in time");
+            return None;
+        }
+        Ok(Err(FirstPacketError::Io(error))) => {
+            tracing::debug!(%peer, %error, "connection closed before CONNECT");
+            return None;
+        }
+        Ok(Err(FirstPacketError::Codec(error))) => {
+            tracing::info!(%peer, %error, "malformed first packet");
+            if let Some(code) = error.connack_code() {
+                refuse(&mut stream, code).await;
+            }
+            return None;
+        }
+        Ok(Ok(Packet::Connect(connect))) => connect,
+        Ok(Ok(other)) => {
+            tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT");
+            return None;
+        }
+    };
+    if rbuf.is_empty() {
+        // The CONNECT's buffer goes with the packet (its strings are copied below).
+        rbuf = BytesMut::new();
+    }
+    handshake(stream, peer, listener, ctx, slot, connect, rbuf).await
+}
+
+enum FirstPacketError {
+    Io(io::Error),
+    Codec(codec::Error),
+}
+
+async fn read_first_packet(
+    stream: &mut ClientStream,
+    rbuf: &mut BytesMut,
+    max: usize,
+) -> Result<Packet, FirstPacketError> {
+    loop {
+        if let Some(packet) = codec::decode(rbuf, max).map_err(FirstPacketError::Codec)? {
+            return Ok(packet);
+        }
+        rbuf.reserve(256);
+        match stream.read_buf(rbuf).await {
+            Ok(0) => return Err(FirstPacketError::Io(io::ErrorKind::UnexpectedEof.into())),
+            Ok(_) => {}
+            Err(error) => return Err(FirstPacketError::Io(error)),
+        }
+    }
+}
+
+async fn refuse(stream: &mut ClientStream, code: ConnectReturnCode) {
+    let mut buf = BytesMut::new();
+    let connack = Packet::ConnAck(ConnAck {
+        session_present: false,
+        code,
+    });
+    if codec::encode(&connack, &mut buf).is_ok() {
+        let _ = timeout(LINGER, async {
+            stream.write_all(&buf).await?;
+            stream.flush().await
+        })
+        .await;
+    }
+}
+
+/// Why a CONNECT is not accepted.
+enum Refusal {
+    /// Answered with a CONNACK carrying this return code.
+    Answer(ConnectReturnCode),
+    /// Closed without an answer.
+    Close,
+}
+
+/// Where a client comes from, and what its transport proved.
+struct Client {
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    transport: Transport,
+    /// Authenticated by a TLS client certificate.
+    verified: bool,
+}
+
+/// A client that passed the checks and is attached to its session.
+struct Admitted {
+    attached: Attached,
+    signal: Arc<ConnectionSignal>,
+    will: Option<Box<LastWill>>,
+    platform: Option<Box<PlatformClient>>,
+}
+
+/// Checks a CONNECT and attaches the client to its session; `None` when refused.
+async fn handshake(
+    mut stream: ClientStream,
+    peer: SocketAddr,
+    listener: ListenerInfo,
+    ctx: Arc<BrokerContext>,
+    slot: OwnedSemaphorePermit,
+    connect: Connect,
+    rbuf: BytesMut,
+) -> Option<Connection> {
+    let client = Client {
+        peer,
+        listener,
+        transport: stream.transport(),
+        verified: stream.client_verified(),
+    };
+    let admitted = match admit(client, &ctx, connect).await {
+        Ok(admitted) => admitted,
+        Err(Refusal::Answer(code)) => {
+            refuse(&mut stream, code).await;
+            return None;
+        }
+        Err(Refusal::Close) => return None,
+    };
+    let Admitted {
+        attached,
+        signal,
+        will,
+        platform,
+    } = admitted;
+    let mut connection = Connection {
+        stream,
+        rbuf,
+        wbuf: BytesMut::new(),
+        session: attached.session,
+        signal,
+        will,
+        counters: LocalCounters::default(),
+        matches: None,
+        ctx,
+        _slot: slot,
+        platform,
+    };
+    if let Some(client) = &connection.platform {
+        crate::platform::status::publish(&connection.ctx, client, Action::Connect, None, true)
+            .await;
+    }
+    connection.write_packet(&Packet::ConnAck(ConnAck {
+        session_present: attached.session_present,
+        code: ConnectReturnCode::Accepted,
+    }));
+    if attached.session_present {
+        let mut resend = Vec::new();
+        connection.session.inner.lock().state.resend(&mut resend);
+        connection.write_outgoing(resend);
+    }
+    Some(connection)
+}
+
+/// The checks of a CONNECT (platform admission, password, anonymous policy, will), then the
+/// attachment to its session, counted as connected.
+async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<Admitted, Refusal> {
+    let Client {
+        peer,
+        listener,
+        transport,
+        mut verified,
+    } = client;
+    let Connect {
+        clean_session,
+        keep_alive,
+        client_id,
+        will,
+        username,
+        password,
+        ..
+    } = connect;
+    let client_id = if client_id.is_empty() {
+        if !clean_session {
+            tracing::info!(%peer, "empty client id with clean session 0 refused");
+            return Err(Refusal::Answer(ConnectReturnCode::IdentifierRejected));
+        }
+        ByteString::from(format!("auto-{:016x}", rand::thread_rng().gen::<u64>()))
+    } else {
+        // Kept for the session's life: not as a slice pinning the CONNECT's read buffer.
+        ByteString::from(&*client_id)
+    };
+    let username = username.map(|name| ByteString::from(&*name));
+    let will = will.map(|will| {
+        Box::new(LastWill {
+            topic: ByteString::from(&*will.topic),
+            payload: bytes::Bytes::copy_from_slice(&will.payload),
+            ..will
+        })
+    });
+    let mut platform = None;
+    let (client_id, clean_session, will) = match &ctx.platform {
+        None => (client_id, clean_session, will),
+        Some(platform_mode) => {
+            let admission = Admission {
+                client_id: &client_id,
+                username: username.as_deref(),
+                password: password.as_deref(),
+                will,
+                clean_session,
+                peer,
+                local: listener.local,
+                transport,
+            };
+            match platform_mode.admit(admission).await {
+                Ok(admitted) => {
+                    verified |= admitted.authenticated;
+                    platform = Some(admitted.client);
+                    (admitted.session_name, admitted.clean_session, admitted.will)
+                }
+                Err(refused) => {
+                    tracing::info!(%peer, %client_id, reason = %refused.reason, "platform client refused");
+                    return Err(Refusal::Answer(refused.code));
+                }
+            }
+        }
+    };
+
+    let authenticated = match (&ctx.passwords, &username) {
+        (Some(passwords), Some(user)) => {
+            if !check_password(
+                ctx,
+                passwords.clone(),
+                user.clone(),
+                password.unwrap_or_default(),
+            )
+            .await
+            {
+                tracing::info!(%peer, %client_id, user = %user, "bad user name or password");
+                return Err(Refusal::Answer(ConnectReturnCode::BadUserNameOrPassword));
+            }
+            true
+        }
+        _ => false,
+    };
+    let anonymous_allowed = match ctx.anonymous {
+        AnonymousPolicy::Always => true,
+        AnonymousPolicy::Never => false,
+        AnonymousPolicy::Loopback => listener.loopback,
+    };
+    if !verified && !authenticated && !anonymous_allowed {
+        tracing::info!(%peer, %client_id, listener = %listener.local, "anonymous client refused");
+        return Err(Refusal::Answer(ConnectReturnCode::NotAuthorized));
+    }
+    if let (Some(acl), Some(will)) = (&ctx.router.acl, &will) {
+        let who = Identity {
+            username: username.as_deref(),
+            client_id: &client_id,
+        };
+        if !acl.can_publish(who, &will.topic) {
+            tracing::info!(%peer, %client_id, topic = %will.topic, "will topic not allowed by the ACL");
+            return Err(Refusal::Answer(ConnectReturnCode::NotAuthorized));
+        }
+    }
+    if will
+        .as_ref()
+        .is_some_and(|will| will.payload.len() > ctx.limits.max_payload)
+    {
+        tracing::info!(%peer, %client_id, "will payload exceeds max_payload");
+        return Err(Refusal::Close);
+    }
+
+    let signal = Arc::new(ConnectionSignal::new(
+        keepalive_timeout(keep_alive, ctx.limits.max_keepalive),
+        ctx.now_ms(),
+    ));
+    let link = Link {
+        signal: signal.clone(),
+    };
+    let permit = match &ctx.router.store {
+        Some(store) => Some(store.reserve(1).await.map_err(|_| Refusal::Close)?),
+        None => None,
+    };
+    let attached = ctx
+        .registry
+        .attach(
+            client_id.clone(),
+            clean_session,
+            link,
+            username,
+            &ctx.router.subscriptions,
+            permit,
+        )
+        .map_err(|error| {
+            tracing::warn!(%peer, %client_id, %error, "connection refused");
+            Refusal::Answer(ConnectReturnCode::ServerUnavailable)
+        })?;
+    ctx.metrics
+        .clients_connected
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(%peer, %client_id, clean_session, keep_alive, session_present = attached.session_present, "client connected");
+    Ok(Admitted {
+        attached,
+        signal,
+        will,
+        platform,
+    })
+}
+
+/// When a silent client is dropped: 1.5 times its keepalive, capped by `max_keepalive`
+/// (which also applies to clients asking for none when it is configured below the
+/// protocol maximum). `None`: never.
+fn keepalive_timeout(requested: u16, max: u16) -> Option<Duration> {
+    let seconds = match requested {
+        0 if max == u16::MAX => return None,
+        0 => max,
+        requested => requested.min(max),
+    };
+    Some(Duration::from_millis(u64::from(seconds) * 1500))
+}
+
+async fn check_password(
+    ctx: &BrokerContext,
+    passwords: Arc<crate::auth::PasswordFile>,
+    user: ByteString,
+    password: bytes::Bytes,
+) -> bool {
+    let Ok(_slot) = ctx.password_checks.acquire().await else {
+        return false;
+    };
+    tokio::task::spawn_blocking(move || passwords.verify(&user, &password))
+        .await
+        .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keepalive_is_one_and_a_half_times_capped() {
+        assert_eq!(keepalive_timeout(0, u16::MAX), None);
+        assert_eq!(
+            keepalive_timeout(10, u16::MAX),
+            Some(Duration::from_secs(15))
+        );
+        assert_eq!(keepalive_timeout(100, 20), Some(Duration::from_secs(30)));
+        assert_eq!(keepalive_timeout(0, 20), Some(Duration::from_secs(30)));
+        assert_eq!(keepalive_timeout(1, 20), Some(Duration::from_millis(1500)));
+    }
+}

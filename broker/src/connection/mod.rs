@@ -1,0 +1,469 @@
+//! One task per client connection: the CONNECT handshake, then a loop that reads packets,
+//! acts on them, and writes what the session has to send. The task owns the socket and its
+//! buffers; other tasks reach it only through its session (queue + wake-up signal).
+
+mod acknowledgements;
+mod handshake;
+mod publish;
+mod subscribe;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc::PermitIterator;
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::timeout;
+
+use crate::acl::{Acl, Identity};
+use crate::codec::{self, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS};
+use crate::context::BrokerContext;
+use crate::message::Message;
+use crate::metrics::LocalCounters;
+use crate::persistence::{NotDurable, Op, StoreHandle};
+use crate::platform::status::Action;
+use crate::platform::PlatformClient;
+use crate::registry::{ConnectionSignal, Kick, Session};
+use crate::router::MatchBuffer;
+use crate::session::Outgoing;
+use crate::transport::{ClientStream, Upgrade};
+use acknowledgements::AckKind;
+
+/// Output buffered before the task stops reading from the client and taking messages from
+/// its session: a client that does not read costs at most about this much.
+const HIGH_WATER: usize = 64 * 1024;
+/// Free read space below which the read buffer grows before a read.
+const MIN_READ_SPACE: usize = 1024;
+/// Bytes read per system call when the client sends a lot.
+const READ_SIZE: usize = 8 * 1024;
+/// Time left to write the last bytes (a CONNACK refusal, answers before DISCONNECT).
+const LINGER: Duration = Duration::from_millis(500);
+
+/// Where the connection came in.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ListenerInfo {
+    pub local: SocketAddr,
+    pub loopback: bool,
+}
+
+/// Why a connection ended; decides whether the will is published.
+#[derive(Debug)]
+enum End {
+    Disconnect,
+    Closed,
+    Io(io::Error),
+    Protocol(String),
+    Kicked(Kick),
+    NotDurable,
+}
+
+impl std::fmt::Display for End {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            End::Disconnect => f.write_str("DISCONNECT"),
+            End::Closed => f.write_str("closed by the client"),
+            End::Io(error) => write!(f, "I/O error: {error}"),
+            End::Protocol(what) => write!(f, "protocol error: {what}"),
+            End::Kicked(Kick::TakenOver) => f.write_str("taken over by a new connection"),
+            End::Kicked(Kick::Shutdown) => f.write_str("broker shutdown"),
+            End::Kicked(Kick::KeepaliveExpired) => f.write_str("keepalive expired"),
+            End::NotDurable => f.write_str("persistence failed"),
+        }
+    }
+}
+
+/// What woke the connection task.
+enum Event {
+    Signal,
+    Readable,
+    Writable,
+    Failed(io::Error),
+}
+
+impl End {
+    fn publishes_will(&self) -> bool {
+        !matches!(self, End::Disconnect | End::Kicked(Kick::Shutdown))
+    }
+}
+
+impl From<NotDurable> for End {
+    fn from(_: NotDurable) -> Self {
+        End::NotDurable
+    }
+}
+
+/// A connection just accepted, with what serving it needs. Boxed: an async function keeps
+/// its arguments for its whole life, and every idle connection would pay for them.
+pub(crate) struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub listener: ListenerInfo,
+    pub ctx: Arc<BrokerContext>,
+    /// Its place under `max_connections`.
+    pub slot: OwnedSemaphorePermit,
+    /// TLS and WebSocket handshakes to run first (none for plain MQTT).
+    pub upgrade: Option<Arc<Upgrade>>,
+}
+
+/// Serves one accepted TCP connection until it ends.
+///
+/// The handshake, packet handling and closing run as boxed futures: a task's memory is the
+/// size of its largest state, and an idle connection should only pay for waiting.
+pub(crate) async fn serve(accepted: Box<Accepted>) {
+    let Some(mut connection) = Box::pin(handshake::open(accepted)).await else {
+        return;
+    };
+    let end = connection.run().await;
+    Box::pin(connection.finish(end)).await;
+}
+
+/// An accepted client. Kept small: every idle connection holds one.
+struct Connection {
+    stream: ClientStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    session: Arc<Session>,
+    signal: Arc<ConnectionSignal>,
+    will: Option<Box<LastWill>>,
+    counters: LocalCounters,
+    /// Scratch space for routing, allocated once this client publishes.
+    matches: Option<Box<MatchBuffer>>,
+    ctx: Arc<BrokerContext>,
+    _slot: OwnedSemaphorePermit,
+    /// Platform mode: who the client is, its topic space and status facts.
+    platform: Option<Box<PlatformClient>>,
+}
+
+impl Connection {
+    async fn run(&mut self) -> End {
+        if self.ctx.shutdown.is_cancelled() {
+            return End::Kicked(Kick::Shutdown);
+        }
+        // Packets that came in the same read as the CONNECT.
+        if let Some(end) = Box::pin(self.process_packets()).await {
+            return end;
+        }
+        loop {
+            if let Some(end) = self.pull_outgoing() {
+                return end;
+            }
+            if let Some(client) = self.platform.as_deref_mut() {
+                client.count(&self.counters);
+            }
+            self.counters.flush(&self.ctx.metrics);
+            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Event::Signal => {
+                    if let Some(kick) = self.signal.kicked() {
+                        return End::Kicked(kick);
+                    }
+                }
+                Event::Writable => {
+                    if let Err(error) = self.write() {
+                        return End::Io(error);
+                    }
+                }
+                Event::Readable => {
+                    match self.read() {
+                        Ok(true) => {}
+                        Ok(false) => return End::Closed,
+                        Err(error) => return End::Io(error),
+                    }
+                    let routed_before = self.counters.messages_received;
+                    if let Some(end) = Box::pin(self.process_packets()).await {
+                        return end;
+                    }
+                    if self.counters.messages_received != routed_before {
+                        // Let the subscribers just woken send before reading more: a
+                        // flooding publisher would otherwise fill their queues first.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Event::Failed(error) => return End::Io(error),
+            }
+        }
+    }
+
+    /// What the connection has to do next. Polled in place (no stored futures), so that a
+    /// waiting connection costs little memory. Writing comes before reading: a client
+    /// that floods us must still get its acknowledgements.
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+        if self.signal.poll_woken(cx) {
+            return Poll::Ready(Event::Signal);
+        }
+        if !self.wbuf.is_empty() {
+            match self.stream.poll_write_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Writable),
+                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
+                Poll::Pending => {}
+            }
+        }
+        if self.wbuf.len() < HIGH_WATER {
+            match self.stream.poll_read_ready(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
+                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Reads what the socket has; false at end of stream.
+    fn read(&mut self) -> io::Result<bool> {
+        if self.rbuf.capacity() - self.rbuf.len() < MIN_READ_SPACE {
+            self.rbuf.reserve(READ_SIZE);
+        }
+        match self.stream.try_read_buf(&mut self.rbuf) {
+            Ok(0) => Ok(false),
+            Ok(read) => {
+                self.counters.bytes_received += read as u64;
+                self.signal.heard(self.ctx.now_ms());
+                Ok(true)
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(error) => Err(error),
+        }
+    }
+
+    fn write(&mut self) -> io::Result<()> {
+        match self.stream.try_write(&self.wbuf) {
+            Ok(written) => {
+                self.counters.bytes_sent += written as u64;
+                self.wbuf.advance(written);
+                if self.wbuf.is_empty() {
+                    // Idle connections keep no buffer.
+                    self.wbuf = BytesMut::new();
+                }
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn process_packets(&mut self) -> Option<End> {
+        loop {
+            match codec::decode(&mut self.rbuf, self.ctx.max_packet_size()) {
+                Ok(Some(packet)) => {
+                    if let Some(end) = self.handle(packet).await {
+                        return Some(end);
+                    }
+                }
+                Ok(None) => break,
+                Err(error) => return Some(End::Protocol(error.to_string())),
+            }
+        }
+        if self.rbuf.is_empty() {
+            // Messages still hold slices of the old buffer; this connection lets it go.
+            self.rbuf = BytesMut::new();
+        }
+        None
+    }
+
+    async fn handle(&mut self, packet: Packet) -> Option<End> {
+        let result = match packet {
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::PubAck(PubAck { pkid }) => self.on_ack(pkid, AckKind::Ack).await,
+            Packet::PubRec(PubRec { pkid }) => self.on_ack(pkid, AckKind::Rec).await,
+            Packet::PubComp(PubComp { pkid }) => self.on_ack(pkid, AckKind::Comp).await,
+            Packet::PubRel(PubRel { pkid }) => self.on_pubrel(pkid).await,
+            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
+            Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
+            Packet::PingReq => {
+                self.write_packet(&Packet::PingResp);
+                Ok(())
+            }
+            Packet::Disconnect => Err(End::Disconnect),
+            Packet::Connect(_) => Err(End::Protocol("second CONNECT".into())),
+            other => Err(End::Protocol(format!(
+                "{} is not sent by clients",
+                other.name()
+            ))),
+        };
+        result.err()
+    }
+
+    /// Whether the ACL (if any) lets this client do what `check` asks.
+    fn acl_allows(&self, check: impl FnOnce(&Acl, Identity<'_>) -> bool) -> bool {
+        let Some(acl) = &self.ctx.router.acl else {
+            return true;
+        };
+        let inner = self.session.inner.lock();
+        check(
+            acl,
+            Identity {
+                username: inner.username.as_deref(),
+                client_id: &self.session.client_id,
+            },
+        )
+    }
+
+    /// The store, when this client's session outlives a restart.
+    fn durable_store(&self) -> Option<&StoreHandle> {
+        self.ctx
+            .router
+            .store
+            .as_ref()
+            .filter(|_| self.session.persistent)
+    }
+
+    fn persists(&self) -> bool {
+        self.durable_store().is_some()
+    }
+
+    /// Room for `count` records in the persistence channel, when the session is durable.
+    /// The future holds the store only: a connection is not `Sync`.
+    fn reserve_durable(
+        &self,
+        count: usize,
+    ) -> impl Future<Output = Result<Option<PermitIterator<'_, Op>>, NotDurable>> + Send {
+        let store = self.durable_store();
+        async move {
+            match store {
+                Some(store) => Ok(Some(store.reserve(count).await?)),
+                None => Ok(None),
+            }
+        }
+    }
+
+    /// Takes what the session has to send, as far as the output buffer has room.
+    fn pull_outgoing(&mut self) -> Option<End> {
+        if self.wbuf.len() >= HIGH_WATER {
+            return None;
+        }
+        let budget = HIGH_WATER - self.wbuf.len();
+        let mut outgoing = Vec::new();
+        {
+            let mut inner = self.session.inner.lock();
+            if !inner.is_linked_to(&self.signal) {
+                return Some(End::Kicked(self.signal.kicked().unwrap_or(Kick::TakenOver)));
+            }
+            if !inner.state.has_sendable(&self.ctx.router.limits) {
+                return None;
+            }
+            inner
+                .state
+                .poll_outgoing(&self.ctx.router.limits, budget, &mut outgoing);
+            if let Some(store) = self.durable_store() {
+                // Packet identifiers only matter after a crash; a full channel skips them.
+                for item in &outgoing {
+                    if let Outgoing::Publish { publish, seq } = item {
+                        if publish.qos != QoS::AtMostOnce {
+                            store.try_send(Op::Sent {
+                                client_id: self.session.client_id.clone(),
+                                seq: *seq,
+                                pkid: publish.pkid,
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        self.write_outgoing(outgoing);
+        None
+    }
+
+    fn write_outgoing(&mut self, outgoing: Vec<Outgoing>) {
+        // One allocation for the batch instead of growing the buffer packet by packet.
+        let estimate: usize = outgoing
+            .iter()
+            .map(|item| match item {
+                Outgoing::Publish { publish, .. } => {
+                    publish.topic.len() + publish.payload.len() + 9
+                }
+                Outgoing::PubRel { .. } => 4,
+            })
+            .sum();
+        self.wbuf.reserve(estimate);
+        for item in &outgoing {
+            match item {
+                Outgoing::Publish { publish, .. } => {
+                    self.counters.messages_sent += 1;
+                    self.write_publish(publish);
+                }
+                Outgoing::PubRel { pkid } => self.write_packet(&Packet::PubRel(PubRel::new(*pkid))),
+            }
+        }
+    }
+
+    fn write_publish(&mut self, publish: &Publish) {
+        if let Some(view) = self.platform.as_deref().and_then(|c| c.outbound(publish)) {
+            self.write_packet(&Packet::Publish(view));
+            return;
+        }
+        // Cloning a Publish clones reference counts only.
+        self.write_packet(&Packet::Publish(publish.clone()));
+    }
+
+    fn write_packet(&mut self, packet: &Packet) {
+        if let Err(error) = codec::encode(packet, &mut self.wbuf) {
+            tracing::warn!(client_id = %self.session.client_id, %error, packet = packet.name(), "cannot encode packet");
+        }
+    }
+
+    /// Ends the connection: last bytes out, session detached, will published if due.
+    async fn finish(mut self, end: End) {
+        if let Some(client) = self.platform.as_deref_mut() {
+            client.count(&self.counters);
+        }
+        self.counters.flush(&self.ctx.metrics);
+        match &end {
+            End::Disconnect | End::Closed | End::Kicked(Kick::TakenOver | Kick::Shutdown) => {
+                tracing::debug!(client_id = %self.session.client_id, reason = %end, "connection ended")
+            }
+            _ => {
+                tracing::info!(client_id = %self.session.client_id, reason = %end, "connection closed")
+            }
+        }
+        if !self.wbuf.is_empty() && !matches!(end, End::Io(_) | End::Closed) {
+            let _ = timeout(LINGER, self.stream.write_all(&self.wbuf)).await;
+        }
+        let _ = self.stream.shutdown().await;
+        drop(self.stream);
+        {
+            let mut inner = self.session.inner.lock();
+            if inner.is_linked_to(&self.signal) {
+                inner.link = None;
+            }
+        }
+        if !self.session.persistent {
+            self.ctx
+                .registry
+                .remove_clean(&self.session, &self.ctx.router.subscriptions);
+        }
+        self.ctx
+            .metrics
+            .clients_connected
+            .fetch_sub(1, Ordering::Relaxed);
+        if let Some(client) = self.platform.take() {
+            let reason = end.to_string();
+            // A taken-over client is connected again: its new status stays the retained one.
+            let retain = !matches!(end, End::Kicked(Kick::TakenOver));
+            crate::platform::status::publish(
+                &self.ctx,
+                &client,
+                Action::Disconnect,
+                Some(&reason),
+                retain,
+            )
+            .await;
+        }
+        if let Some(will) = self.will.take().filter(|_| end.publishes_will()) {
+            let message = Arc::new(Message::new(
+                will.topic,
+                will.payload,
+                will.qos,
+                will.retain,
+            ));
+            if let Err(error) = publish::route(&self.ctx, &mut self.matches, message, false).await {
+                tracing::warn!(client_id = %self.session.client_id, %error, "will not stored durably");
+            }
+        }
+    }
+}

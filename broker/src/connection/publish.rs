@@ -1,0 +1,119 @@
+//! PUBLISH from the client: checks, routing, and the QoS 1 and 2 answers.
+
+use std::sync::Arc;
+
+use super::{Connection, End};
+use crate::codec::{Packet, PubAck, PubRec, Publish, QoS};
+use crate::context::BrokerContext;
+use crate::message::Message;
+use crate::persistence::{NotDurable, Op};
+use crate::platform::Inbound;
+use crate::router::MatchBuffer;
+
+impl Connection {
+    pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), End> {
+        self.counters.messages_received += 1;
+        if publish.payload.len() > self.ctx.limits.max_payload {
+            return Err(End::Protocol(format!(
+                "payload of {} bytes exceeds max_payload",
+                publish.payload.len()
+            )));
+        }
+        let publish = match self.platform.as_deref_mut() {
+            None => publish,
+            Some(client) => match client.inbound(publish) {
+                Inbound::Route(publish) => publish,
+                Inbound::Drop => return Ok(()),
+                Inbound::Refuse(reason) => return Err(End::Protocol(reason)),
+            },
+        };
+        let allowed = if publish.topic.starts_with("$SYS") {
+            false
+        } else {
+            self.acl_allows(|acl, who| acl.can_publish(who, &publish.topic))
+        };
+        if !allowed {
+            tracing::info!(client_id = %self.session.client_id, topic = %publish.topic, "publish refused by the ACL: dropped");
+        }
+        let message = allowed.then(|| Arc::new(Message::from_publish(&publish)));
+        match publish.qos {
+            QoS::AtMostOnce | QoS::AtLeastOnce => {
+                if let Some(message) = message {
+                    route(&self.ctx, &mut self.matches, message, false).await?;
+                }
+                if publish.qos == QoS::AtLeastOnce {
+                    self.write_packet(&Packet::PubAck(PubAck::new(publish.pkid)));
+                }
+            }
+            QoS::ExactlyOnce => {
+                let fresh = {
+                    let mut inner = self.session.inner.lock();
+                    if inner.state.incoming_qos2_len() >= self.ctx.limits.max_queued_messages {
+                        return Err(End::Protocol(
+                            "too many QoS 2 messages awaiting PUBREL".into(),
+                        ));
+                    }
+                    inner.state.incoming_qos2(publish.pkid)
+                };
+                if fresh {
+                    if let Err(error) = self.route_qos2(publish.pkid, message).await {
+                        self.session
+                            .inner
+                            .lock()
+                            .state
+                            .incoming_pubrel(publish.pkid);
+                        return Err(error.into());
+                    }
+                }
+                self.write_packet(&Packet::PubRec(PubRec::new(publish.pkid)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes a new QoS 2 message, and for a persistent session records durably that its
+    /// packet identifier awaits PUBREL, so that a copy sent again after a restart is not
+    /// delivered twice.
+    async fn route_qos2(
+        &mut self,
+        pkid: u16,
+        message: Option<Arc<Message>>,
+    ) -> Result<(), NotDurable> {
+        if let Some(store) = self.durable_store() {
+            store
+                .send(Op::IncomingQos2 {
+                    client_id: self.session.client_id.clone(),
+                    pkid,
+                })
+                .await?;
+        }
+        match message {
+            Some(message) => {
+                let persists = self.persists();
+                route(&self.ctx, &mut self.matches, message, persists).await
+            }
+            None => match self.durable_store() {
+                Some(store) => store.barrier().await,
+                None => Ok(()),
+            },
+        }
+    }
+}
+
+/// Hands a message to the router, with the connection's routing scratch space (allocated
+/// once the client publishes); `force_barrier` also waits for the client's earlier writes
+/// to be durable.
+pub(super) async fn route(
+    ctx: &BrokerContext,
+    matches: &mut Option<Box<MatchBuffer>>,
+    message: Arc<Message>,
+    force_barrier: bool,
+) -> Result<(), NotDurable> {
+    ctx.router
+        .publish(
+            message,
+            matches.get_or_insert_with(Box::default),
+            force_barrier,
+        )
+        .await
+}

@@ -1,0 +1,116 @@
+//! SUBSCRIBE and UNSUBSCRIBE: the session's subscriptions, the shared tree, their durable
+//! record, and retained messages for new subscriptions.
+
+use super::{Connection, End};
+use crate::codec::{Packet, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe};
+use crate::persistence::Op;
+
+/// Filters handled per reservation of room in the persistence channel.
+const FILTERS_PER_BATCH: usize = 512;
+
+impl Connection {
+    pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), End> {
+        let mut return_codes = Vec::with_capacity(subscribe.filters.len());
+        let mut granted = Vec::new();
+        for chunk in subscribe.filters.chunks(FILTERS_PER_BATCH) {
+            let mut permits = self.reserve_durable(chunk.len()).await?;
+            for filter in chunk {
+                let mapped;
+                let filter = match self.platform.as_deref().map(|c| c.subscription(filter)) {
+                    None => filter,
+                    Some(Ok(platform_filter)) => {
+                        mapped = platform_filter;
+                        &mapped
+                    }
+                    Some(Err(refusal)) => {
+                        tracing::info!(client_id = %self.session.client_id, filter = %filter.filter, %refusal, "subscription refused by the platform");
+                        return_codes.push(SubscribeReturnCode::Failure);
+                        continue;
+                    }
+                };
+                let allowed = self.acl_allows(|acl, who| acl.can_subscribe(who, &filter.filter));
+                if !allowed {
+                    tracing::info!(client_id = %self.session.client_id, filter = %filter.filter, "subscription refused by the ACL");
+                    return_codes.push(SubscribeReturnCode::Failure);
+                    continue;
+                }
+                let mut inner = self.session.inner.lock();
+                let known = inner.state.subscriptions().contains_key(&filter.filter);
+                if inner.discarded
+                    || (!known
+                        && inner.state.subscriptions().len()
+                            >= self.ctx.limits.max_subscriptions_per_session)
+                {
+                    return_codes.push(SubscribeReturnCode::Failure);
+                    continue;
+                }
+                inner
+                    .state
+                    .add_subscription(filter.filter.clone(), filter.qos);
+                self.ctx.router.subscriptions.write().subscribe(
+                    &filter.filter,
+                    self.session.id,
+                    filter.qos,
+                    self.session.clone(),
+                );
+                if let Some(permit) = permits.as_mut().and_then(Iterator::next) {
+                    permit.send(Op::Subscribe {
+                        client_id: self.session.client_id.clone(),
+                        filter: filter.filter.clone(),
+                        qos: filter.qos,
+                    });
+                }
+                drop(inner);
+                return_codes.push(SubscribeReturnCode::Success(filter.qos));
+                granted.push((filter.filter.clone(), filter.qos));
+            }
+        }
+        if let Some(store) = self.durable_store().filter(|_| !granted.is_empty()) {
+            store.barrier().await?;
+        }
+        self.write_packet(&Packet::SubAck(SubAck {
+            pkid: subscribe.pkid,
+            return_codes,
+        }));
+        for (filter, qos) in granted {
+            self.ctx
+                .router
+                .deliver_retained(&self.session, &filter, qos)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub(super) async fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) -> Result<(), End> {
+        for chunk in unsubscribe.filters.chunks(FILTERS_PER_BATCH) {
+            let mut permits = self.reserve_durable(chunk.len()).await?;
+            for filter in chunk {
+                let mapped;
+                let filter = match self.platform.as_deref().map(|c| c.unsubscription(filter)) {
+                    None => filter,
+                    Some(Some(platform_filter)) => {
+                        mapped = platform_filter;
+                        &mapped
+                    }
+                    Some(None) => continue,
+                };
+                let mut inner = self.session.inner.lock();
+                if inner.state.remove_subscription(filter) {
+                    self.ctx
+                        .router
+                        .subscriptions
+                        .write()
+                        .unsubscribe(filter, self.session.id);
+                    if let Some(permit) = permits.as_mut().and_then(Iterator::next) {
+                        permit.send(Op::Unsubscribe {
+                            client_id: self.session.client_id.clone(),
+                            filter: filter.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        self.write_packet(&Packet::UnsubAck(UnsubAck::new(unsubscribe.pkid)));
+        Ok(())
+    }
+}
