@@ -6,7 +6,7 @@ use fieldbridge_broker::codec::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::common::{publish, wait_until, write_file, Process, Raw, DEADLINE};
+use crate::support::{publish, wait_until, write_file, Client, Process, DEADLINE};
 
 /// `GET /metrics`: the body of a 200 answer.
 async fn scrape(addr: SocketAddr) -> String {
@@ -60,11 +60,11 @@ async fn metrics_count_connections_messages_and_bytes() {
         0.0
     );
 
-    let (mut subscriber, _) = Raw::connect(process.addr, "sub", true).await;
+    let (mut subscriber, _) = Client::connect(process.addr, "sub", true).await;
     subscriber
         .subscribe(&[("metered/#", QoS::AtLeastOnce)])
         .await;
-    let (mut publisher, _) = Raw::connect(process.addr, "pub", true).await;
+    let (mut publisher, _) = Client::connect(process.addr, "pub", true).await;
     for pkid in 1..=3 {
         publisher
             .publish(publish("metered/t", "0123456789", QoS::AtLeastOnce, pkid))
