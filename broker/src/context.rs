@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use arc_swap::ArcSwapOption;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -19,7 +20,8 @@ pub(crate) const CONCURRENT_PASSWORD_CHECKS: usize = 2;
 pub(crate) struct BrokerContext {
     pub router: Router,
     pub registry: Registry,
-    pub passwords: Option<Arc<PasswordFile>>,
+    /// Replaced whole when the password file is reloaded.
+    pub passwords: ArcSwapOption<PasswordFile>,
     /// The IoT platform mode, when configured.
     pub platform: Option<Arc<crate::platform::Platform>>,
     pub anonymous: AnonymousPolicy,

@@ -135,14 +135,12 @@ fn read_password() -> anyhow::Result<String> {
 }
 
 fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()> {
-    let mut config = match config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::default(),
+    let source = ConfigSource {
+        path: config_path.map(Path::to_owned),
+        listen,
     };
+    let config = source.load()?;
     logging::init(config.log.as_ref());
-    config
-        .listeners
-        .extend(listen.into_iter().map(ListenerConfig::mqtt));
     let metrics_addr = config.metrics;
     let broker = Broker::new(config)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -150,7 +148,7 @@ fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let running = broker.start().await?;
+        let mut running = broker.start().await?;
         let addrs: Vec<String> = running
             .local_addrs()
             .iter()
@@ -164,14 +162,34 @@ fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()
         if let Some(addr) = metrics_addr {
             serve_metrics(addr, &running, stop_metrics.clone()).await?;
         }
-        notify::ready(&format!("listening on {}", addrs.join(", ")));
-        serve_until_signal(&running).await?;
+        let status = format!("listening on {}", addrs.join(", "));
+        notify::ready(&status);
+        serve_until_signal(&mut running, &source, &status).await?;
         notify::stopping();
         tracing::info!("shutting down");
         stop_metrics.cancel();
         running.shutdown().await;
         anyhow::Ok(())
     })
+}
+
+/// Where the configuration comes from: the file (read again on SIGHUP) and `--listen`.
+struct ConfigSource {
+    path: Option<PathBuf>,
+    listen: Vec<SocketAddr>,
+}
+
+impl ConfigSource {
+    fn load(&self) -> anyhow::Result<Config> {
+        let mut config = match &self.path {
+            Some(path) => Config::load(path)?,
+            None => Config::default(),
+        };
+        config
+            .listeners
+            .extend(self.listen.iter().copied().map(ListenerConfig::mqtt));
+        Ok(config)
+    }
 }
 
 /// Serves `GET /metrics` with the broker's counters until `stop`.
@@ -194,24 +212,58 @@ async fn serve_metrics(
     Ok(())
 }
 
-/// Runs until SIGTERM or SIGINT, feeding the systemd watchdog in between. Each feed
-/// first reads the broker's shared state, so a deadlocked router stops the feed and
-/// systemd restarts the broker.
-async fn serve_until_signal(running: &RunningBroker) -> anyhow::Result<()> {
+/// Runs until SIGTERM or SIGINT, reloading the password file and ACL on SIGHUP and
+/// feeding the systemd watchdog in between. Each feed first reads the broker's shared
+/// state, so a deadlocked router stops the feed and systemd restarts the broker.
+async fn serve_until_signal(
+    running: &mut RunningBroker,
+    source: &ConfigSource,
+    status: &str,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let watchdog = notify::watchdog_interval();
     let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
     loop {
         tokio::select! {
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
+            _ = hangup.recv() => {
+                notify::reloading();
+                reload(running, source);
+                notify::ready(status);
+            }
             _ = watchdog_tick.tick(), if watchdog.is_some() => {
                 let _ = running.stats();
                 notify::watchdog();
             }
         }
+    }
+}
+
+/// Reads the configuration again and applies its password file and ACL; on any error
+/// the running ones stay.
+fn reload(running: &mut RunningBroker, source: &ConfigSource) {
+    if source.path.is_none() {
+        tracing::info!("SIGHUP: no configuration file to reload");
+        return;
+    }
+    match source.load().and_then(|config| Ok(running.reload(config)?)) {
+        Ok(restart_needed) => {
+            tracing::info!("configuration reloaded: password file and ACL applied");
+            if !restart_needed.is_empty() {
+                tracing::warn!(
+                    "changes to {} take effect at the next restart",
+                    restart_needed.join(", ")
+                );
+            }
+        }
+        Err(error) => tracing::error!(
+            "configuration not reloaded, the running one stays: {}",
+            describe(&error)
+        ),
     }
 }

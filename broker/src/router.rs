@@ -9,6 +9,8 @@ use std::time::Instant;
 use parking_lot::RwLock;
 use tokio::sync::mpsc::PermitIterator;
 
+use arc_swap::ArcSwapOption;
+
 use crate::acl::{Acl, Identity};
 use crate::codec::QoS;
 use crate::message::Message;
@@ -37,7 +39,8 @@ pub(crate) struct Router {
     pub subscriptions: Tree,
     pub retained: RwLock<RetainedStore>,
     pub store: Option<StoreHandle>,
-    pub acl: Option<Arc<Acl>>,
+    /// Replaced whole when the ACL file is reloaded.
+    pub acl: ArcSwapOption<Acl>,
     pub limits: SessionLimits,
     pub metrics: Arc<Metrics>,
     pub started: Instant,
@@ -210,7 +213,7 @@ impl Router {
         if inner.discarded {
             return;
         }
-        if let Some(acl) = &self.acl {
+        if let Some(acl) = self.acl.load().as_deref() {
             let who = Identity {
                 username: inner.username.as_deref(),
                 client_id: &session.client_id,

@@ -61,12 +61,10 @@ pub struct Broker {
 }
 
 impl Broker {
-    pub fn new(mut config: Config) -> Result<Self, BrokerError> {
-        config.validate("configuration")?;
-        if config.platform.is_some() {
-            config.limits.max_payload = config.limits.max_payload.min(crate::platform::MAX_PAYLOAD);
-        }
-        Ok(Self { config })
+    pub fn new(config: Config) -> Result<Self, BrokerError> {
+        Ok(Self {
+            config: checked(config)?,
+        })
     }
 
     pub fn config(&self) -> &Config {
@@ -77,18 +75,7 @@ impl Broker {
     /// starts serving in the current Tokio runtime.
     pub async fn start(self) -> Result<RunningBroker, BrokerError> {
         let config = self.config;
-        let passwords = match &config.auth.password_file {
-            Some(_) if config.platform.is_some() => {
-                tracing::warn!("platform mode: the password file is not used (tokens are)");
-                None
-            }
-            Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
-            None => None,
-        };
-        let acl = match &config.auth.acl_file {
-            Some(path) => Some(Arc::new(Acl::load(path)?)),
-            None => None,
-        };
+        let Auth { passwords, acl } = load_auth(&config)?;
         if passwords.is_none()
             && config.platform.is_none()
             && config.allow_anonymous == AnonymousPolicy::Never
@@ -135,7 +122,7 @@ impl Broker {
                 subscriptions: RwLock::new(SubscriptionTree::default()),
                 retained: RwLock::new(RetainedStore::new(limits.max_retained_messages)),
                 store,
-                acl,
+                acl: acl.into(),
                 limits: SessionLimits {
                     max_inflight: limits.max_inflight,
                     max_queued_messages: limits.max_queued_messages,
@@ -147,7 +134,7 @@ impl Broker {
                 shared_groups: config.platform.as_ref().map(|_| Default::default()),
             },
             registry: Registry::new(limits.max_sessions),
-            passwords,
+            passwords: passwords.into(),
             platform,
             anonymous: config.allow_anonymous,
             metrics,
@@ -182,8 +169,41 @@ impl Broker {
             local_addrs,
             ctx,
             done: Some(done),
+            config,
         })
     }
+}
+
+/// A validated configuration, with the limits of platform mode applied.
+fn checked(mut config: Config) -> Result<Config, BrokerError> {
+    config.validate("configuration")?;
+    if config.platform.is_some() {
+        config.limits.max_payload = config.limits.max_payload.min(crate::platform::MAX_PAYLOAD);
+    }
+    Ok(config)
+}
+
+/// The password file and the ACL of a configuration, each when it names one.
+struct Auth {
+    passwords: Option<Arc<PasswordFile>>,
+    acl: Option<Arc<Acl>>,
+}
+
+/// Reads and checks the password file and the ACL a configuration names.
+fn load_auth(config: &Config) -> Result<Auth, BrokerError> {
+    let passwords = match &config.auth.password_file {
+        Some(_) if config.platform.is_some() => {
+            tracing::warn!("platform mode: the password file is not used (tokens are)");
+            None
+        }
+        Some(path) => Some(Arc::new(PasswordFile::load(path)?)),
+        None => None,
+    };
+    let acl = match &config.auth.acl_file {
+        Some(path) => Some(Arc::new(Acl::load(path)?)),
+        None => None,
+    };
+    Ok(Auth { passwords, acl })
 }
 
 /// Puts the persisted state back: retained messages, sessions, their subscriptions.
@@ -340,6 +360,7 @@ pub struct RunningBroker {
     local_addrs: Vec<SocketAddr>,
     ctx: Arc<BrokerContext>,
     done: Option<JoinHandle<()>>,
+    config: Config,
 }
 
 impl RunningBroker {
@@ -355,6 +376,37 @@ impl RunningBroker {
 
     pub fn stats(&self) -> Stats {
         self.ctx.stats()
+    }
+
+    /// Applies a new configuration's password file and ACL (both read and checked before
+    /// either is replaced; on any error the running ones stay). Connected clients keep
+    /// their connection; the new ACL governs their next publish, subscribe and delivery.
+    /// Returns the other settings that differ, which take effect only at a restart.
+    pub fn reload(&mut self, config: Config) -> Result<Vec<&'static str>, BrokerError> {
+        let config = checked(config)?;
+        let auth = load_auth(&config)?;
+        self.ctx.passwords.store(auth.passwords);
+        self.ctx.router.acl.store(auth.acl);
+        let old = &self.config;
+        let differs = [
+            ("listeners", old.listeners != config.listeners),
+            (
+                "allow_anonymous",
+                old.allow_anonymous != config.allow_anonymous,
+            ),
+            ("limits", old.limits != config.limits),
+            ("persistence", old.persistence != config.persistence),
+            ("sys_interval", old.sys_interval != config.sys_interval),
+            ("platform", old.platform != config.platform),
+            ("log", old.log != config.log),
+            ("metrics", old.metrics != config.metrics),
+        ];
+        let restart_needed = differs
+            .into_iter()
+            .filter_map(|(key, differs)| differs.then_some(key))
+            .collect();
+        self.config.auth = config.auth;
+        Ok(restart_needed)
     }
 
     pub fn stats_handle(&self) -> StatsHandle {

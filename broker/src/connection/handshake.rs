@@ -256,16 +256,9 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         }
     };
 
-    let authenticated = match (&ctx.passwords, &username) {
+    let authenticated = match (ctx.passwords.load_full(), &username) {
         (Some(passwords), Some(user)) => {
-            if !check_password(
-                ctx,
-                passwords.clone(),
-                user.clone(),
-                password.unwrap_or_default(),
-            )
-            .await
-            {
+            if !check_password(ctx, passwords, user.clone(), password.unwrap_or_default()).await {
                 tracing::info!(%peer, %client_id, user = %user, "bad user name or password");
                 return Err(Refusal::Answer(ConnectReturnCode::BadUserNameOrPassword));
             }
@@ -282,7 +275,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         tracing::info!(%peer, %client_id, listener = %listener.local, "anonymous client refused");
         return Err(Refusal::Answer(ConnectReturnCode::NotAuthorized));
     }
-    if let (Some(acl), Some(will)) = (&ctx.router.acl, &will) {
+    if let (Some(acl), Some(will)) = (ctx.router.acl.load().as_deref(), &will) {
         let who = Identity {
             username: username.as_deref(),
             client_id: &client_id,

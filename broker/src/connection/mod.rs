@@ -291,7 +291,8 @@ impl Connection {
 
     /// Whether the ACL (if any) lets this client do what `check` asks.
     fn acl_allows(&self, check: impl FnOnce(&Acl, Identity<'_>) -> bool) -> bool {
-        let Some(acl) = &self.ctx.router.acl else {
+        let acl = self.ctx.router.acl.load();
+        let Some(acl) = acl.as_deref() else {
             return true;
         };
         let inner = self.session.inner.lock();

@@ -10,5 +10,6 @@ mod metrics;
 mod persistence;
 mod process;
 mod qos;
+mod reload;
 mod retained;
 mod sessions;

@@ -213,6 +213,19 @@ impl Process {
         self.signal("-KILL");
     }
 
+    /// SIGHUP: the broker reloads its password file and ACL.
+    pub fn hang_up(&self) {
+        self.signal("-HUP");
+    }
+
+    /// Waits until the broker has written a stderr line containing `text`.
+    pub async fn wait_for_log(&self, text: &str) {
+        wait_until(&format!("the broker logs {text:?}"), || {
+            self.stderr.lock().iter().any(|line| line.contains(text))
+        })
+        .await;
+    }
+
     fn signal(&self, signal: &str) {
         let pid = self.child.id().expect("running");
         let status = std::process::Command::new("kill")
