@@ -212,6 +212,12 @@ reloaded=
 if reload_with "$(sed 's/poll: 10s/poll: 5s/' "$results/gateway.yaml.installed")" "configuration reloaded"; then :; fi
 verdict "reload fixed gateway.yaml" "is-active $(systemctl is-active fieldbridge), same pid; journal: \"$reloaded\"" \
     test "$(systemctl is-active fieldbridge)" = active -a "$(prop fieldbridge MainPID)" = "${pid[fieldbridge]}" -a -n "$reloaded"
+since=$(now)
+systemctl reload fieldbridge-broker || true
+wait_until 30 logged fieldbridge-broker "$since" "configuration reloaded" && wait_until 30 settled fieldbridge-broker
+reloaded=$(program_log fieldbridge-broker "$since" -o cat | grep -- "configuration reloaded" | head -n 1)
+verdict "reload fieldbridge-broker" "is-active $(systemctl is-active fieldbridge-broker), pid $(prop fieldbridge-broker MainPID) (was ${pid[fieldbridge-broker]}); journal: \"$reloaded\"" \
+    test "$(systemctl is-active fieldbridge-broker)" = active -a "$(prop fieldbridge-broker MainPID)" = "${pid[fieldbridge-broker]}" -a -n "$reloaded"
 
 # 5. No restarts and a fed watchdog after more than WatchdogSec.
 for unit in fieldbridge fieldbridge-broker; do
