@@ -86,11 +86,9 @@ fn main() {
     );
     let mut devices = String::from("devices:\n");
     for (i, slave) in slaves.iter().enumerate() {
-        let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        let (port, _) = runtime
+            .block_on(sim::spawn_tcp(SimBus::new([(1, slave.clone())])))
             .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, slave.clone())])));
         config.push_str(&format!(
             "  - {{ name: plc{i}, kind: tcp, host: 127.0.0.1, port: {port}, timeout: 1s }}\n"
         ));

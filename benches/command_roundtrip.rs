@@ -44,9 +44,9 @@ fn main() {
             },
         );
         let plc = SimSlave::default();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let modbus_port = listener.local_addr().unwrap().port();
-        tokio::spawn(sim::serve_tcp(listener, SimBus::new([(1, plc.clone())])));
+        let (modbus_port, _) = sim::spawn_tcp(SimBus::new([(1, plc.clone())]))
+            .await
+            .unwrap();
         let config = dir.path().join("gateway.yaml");
         std::fs::write(
             &config,

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_modbus::prelude::{ExceptionCode, Request, Response, SlaveRequest};
 use tokio_modbus::server::Service;
 
@@ -220,6 +221,14 @@ pub async fn serve_tcp(listener: TcpListener, bus: SimBus) -> io::Result<()> {
             tracing::debug!("simulator connection: {e}")
         })
         .await
+}
+
+/// Serves `bus` over Modbus TCP on a free loopback port, in a task of the current
+/// runtime; returns the port and the task.
+pub async fn spawn_tcp(bus: SimBus) -> io::Result<(u16, JoinHandle<io::Result<()>>)> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    Ok((port, tokio::spawn(serve_tcp(listener, bus))))
 }
 
 /// Serves Modbus RTU frames over TCP (a serial-to-Ethernet converter) on `listener`.

@@ -96,11 +96,9 @@ fn run_without_upstream_prints_json_lines_and_stops_on_sigterm() {
 
 /// Serves `plc` as unit 1 on a free loopback port, on `runtime`; returns the port.
 fn serve_plc(runtime: &tokio::runtime::Runtime, plc: SimSlave) -> u16 {
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+    let (port, _) = runtime
+        .block_on(sim::spawn_tcp(SimBus::new([(1, plc)])))
         .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
     port
 }
 

@@ -19,9 +19,9 @@ const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
 async fn plc() -> (SimSlave, u16) {
     let plc = SimSlave::default();
     plc.set_holding(0, &[0x41A4, 0x0000]);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(sim::serve_tcp(listener, SimBus::new([(1, plc.clone())])));
+    let (port, _) = sim::spawn_tcp(SimBus::new([(1, plc.clone())]))
+        .await
+        .unwrap();
     (plc, port)
 }
 

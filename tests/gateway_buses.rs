@@ -12,9 +12,7 @@ use tokio::net::TcpListener;
 use tokio_serial::{SerialPort, SerialStream};
 
 async fn tcp_sim(bus: SimBus) -> (u16, tokio::task::JoinHandle<std::io::Result<()>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    (port, tokio::spawn(sim::serve_tcp(listener, bus)))
+    sim::spawn_tcp(bus).await.unwrap()
 }
 
 #[tokio::test]
@@ -228,9 +226,7 @@ devices:
 async fn tcp_link_loss_goes_offline_and_recovers() {
     let plc = SimSlave::default();
     plc.set_holding(0, &[1]);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let server = tokio::spawn(sim::serve_tcp(listener, SimBus::new([(1, plc.clone())])));
+    let (port, server) = tcp_sim(SimBus::new([(1, plc.clone())])).await;
     let mut run = start(&format!(
         r#"
 buses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port}, timeout: 200ms }}]

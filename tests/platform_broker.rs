@@ -183,11 +183,9 @@ async fn gateway_against_the_platform_broker() {
 
     let plc = SimSlave::default();
     plc.set_holding(0, &f32_words(21.5));
-    let modbus = tokio::net::TcpListener::bind("127.0.0.1:0")
+    let (modbus_port, _) = sim::spawn_tcp(SimBus::new([(1, plc.clone())]))
         .await
-        .expect("bind");
-    let modbus_port = modbus.local_addr().expect("address").port();
-    tokio::spawn(sim::serve_tcp(modbus, SimBus::new([(1, plc.clone())])));
+        .expect("Modbus simulator");
 
     // The application side: events and command results, and a separate command sender.
     let events = Subscriber::start(SubscriberConfig {

@@ -44,9 +44,7 @@ fn start(config: &std::path::Path) -> Child {
 async fn sigterm_during_an_outage_is_quick_and_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let plc = SimSlave::default();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let modbus_port = listener.local_addr().unwrap().port();
-    tokio::spawn(sim::serve_tcp(listener, SimBus::new([(1, plc)])));
+    let (modbus_port, _) = sim::spawn_tcp(SimBus::new([(1, plc)])).await.unwrap();
     // The broker is down at first: events pile up in the queue.
     let mqtt_port = common::free_port();
     let config = dir.path().join("gateway.yaml");

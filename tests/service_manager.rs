@@ -90,12 +90,9 @@ fn exits_successfully(child: &mut Child) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_notifies_ready_watchdog_reload_and_stopping() {
     let dir = tempfile::tempdir().unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(sim::serve_tcp(
-        listener,
-        SimBus::new([(1, SimSlave::default())]),
-    ));
+    let (port, _) = sim::spawn_tcp(SimBus::new([(1, SimSlave::default())]))
+        .await
+        .unwrap();
     let config = dir.path().join("gateway.yaml");
     std::fs::write(
         &config,

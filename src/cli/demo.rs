@@ -10,7 +10,6 @@
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::net::TcpListener;
 
 use fieldbridge_broker::{Broker, Config as BrokerConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -85,9 +84,7 @@ async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
 
     let boiler = SimSlave::default();
     let meter = SimSlave::default();
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let tcp_port = listener.local_addr()?.port();
-    tokio::spawn(sim::serve_tcp(listener, SimBus::new([(1, boiler.clone())])));
+    let (tcp_port, _) = sim::spawn_tcp(SimBus::new([(1, boiler.clone())])).await?;
     // Unit 8 is configured but absent from the simulated line: it never answers.
     let (bus_end, gateway_end) =
         tokio_serial::SerialStream::pair().context("cannot create a pty pair")?;

@@ -27,6 +27,22 @@ const DEVICE_QUEUE: usize = 16;
 /// Packet ids remembered per device for commands without a reqId.
 const RECENT_PACKETS: usize = 64;
 
+/// Packet ids of the recent commands without a reqId (in memory only): a DUP
+/// redelivery of one of them is a repeat.
+#[derive(Default)]
+struct RecentPackets(VecDeque<u16>);
+
+impl RecentPackets {
+    fn first_time(&mut self, pkid: u16, dup: bool) -> bool {
+        let repeat = dup && self.0.contains(&pkid);
+        if self.0.len() == RECENT_PACKETS {
+            self.0.pop_front();
+        }
+        self.0.push_back(pkid);
+        !repeat
+    }
+}
+
 /// Where the reqIds acted on are kept (in the queue database), and how many per device.
 #[derive(Clone)]
 pub struct CommandLog {
@@ -98,7 +114,7 @@ async fn work(
     log: CommandLog,
     sink: EventSink,
 ) {
-    let mut recent_packets = VecDeque::with_capacity(RECENT_PACKETS);
+    let mut recent_packets = RecentPackets::default();
     while let Some(message) = messages.recv().await {
         let (req_id, parsed) = parse(&message.payload);
         let first_time = match &req_id {
@@ -113,15 +129,8 @@ async fn work(
                     true
                 }
             },
-            None if message.dup => !recent_packets.contains(&message.pkid),
-            None => true,
+            None => recent_packets.first_time(message.pkid, message.dup),
         };
-        if req_id.is_none() {
-            if recent_packets.len() == RECENT_PACKETS {
-                recent_packets.pop_front();
-            }
-            recent_packets.push_back(message.pkid);
-        }
         if !first_time {
             tracing::info!(device = %target.device_id, req_id = ?req_id, "repeated command ignored");
             continue;
@@ -275,5 +284,26 @@ fn management_response(device_id: &str, rc: Rc, message: &str, req_id: Option<&s
         event_id: MANAGEMENT_RESPONSE.to_owned(),
         qos: Qos::AtLeastOnce,
         payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dup_redelivery_of_a_recent_packet_is_a_repeat() {
+        let mut recent = RecentPackets::default();
+        assert!(recent.first_time(7, false));
+        assert!(!recent.first_time(7, true), "redelivered with DUP");
+        assert!(recent.first_time(8, true), "DUP of a packet never seen");
+        assert!(recent.first_time(7, false), "a new packet reusing the id");
+        for pkid in 100..100 + RECENT_PACKETS as u16 {
+            assert!(recent.first_time(pkid, false));
+        }
+        assert!(
+            recent.first_time(7, true),
+            "forgotten beyond the last {RECENT_PACKETS}"
+        );
     }
 }
