@@ -21,7 +21,9 @@
 # NRestarts 0 and the watchdog fed after more than WatchdogSec; the gateway, with
 # PrivateUsers=yes, opening device nodes owned by root:dialout 0660 through its dialout group
 # (a ttyS node and a pty it reads lines from) while DevicePolicy=closed refuses a non-serial
-# one; `systemctl stop` within 5 s; `dpkg --purge` removing the state.
+# one; installing again (an upgrade) restarting both services and keeping a local
+# configuration change and the state; `systemctl stop` within 5 s; `dpkg --purge` removing
+# the state.
 #
 # Needs root, systemd-nspawn (package systemd-container), debootstrap and, for the first
 # debootstrap, deb.debian.org. The host need not run systemd. Exits 1 when a check fails.
@@ -301,7 +303,26 @@ systemctl reload fieldbridge
 verdict "gateway after the serial checks" "is-active $(systemctl is-active fieldbridge), NRestarts $(prop fieldbridge NRestarts), pid $(prop fieldbridge MainPID) (was ${pid[fieldbridge]})" \
     test "$(systemctl is-active fieldbridge)" = active -a "$(prop fieldbridge NRestarts)" = 0 -a "$(prop fieldbridge MainPID)" = "${pid[fieldbridge]}"
 
-# 7. Stopping takes less than 5 s; purging removes the state.
+# 7. Installing the packages again (an upgrade to the same version): both services are
+#    restarted, a local change to the configuration and the state are kept.
+echo "# local change" >>"$conf"
+touch /var/lib/fieldbridge/upgrade-marker /var/lib/fieldbridge-broker/upgrade-marker
+for unit in fieldbridge fieldbridge-broker; do pid[$unit]=$(prop "$unit" MainPID); done
+if dpkg -i /root/packages/fieldbridge_*_amd64.deb /root/packages/fieldbridge-broker_*_amd64.deb \
+    >"$results/dpkg-upgrade.log" 2>&1; then
+    for unit in fieldbridge fieldbridge-broker; do
+        wait_until 30 settled "$unit"
+        verdict "$unit upgrade" "is-active $(systemctl is-active "$unit"), pid $(prop "$unit" MainPID) (was ${pid[$unit]}), state kept: $(ls "/var/lib/$unit/upgrade-marker" 2>&1)" \
+            test "$(systemctl is-active "$unit")" = active -a "$(prop "$unit" MainPID)" != "${pid[$unit]}" \
+            -a -e "/var/lib/$unit/upgrade-marker"
+    done
+    verdict "upgrade keeps the configuration" "last line of gateway.yaml: \"$(tail -n 1 "$conf")\"" \
+        test "$(tail -n 1 "$conf")" = "# local change"
+else
+    report FAIL upgrade "dpkg -i again failed: $(tail -n 3 "$results/dpkg-upgrade.log" | tr '\n' ' ')"
+fi
+
+# 8. Stopping takes less than 5 s; purging removes the state.
 for unit in fieldbridge fieldbridge-broker; do
     started=$(date +%s%N)
     systemctl stop "$unit"
