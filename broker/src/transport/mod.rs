@@ -166,6 +166,18 @@ impl Buffered {
     }
 }
 
+/// Hands a reader what is already buffered (contiguous, as `Bytes` and `BytesMut`
+/// are); false when nothing was.
+pub(crate) fn read_buffered(buffered: &mut impl Buf, buf: &mut ReadBuf<'_>) -> bool {
+    if !buffered.has_remaining() {
+        return false;
+    }
+    let take = buffered.chunk().len().min(buf.remaining());
+    buf.put_slice(&buffered.chunk()[..take]);
+    buffered.advance(take);
+    true
+}
+
 impl AsyncRead for Buffered {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -173,13 +185,7 @@ impl AsyncRead for Buffered {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if !this.input.is_empty() {
-            let take = this.input.len().min(buf.remaining());
-            buf.put_slice(&this.input[..take]);
-            this.input.advance(take);
-            return Poll::Ready(Ok(()));
-        }
-        if this.eof {
+        if read_buffered(&mut this.input, buf) || this.eof {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

@@ -6,7 +6,7 @@ use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures::{Sink, Stream};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -117,13 +117,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if !this.pending.is_empty() {
-                let take = this.pending.len().min(buf.remaining());
-                buf.put_slice(&this.pending[..take]);
-                this.pending.advance(take);
-                return Poll::Ready(Ok(()));
-            }
-            if this.closed {
+            if super::read_buffered(&mut this.pending, buf) || this.closed {
                 return Poll::Ready(Ok(()));
             }
             match ready!(Pin::new(&mut this.ws).poll_next(cx)) {

@@ -172,17 +172,12 @@ impl LoadReport {
             );
         }
         let _ = writeln!(text, "  generator   {:.2} s of CPU", self.bench_cpu_secs);
-        push_failures(
+        push_failures_and_deadline(
             &mut text,
             self.connections_failed,
             self.first_failure.as_deref(),
+            self.deadline_reached,
         );
-        if self.deadline_reached {
-            let _ = writeln!(
-                text,
-                "  DEADLINE reached: the run was cut short, figures are partial"
-            );
-        }
         text
     }
 }
@@ -224,27 +219,34 @@ impl IdleReport {
                 self.kib_per_connection.unwrap_or(0.0)
             );
         }
-        push_failures(
+        push_failures_and_deadline(
             &mut text,
             self.connections_failed,
             self.first_failure.as_deref(),
+            self.deadline_reached,
         );
-        if self.deadline_reached {
-            let _ = writeln!(
-                text,
-                "  DEADLINE reached: the run was cut short, figures are partial"
-            );
-        }
         text
     }
 }
 
-fn push_failures(text: &mut String, count: u64, first: Option<&str>) {
+/// The closing lines every report shares: failed connections and a cut-short run.
+fn push_failures_and_deadline(
+    text: &mut String,
+    count: u64,
+    first: Option<&str>,
+    deadline_reached: bool,
+) {
     if count > 0 {
         let _ = writeln!(
             text,
             "  failures    {count} connection(s) failed or were closed; first: {}",
             first.unwrap_or("?")
+        );
+    }
+    if deadline_reached {
+        let _ = writeln!(
+            text,
+            "  DEADLINE reached: the run was cut short, figures are partial"
         );
     }
 }
