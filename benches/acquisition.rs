@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldbridge::sim::{self, SimBus, SimSlave};
+use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 
 const DEVICES: usize = 20;
 const TAGS: usize = 50;

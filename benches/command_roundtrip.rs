@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BrokerConfig, Mosquitto};
-use fieldbridge::sim::{self, SimBus, SimSlave};
+use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -70,7 +70,10 @@ async fn through_uplink(dir: &Path, synchronous: Synchronous) -> f64 {
         })
         .collect();
     let (sender, receiver) = mpsc::channel(1024);
-    let settings = UplinkSettings::new(format!("mqtt://127.0.0.1:{closed_port}"), "bench");
+    let settings = UplinkSettings::new(
+        format!("mqtt://127.0.0.1:{closed_port}").parse().unwrap(),
+        "bench",
+    );
     let uplink = Uplink::start(settings, store.clone(), devices, receiver).unwrap();
     let events: Vec<Event> = (0..EVENTS).map(event).collect();
     let started = Instant::now();

@@ -98,7 +98,7 @@ struct Drain {
 /// every event is acknowledged, then until every row is deleted.
 async fn queue_drain(broker: &mut Mosquitto, data_dir: &std::path::Path) -> Drain {
     let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
-    let mut settings = UplinkSettings::new(broker.url(), "bench");
+    let mut settings = UplinkSettings::new(broker.url().parse().unwrap(), "bench");
     settings.inflight = INFLIGHT;
     settings.reconnect_min = Duration::from_millis(20);
     settings.reconnect_max = Duration::from_millis(20);
@@ -177,7 +177,7 @@ async fn session_memory(broker: &Mosquitto, data_dir: &std::path::Path) -> f64 {
     let before = rss_kib();
     let (_sender, events) = mpsc::channel(1024);
     let uplink = Uplink::start(
-        UplinkSettings::new(broker.url(), "bench"),
+        UplinkSettings::new(broker.url().parse().unwrap(), "bench"),
         store.clone(),
         devices.clone(),
         events,

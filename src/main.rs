@@ -33,10 +33,11 @@ enum Command {
         config: PathBuf,
     },
     /// Run everything in one process on simulated hardware (no setup needed).
+    #[cfg(feature = "demo")]
     Demo {
         /// Stop after this long (e.g. `30s`); runs until Ctrl-C when absent.
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<std::time::Duration>,
+        #[arg(long)]
+        duration: Option<fieldbridge::config::Duration>,
     },
 }
 
@@ -46,7 +47,8 @@ fn main() -> ExitCode {
         Command::Check { config } => cli::check::run(&config),
         Command::Run { config } => cli::run::run(&config),
         Command::Queue { config } => cli::queue::run(&config),
-        Command::Demo { duration } => cli::demo::run(duration),
+        #[cfg(feature = "demo")]
+        Command::Demo { duration } => cli::demo::run(duration.map(|d| d.get())),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

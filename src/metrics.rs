@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-pub use fieldbridge_broker::service::metrics::{bind, serve, Exposition, Family};
+pub use fieldbridge_service::metrics::{bind, serve, Exposition, Family};
 
 /// Counters of one device, shared between its bus task and the metrics endpoint.
 #[derive(Debug, Default)]

@@ -5,7 +5,7 @@ mod gateway_support;
 
 use std::time::{Duration, Instant};
 
-use fieldbridge::sim::{self, SimBus, SimSlave};
+use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use gateway_support::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{BrokerConfig, Mosquitto, Subscriber, SubscriberConfig};
-use fieldbridge::sim::{self, SimBus, SimSlave};
+use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
 

@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{broker_binary, signal, DEADLINE};
-use fieldbridge::sim::{self, SimBus, SimSlave};
+use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 
 /// Watchdog period given to the programs: they must notify every 250 ms.
 const WATCHDOG_USEC: &str = "500000";

@@ -16,8 +16,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use crate::codec::valid_topic_filter;
-use crate::topic::{covers, matches};
+use fieldbridge_mqtt::codec::valid_topic_filter;
+use fieldbridge_mqtt::topic::{covers, matches};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use crate::service::logging::LogSection;
+use fieldbridge_service::logging::LogSection;
+use fieldbridge_service::units;
 
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -120,20 +121,20 @@ pub struct Limits {
     /// Simultaneous client connections; more are closed at once.
     pub max_connections: usize,
     /// Largest PUBLISH payload accepted, in bytes; a larger packet closes the connection.
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "units::size")]
     pub max_payload: usize,
     /// QoS 1 and 2 messages in flight to one client.
     pub max_inflight: usize,
     /// Messages queued for one client beyond its in-flight window.
     pub max_queued_messages: usize,
     /// Bytes (topic and payload) queued for one client.
-    #[serde(deserialize_with = "de_size")]
+    #[serde(deserialize_with = "units::size")]
     pub max_queued_bytes: usize,
     /// Largest keepalive granted, in seconds; a client asking for more (or for none) is
     /// disconnected after 1.5 times this. MQTT 3.1.1 cannot tell the client.
     pub max_keepalive: u16,
     /// Time a new connection has to send its CONNECT.
-    #[serde(deserialize_with = "de_duration")]
+    #[serde(deserialize_with = "units::duration")]
     pub connect_timeout: Duration,
     /// Sessions (connected or persistent) the broker keeps.
     pub max_sessions: usize,
@@ -206,7 +207,7 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     /// Period of the `$SYS/broker/...` messages; 0 turns them off.
-    #[serde(default = "default_sys_interval", deserialize_with = "de_duration")]
+    #[serde(default = "default_sys_interval", deserialize_with = "units::duration")]
     pub sys_interval: Duration,
     pub platform: Option<PlatformConfig>,
     pub log: Option<LogSection>,
@@ -397,59 +398,6 @@ impl Config {
     }
 }
 
-/// A duration as `10s`, `500ms`, `1m 30s`, or a number of seconds.
-fn de_duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Seconds(u64),
-        Text(String),
-    }
-    match Raw::deserialize(deserializer)? {
-        Raw::Seconds(seconds) => Ok(Duration::from_secs(seconds)),
-        Raw::Text(text) => humantime::parse_duration(text.trim())
-            .map_err(|error| de::Error::custom(format!("invalid duration {text:?}: {error}"))),
-    }
-}
-
-/// A byte size as a number or with a unit: `64KiB`, `8 MiB`, `1GiB`, `1000B`, `1kB`.
-fn de_size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Bytes(usize),
-        Text(String),
-    }
-    match Raw::deserialize(deserializer)? {
-        Raw::Bytes(bytes) => Ok(bytes),
-        Raw::Text(text) => parse_size(&text).ok_or_else(|| {
-            de::Error::custom(format!(
-                "invalid size {text:?}: expected a number with B, kB, KiB, MB, MiB, GB or GiB"
-            ))
-        }),
-    }
-}
-
-pub(crate) fn parse_size(text: &str) -> Option<usize> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: usize = number.parse().ok()?;
-    let multiplier: usize = match unit.trim() {
-        "" | "B" => 1,
-        "kB" | "KB" => 1000,
-        "KiB" => 1 << 10,
-        "MB" => 1_000_000,
-        "MiB" => 1 << 20,
-        "GB" => 1_000_000_000,
-        "GiB" => 1 << 30,
-        _ => return None,
-    };
-    number.checked_mul(multiplier)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -535,6 +483,16 @@ platform: { org: myorg, registry: registry.db }
             .to_string();
         assert!(error.contains("limits.max_queued_bytes"), "{error}");
 
+        // One grammar with the gateway: a duration needs its unit.
+        let error = parse("limits:\n  connect_timeout: 30\n")
+            .expect_err("duration without a unit")
+            .to_string();
+        assert!(
+            error.contains("limits.connect_timeout") && error.contains("`30s` for seconds"),
+            "{error}"
+        );
+        assert!(error.contains("line 2"), "{error}");
+
         let error = parse("limits: { max_inflight: 0 }\n")
             .expect_err("zero")
             .to_string();
@@ -573,7 +531,7 @@ platform: { org: myorg, registry: registry.db }
         );
         let log = config.log.expect("log section");
         assert_eq!(log.level, "debug");
-        assert_eq!(log.target, crate::service::logging::LogTarget::Stderr);
+        assert_eq!(log.target, fieldbridge_service::logging::LogTarget::Stderr);
 
         let error = parse("sys_interval: 1s\nmetrics: everywhere\n")
             .expect_err("bad address")
@@ -586,15 +544,5 @@ platform: { org: myorg, registry: registry.db }
             .expect_err("unknown target")
             .to_string();
         assert!(error.contains("log.target"), "{error}");
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("10"), Some(10));
-        assert_eq!(parse_size("2KiB"), Some(2048));
-        assert_eq!(parse_size("3 MB"), Some(3_000_000));
-        assert_eq!(parse_size("1GiB"), Some(1 << 30));
-        assert_eq!(parse_size("1 parsec"), None);
-        assert_eq!(parse_size("MiB"), None);
     }
 }

@@ -11,16 +11,13 @@
 
 pub mod acl;
 pub mod auth;
-pub mod codec;
 pub mod config;
 pub mod message;
 pub mod persistence;
 pub mod platform;
 pub mod retained;
-pub mod service;
 pub mod session;
 pub mod subscriptions;
-pub mod topic;
 pub mod transport;
 
 mod connection;

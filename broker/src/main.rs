@@ -7,13 +7,12 @@ use std::io::{BufRead, IsTerminal};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use fieldbridge_broker::config::ListenerConfig;
-use fieldbridge_broker::service::{logging, metrics, notify};
 use fieldbridge_broker::{auth, Broker, Config, RunningBroker};
+use fieldbridge_service::{logging, metrics, Service};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -148,7 +147,7 @@ fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let mut running = broker.start().await?;
+        let running = broker.start().await?;
         let addrs: Vec<String> = running
             .local_addrs()
             .iter()
@@ -162,13 +161,14 @@ fn run(config_path: Option<&Path>, listen: Vec<SocketAddr>) -> anyhow::Result<()
         if let Some(addr) = metrics_addr {
             serve_metrics(addr, &running, stop_metrics.clone()).await?;
         }
-        let status = format!("listening on {}", addrs.join(", "));
-        notify::ready(&status);
-        serve_until_signal(&mut running, &source, &status).await?;
-        notify::stopping();
-        tracing::info!("shutting down");
+        let mut service = BrokerService {
+            running,
+            source,
+            status: format!("listening on {}", addrs.join(", ")),
+        };
+        fieldbridge_service::run_until_stopped(&mut service).await?;
         stop_metrics.cancel();
-        running.shutdown().await;
+        service.running.shutdown().await;
         anyhow::Ok(())
     })
 }
@@ -212,35 +212,29 @@ async fn serve_metrics(
     Ok(())
 }
 
-/// Runs until SIGTERM or SIGINT, reloading the password file and ACL on SIGHUP and
-/// feeding the systemd watchdog in between. Each feed first reads the broker's shared
-/// state, so a deadlocked router stops the feed and systemd restarts the broker.
-async fn serve_until_signal(
-    running: &mut RunningBroker,
-    source: &ConfigSource,
-    status: &str,
-) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut terminate =
-        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let mut hangup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let watchdog = notify::watchdog_interval();
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
-    loop {
-        tokio::select! {
-            _ = terminate.recv() => return Ok(()),
-            _ = interrupt.recv() => return Ok(()),
-            _ = hangup.recv() => {
-                notify::reloading();
-                reload(running, source);
-                notify::ready(status);
-            }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                let _ = running.stats();
-                notify::watchdog();
-            }
-        }
+/// The running broker as systemd sees it: SIGHUP reloads its password file and ACL, and
+/// each watchdog feed first reads the broker's shared state, so a deadlocked router stops
+/// the feed and systemd restarts the broker.
+struct BrokerService {
+    running: RunningBroker,
+    source: ConfigSource,
+    status: String,
+}
+
+impl Service for BrokerService {
+    type Error = anyhow::Error;
+
+    fn status(&self) -> String {
+        self.status.clone()
+    }
+
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        reload(&mut self.running, &self.source);
+        Ok(())
+    }
+
+    fn check_alive(&self) {
+        let _ = self.running.stats();
     }
 }
 

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use crate::codec::{Publish, QoS};
+use fieldbridge_mqtt::codec::{Publish, QoS};
 
 /// A published message, shared (behind an `Arc`) by every session it is delivered to.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::service::metrics::{Exposition, Family};
+use fieldbridge_service::metrics::{Exposition, Family};
 
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {

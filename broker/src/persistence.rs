@@ -19,9 +19,9 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, Sq
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::QoS;
 use crate::config::{PersistenceConfig, Synchronous};
 use crate::message::Message;
+use fieldbridge_mqtt::codec::QoS;
 
 /// Ops waiting for the writer; senders wait (and so slow down) when it is full.
 pub(crate) const CHANNEL_CAPACITY: usize = 8192;

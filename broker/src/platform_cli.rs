@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use fieldbridge_broker::platform::{PlatformRegistry, RegistryError};
+use fieldbridge_broker::platform::{PlatformRegistry, RegistryError, DEVICE_USERNAME};
 use fieldbridge_broker::Config;
 
 #[derive(Debug, Subcommand)]
@@ -135,7 +135,7 @@ pub fn device(command: DeviceCommand) -> anyhow::Result<()> {
                     .await
             })?;
             let org = opened.org;
-            println!("Registered device {device_type}/{id} of {org}; client id d:{org}:{device_type}:{id}, user name use-token-auth.");
+            println!("Registered device {device_type}/{id} of {org}; client id d:{org}:{device_type}:{id}, user name {DEVICE_USERNAME}.");
             println!("Its token, shown this once only:");
             println!("{token}");
         }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::message::Message;
-use crate::topic::split_level;
+use fieldbridge_mqtt::topic::split_level;
 
 #[derive(Debug, Default)]
 struct Node {
@@ -164,7 +164,7 @@ impl RetainedStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::QoS;
+    use fieldbridge_mqtt::codec::QoS;
 
     fn message(topic: &str, payload: &'static str) -> Arc<Message> {
         Arc::new(Message::new(topic, payload, QoS::AtMostOnce, true))

@@ -2,9 +2,11 @@
 //! session with a matching subscription, and durably so where the publisher's
 //! acknowledgement depends on it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
+
+use fieldbridge_service::LogThrottle;
 
 use parking_lot::RwLock;
 use tokio::sync::mpsc::PermitIterator;
@@ -12,7 +14,6 @@ use tokio::sync::mpsc::PermitIterator;
 use arc_swap::ArcSwapOption;
 
 use crate::acl::{Acl, Identity};
-use crate::codec::QoS;
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persistence::{NotDurable, Op, StoreHandle};
@@ -20,13 +21,14 @@ use crate::registry::{Session, Tree};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Enqueued, SessionLimits};
 use crate::subscriptions::Matched;
+use fieldbridge_mqtt::codec::QoS;
 
 /// Sessions whose queue is longer than this get their own copy of a message instead of a
 /// slice of the publisher's read buffer, which a backlog would otherwise keep alive.
 const SHARE_BUFFER_BELOW: usize = 64;
 
 /// Least time between two queue-full warnings in the log.
-const DROP_WARNING_INTERVAL_MS: u64 = 10_000;
+pub(crate) const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Delivery targets handled per reservation of persistence room.
 const CHUNK: usize = 1024;
@@ -43,9 +45,8 @@ pub(crate) struct Router {
     pub acl: ArcSwapOption<Acl>,
     pub limits: SessionLimits,
     pub metrics: Arc<Metrics>,
-    pub started: Instant,
-    /// Milliseconds after `started` of the last queue-full warning (0: none yet).
-    pub last_drop_warning_ms: AtomicU64,
+    /// Queue-full warnings, for the whole broker (every drop is counted anyway).
+    pub drop_warnings: LogThrottle,
     /// Platform mode: the sessions of a scalable application take its messages in turn.
     pub shared_groups: Option<crate::platform::shared::SharedGroups>,
 }
@@ -261,7 +262,7 @@ impl Router {
                     .messages_dropped
                     .fetch_add(1, Ordering::Relaxed)
                     + 1;
-                if !was_dropping && self.drop_warning_due() {
+                if !was_dropping && self.drop_warnings.admit().is_some() {
                     tracing::warn!(
                         client_id = %session.client_id,
                         queued = inner.state.queued_len(),
@@ -273,18 +274,6 @@ impl Router {
             }
             Enqueued::Skipped => {}
         }
-    }
-
-    /// Whether a queue-full warning may be logged now: at most one per
-    /// [`DROP_WARNING_INTERVAL_MS`] for the whole broker (every drop is counted anyway).
-    fn drop_warning_due(&self) -> bool {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_drop_warning_ms.load(Ordering::Relaxed);
-        (last == 0 || now.saturating_sub(last) >= DROP_WARNING_INTERVAL_MS)
-            && self
-                .last_drop_warning_ms
-                .compare_exchange(last, now.max(1), Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
     }
 
     fn store_body(&self, message: &Message, durable: &mut Durable<'_, '_>) -> Option<i64> {

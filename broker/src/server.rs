@@ -2,7 +2,7 @@
 //! binds its listeners and runs it, [`RunningBroker`] tells where it listens and stops it.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use fieldbridge_service::LogThrottle;
 
 use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, PasswordFile};
@@ -129,8 +131,7 @@ impl Broker {
                     max_queued_bytes: limits.max_queued_bytes,
                 },
                 metrics: metrics.clone(),
-                started: Instant::now(),
-                last_drop_warning_ms: AtomicU64::new(0),
+                drop_warnings: LogThrottle::new(crate::router::DROP_WARNING_INTERVAL),
                 shared_groups: config.platform.as_ref().map(|_| Default::default()),
             },
             registry: Registry::new(limits.max_sessions),
@@ -230,7 +231,9 @@ fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
                     pkid,
                     state: match (item.released, item.qos) {
                         (true, _) => InflightState::AwaitingPubComp,
-                        (false, crate::codec::QoS::ExactlyOnce) => InflightState::AwaitingPubRec,
+                        (false, fieldbridge_mqtt::codec::QoS::ExactlyOnce) => {
+                            InflightState::AwaitingPubRec
+                        }
                         (false, _) => InflightState::AwaitingPubAck,
                     },
                     delivery,

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 
-use crate::codec::{Publish, QoS};
 use crate::message::Message;
+use fieldbridge_mqtt::codec::{Publish, QoS};
 
 /// Queue capacity kept after a burst has drained; more is freed.
 const SHRINK_ABOVE: usize = 64;

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use crate::codec::QoS;
-use crate::topic::split_level;
+use fieldbridge_mqtt::codec::QoS;
+use fieldbridge_mqtt::topic::split_level;
 
 /// Identifies a subscriber (a session) in the tree.
 pub type SubscriberId = u64;

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 
-use crate::codec::QoS;
 use crate::context::BrokerContext;
 use crate::message::Message;
 use crate::metrics::Stats;
+use fieldbridge_mqtt::codec::QoS;
 
 /// The `$SYS` topics and their values.
 pub(crate) fn sys_messages(stats: &Stats) -> Vec<(&'static str, String)> {

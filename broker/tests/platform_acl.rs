@@ -4,8 +4,8 @@
 
 mod support;
 
-use fieldbridge_broker::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 use fieldbridge_broker::RunningBroker;
+use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 use support::{granted, login_packet, text, will, Client, Silence, DEADLINE};
 
 const ORG: &str = "acme";
@@ -381,9 +381,12 @@ async fn events_are_never_retained_and_payloads_are_limited() {
         .await;
     assert_eq!(app.next_publish().await.payload.len(), 131_072);
     let oversized = vec![b'x'; 131_073];
-    b1.send(fieldbridge_broker::codec::Packet::Publish(
-        support::publish("iot-2/evt/big/fmt/bin", &oversized, QoS::AtMostOnce, 0),
-    ))
+    b1.send(fieldbridge_mqtt::codec::Packet::Publish(support::publish(
+        "iot-2/evt/big/fmt/bin",
+        &oversized,
+        QoS::AtMostOnce,
+        0,
+    )))
     .await;
     b1.expect_closed().await;
 }
@@ -503,8 +506,8 @@ async fn scalable_applications_share_the_load_round_robin() {
 
     // When one unsubscribes, the other gets everything.
     second
-        .send(fieldbridge_broker::codec::Packet::Unsubscribe(
-            fieldbridge_broker::codec::Unsubscribe {
+        .send(fieldbridge_mqtt::codec::Packet::Unsubscribe(
+            fieldbridge_mqtt::codec::Unsubscribe {
                 pkid: 9,
                 filters: vec!["iot-2/type/+/id/+/evt/+/fmt/+".into()],
             },
@@ -512,7 +515,7 @@ async fn scalable_applications_share_the_load_round_robin() {
         .await;
     assert!(matches!(
         second.recv().await,
-        fieldbridge_broker::codec::Packet::UnsubAck(_)
+        fieldbridge_mqtt::codec::Packet::UnsubAck(_)
     ));
     for n in 10..14 {
         b1.publish_to(
@@ -562,7 +565,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
     // A burst: the first event passes, the others within the second are dropped.
     let burst = (0..5)
         .map(|n| {
-            fieldbridge_broker::codec::Packet::Publish(support::publish(
+            fieldbridge_mqtt::codec::Packet::Publish(support::publish(
                 "iot-2/evt/burst/fmt/json",
                 format!("{n}").as_bytes(),
                 QoS::AtMostOnce,
@@ -583,7 +586,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
             .publish_to("iot-2/evt/later/fmt/json", b"later", QoS::AtMostOnce, false)
             .await;
         match app.try_recv(std::time::Duration::from_millis(200)).await {
-            Ok(fieldbridge_broker::codec::Packet::Publish(publish)) => {
+            Ok(fieldbridge_mqtt::codec::Packet::Publish(publish)) => {
                 assert_eq!(text(&publish), "later", "a burst event was not dropped");
                 break;
             }
@@ -597,9 +600,12 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
         .publish_to("iot-2/evt/x/fmt/json", b"{}", QoS::AtMostOnce, false)
         .await;
     device
-        .send(fieldbridge_broker::codec::Packet::Publish(
-            support::publish("iot-2/evt/x/fmt/json", b"{}", QoS::AtLeastOnce, 1),
-        ))
+        .send(fieldbridge_mqtt::codec::Packet::Publish(support::publish(
+            "iot-2/evt/x/fmt/json",
+            b"{}",
+            QoS::AtLeastOnce,
+            1,
+        )))
         .await;
     device.expect_closed().await;
     app.publish_to(
@@ -721,8 +727,8 @@ async fn wills_and_offline_commands_in_the_device_view() {
     assert_eq!(text(&command), "{\"d\":{\"value\":7}}");
     // Unsubscribing in the device view removes the rewritten subscription.
     device
-        .send(fieldbridge_broker::codec::Packet::Unsubscribe(
-            fieldbridge_broker::codec::Unsubscribe {
+        .send(fieldbridge_mqtt::codec::Packet::Unsubscribe(
+            fieldbridge_mqtt::codec::Unsubscribe {
                 pkid: 3,
                 filters: vec!["iot-2/cmd/+/fmt/json".into()],
             },
@@ -730,7 +736,7 @@ async fn wills_and_offline_commands_in_the_device_view() {
         .await;
     assert!(matches!(
         device.recv().await,
-        fieldbridge_broker::codec::Packet::UnsubAck(_)
+        fieldbridge_mqtt::codec::Packet::UnsubAck(_)
     ));
     app.publish_to(
         "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json",

@@ -5,8 +5,8 @@ mod support;
 
 use std::process::{Command, Output, Stdio};
 
-use fieldbridge_broker::codec::ConnectReturnCode;
 use fieldbridge_broker::Config;
+use fieldbridge_mqtt::codec::ConnectReturnCode;
 use support::{login_packet, Client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge-broker");

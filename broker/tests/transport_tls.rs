@@ -9,9 +9,9 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use fieldbridge_broker::codec::{ConnectReturnCode, QoS};
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
+use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS};
 use support::pki::{connect, Ca, ClientTls, Leaf, Validity};
 use support::{granted, login_packet, text, Client, DEADLINE};
 use tokio_rustls::rustls::{version, SupportedProtocolVersion};
@@ -57,12 +57,12 @@ async fn tls_connect_works(addr: SocketAddr, tls: &ClientTls<'_>) -> Result<(), 
         .map_err(|error| error.to_string())?;
     let mut client = Client::over(stream);
     client
-        .send(fieldbridge_broker::codec::Packet::Connect(login_packet(
+        .send(fieldbridge_mqtt::codec::Packet::Connect(login_packet(
             "probe", None, None,
         )))
         .await;
     match client.try_recv(DEADLINE).await {
-        Ok(fieldbridge_broker::codec::Packet::ConnAck(_)) => Ok(()),
+        Ok(fieldbridge_mqtt::codec::Packet::ConnAck(_)) => Ok(()),
         other => Err(format!("{other:?}")),
     }
 }

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fieldbridge_broker::codec::{ConnectReturnCode, Packet, QoS};
 use fieldbridge_broker::config::{ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
+use fieldbridge_mqtt::codec::{ConnectReturnCode, Packet, QoS};
 use futures::{SinkExt, StreamExt};
 use support::pki::{Ca, ClientTls, Validity};
 use support::{granted, login_packet, text, Client, DEADLINE};

@@ -16,9 +16,9 @@ use crate::device::{DeviceState, OFFLINE_AFTER_FAILURES};
 use crate::event::EventSink;
 use crate::metrics::DeviceCounters;
 use crate::plan::{ReadRequest, Slot};
-use crate::ratelimit::LogLimiter;
 use crate::registers::codec::{self, apply_scale, CodecError, Value};
 use crate::registers::{DataType, RegisterKind, WordOrder};
+use fieldbridge_service::LogThrottle;
 
 /// A device that answers no more is polled at a slower rate, up to this interval
 /// (or its own poll interval, when that is longer).
@@ -70,7 +70,7 @@ pub struct PolledDevice {
     pub state: DeviceState,
     pub counters: Arc<DeviceCounters>,
     next_due: Instant,
-    errors: LogLimiter,
+    errors: LogThrottle,
 }
 
 impl PolledDevice {
@@ -89,7 +89,7 @@ impl PolledDevice {
             state,
             counters: Arc::default(),
             next_due: Instant::now(),
-            errors: LogLimiter::new(Duration::from_secs(60)),
+            errors: LogThrottle::new(Duration::from_secs(60)),
         }
     }
 
@@ -162,7 +162,7 @@ pub struct ModbusBus {
     /// Why the link is down, reported by every poll until it is back.
     link_error: String,
     last_request_end: Option<Instant>,
-    link_errors: LogLimiter,
+    link_errors: LogThrottle,
 }
 
 /// Outcome of one device's poll cycle.
@@ -187,7 +187,7 @@ impl ModbusBus {
             next_connect: Instant::now(),
             link_error: String::new(),
             last_request_end: None,
-            link_errors: LogLimiter::new(Duration::from_secs(60)),
+            link_errors: LogThrottle::new(Duration::from_secs(60)),
         }
     }
 
@@ -231,7 +231,7 @@ impl ModbusBus {
         DeviceCounters::add(&device.counters.polls);
         let events = match cycle {
             Cycle::Answered(values) => {
-                device.errors.clear();
+                device.errors.reset();
                 let tags = &device.tags;
                 let deadband = |name: &str| {
                     tags.iter()
@@ -244,7 +244,10 @@ impl ModbusBus {
             }
             Cycle::Failed(error) => {
                 DeviceCounters::add(&device.counters.poll_failures);
-                if let Some(repeats) = device.errors.admit(&error, Instant::now().into_std()) {
+                if let Some(repeats) = device
+                    .errors
+                    .admit_changed(&error, Instant::now().into_std())
+                {
                     tracing::warn!(bus = %self.settings.name, device = device.state.id(), unit = device.unit, repeats, "poll failed: {error}");
                 }
                 device
@@ -273,13 +276,17 @@ impl ModbusBus {
                 Ok((ctx, input)) => {
                     tracing::info!(bus = %self.settings.name, endpoint = %self.settings.endpoint, "bus link open");
                     self.reconnect.reset();
-                    self.link_errors.clear();
+                    self.link_errors.reset();
                     self.link = Some(ctx);
                     self.link_input = input;
                 }
                 Err(e) => {
                     let message = format!("cannot open {}: {e}", self.settings.endpoint);
-                    if self.link_errors.admit(&message, now.into_std()).is_some() {
+                    if self
+                        .link_errors
+                        .admit_changed(&message, now.into_std())
+                        .is_some()
+                    {
                         tracing::error!(bus = %self.settings.name, "{message}");
                     }
                     self.next_connect = now + self.reconnect.next_delay();
@@ -333,7 +340,7 @@ impl ModbusBus {
                     let message = format!("{request}: {e}");
                     if device
                         .errors
-                        .admit(&message, std::time::Instant::now())
+                        .admit_changed(&message, std::time::Instant::now())
                         .is_some()
                     {
                         tracing::warn!(device = device.state.id(), "{message}");

@@ -16,7 +16,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 use super::run::Running;
 use crate::config::Config;
-use crate::sim::{self, SimBus, SimSlave};
+use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 
 const DEMO_CONFIG: &str = r#"
 gateway: { data_dir: "{data_dir}" }
@@ -68,7 +68,7 @@ devices:
 "#;
 
 pub fn run(duration: Option<Duration>) -> anyhow::Result<()> {
-    fieldbridge_broker::service::logging::init(None);
+    fieldbridge_service::logging::init(None);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -103,14 +103,15 @@ async fn demo(duration: Option<Duration>) -> anyhow::Result<()> {
 
     let application = tokio::spawn(application(mqtt_port));
     let running = Running::start(&config).await?;
+    let stop = fieldbridge_service::stop_requested().context("installing the signal handlers")?;
     match duration {
         Some(duration) => {
             tokio::select! {
                 _ = tokio::time::sleep(duration) => {}
-                _ = super::stop_requested() => {}
+                _ = stop => {}
             }
         }
-        None => super::stop_requested().await,
+        None => stop.await,
     }
     running.stop().await?;
     application.abort();

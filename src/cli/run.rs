@@ -6,10 +6,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::task::JoinHandle;
 
-use fieldbridge_broker::service::notify;
 use tokio::sync::mpsc;
 
 use crate::command::{self, service::CommandLog};
@@ -28,7 +26,7 @@ const SINK_CAPACITY: usize = 4096;
 
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
-    fieldbridge_broker::service::logging::init(config.log.as_ref());
+    fieldbridge_service::logging::init(config.log.as_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -249,7 +247,7 @@ fn store_settings(config: &Config) -> StoreSettings {
 }
 
 fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
-    let mut settings = UplinkSettings::new(upstream.url.to_string(), upstream.org.clone());
+    let mut settings = UplinkSettings::new(upstream.url.clone(), upstream.org.clone());
     settings.keepalive = *upstream.keepalive;
     settings.inflight = upstream.max_inflight;
     settings.command_qos = match upstream.command_qos {
@@ -288,45 +286,60 @@ fn status(config: &Config) -> String {
     )
 }
 
-async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let stop = super::stop_requested();
-    tokio::pin!(stop);
-    let watchdog = notify::watchdog_interval();
-    let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+/// The running gateway as systemd sees it: SIGHUP loads the file again, and only a
+/// configuration that loads and starts replaces the running one.
+struct GatewayService<'a> {
+    path: &'a Path,
+    config: Config,
+    running: Option<Running>,
+}
 
-    let mut running = Running::start(&config).await?;
-    let mut config = config;
-    tracing::info!("gateway running: {}", status(&config));
-    notify::ready(&status(&config));
-    loop {
-        tokio::select! {
-            _ = &mut stop => break,
-            _ = hangup.recv() => {
-                notify::reloading();
-                match Config::load(path) {
-                    Ok(new) => {
-                        running.stop().await?;
-                        running = match Running::start(&new).await {
-                            Ok(running) => {
-                                config = new;
-                                tracing::info!("configuration reloaded: {}", status(&config));
-                                running
-                            }
-                            Err(e) => {
-                                tracing::error!("cannot start the reloaded configuration, going back to the previous one: {e:#}");
-                                Running::start(&config).await?
-                            }
-                        };
-                    }
-                    Err(e) => tracing::error!("reload refused, the running configuration stays: {e}"),
-                }
-                notify::ready(&status(&config));
-            }
-            _ = watchdog_tick.tick(), if watchdog.is_some() => notify::watchdog(),
-        }
+impl fieldbridge_service::Service for GatewayService<'_> {
+    type Error = anyhow::Error;
+
+    fn status(&self) -> String {
+        status(&self.config)
     }
-    tracing::info!("stopping");
-    notify::stopping();
-    running.stop().await
+
+    async fn reload(&mut self) -> anyhow::Result<()> {
+        let new = match Config::load(self.path) {
+            Ok(new) => new,
+            Err(e) => {
+                tracing::error!("reload refused, the running configuration stays: {e}");
+                return Ok(());
+            }
+        };
+        if let Some(running) = self.running.take() {
+            if let Err(e) = running.stop().await {
+                tracing::error!("stopping the running configuration: {e:#}");
+            }
+        }
+        match Running::start(&new).await {
+            Ok(running) => {
+                self.config = new;
+                self.running = Some(running);
+                tracing::info!("configuration reloaded: {}", status(&self.config));
+            }
+            Err(e) => {
+                tracing::error!("cannot start the reloaded configuration, going back to the previous one: {e:#}");
+                self.running = Some(Running::start(&self.config).await?);
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn serve(path: &Path, config: Config) -> anyhow::Result<()> {
+    let running = Running::start(&config).await?;
+    tracing::info!("gateway running: {}", status(&config));
+    let mut service = GatewayService {
+        path,
+        config,
+        running: Some(running),
+    };
+    fieldbridge_service::run_until_stopped(&mut service).await?;
+    match service.running {
+        Some(running) => running.stop().await,
+        None => Ok(()),
+    }
 }

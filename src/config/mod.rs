@@ -10,20 +10,21 @@ mod env;
 mod error;
 mod raw;
 mod schema;
+mod secret;
 mod source_map;
-mod units;
 mod validate;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub use error::{ConfigError, Position};
+pub use fieldbridge_service::units::{Duration, Size};
 pub use schema::{
     BrokerUrl, Bus, BusTransport, Command, Config, Device, FieldType, GatewaySection, LineParser,
     LogSection, LogTarget, OnFull, Parity, PublishMode, QueueSection, Register, Tls, TopicScheme,
     TopicTemplates, Upstream,
 };
-pub use units::{Duration, Secret, Size};
+pub use secret::Secret;
 
 use source_map::{child, item, SourceMap};
 use validate::Checker;

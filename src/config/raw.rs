@@ -10,7 +10,7 @@ use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
 use super::schema::{Bus, BusTransport, FieldType, LineParser, Parity};
-use super::units::{Duration, Size};
+use fieldbridge_service::units::{Duration, Size};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -2,17 +2,17 @@
 //! keys; defaults live next to the fields they belong to.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::PathBuf;
-use std::str::FromStr;
 
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
-use super::units::{Duration, Secret, Size};
+use super::Secret;
 use crate::event::Qos;
 use crate::registers::{DataType, RegisterKind, WordOrder};
-pub use fieldbridge_broker::service::logging::{LogSection, LogTarget};
+pub use fieldbridge_mqtt::url::BrokerUrl;
+pub use fieldbridge_service::logging::{LogSection, LogTarget};
+use fieldbridge_service::units::{Duration, Size};
 
 /// The whole gateway configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -57,6 +57,7 @@ fn default_data_dir() -> PathBuf {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Upstream {
+    #[serde(deserialize_with = "broker_url")]
     pub url: BrokerUrl,
     pub org: String,
     /// MQTT keepalive; `0s` disables it.
@@ -111,95 +112,10 @@ fn default_max_inflight() -> u16 {
     32
 }
 
-/// `mqtt://host[:port]` or `mqtts://host[:port]`, parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    pub tls: bool,
-    /// Host name or IP address (IPv6 without the brackets).
-    pub host: String,
-    pub port: u16,
-}
-
-impl fmt::Display for BrokerUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let scheme = if self.tls { "mqtts" } else { "mqtt" };
-        if self.host.contains(':') {
-            write!(f, "{scheme}://[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{scheme}://{}:{}", self.host, self.port)
-        }
-    }
-}
-
-impl FromStr for BrokerUrl {
-    type Err = String;
-
-    fn from_str(text: &str) -> Result<Self, Self::Err> {
-        const HELP: &str = "expected mqtt://HOST[:PORT] or mqtts://HOST[:PORT]";
-        let (tls, rest) = if let Some(rest) = text.strip_prefix("mqtts://") {
-            (true, rest)
-        } else if let Some(rest) = text.strip_prefix("mqtt://") {
-            (false, rest)
-        } else {
-            return Err(format!("unsupported broker url `{text}`, {HELP}"));
-        };
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        if rest.contains(['/', '@', '?', '#']) {
-            return Err(format!(
-                "broker url `{text}` may not have a path, user or query, {HELP}"
-            ));
-        }
-        let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| format!("unclosed `[` in broker url `{text}`, {HELP}"))?;
-            let port = match after {
-                "" => None,
-                _ => Some(after.strip_prefix(':').ok_or_else(|| {
-                    format!("unexpected `{after}` after the host in `{text}`, {HELP}")
-                })?),
-            };
-            (host, port)
-        } else {
-            match rest.split_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (rest, None),
-            }
-        };
-        if host.is_empty() {
-            return Err(format!("broker url `{text}` has no host, {HELP}"));
-        }
-        let port = match port {
-            None => {
-                if tls {
-                    8883
-                } else {
-                    1883
-                }
-            }
-            Some(port) => match port.parse::<u16>() {
-                Ok(port) if port > 0 => port,
-                _ => {
-                    return Err(format!(
-                        "bad port `{port}` in broker url `{text}`, expected 1 to 65535"
-                    ))
-                }
-            },
-        };
-        Ok(BrokerUrl {
-            tls,
-            host: host.to_owned(),
-            port,
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for BrokerUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer)?
-            .parse()
-            .map_err(de::Error::custom)
-    }
+fn broker_url<'de, D: Deserializer<'de>>(deserializer: D) -> Result<BrokerUrl, D::Error> {
+    String::deserialize(deserializer)?
+        .parse()
+        .map_err(de::Error::custom)
 }
 
 /// TLS settings of the broker connection. Relative paths are taken from the config

@@ -14,7 +14,7 @@ use crate::bus::link::{open_serial, SerialSettings};
 use crate::config::LineParser;
 use crate::device::DeviceState;
 use crate::event::{Event, EventSink};
-use crate::ratelimit::LogLimiter;
+use fieldbridge_service::LogThrottle;
 
 /// A device on a serial-line bus.
 #[derive(Debug)]
@@ -50,8 +50,8 @@ pub struct LineBusSettings {
 pub struct LineBus {
     settings: LineBusSettings,
     devices: Vec<LineDevice>,
-    garbage: LogLimiter,
-    port_errors: LogLimiter,
+    garbage: LogThrottle,
+    port_errors: LogThrottle,
 }
 
 impl LineBus {
@@ -59,8 +59,8 @@ impl LineBus {
         LineBus {
             settings,
             devices,
-            garbage: LogLimiter::new(Duration::from_secs(60)),
-            port_errors: LogLimiter::new(Duration::from_secs(60)),
+            garbage: LogThrottle::new(Duration::from_secs(60)),
+            port_errors: LogThrottle::new(Duration::from_secs(60)),
         }
     }
 
@@ -71,7 +71,7 @@ impl LineBus {
             let failure = match open_serial(&self.settings.serial) {
                 Ok(port) => {
                     backoff.reset();
-                    self.port_errors.clear();
+                    self.port_errors.reset();
                     tracing::info!(bus = %self.settings.name, "port open");
                     match self.read_lines(port, &sink, &shutdown).await {
                         Ok(()) => break,
@@ -82,7 +82,7 @@ impl LineBus {
             };
             if self
                 .port_errors
-                .admit(&failure, std::time::Instant::now())
+                .admit_changed(&failure, std::time::Instant::now())
                 .is_some()
             {
                 tracing::error!(bus = %self.settings.name, "{failure}");
@@ -174,7 +174,10 @@ impl LineBus {
     }
 
     fn report_garbage(&mut self, message: &str) {
-        if let Some(repeats) = self.garbage.admit(message, std::time::Instant::now()) {
+        if let Some(repeats) = self
+            .garbage
+            .admit_changed(message, std::time::Instant::now())
+        {
             tracing::warn!(bus = %self.settings.name, repeats, "unusable input: {message}");
         }
     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use fieldbridge_service::LogThrottle;
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -509,19 +510,17 @@ pub(super) fn admit(
     }
 }
 
-/// Rate limit for drop warnings: the first drop is reported at once, later ones are
-/// summed per device and reported at most once per interval.
+/// Drop warnings: the first drop is reported at once, later ones are summed per device
+/// and reported at most once per interval.
 pub(super) struct DropLog {
-    interval: Duration,
-    last_logged: Option<Instant>,
+    throttle: LogThrottle,
     pending: BTreeMap<String, u64>,
 }
 
 impl DropLog {
     pub(super) fn new(interval: Duration) -> Self {
         DropLog {
-            interval,
-            last_logged: None,
+            throttle: LogThrottle::new(interval),
             pending: BTreeMap::new(),
         }
     }
@@ -537,21 +536,15 @@ impl DropLog {
 
     /// When the pending drops should be logged (`None`: nothing pending).
     pub(super) fn next_due(&self) -> Option<Instant> {
-        if self.pending.is_empty() {
-            return None;
-        }
-        Some(match self.last_logged {
-            Some(at) => at + self.interval,
-            None => Instant::now(),
-        })
+        (!self.pending.is_empty()).then(|| Instant::from_std(self.throttle.next_due()))
     }
 
     /// The drops to report now, if the interval allows.
     pub(super) fn take(&mut self, now: Instant) -> Option<BTreeMap<String, u64>> {
-        if self.pending.is_empty() || self.last_logged.is_some_and(|at| now < at + self.interval) {
+        if self.pending.is_empty() {
             return None;
         }
-        self.last_logged = Some(now);
+        self.throttle.admit_at(now.into_std())?;
         Some(std::mem::take(&mut self.pending))
     }
 }

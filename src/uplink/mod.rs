@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use fieldbridge_service::LogThrottle;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,8 +33,8 @@ pub use session::SessionStatus;
 pub use tls::TlsSettings;
 pub use topics::TopicScheme;
 
-/// Largest event payload accepted (the platform's limit).
-pub const MAX_PAYLOAD: usize = 131_072;
+pub use fieldbridge_mqtt::platform::MAX_PAYLOAD;
+pub use fieldbridge_mqtt::url::BrokerUrl;
 /// QoS 0 events waiting for their session; more are dropped and counted.
 const QOS0_CAPACITY: usize = 16;
 
@@ -41,8 +42,7 @@ const QOS0_CAPACITY: usize = 16;
 /// `upstream` in the configuration.
 #[derive(Debug, Clone)]
 pub struct UplinkSettings {
-    /// `mqtt://host[:port]` (default port 1883) or `mqtts://host[:port]` (8883).
-    pub url: String,
+    pub url: BrokerUrl,
     /// Organisation id, part of every client id.
     pub org: String,
     /// MQTT keepalive; zero disables it, otherwise at least one second.
@@ -68,9 +68,9 @@ pub struct UplinkSettings {
 
 impl UplinkSettings {
     /// Defaults: keepalive 30 s, inflight 100, reconnect 500 ms .. 30 s, connect 10 s.
-    pub fn new(url: impl Into<String>, org: impl Into<String>) -> Self {
+    pub fn new(url: BrokerUrl, org: impl Into<String>) -> Self {
         UplinkSettings {
-            url: url.into(),
+            url,
             org: org.into(),
             keepalive: Duration::from_secs(30),
             tls: TlsSettings::default(),
@@ -126,8 +126,6 @@ pub const MANAGEMENT_PUBLISH: &str = "iotdevice-1/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
-    #[error("upstream.url {url:?}: {reason}")]
-    Url { url: String, reason: String },
     #[error("upstream.tls: {0}")]
     Tls(String),
     #[error("{reason} ({template:?})")]
@@ -260,12 +258,15 @@ async fn dispatch(
         .event_id
         .strip_prefix(MANAGEMENT_PUBLISH)
         .is_some_and(|rest| !rest.is_empty() && !rest.contains(['+', '#']));
-    if !management && !topics::valid_id(&event.event_id) {
+    if !management && !fieldbridge_mqtt::platform::valid_name(&event.event_id) {
         rejected.log(&event, "the event id is not [A-Za-z0-9._-]{1,36}");
         return;
     }
     if event.payload.len() > MAX_PAYLOAD {
-        rejected.log(&event, "the payload is larger than 131072 bytes");
+        rejected.log(
+            &event,
+            &format!("the payload is larger than {MAX_PAYLOAD} bytes"),
+        );
         return;
     }
     match event.qos {
@@ -282,122 +283,33 @@ async fn dispatch(
     }
 }
 
-/// Invalid events are a programming or configuration error: log the first few.
-#[derive(Default)]
-struct Rejections {
-    logged: u32,
+/// Events refused before the queue (a programming or configuration error, or a queue
+/// that cannot take them), logged at most once per [`REJECTION_LOG_INTERVAL`].
+struct Rejections(LogThrottle);
+
+const REJECTION_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Default for Rejections {
+    fn default() -> Self {
+        Rejections(LogThrottle::new(REJECTION_LOG_INTERVAL))
+    }
 }
 
 impl Rejections {
-    const LOG_LIMIT: u32 = 20;
-
     fn log(&mut self, event: &Event, reason: &str) {
-        if self.logged < Self::LOG_LIMIT {
-            self.logged += 1;
+        if let Some(repeats) = self.0.admit() {
             tracing::error!(
                 device = %event.device_id,
                 event = %event.event_id,
+                repeats,
                 "event not sent: {reason}"
             );
         }
     }
 
     fn log_store(&mut self, error: crate::store::StoreError) {
-        if self.logged < Self::LOG_LIMIT {
-            self.logged += 1;
-            tracing::error!("event not queued: {error}");
-        }
-    }
-}
-
-/// Where the broker is, parsed from `upstream.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Endpoint {
-    pub host: String,
-    pub port: u16,
-    pub tls: bool,
-}
-
-impl Endpoint {
-    pub(crate) fn parse(url: &str) -> Result<Endpoint, UplinkError> {
-        let invalid = |reason: &str| UplinkError::Url {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| invalid("expected mqtt://host[:port] or mqtts://host[:port]"))?;
-        let tls = match scheme.to_ascii_lowercase().as_str() {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(invalid("the scheme must be mqtt:// or mqtts://")),
-        };
-        let authority = rest.strip_suffix('/').unwrap_or(rest);
-        if authority.contains(['/', '@', '?', '#']) {
-            return Err(invalid(
-                "only host and port are allowed (no path, user or query)",
-            ));
-        }
-        let (host, port) = match authority.strip_prefix('[') {
-            Some(bracketed) => {
-                let (host, after) = bracketed
-                    .split_once(']')
-                    .ok_or_else(|| invalid("an IPv6 address needs a closing ']'"))?;
-                (host, after.strip_prefix(':'))
-            }
-            None => match authority.rsplit_once(':') {
-                Some((host, port)) => (host, Some(port)),
-                None => (authority, None),
-            },
-        };
-        if host.is_empty() {
-            return Err(invalid("the host is missing"));
-        }
-        let port = match port {
-            Some(port) => port
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| invalid("the port must be a number from 1 to 65535"))?,
-            None if tls => 8883,
-            None => 1883,
-        };
-        Ok(Endpoint {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn urls() {
-        let e = Endpoint::parse("mqtt://127.0.0.1:1884").unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.tls), ("127.0.0.1", 1884, false));
-        let e = Endpoint::parse("mqtts://broker.example").unwrap();
-        assert_eq!(
-            (e.host.as_str(), e.port, e.tls),
-            ("broker.example", 8883, true)
-        );
-        let e = Endpoint::parse("mqtt://[::1]:1900/").unwrap();
-        assert_eq!((e.host.as_str(), e.port), ("::1", 1900));
-        assert_eq!(Endpoint::parse("mqtt://h").unwrap().port, 1883);
-        for (bad, reason) in [
-            ("127.0.0.1:1883", "expected mqtt://"),
-            ("http://h", "scheme"),
-            ("mqtt://h:0", "port"),
-            ("mqtt://h:x", "port"),
-            ("mqtt://:1883", "host is missing"),
-            ("mqtt://h/path", "no path"),
-            ("mqtt://user@h", "no path, user"),
-        ] {
-            let err = Endpoint::parse(bad).unwrap_err().to_string();
-            assert!(err.contains(reason), "{bad}: {err}");
-            assert!(err.contains("upstream.url"), "{err}");
+        if let Some(repeats) = self.0.admit() {
+            tracing::error!(repeats, "event not queued: {error}");
         }
     }
 }

@@ -18,15 +18,21 @@ use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::topics::{command_in, valid_id, Naming, TemplateValues};
+use super::topics::{command_in, Naming, TemplateValues};
 use super::window::Window;
 use super::{
-    tls, DeviceIdentity, Endpoint, Inbound, InboundKind, UplinkError, UplinkSettings,
+    tls, BrokerUrl, DeviceIdentity, Inbound, InboundKind, UplinkError, UplinkSettings,
     MANAGEMENT_PUBLISH, MANAGEMENT_REQUESTS, MAX_PAYLOAD,
 };
+use fieldbridge_mqtt::platform::valid_name;
+use fieldbridge_service::LogThrottle;
+
 use crate::backoff::Backoff;
 use crate::event::Event;
 use crate::store::{QueuedEvent, Store, StoreError};
+
+/// Least time between two "cannot connect" warnings of one session.
+const CONNECT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Largest MQTT packet either way: a maximal payload plus topic and header.
 const MAX_PACKET: usize = MAX_PAYLOAD + 8 * 1024;
@@ -71,7 +77,7 @@ pub struct SessionStatus {
 
 /// Validated settings from which every device's session is built.
 pub(super) struct Plan {
-    endpoint: Endpoint,
+    endpoint: BrokerUrl,
     org: Arc<str>,
     naming: Arc<Naming>,
     keepalive: Duration,
@@ -88,8 +94,8 @@ impl Plan {
         settings: &UplinkSettings,
         devices: &[DeviceIdentity],
     ) -> Result<Plan, UplinkError> {
-        let endpoint = Endpoint::parse(&settings.url)?;
-        if !valid_id(&settings.org) {
+        let endpoint = settings.url.clone();
+        if !valid_name(&settings.org) {
             return Err(UplinkError::Settings(format!(
                 "org {:?} must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
                 settings.org
@@ -109,12 +115,12 @@ impl Plan {
                 device: device.id.clone(),
                 reason: reason.to_owned(),
             };
-            if !valid_id(&device.id) {
+            if !valid_name(&device.id) {
                 return Err(invalid(
                     "the id must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
                 ));
             }
-            if !valid_id(&device.device_type) {
+            if !valid_name(&device.device_type) {
                 return Err(invalid(
                     "the type must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
                 ));
@@ -209,6 +215,7 @@ impl Plan {
             backoff: Backoff::new(self.reconnect.0, self.reconnect.1),
             connected: false,
             failures: 0,
+            failure_log: LogThrottle::new(CONNECT_FAILURE_LOG_INTERVAL),
             retry: Box::pin(tokio::time::sleep(Duration::ZERO)),
             retry_pending: false,
             generation: 0,
@@ -338,6 +345,7 @@ struct Session {
     connected: bool,
     /// Consecutive failed connection attempts.
     failures: u32,
+    failure_log: LogThrottle,
     /// Fires when the next connection attempt is due (armed while `retry_pending`).
     retry: Pin<Box<tokio::time::Sleep>>,
     retry_pending: bool,
@@ -415,6 +423,7 @@ impl Session {
             DriverEvent::ConnAck { session_present } => {
                 self.connected = true;
                 self.failures = 0;
+                self.failure_log.reset();
                 self.backoff.reset();
                 self.generation += 1;
                 self.resync = true;
@@ -475,7 +484,7 @@ impl Session {
             );
         } else {
             self.failures += 1;
-            if self.failures == 1 || self.failures % 10 == 0 {
+            if self.failure_log.admit().is_some() {
                 tracing::warn!(
                     device = %self.device.id,
                     attempts = self.failures,

@@ -2,6 +2,8 @@
 //! `use-token-auth`, `iot-2/evt/<event>/fmt/json`) or templates with `{org}`, `{type}`,
 //! `{id}` (alias `{device}`), `{event}` and `{command}` for other brokers.
 
+use fieldbridge_mqtt::platform::DEVICE_USERNAME;
+
 use super::UplinkError;
 
 /// How a device's MQTT identity and topics are named.
@@ -28,7 +30,6 @@ pub enum TopicScheme {
 const PLATFORM_CLIENT_ID: &str = "d:{org}:{type}:{id}";
 const PLATFORM_EVENT: &str = "iot-2/evt/{event}/fmt/json";
 const PLATFORM_COMMAND: &str = "iot-2/cmd/{command}/fmt/json";
-const TOKEN_USERNAME: &str = "use-token-auth";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Placeholder {
@@ -219,7 +220,7 @@ impl Naming {
         let (client_id, username, event, command) = match scheme {
             TopicScheme::Platform => (
                 PLATFORM_CLIENT_ID,
-                TOKEN_USERNAME,
+                DEVICE_USERNAME,
                 PLATFORM_EVENT,
                 PLATFORM_COMMAND,
             ),
@@ -230,7 +231,7 @@ impl Naming {
                 command,
             } => (
                 client_id.as_str(),
-                username.as_deref().unwrap_or(TOKEN_USERNAME),
+                username.as_deref().unwrap_or(DEVICE_USERNAME),
                 event.as_str(),
                 command.as_str(),
             ),
@@ -264,14 +265,6 @@ pub(crate) fn command_in(filter: &str, topic: &str) -> Option<String> {
         return None;
     }
     name
-}
-
-/// Ids that go into client ids and topics: `[A-Za-z0-9._-]{1,36}`.
-pub(crate) fn valid_id(text: &str) -> bool {
-    (1..=36).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
 }
 
 #[cfg(test)]
@@ -386,14 +379,5 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("client id template"), "{err}");
-    }
-
-    #[test]
-    fn ids() {
-        assert!(valid_id("boiler-1.A_b"));
-        assert!(!valid_id(""));
-        assert!(!valid_id("a/b"));
-        assert!(!valid_id("a+b"));
-        assert!(!valid_id(&"x".repeat(37)));
     }
 }

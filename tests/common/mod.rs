@@ -407,7 +407,8 @@ pub fn device_identity(id: &str, device_type: &str, token: Option<&str>) -> Devi
 }
 
 /// Uplink settings for organization `myorg` that reconnect quickly.
-pub fn uplink_settings(url: impl Into<String>) -> UplinkSettings {
+pub fn uplink_settings(url: impl AsRef<str>) -> UplinkSettings {
+    let url = url.as_ref().parse().expect("a broker url");
     let mut settings = UplinkSettings::new(url, "myorg");
     settings.reconnect_min = Duration::from_millis(100);
     settings.reconnect_max = Duration::from_secs(1);

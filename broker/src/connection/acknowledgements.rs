@@ -2,9 +2,9 @@
 //! QoS 2 messages it sent.
 
 use super::{Connection, End};
-use crate::codec::{Packet, PubComp, PubRel};
 use crate::persistence::Op;
 use crate::session::Acked;
+use fieldbridge_mqtt::codec::{Packet, PubComp, PubRel};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// Which acknowledgement of an outgoing QoS 1 or 2 message arrived.

@@ -16,7 +16,6 @@ use tokio::time::timeout;
 
 use super::{Accepted, Connection, ListenerInfo, LINGER};
 use crate::acl::Identity;
-use crate::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet};
 use crate::config::AnonymousPolicy;
 use crate::context::BrokerContext;
 use crate::metrics::LocalCounters;
@@ -24,6 +23,7 @@ use crate::platform::status::Action;
 use crate::platform::{Admission, PlatformClient};
 use crate::registry::{Attached, ConnectionSignal, Link};
 use crate::transport::{ClientStream, Transport};
+use fieldbridge_mqtt::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet};
 
 /// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
 pub(super) async fn open(accepted: Box<Accepted>) -> Option<Connection> {

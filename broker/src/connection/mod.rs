@@ -23,7 +23,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
 use crate::acl::{Acl, Identity};
-use crate::codec::{self, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS};
 use crate::context::BrokerContext;
 use crate::message::Message;
 use crate::metrics::LocalCounters;
@@ -35,6 +34,9 @@ use crate::router::MatchBuffer;
 use crate::session::Outgoing;
 use crate::transport::{ClientStream, Upgrade};
 use acknowledgements::AckKind;
+use fieldbridge_mqtt::codec::{
+    self, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
+};
 
 /// Output buffered before the task stops reading from the client and taking messages from
 /// its session: a client that does not read costs at most about this much.

@@ -3,12 +3,12 @@
 use std::sync::Arc;
 
 use super::{Connection, End};
-use crate::codec::{Packet, PubAck, PubRec, Publish, QoS};
 use crate::context::BrokerContext;
 use crate::message::Message;
 use crate::persistence::{NotDurable, Op};
 use crate::platform::Inbound;
 use crate::router::MatchBuffer;
+use fieldbridge_mqtt::codec::{Packet, PubAck, PubRec, Publish, QoS};
 
 impl Connection {
     pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), End> {

@@ -2,8 +2,10 @@
 //! record, and retained messages for new subscriptions.
 
 use super::{Connection, End};
-use crate::codec::{Packet, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe};
 use crate::persistence::Op;
+use fieldbridge_mqtt::codec::{
+    Packet, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
+};
 
 /// Filters handled per reservation of room in the persistence channel.
 const FILTERS_PER_BATCH: usize = 512;

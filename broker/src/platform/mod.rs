@@ -9,7 +9,6 @@
 //! known clients costs a registry look-up and an HMAC each. A removed device or a new token
 //! changes the stored hash, so the cache never outlives a registry change.
 
-pub mod identity;
 pub mod quickstart;
 pub mod registry;
 pub(crate) mod shared;
@@ -28,18 +27,15 @@ use ring::hmac;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use crate::codec::{ConnectReturnCode, LastWill, Publish, QoS, SubscribeFilter};
 use crate::metrics::LocalCounters;
 use crate::transport::Transport;
-use identity::{ClientIdentity, ClientKind};
+use fieldbridge_mqtt::codec::{ConnectReturnCode, LastWill, Publish, QoS, SubscribeFilter};
+use fieldbridge_mqtt::platform::{valid_name, ClientIdentity, ClientKind};
+pub use fieldbridge_mqtt::platform::{DEVICE_USERNAME, MAX_PAYLOAD};
 pub use registry::{PlatformRegistry, RegistryError};
 use status::Totals;
 use topics::{DeviceTopics, Refusal};
 
-/// Largest payload the platform accepts (bigger ones end the connection).
-pub const MAX_PAYLOAD: usize = 131_072;
-/// The user name devices authenticate with; the password is their token.
-pub const DEVICE_USERNAME: &str = "use-token-auth";
 /// Token verifications running at once.
 const CONCURRENT_TOKEN_CHECKS: usize = 2;
 
@@ -67,7 +63,7 @@ impl PlatformConfig {
 
     /// What is wrong with the settings: the key and a message.
     pub fn problem(&self) -> Option<(&'static str, String)> {
-        if !identity::valid_name(&self.org) {
+        if !valid_name(&self.org) {
             return Some((
                 "platform.org",
                 format!(

@@ -9,8 +9,8 @@ use rand::distributions::{Alphanumeric, DistString};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
 use sqlx::Row;
 
-use super::identity::valid_name;
 use crate::auth;
+use fieldbridge_mqtt::platform::valid_name;
 
 /// Characters of a generated token (about 143 bits from 62 symbols).
 const TOKEN_LEN: usize = 24;

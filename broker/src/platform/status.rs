@@ -8,9 +8,9 @@ use std::time::SystemTime;
 use serde_json::json;
 
 use super::PlatformClient;
-use crate::codec::QoS;
 use crate::context::BrokerContext;
 use crate::message::Message;
+use fieldbridge_mqtt::codec::QoS;
 
 /// Bytes and messages of one connection, for its disconnect status.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@
 
 use std::fmt;
 
-use super::identity::valid_name;
+use fieldbridge_mqtt::platform::valid_name;
 
 /// Why a publication or subscription is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -420,17 +420,23 @@ mod tests {
         let b2 = DeviceTopics::new("boiler", "b2");
         let b1_filter = b1.filter("iot-2/cmd/+/fmt/+", false).expect("allowed");
         let b2_command = "iot-2/type/boiler/id/b2/cmd/setpoint/fmt/json";
-        assert!(!crate::topic::matches(&b1_filter, b2_command));
+        assert!(!fieldbridge_mqtt::topic::matches(&b1_filter, b2_command));
         let b2_event = b2
             .publish("iot-2/evt/status/fmt/json", false)
             .expect("allowed");
-        assert!(!crate::topic::matches(&b1_filter, &b2_event.topic));
+        assert!(!fieldbridge_mqtt::topic::matches(
+            &b1_filter,
+            &b2_event.topic
+        ));
         let b1_dm = b1.filter("iotdm-1/#", false).expect("allowed");
-        assert!(!crate::topic::matches(
+        assert!(!fieldbridge_mqtt::topic::matches(
             &b1_dm,
             "iotdm-1/type/boiler/id/b2/x"
         ));
-        assert!(crate::topic::matches(&b1_dm, "iotdm-1/type/boiler/id/b1/x"));
+        assert!(fieldbridge_mqtt::topic::matches(
+            &b1_dm,
+            "iotdm-1/type/boiler/id/b1/x"
+        ));
     }
 
     #[test]

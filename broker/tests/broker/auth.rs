@@ -3,8 +3,8 @@
 use std::net::SocketAddr;
 
 use fieldbridge_broker::auth::set_password;
-use fieldbridge_broker::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig};
+use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 
 use crate::support::{
     config, connect_packet, login_packet, payload, publish, run, start, write_file, Client,

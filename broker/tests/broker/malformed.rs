@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fieldbridge_broker::codec::{ConnAck, ConnectReturnCode, Packet, QoS};
+use fieldbridge_mqtt::codec::{ConnAck, ConnectReturnCode, Packet, QoS};
 
 use crate::support::{config, connect_packet, payload, start, will, Client};
 
@@ -255,16 +255,16 @@ async fn pipelined_packets_after_connect() {
     let mut out = bytes::BytesMut::new();
     for packet in [
         Packet::Connect(connect_packet("eager", true)),
-        Packet::Subscribe(fieldbridge_broker::codec::Subscribe {
+        Packet::Subscribe(fieldbridge_mqtt::codec::Subscribe {
             pkid: 5,
-            filters: vec![fieldbridge_broker::codec::SubscribeFilter::new(
+            filters: vec![fieldbridge_mqtt::codec::SubscribeFilter::new(
                 "e",
                 QoS::AtMostOnce,
             )],
         }),
         Packet::PingReq,
     ] {
-        fieldbridge_broker::codec::encode(&packet, &mut out).expect("encodes");
+        fieldbridge_mqtt::codec::encode(&packet, &mut out).expect("encodes");
     }
     bytes.extend_from_slice(&out);
     let mut raw = Client::tcp(broker.local_addr()).await;

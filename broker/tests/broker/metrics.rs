@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use fieldbridge_broker::codec::QoS;
+use fieldbridge_mqtt::codec::QoS;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use fieldbridge_broker::codec::{Packet, PubAck, Publish, QoS};
 use fieldbridge_broker::config::{PersistenceConfig, Synchronous};
 use fieldbridge_broker::Config;
+use fieldbridge_mqtt::codec::{Packet, PubAck, Publish, QoS};
 
 use crate::support::{config, payload, publish, start, wait_until, write_file, Client, Process};
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fieldbridge_broker::codec::QoS;
+use fieldbridge_mqtt::codec::QoS;
 use tokio::process::Command;
 
 use crate::support::{

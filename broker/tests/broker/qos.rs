@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fieldbridge_broker::codec::{
+use fieldbridge_mqtt::codec::{
     Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, SubscribeReturnCode,
 };
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions};

@@ -1,7 +1,7 @@
 //! SIGHUP: the binary reads its configuration again and applies the password file and
 //! the ACL; a broken file leaves the running ones in place.
 
-use fieldbridge_broker::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 
 use crate::support::{granted, login_packet, run, write_file, Client, Process, DEADLINE};
 

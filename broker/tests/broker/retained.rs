@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use fieldbridge_broker::codec::{Publish, QoS};
+use fieldbridge_mqtt::codec::{Publish, QoS};
 
 use crate::support::{config, payload, publish, start, wait_until, Client};
 

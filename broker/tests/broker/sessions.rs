@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fieldbridge_broker::codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
+use fieldbridge_mqtt::codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
 
 use crate::support::{
     config, connect_packet, payload, publish, start, wait_until, will, Client, Silence,

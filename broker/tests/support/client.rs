@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fieldbridge_broker::codec::{
+use fieldbridge_mqtt::codec::{
     self, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish,
     QoS, Subscribe, SubscribeFilter, SubscribeReturnCode,
 };

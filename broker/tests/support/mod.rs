@@ -14,12 +14,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fieldbridge_broker::codec::{
-    Connect, LastWill, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
-};
 use fieldbridge_broker::config::PlatformConfig;
 use fieldbridge_broker::platform::PlatformRegistry;
 use fieldbridge_broker::{Broker, Config, RunningBroker};
+use fieldbridge_mqtt::codec::{
+    Connect, LastWill, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
+};
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};

@@ -11,7 +11,7 @@ use super::error::ConfigError;
 use super::raw::BusKind;
 use super::schema::{Bus, BusTransport, Config, LogSection, QueueSection, TopicScheme, Upstream};
 use super::source_map::{child, item, SourceMap};
-use super::units::Size;
+use fieldbridge_service::units::Size;
 
 /// Builds errors located through the source map.
 pub(crate) struct Checker<'a> {
@@ -77,11 +77,7 @@ pub(crate) fn validate(config: &Config, checker: &Checker) -> Check {
 
 /// An id as used in MQTT client ids and topics: `[A-Za-z0-9._-]{1,36}`.
 fn check_identifier(checker: &Checker, path: &str, what: &str, value: &str) -> Check {
-    let valid = (1..=36).contains(&value.len())
-        && value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-    if valid {
+    if fieldbridge_mqtt::platform::valid_name(value) {
         Ok(())
     } else {
         checker.fail(

@@ -8,9 +8,9 @@ use super::packet::{
     PubRec, PubRel, Publish, QoS, SubAck, Subscribe, SubscribeFilter, SubscribeReturnCode,
     UnsubAck, Unsubscribe,
 };
-use super::topic::{valid_topic_filter, valid_topic_name};
 use super::wire::{self, field_len, put_field, put_packet_id, FixedHeader, Reader};
 use super::Error;
+use crate::topic::{valid_topic_filter, valid_topic_name};
 
 const CLEAN_SESSION: u8 = 0x02;
 const WILL: u8 = 0x04;

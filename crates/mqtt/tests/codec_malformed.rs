@@ -6,7 +6,7 @@ mod codec_packets;
 
 use bytes::BytesMut;
 use codec_packets::{expect_rejected, malformed_cases, Expect, MalformedCase, CONNACK_ACCEPTED};
-use fieldbridge_broker::codec::{self, Error, MqttCodec, Packet};
+use fieldbridge_mqtt::codec::{self, Error, MqttCodec, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;

@@ -1,10 +1,40 @@
-//! Topic filter matching (MQTT 3.1.1 section 4.7) for subscriptions and ACL rules.
+//! Topic rules of MQTT (3.1.1 section 4.7): which topic names and filters are valid, and
+//! which topics a filter matches.
 //!
-//! Filters and topics are assumed valid (the codec checks them). A filter whose first level
-//! is a wildcard does not match topics starting with `$`.
+//! The matching functions assume valid filters and topics (the codec checks them). A filter
+//! whose first level is a wildcard does not match topics starting with `$`.
+
+use crate::codec::MAX_FIELD_LENGTH;
+
+/// A topic a message can be published to: non-empty, at most 65535 bytes, no wildcard
+/// (`+`, `#`) and no U+0000.
+pub fn valid_topic_name(topic: &str) -> bool {
+    !topic.is_empty() && topic.len() <= MAX_FIELD_LENGTH && !topic.contains(['+', '#', '\0'])
+}
+
+/// A topic filter a client can subscribe to: non-empty, at most 65535 bytes, no U+0000,
+/// `+` only as a whole level, `#` only as the whole last level.
+pub fn valid_topic_filter(filter: &str) -> bool {
+    if filter.is_empty() || filter.len() > MAX_FIELD_LENGTH || filter.contains('\0') {
+        return false;
+    }
+    let mut levels = filter.split('/').peekable();
+    while let Some(level) = levels.next() {
+        let is_last = levels.peek().is_none();
+        let valid = match level {
+            "+" => true,
+            "#" => is_last,
+            _ => !level.contains(['+', '#']),
+        };
+        if !valid {
+            return false;
+        }
+    }
+    true
+}
 
 /// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("c", None)` for `"c"`.
-pub(crate) fn split_level(rest: &str) -> (&str, Option<&str>) {
+pub fn split_level(rest: &str) -> (&str, Option<&str>) {
     match rest.split_once('/') {
         Some((level, rest)) => (level, Some(rest)),
         None => (rest, None),
@@ -53,6 +83,45 @@ pub fn covers(outer: &str, inner: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn topic_names() {
+        for good in ["a", "a/b", "/", "a//b", "$SYS/broker/uptime", "é/ü", " "] {
+            assert!(valid_topic_name(good), "{good:?} should be valid");
+        }
+        for bad in ["", "a/+", "a/#", "#", "+", "a+b", "a\0b"] {
+            assert!(!valid_topic_name(bad), "{bad:?} should be invalid");
+        }
+        assert!(valid_topic_name(&"x".repeat(65_535)));
+        assert!(!valid_topic_name(&"x".repeat(65_536)));
+    }
+
+    #[test]
+    fn topic_filters() {
+        for good in [
+            "#",
+            "+",
+            "a/#",
+            "a/+",
+            "+/+",
+            "+/#",
+            "/#",
+            "a/+/c",
+            "/",
+            "//",
+            "a//#",
+            "$SYS/#",
+            "sport/tennis/player1/#",
+        ] {
+            assert!(valid_topic_filter(good), "{good:?} should be valid");
+        }
+        for bad in [
+            "", "a#", "a/#/b", "#/a", "a/b#", "a+", "a/+b", "+a/b", "##", "a/++", "a\0",
+        ] {
+            assert!(!valid_topic_filter(bad), "{bad:?} should be invalid");
+        }
+        assert!(!valid_topic_filter(&"x".repeat(65_536)));
+    }
 
     #[test]
     fn matching() {

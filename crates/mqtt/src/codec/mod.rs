@@ -27,7 +27,6 @@
 
 mod error;
 mod packet;
-mod topic;
 mod v311;
 mod wire;
 
@@ -36,6 +35,7 @@ mod malformed_tests;
 #[cfg(test)]
 mod tests;
 
+pub use crate::topic::{valid_topic_filter, valid_topic_name};
 pub use bytestring::ByteString;
 pub use error::Error;
 pub use packet::{
@@ -43,7 +43,7 @@ pub use packet::{
     PubRec, PubRel, Publish, QoS, SubAck, Subscribe, SubscribeFilter, SubscribeReturnCode,
     UnsubAck, Unsubscribe,
 };
-pub use topic::{valid_topic_filter, valid_topic_name};
+pub(crate) use wire::MAX_FIELD_LENGTH;
 
 use bytes::BytesMut;
 use tokio_util::codec::{Decoder, Encoder};

@@ -1,8 +1,15 @@
 //! Client identities of the platform mode, read from the MQTT client id:
 //! `d:<org>:<type>:<id>` (a device), `a:<org>:<app>` (an application) and `A:<org>:<app>`
-//! (a scalable application whose connections share the subscription load).
+//! (a scalable application whose connections share the subscription load), and the
+//! platform's fixed values. The gateway names its devices by these rules and the broker
+//! enforces them.
 
 use std::fmt;
+
+/// Largest payload the platform accepts.
+pub const MAX_PAYLOAD: usize = 131_072;
+/// The user name devices authenticate with; the password is their token.
+pub const DEVICE_USERNAME: &str = "use-token-auth";
 
 /// Longest device type, device id, application id or organization.
 pub const MAX_NAME_LEN: usize = 36;
@@ -200,5 +207,9 @@ mod tests {
         assert!(valid_name(&"a".repeat(36)));
         assert!(!valid_name(&"a".repeat(37)));
         assert!(!valid_name("é"));
+        assert!(valid_name("boiler-1.A_b"));
+        for bad in ["", "a/b", "a+b", "a#", "a:b", "a b"] {
+            assert!(!valid_name(bad), "{bad:?}");
+        }
     }
 }

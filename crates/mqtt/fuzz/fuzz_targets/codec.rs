@@ -8,7 +8,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fieldbridge_broker::codec::{self, MqttCodec, Packet};
+use fieldbridge_mqtt::codec::{self, MqttCodec, Packet};
 use libfuzzer_sys::fuzz_target;
 use tokio_util::codec::Decoder;
 

@@ -1,6 +1,10 @@
-//! Value types of the configuration file: durations (`500ms`, `30s`), sizes
-//! (`256MiB`, `64KiB`, `1GB`) and secrets (tokens and passwords that must never be
-//! printed).
+//! Durations (`500ms`, `30s`) and sizes (`256MiB`, `64KiB`, `1GB`) in both programs'
+//! configuration files, with one grammar:
+//! - a duration always has a unit (`ms`, `s`, `m`, `h`, `d`, combinable as `1h 30m`); a bare
+//!   number is refused, because `timeout: 500` reads as milliseconds to some and seconds to
+//!   others;
+//! - a size is a whole number of bytes, or a number with a unit: `B`, `KB`/`kB`, `MB`, `GB`,
+//!   `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024).
 
 use std::fmt;
 use std::ops::Deref;
@@ -207,69 +211,20 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-/// A token or password. Its value is only reachable through [`Secret::expose`]:
-/// `Debug` and `Display` print a placeholder, so it never lands in logs or errors.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
+/// Reads a [`Duration`] into a `std::time::Duration` field:
+/// `#[serde(deserialize_with = "fieldbridge_service::units::duration")]`.
+pub fn duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<std::time::Duration, D::Error> {
+    Duration::deserialize(deserializer).map(Duration::get)
 }
 
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SecretVisitor;
-
-        impl Visitor<'_> for SecretVisitor {
-            type Value = Secret;
-
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-
-            // Numbers are accepted as text so that a numeric token needs no quotes; the
-            // value never appears in a message.
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Secret, E> {
-                Ok(Secret::new(v))
-            }
-
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Secret, E> {
-                Ok(Secret::new(v.to_string()))
-            }
-
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Secret, E> {
-                Ok(Secret::new(v.to_string()))
-            }
-
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Secret, E> {
-                Err(E::custom("expected a string (quote the value)"))
-            }
-
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Secret, E> {
-                Err(E::custom("expected a string (quote the value)"))
-            }
-        }
-
-        deserializer.deserialize_str(SecretVisitor)
-    }
+/// Reads a [`Size`] into a `usize` field:
+/// `#[serde(deserialize_with = "fieldbridge_service::units::size")]`.
+pub fn size<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+    let size = Size::deserialize(deserializer)?;
+    usize::try_from(size.bytes())
+        .map_err(|_| de::Error::custom(format!("size `{size}` is too large for this machine")))
 }
 
 #[cfg(test)]
@@ -343,14 +298,5 @@ mod tests {
         assert!(serde_yaml::from_str::<Size>("-1").is_err());
         assert_eq!(Size::mib(256).to_string(), "256MiB");
         assert_eq!(Size(1000).to_string(), "1000B");
-    }
-
-    #[test]
-    fn secrets_never_print_their_value() {
-        let secret: Secret = serde_yaml::from_str("hunter2").unwrap();
-        assert_eq!(secret.expose(), "hunter2");
-        assert!(!format!("{secret:?} {secret}").contains("hunter2"));
-        let numeric: Secret = serde_yaml::from_str("123456").unwrap();
-        assert_eq!(numeric.expose(), "123456");
     }
 }
