@@ -12,7 +12,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, Mosquitto};
+use common::{BrokerConfig, BrokerKind, TestBroker};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -33,13 +33,14 @@ fn main() {
         .unwrap();
     runtime.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
-        let broker = Mosquitto::start(
+        let broker = TestBroker::start(
+            BrokerKind::Mosquitto,
             dir.path(),
             BrokerConfig {
                 quiet: true,
                 // Without it Mosquitto's back-to-back small writes (PUBCOMP, then the
                 // result) wait for the client's delayed ACK: 40 ms per hop.
-                extra: vec!["set_tcp_nodelay true".to_owned()],
+                tcp_nodelay: true,
                 ..Default::default()
             },
         );

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, Mosquitto};
+use common::{BrokerConfig, BrokerKind, TestBroker};
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, SessionStatus, Uplink, UplinkSettings};
@@ -96,7 +96,7 @@ struct Drain {
 
 /// Fills the queue while the broker is down, starts the broker and measures until
 /// every event is acknowledged, then until every row is deleted.
-async fn queue_drain(broker: &mut Mosquitto, data_dir: &std::path::Path) -> Drain {
+async fn queue_drain(broker: &mut TestBroker, data_dir: &std::path::Path) -> Drain {
     let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
     let mut settings = UplinkSettings::new(broker.url().parse().unwrap(), "bench");
     settings.inflight = INFLIGHT;
@@ -171,7 +171,7 @@ fn rss_kib() -> u64 {
 }
 
 /// RSS growth per connected, idle session.
-async fn session_memory(broker: &Mosquitto, data_dir: &std::path::Path) -> f64 {
+async fn session_memory(broker: &TestBroker, data_dir: &std::path::Path) -> f64 {
     let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
     let devices: Vec<DeviceIdentity> = (0..IDLE_SESSIONS).map(|i| device(1000 + i)).collect();
     let before = rss_kib();
@@ -230,7 +230,8 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let mut broker = Mosquitto::start(
+        let mut broker = TestBroker::start(
+            BrokerKind::Mosquitto,
             tmp.path(),
             BrokerConfig {
                 quiet: true,

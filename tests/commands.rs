@@ -1,6 +1,6 @@
-//! Commands end to end: an application publishes to a device's command topic on a
-//! real Mosquitto, the `fieldbridge run` binary writes the simulated register and
-//! answers with a `cmd-result` event.
+//! Commands end to end: an application publishes to a device's command topic on a real
+//! broker (the workspace's own, and Mosquitto where installed), the `fieldbridge run`
+//! binary writes the simulated register and answers with a `cmd-result` event.
 
 mod common;
 
@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, Mosquitto, Received, Subscriber, SubscriberConfig};
+use common::{
+    broker_tests, BrokerConfig, BrokerKind, Received, Subscriber, SubscriberConfig, TestBroker,
+};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
+use fieldbridge_testkit::Suite;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
 
@@ -25,7 +28,7 @@ async fn plc() -> (SimSlave, u16) {
     (plc, port)
 }
 
-fn config(dir: &Path, broker: &Mosquitto, modbus_port: u16) -> PathBuf {
+fn config(dir: &Path, broker: &TestBroker, modbus_port: u16) -> PathBuf {
     let path = dir.join("gateway.yaml");
     std::fs::write(
         &path,
@@ -213,10 +216,9 @@ async fn wait_until_listening(app: &Application) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn commands_write_registers_answer_and_refuse_bad_input() {
+async fn commands_write_registers_answer_and_refuse_bad_input(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path(), BrokerConfig::default());
+    let broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
     let (plc, modbus_port) = plc().await;
     let config = config(dir.path(), &broker, modbus_port);
     let _gateway = Gateway::start(&config, &dir.path().join("gateway.log"));
@@ -330,10 +332,9 @@ async fn commands_write_registers_answer_and_refuse_bad_input() {
         .await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_command_is_acted_on_once_per_req_id_even_across_a_restart() {
+async fn a_command_is_acted_on_once_per_req_id_even_across_a_restart(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path(), BrokerConfig::default());
+    let broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
     let (plc, modbus_port) = plc().await;
     let config = config(dir.path(), &broker, modbus_port);
     let gateway = Gateway::start(&config, &dir.path().join("gateway.log"));
@@ -373,10 +374,9 @@ async fn a_command_is_acted_on_once_per_req_id_even_across_a_restart() {
     assert_eq!(app.results_for("once").len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn managed_device_announces_itself_and_answers_management_requests() {
+async fn managed_device_announces_itself_and_answers_management_requests(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(dir.path(), BrokerConfig::default());
+    let broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
     let (_plc, modbus_port) = plc().await;
     let watcher = Subscriber::start(SubscriberConfig {
         port: broker.port,
@@ -454,4 +454,14 @@ devices:
                 > health_before
         })
         .await;
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new();
+    broker_tests!(suite;
+        commands_write_registers_answer_and_refuse_bad_input,
+        a_command_is_acted_on_once_per_req_id_even_across_a_restart,
+        managed_device_announces_itself_and_answers_management_requests,
+    );
+    suite.run()
 }

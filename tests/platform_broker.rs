@@ -4,8 +4,7 @@
 //! application on the full topic; an application's command is written to the simulator
 //! and its `cmd-result` comes back.
 //!
-//! The broker binary is the one `cargo test --workspace` builds beside this test; when it
-//! is not there (this package tested alone), the same registry and broker run in process.
+//! The broker binary is the one `cargo test --workspace` builds beside this test.
 
 mod common;
 
@@ -32,12 +31,6 @@ impl Drop for Process {
     }
 }
 
-/// The broker, as a process or in process; stopped when dropped.
-struct Broker {
-    _process: Option<Process>,
-    _in_process: Option<fieldbridge_broker::RunningBroker>,
-}
-
 /// Runs `fieldbridge-broker ARGS` to completion; returns its standard output's last line.
 fn cli(binary: &Path, args: &[&str]) -> String {
     let output = Command::new(binary)
@@ -59,103 +52,57 @@ fn cli(binary: &Path, args: &[&str]) -> String {
 
 /// Registers boiler/boiler-1 and the applications dash and ops; returns the device token
 /// and the applications' (API key, token).
-async fn register(config: &Path, registry: &Path) -> (String, (String, String), (String, String)) {
+async fn register(config: &Path) -> (String, (String, String), (String, String)) {
     let app_credentials = |line: String| {
         let (key, token) = line.split_once(' ').expect("<api key> <token>");
         (key.to_owned(), token.to_owned())
     };
-    match broker_binary() {
-        Some(binary) => {
-            let config = config.to_str().expect("UTF-8 path");
-            let token = cli(
-                &binary,
-                &[
-                    "device", "add", "--config", config, "--type", "boiler", "--id", "boiler-1",
-                ],
-            );
-            let dash = app_credentials(cli(
-                &binary,
-                &["app", "add", "--config", config, "--id", "dash"],
-            ));
-            let ops = app_credentials(cli(
-                &binary,
-                &["app", "add", "--config", config, "--id", "ops"],
-            ));
-            (token, dash, ops)
-        }
-        None => {
-            eprintln!("fieldbridge-broker is not built: registering in process");
-            let registry = fieldbridge_broker::platform::PlatformRegistry::open(registry)
-                .await
-                .expect("registry");
-            let token = registry
-                .add_device("boiler", "boiler-1", None)
-                .await
-                .expect("device");
-            let app = |id: &'static str| {
-                let registry = registry.clone();
-                async move {
-                    let credentials = registry.add_app("acme", id).await.expect("app");
-                    (credentials.api_key, credentials.token)
-                }
-            };
-            let dash = app("dash").await;
-            let ops = app("ops").await;
-            registry.close().await;
-            (token, dash, ops)
-        }
-    }
+    let binary = broker_binary();
+    let config = config.to_str().expect("UTF-8 path");
+    let token = cli(
+        &binary,
+        &[
+            "device", "add", "--config", config, "--type", "boiler", "--id", "boiler-1",
+        ],
+    );
+    let dash = app_credentials(cli(
+        &binary,
+        &["app", "add", "--config", config, "--id", "dash"],
+    ));
+    let ops = app_credentials(cli(
+        &binary,
+        &["app", "add", "--config", config, "--id", "ops"],
+    ));
+    (token, dash, ops)
 }
 
 /// Starts the broker on a free loopback port; returns it and its address.
-async fn start_broker(config: &Path) -> (Broker, SocketAddr) {
-    match broker_binary() {
-        Some(binary) => {
-            let mut child = Command::new(binary)
-                .arg("--config")
-                .arg(config)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("broker starts");
-            let stderr = child.stderr.take().expect("stderr");
-            let process = Process(child);
-            // "listening on ADDR" is the broker's stable start-up line.
-            let (found, lines) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(addr) = line.strip_prefix("listening on ") {
-                        let _ = found.send(addr.trim().to_owned());
-                    }
-                }
-            });
-            let addr = lines
-                .recv_timeout(DEADLINE)
-                .expect("the broker prints its address")
-                .parse()
-                .expect("an address");
-            let broker = Broker {
-                _process: Some(process),
-                _in_process: None,
-            };
-            (broker, addr)
+async fn start_broker(config: &Path) -> (Process, SocketAddr) {
+    let mut child = Command::new(broker_binary())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("broker starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let process = Process(child);
+    // "listening on ADDR" is the broker's stable start-up line.
+    let (found, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = found.send(addr.trim().to_owned());
+            }
         }
-        None => {
-            let config = fieldbridge_broker::Config::load(config).expect("broker config");
-            let running = fieldbridge_broker::Broker::new(config)
-                .expect("valid")
-                .start()
-                .await
-                .expect("broker starts");
-            let addr = running.local_addr();
-            let broker = Broker {
-                _process: None,
-                _in_process: Some(running),
-            };
-            (broker, addr)
-        }
-    }
+    });
+    let addr = lines
+        .recv_timeout(DEADLINE)
+        .expect("the broker prints its address")
+        .parse()
+        .expect("an address");
+    (process, addr)
 }
 
 fn write(dir: &Path, name: &str, text: String) -> PathBuf {
@@ -172,13 +119,12 @@ fn f32_words(value: f32) -> [u16; 2] {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gateway_against_the_platform_broker() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let registry = dir.path().join("registry.db");
     let broker_config = write(
         dir.path(),
         "broker.yaml",
         "listeners: [{ bind: \"127.0.0.1:0\" }]\nsys_interval: 0\nplatform: { org: acme, registry: registry.db }\n".into(),
     );
-    let (token, dash, ops) = register(&broker_config, &registry).await;
+    let (token, dash, ops) = register(&broker_config).await;
     let (_broker, addr) = start_broker(&broker_config).await;
 
     let plc = SimSlave::default();

@@ -6,8 +6,9 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, Mosquitto, Subscriber, SubscriberConfig};
+use common::{broker_tests, BrokerConfig, BrokerKind, Subscriber, SubscriberConfig, TestBroker};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
+use fieldbridge_testkit::Suite;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
 
@@ -40,8 +41,7 @@ fn start(config: &std::path::Path) -> Child {
         .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_during_an_outage_is_quick_and_loses_nothing() {
+async fn sigterm_during_an_outage_is_quick_and_loses_nothing(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
     let plc = SimSlave::default();
     let (modbus_port, _) = sim::spawn_tcp(SimBus::new([(1, plc)])).await.unwrap();
@@ -89,7 +89,7 @@ devices:
     assert!(kept >= 20, "only {kept} events kept");
 
     // The broker comes up on that port; after a restart the queue drains fully.
-    let mut broker = Mosquitto::start(dir.path(), BrokerConfig::default());
+    let mut broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
     broker.stop();
     broker.port = mqtt_port;
     broker.restart();
@@ -110,4 +110,10 @@ devices:
         .await;
     let _ = gateway.kill();
     let _ = gateway.wait();
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new();
+    broker_tests!(suite; sigterm_during_an_outage_is_quick_and_loses_nothing);
+    suite.run()
 }

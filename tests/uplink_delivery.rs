@@ -1,5 +1,6 @@
-//! The uplink against a real Mosquitto on 127.0.0.1: identities and topics, broker
-//! outages, a broker that lost its sessions, and a full queue.
+//! The uplink against a real broker on 127.0.0.1 (the workspace's own, and Mosquitto
+//! where installed): identities and topics, broker outages, a broker that lost its
+//! sessions, and a full queue.
 
 mod common;
 
@@ -10,6 +11,7 @@ use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreError, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, TopicScheme, Uplink, UplinkSettings};
+use fieldbridge_testkit::Suite;
 use tokio::sync::mpsc;
 
 const PLATFORM_TOPIC: &str = "iot-2/evt/status/fmt/json";
@@ -56,10 +58,10 @@ fn users(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
+async fn events_of_several_devices_reach_a_subscriber_with_their_identities(kind: BrokerKind) {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(
+    let broker = TestBroker::start(
+        kind,
         tmp.path(),
         BrokerConfig {
             users: users(&[("use-token-auth", "token-1"), ("reader", "reader-pw")]),
@@ -106,16 +108,24 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
         assert_eq!(message.payload, payload(&id, seq), "payload unchanged");
     }
 
-    // The broker saw the specified client ids, clean_session = false (c0), the
-    // keepalive and the token user name; the wrong token was refused.
-    let log = broker.log();
+    // The broker saw the specified client ids, clean_session = false, the keepalive
+    // and the token user name; the wrong token was refused.
+    let connections = broker.connections();
     for (id, device_type) in [
         ("boiler-1", "boiler"),
         ("boiler-2", "boiler"),
         ("pump-7", "pump"),
     ] {
-        let line = format!("as d:myorg:{device_type}:{id} (p2, c0, k30, u'use-token-auth')");
-        assert!(log.contains(&line), "{line} not in the broker log:\n{log}");
+        let expected = Connected {
+            client_id: format!("d:myorg:{device_type}:{id}"),
+            clean_session: false,
+            keepalive: 30,
+            username: Some("use-token-auth".into()),
+        };
+        assert!(
+            connections.contains(&expected),
+            "{expected:?} not among the broker's connections:\n{connections:#?}"
+        );
     }
     wait_status(&uplink, "intruder-1", "a refused connection", |s| {
         s.last_error
@@ -159,9 +169,7 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
     let took = started.elapsed();
     assert!(took < Duration::from_secs(5), "shutdown took {took:?}");
     wait_until("DISCONNECT in the broker log", || {
-        broker
-            .log()
-            .contains("Received DISCONNECT from d:myorg:boiler:boiler-1")
+        broker.saw_disconnect("d:myorg:boiler:boiler-1")
     })
     .await;
     // The uplink closed the store it was given.
@@ -171,10 +179,9 @@ async fn events_of_several_devices_reach_a_subscriber_with_their_identities() {
     assert!(matches!(late, Err(StoreError::Closed)), "{late:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn custom_templates_name_client_ids_users_and_topics() {
+async fn custom_templates_name_client_ids_users_and_topics(kind: BrokerKind) {
     let tmp = tempfile::tempdir().unwrap();
-    let broker = Mosquitto::start(tmp.path(), BrokerConfig::default());
+    let broker = TestBroker::start(kind, tmp.path(), BrokerConfig::default());
     let subscriber = Subscriber::start(SubscriberConfig {
         port: broker.port,
         client_id: "reader-2",
@@ -215,20 +222,26 @@ async fn custom_templates_name_client_ids_users_and_topics() {
     // The client id template, and the user name template for the device with a
     // token; without a token no user name is sent.
     wait_status(&uplink, "line-4", "connected", |s| s.connected).await;
-    let log = broker.log();
-    assert!(log.contains("as gw-myorg-line-3 (p2, c0, k15)."), "{log}");
-    assert!(
-        log.contains("as gw-myorg-line-4 (p2, c0, k15, u'myorg-press')."),
-        "{log}"
-    );
+    let connections = broker.connections();
+    for (client_id, username) in [
+        ("gw-myorg-line-3", None),
+        ("gw-myorg-line-4", Some("myorg-press".to_owned())),
+    ] {
+        let expected = Connected {
+            client_id: client_id.into(),
+            clean_session: false,
+            keepalive: 15,
+            username,
+        };
+        assert!(connections.contains(&expected), "{connections:#?}");
+    }
     uplink.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
+async fn events_queued_during_a_broker_outage_all_arrive_in_order(kind: BrokerKind) {
     let tmp = tempfile::tempdir().unwrap();
     let (mut broker, mut subscriber) =
-        persistent_broker_and_reader(tmp.path(), "outage-reader").await;
+        persistent_broker_and_reader(kind, tmp.path(), "outage-reader").await;
     let store = open_store(&tmp.path().join("data"), 100_000, OnFull::DropOldest).await;
     let ids = ["meter-a", "meter-b", "meter-c"];
     let devices = ids
@@ -296,12 +309,12 @@ async fn events_queued_during_a_broker_outage_all_arrive_in_order() {
     uplink.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
+async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again(kind: BrokerKind) {
     let tmp = tempfile::tempdir().unwrap();
     let gateway = ("use-token-auth", "token-9");
     let reader = ("reader", "reader-pw");
-    let mut broker = Mosquitto::start(
+    let mut broker = TestBroker::start(
+        kind,
         tmp.path(),
         BrokerConfig {
             users: users(&[gateway, reader]),
@@ -361,11 +374,11 @@ async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again() {
     uplink.shutdown().await;
 }
 
-async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
+async fn queue_full(kind: BrokerKind, on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let (mut broker, mut subscriber) =
-        persistent_broker_and_reader(tmp.path(), "full-reader").await;
+        persistent_broker_and_reader(kind, tmp.path(), "full-reader").await;
     broker.stop();
 
     let store = open_store(&data_dir, 100, on_full).await;
@@ -407,9 +420,8 @@ async fn queue_full(on_full: OnFull) -> (Vec<u64>, Vec<u64>, Vec<DeviceStats>) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_drops_the_oldest_events_and_counts_them() {
-    let (a, b, stats) = queue_full(OnFull::DropOldest).await;
+async fn a_full_queue_drops_the_oldest_events_and_counts_them(kind: BrokerKind) {
+    let (a, b, stats) = queue_full(kind, OnFull::DropOldest).await;
     // 170 events for 100 places: the 70 oldest, all of dev-a, were dropped.
     check_complete_and_ordered("dev-a", &a, 70..150);
     check_complete_and_ordered("dev-b", &b, 0..20);
@@ -423,9 +435,8 @@ async fn a_full_queue_drops_the_oldest_events_and_counts_them() {
     assert_eq!(sb.dropped_offline_qos0, 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_queue_drops_new_events_with_drop_newest() {
-    let (a, b, stats) = queue_full(OnFull::DropNewest).await;
+async fn a_full_queue_drops_new_events_with_drop_newest(kind: BrokerKind) {
+    let (a, b, stats) = queue_full(kind, OnFull::DropNewest).await;
     check_complete_and_ordered("dev-a", &a, 0..100);
     assert!(
         b.is_empty(),
@@ -438,4 +449,17 @@ async fn a_full_queue_drops_new_events_with_drop_newest() {
     assert_eq!(sa.dropped_queue_full, 50);
     assert_eq!(sb.dropped_queue_full, 20);
     assert_eq!(sb.dropped_offline_qos0, 5);
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new();
+    broker_tests!(suite;
+        events_of_several_devices_reach_a_subscriber_with_their_identities,
+        custom_templates_name_client_ids_users_and_topics,
+        events_queued_during_a_broker_outage_all_arrive_in_order,
+        a_broker_that_lost_the_session_gets_unacknowledged_events_again,
+        a_full_queue_drops_the_oldest_events_and_counts_them,
+        a_full_queue_drops_new_events_with_drop_newest,
+    );
+    suite.run()
 }

@@ -3,8 +3,9 @@
 //! inflight window.
 //!
 //! The gateway runs in a child process: this same test binary, started with
-//! `FIELDBRIDGE_TEST_GATEWAY` set, runs the store and uplink and takes commands on
-//! stdin (`send FROM TO`, `queue FROM TO`), answering `done TO` on stdout.
+//! `FIELDBRIDGE_TEST_GATEWAY` set, runs the store and uplink instead of the tests and
+//! takes commands on stdin (`send FROM TO`, `queue FROM TO`), answering `done TO` on
+//! stdout.
 
 mod common;
 
@@ -17,32 +18,32 @@ use common::*;
 use fieldbridge::event::Qos;
 use fieldbridge::store::{read_stats, Store, StoreSettings};
 use fieldbridge::uplink::Uplink;
+use fieldbridge_testkit::Suite;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
 
 const CHILD_ENV: &str = "FIELDBRIDGE_TEST_GATEWAY";
-const TEST_NAME: &str = "a_killed_gateway_loses_no_event";
 const DEVICES: [&str; 3] = ["tank-1", "tank-2", "tank-3"];
 /// Small, so that the bound on duplicates is tight.
 const WINDOW: u16 = 20;
-/// Prefix of the child's protocol lines (the test harness prints its own lines too).
+/// Prefix of the child's protocol lines.
 const REPLY: &str = "gateway-reply:";
 
-#[test]
-fn a_killed_gateway_loses_no_event() {
-    match std::env::var(CHILD_ENV) {
-        Ok(spec) => run_gateway(&spec),
-        Err(_) => tokio::runtime::Runtime::new()
-            .unwrap()
-            .block_on(kill_and_restart()),
+fn main() -> std::process::ExitCode {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        run_gateway(&spec);
+        return std::process::ExitCode::SUCCESS;
     }
+    let mut suite = Suite::new();
+    broker_tests!(suite; a_killed_gateway_loses_no_event);
+    suite.run()
 }
 
-async fn kill_and_restart() {
+async fn a_killed_gateway_loses_no_event(kind: BrokerKind) {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let (mut broker, mut subscriber) =
-        persistent_broker_and_reader(tmp.path(), "restart-reader").await;
+        persistent_broker_and_reader(kind, tmp.path(), "restart-reader").await;
     let received_all = |upto: u64| {
         move |m: &[Received]| {
             DEVICES.iter().all(|d| {
@@ -109,7 +110,6 @@ struct GatewayProcess {
 impl GatewayProcess {
     fn spawn(url: &str, data_dir: &Path) -> GatewayProcess {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([TEST_NAME, "--exact", "--nocapture", "--test-threads", "1"])
             .env(CHILD_ENV, format!("{url}|{}", data_dir.display()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -119,7 +119,6 @@ impl GatewayProcess {
         let (sender, replies) = std_mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                // The harness may print "test NAME ... " before it on the same line.
                 if let Some((_, reply)) = line.split_once(REPLY) {
                     if sender.send(reply.trim().to_owned()).is_err() {
                         return;

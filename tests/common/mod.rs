@@ -1,12 +1,16 @@
-//! Shared helpers of the uplink tests: a real Mosquitto broker on 127.0.0.1 (started
-//! per test, killed on drop), an MQTT subscriber that records what it receives, and
-//! waiting on conditions with generous deadlines.
+//! Shared helpers of the gateway's tests: a real broker on 127.0.0.1 (the workspace's
+//! own, or Mosquitto; started per test, killed on drop), an MQTT subscriber that records
+//! what it receives, and waiting on conditions with generous deadlines.
 #![allow(dead_code)] // each test binary uses a different subset
 
+mod broker;
+
+pub use broker::*;
+
 use std::future::Future;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,189 +22,6 @@ use tokio::task::JoinHandle;
 
 /// Deadline for anything a test waits for (a loaded 2-core CI machine is slow).
 pub const DEADLINE: Duration = Duration::from_secs(30);
-
-/// How a Mosquitto instance is configured.
-#[derive(Debug, Clone, Default)]
-pub struct BrokerConfig {
-    /// Keep sessions and queued messages in a file across a graceful stop.
-    pub persistence: bool,
-    /// Users of the password file; empty means anonymous access.
-    pub users: Vec<(String, String)>,
-    /// Extra configuration lines (TLS files, ...), appended to the listener.
-    pub extra: Vec<String>,
-    /// Log errors and warnings only (benchmarks); otherwise everything, which the
-    /// tests read back.
-    pub quiet: bool,
-}
-
-/// A Mosquitto process; killed when dropped.
-pub struct Mosquitto {
-    pub port: u16,
-    dir: PathBuf,
-    config: BrokerConfig,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// Starts a broker on a free port; its files live in `dir`.
-    pub fn start(dir: &Path, config: BrokerConfig) -> Mosquitto {
-        let mut last_error = String::new();
-        for _ in 0..5 {
-            let mut broker = Mosquitto {
-                port: free_port(),
-                dir: dir.to_owned(),
-                config: config.clone(),
-                child: None,
-            };
-            match broker.launch() {
-                Ok(()) => return broker,
-                Err(error) => last_error = error,
-            }
-        }
-        panic!("mosquitto did not start: {last_error}");
-    }
-
-    /// Starts the broker again on the same port with the same files.
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop the broker before restarting it");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            match self.launch() {
-                Ok(()) => return,
-                Err(error) if Instant::now() > deadline => panic!("mosquitto restart: {error}"),
-                Err(_) => std::thread::sleep(Duration::from_millis(200)),
-            }
-        }
-    }
-
-    /// Graceful stop (SIGTERM): Mosquitto saves its persistence file.
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            signal(&child, "TERM");
-            wait_exit(&mut child);
-        }
-    }
-
-    /// SIGKILL: nothing is saved.
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGSTOP: the broker keeps its sockets open but answers nothing.
-    pub fn pause(&self) {
-        signal(self.child.as_ref().expect("broker running"), "STOP");
-    }
-
-    /// Rewrites the password file; a running broker reloads it (SIGHUP).
-    pub fn set_users(&mut self, users: &[(&str, &str)]) {
-        self.config.users = users
-            .iter()
-            .map(|(u, p)| (u.to_string(), p.to_string()))
-            .collect();
-        self.write_password_file();
-        if let Some(child) = &self.child {
-            signal(child, "HUP");
-        }
-    }
-
-    /// Process id while running.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    pub fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// The broker's log so far.
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("mosquitto.log")).unwrap_or_default()
-    }
-
-    fn write_password_file(&self) {
-        let path = self.dir.join("passwords");
-        std::fs::write(&path, "").unwrap();
-        for (user, password) in &self.config.users {
-            let status = Command::new("mosquitto_passwd")
-                .arg("-b")
-                .arg(&path)
-                .arg(user)
-                .arg(password)
-                .status()
-                .expect("mosquitto_passwd (apt-get install mosquitto) must be installed");
-            assert!(status.success(), "mosquitto_passwd failed");
-        }
-    }
-
-    fn launch(&mut self) -> Result<(), String> {
-        let dir = &self.dir;
-        let mut lines = vec![
-            format!("listener {} 127.0.0.1", self.port),
-            "user root".to_owned(),
-            format!("log_dest file {}", dir.join("mosquitto.log").display()),
-            "max_queued_messages 0".to_owned(),
-            format!("persistence {}", self.config.persistence),
-            format!("persistence_location {}/", dir.display()),
-        ];
-        if self.config.quiet {
-            lines.push("log_type error".to_owned());
-            lines.push("log_type warning".to_owned());
-        } else {
-            lines.push("log_type all".to_owned());
-        }
-        if self.config.users.is_empty() {
-            lines.push("allow_anonymous true".to_owned());
-        } else {
-            self.write_password_file();
-            lines.push("allow_anonymous false".to_owned());
-            lines.push(format!("password_file {}", dir.join("passwords").display()));
-        }
-        lines.extend(self.config.extra.iter().cloned());
-        let config_path = dir.join("mosquitto.conf");
-        std::fs::write(&config_path, lines.join("\n") + "\n").unwrap();
-        let mut child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| format!("cannot run mosquitto (apt-get install mosquitto): {e}"))?;
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("mosquitto exited with {status}: {}", self.log()));
-            }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err("mosquitto did not open its port".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// `fieldbridge-broker` beside this test's directory (target/debug), when this package
-/// is tested together with the broker (`cargo test --workspace`).
-pub fn broker_binary() -> Option<PathBuf> {
-    let exe = std::env::current_exe().ok()?;
-    let binary = exe.parent()?.parent()?.join("fieldbridge-broker");
-    binary.is_file().then_some(binary)
-}
 
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -330,10 +151,15 @@ impl Subscriber {
     }
 }
 
-/// A Mosquitto that keeps sessions across a restart, and a persistent subscriber to
+/// A broker that keeps sessions across a restart, and a persistent subscriber to
 /// every platform event (`iot-2/#`) whose session outlives the broker's downtime.
-pub async fn persistent_broker_and_reader(dir: &Path, client_id: &str) -> (Mosquitto, Subscriber) {
-    let broker = Mosquitto::start(
+pub async fn persistent_broker_and_reader(
+    kind: BrokerKind,
+    dir: &Path,
+    client_id: &str,
+) -> (TestBroker, Subscriber) {
+    let broker = TestBroker::start(
+        kind,
         dir,
         BrokerConfig {
             persistence: true,

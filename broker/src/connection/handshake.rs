@@ -304,6 +304,8 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         Some(store) => Some(store.reserve(1).await.map_err(|_| Refusal::Close)?),
         None => None,
     };
+    // User names are not secret (passwords and tokens are never logged).
+    let user = username.clone().unwrap_or_default();
     let attached = ctx
         .registry
         .attach(
@@ -321,7 +323,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
     ctx.metrics
         .clients_connected
         .fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, %client_id, clean_session, keep_alive, session_present = attached.session_present, "client connected");
+    tracing::debug!(%peer, %client_id, clean_session, keep_alive, %user, session_present = attached.session_present, "client connected");
     Ok(Admitted {
         attached,
         signal,

@@ -1,8 +1,8 @@
 //! Durations (`500ms`, `30s`) and sizes (`256MiB`, `64KiB`, `1GB`) in both programs'
 //! configuration files, with one grammar:
-//! - a duration always has a unit (`ms`, `s`, `m`, `h`, `d`, combinable as `1h 30m`); a bare
-//!   number is refused, because `timeout: 500` reads as milliseconds to some and seconds to
-//!   others;
+//! - a duration has a unit (`ms`, `s`, `m`, `h`, `d`, combinable as `1h 30m`); a bare number
+//!   other than `0` is refused, because `timeout: 500` reads as milliseconds to some and
+//!   seconds to others;
 //! - a size is a whole number of bytes, or a number with a unit: `B`, `KB`/`kB`, `MB`, `GB`,
 //!   `TB` (powers of 1000) or `KiB`, `MiB`, `GiB`, `TiB` (powers of 1024).
 
@@ -59,6 +59,9 @@ impl FromStr for Duration {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let trimmed = text.trim();
+        if trimmed == "0" {
+            return Ok(Duration::default());
+        }
         if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!(
                 "`{trimmed}` has no unit, {DURATION_HELP} (`{trimmed}s` for seconds)"
@@ -86,6 +89,9 @@ impl<'de> Deserialize<'de> for Duration {
             }
 
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                if v == 0 {
+                    return Ok(Duration::default());
+                }
                 Err(E::custom(format!(
                     "`{v}` has no unit, {DURATION_HELP} (`{v}s` for seconds)"
                 )))
@@ -262,6 +268,12 @@ mod tests {
         assert_eq!(d.get(), std::time::Duration::from_millis(250));
         let err = serde_yaml::from_str::<Duration>("30").unwrap_err();
         assert!(err.to_string().contains("has no unit"), "{err}");
+        // Zero is zero in every unit.
+        assert_eq!(
+            serde_yaml::from_str::<Duration>("0").unwrap(),
+            Duration::default()
+        );
+        assert_eq!("0".parse::<Duration>().unwrap(), Duration::default());
         assert_eq!(Duration::from_millis(1500).to_string(), "1s 500ms");
     }
 
