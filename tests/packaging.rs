@@ -4,7 +4,8 @@
 //! scripts against it through DPKG_ROOT, and then removes and purges them. With
 //! CI=true the packages are also installed on this machine with `dpkg -i` and purged.
 //!
-//! Without cargo-deb, and when CI is not set, the test reports that it skipped.
+//! Where cargo-deb, systemd-analyze or root are missing, the tests are reported as ignored
+//! (with CI=true they fail instead).
 
 use std::fs;
 use std::io::{BufRead, BufReader};
@@ -15,6 +16,8 @@ use std::sync::mpsc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use fieldbridge_testkit::{in_ci, Need, Suite};
+
 const VERSION: &str = env!("CARGO_PKG_VERSION");
 const MAX_EXPOSURE: f64 = 2.5;
 const GATEWAY_CONFIG: &str = "etc/fieldbridge/gateway.yaml";
@@ -22,10 +25,6 @@ const BROKER_CONFIG: &str = "etc/fieldbridge-broker/broker.yaml";
 
 /// One package: its name is also its binary, service user, unit and state directory.
 const PACKAGES: [&str; 2] = ["fieldbridge", "fieldbridge-broker"];
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|value| value == "true")
-}
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -51,29 +50,17 @@ fn stdout_of(command: &mut Command) -> String {
     String::from_utf8_lossy(&run(command).stdout).into_owned()
 }
 
-/// Why the packaging tests cannot run here, when they cannot (never with CI=true).
-fn skip_reason() -> Option<String> {
-    let missing_tool = if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        Some("the packaging test builds amd64 packages on an x86_64 Linux host".to_owned())
-    } else if !Command::new("cargo")
-        .args(["deb", "--version"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-    {
-        Some("cargo-deb is not installed (cargo install cargo-deb --locked)".to_owned())
-    } else if !is_root() {
-        Some("installing packages with dpkg needs root".to_owned())
-    } else {
-        None
-    };
-    if in_ci() {
-        if let Some(reason) = missing_tool {
-            panic!("CI=true requires the packaging test to run, but {reason}");
-        }
-    }
-    missing_tool
+/// What the packaging tests need from this machine.
+fn needs() -> Vec<Need> {
+    vec![
+        Need::condition(
+            cfg!(all(target_os = "linux", target_arch = "x86_64")),
+            "the packaging test builds amd64 packages on an x86_64 Linux host",
+        ),
+        Need::program("cargo-deb", "cargo install cargo-deb --locked"),
+        Need::program("systemd-analyze", "apt-get install systemd"),
+        Need::condition(is_root(), "installing packages with dpkg needs root"),
+    ]
 }
 
 fn is_root() -> bool {
@@ -309,12 +296,7 @@ fn check_broker_starts(
     assert!(listening, "the broker did not start:\n{}", seen.join("\n"));
 }
 
-#[test]
 fn packages_declare_depends_conffiles_and_files() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED packaging test: {reason}");
-        return;
-    }
     for (package, deb) in PACKAGES.iter().zip(packages()) {
         assert_eq!(dpkg_field(deb, "Package"), *package);
         assert_eq!(dpkg_field(deb, "Architecture"), "amd64");
@@ -341,12 +323,7 @@ fn packages_declare_depends_conffiles_and_files() {
     }
 }
 
-#[test]
 fn packages_install_remove_and_purge_in_a_throwaway_root() {
-    if let Some(reason) = skip_reason() {
-        eprintln!("SKIPPED packaging test: {reason}");
-        return;
-    }
     let debs = packages();
     let root = ThrowawayRoot::new();
     root.dpkg("--install", debs);
@@ -449,15 +426,7 @@ fn host_user(name: &str) -> Option<(u32, u32, String, String)> {
     passwd_entry(&String::from_utf8_lossy(&output.stdout), name)
 }
 
-#[test]
 fn packages_install_on_this_machine_in_ci() {
-    if !in_ci() {
-        eprintln!("SKIPPED host install: only with CI=true (it installs and purges the packages on this machine)");
-        return;
-    }
-    if let Some(reason) = skip_reason() {
-        panic!("{reason}");
-    }
     let debs = packages();
     run(Command::new("dpkg").arg("--purge").args(PACKAGES));
     let _purge = HostPackages;
@@ -522,4 +491,29 @@ fn packages_install_on_this_machine_in_ci() {
         // System users stay: files they owned must not pass to a later user with their id.
         assert!(host_user(package).is_some());
     }
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new();
+    suite.test(
+        "packages_declare_depends_conffiles_and_files",
+        &needs(),
+        packages_declare_depends_conffiles_and_files,
+    );
+    suite.test(
+        "packages_install_remove_and_purge_in_a_throwaway_root",
+        &needs(),
+        packages_install_remove_and_purge_in_a_throwaway_root,
+    );
+    let mut host = needs();
+    host.push(Need::condition(
+        in_ci(),
+        "the host install runs with CI=true only (it installs and purges the packages on this machine)",
+    ));
+    suite.test(
+        "packages_install_on_this_machine_in_ci",
+        &host,
+        packages_install_on_this_machine_in_ci,
+    );
+    suite.run()
 }

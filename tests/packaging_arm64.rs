@@ -3,45 +3,41 @@
 //! `packaging/qemu-smoke.sh`: `--version` of both programs, `fieldbridge check` on the
 //! installed and the example configuration, and the broker with one MQTT round trip.
 //!
-//! Without the cross tools and qemu, and when CI is not set, the test reports that it
-//! skipped; `.ci/run` installs them.
+//! Without the cross tools and qemu the test is reported as ignored (with CI=true it
+//! fails instead); `.ci/run` installs them.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use fieldbridge_testkit::{Need, Suite};
 
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn found(program: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .stdout(Stdio::null())
-        .status()
-        .is_ok_and(|status| status.success())
-}
-
-/// What this machine lacks for the test, if anything.
-fn missing() -> Vec<&'static str> {
-    let mut missing = Vec::new();
-    if !cfg!(all(target_os = "linux", target_arch = "x86_64")) {
-        missing.push("an x86_64 Linux host");
-    }
-    let needs = [
-        ("qemu-aarch64", "qemu-aarch64 (package qemu-user)"),
-        ("aarch64-linux-gnu-gcc", "gcc-aarch64-linux-gnu"),
-        ("/usr/bin/rustc", "Debian's rustc (package rustc-web)"),
-        ("cargo-deb", "cargo-deb"),
-    ];
-    for (program, what) in needs {
-        if !found(program) {
-            missing.push(what);
-        }
-    }
-    if !Path::new("/usr/aarch64-linux-gnu/lib/libc.so.6").is_file() {
-        missing.push("the arm64 C library (package libc6-dev-arm64-cross)");
-    }
-    missing
+/// What the test needs from this machine.
+fn needs() -> Vec<Need> {
+    vec![
+        Need::condition(
+            cfg!(all(target_os = "linux", target_arch = "x86_64")),
+            "the arm64 packages are cross-built on an x86_64 Linux host",
+        ),
+        Need::program("qemu-aarch64", "apt-get install qemu-user"),
+        Need::program(
+            "aarch64-linux-gnu-gcc",
+            "apt-get install gcc-aarch64-linux-gnu",
+        ),
+        Need::file(
+            "/usr/bin/rustc",
+            "Debian's rustc: apt-get install rustc-web",
+        ),
+        Need::program("cargo-deb", "cargo install cargo-deb --locked"),
+        Need::file(
+            "/usr/aarch64-linux-gnu/lib/libc.so.6",
+            "apt-get install libc6-dev-arm64-cross",
+        ),
+        Need::mosquitto_clients(),
+    ]
 }
 
 fn run(command: &mut Command) {
@@ -60,26 +56,24 @@ fn run(command: &mut Command) {
     print!("{stdout}");
 }
 
-#[test]
 fn arm64_packages_run_under_qemu() {
-    let missing = missing();
-    if !missing.is_empty() {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI requires the arm64 test, but this machine lacks: {}",
-            missing.join(", ")
-        );
-        eprintln!("skipped: this machine lacks {}", missing.join(", "));
-        return;
-    }
     let out = tempfile::tempdir().expect("temporary directory");
     run(Command::new("packaging/build-packages.sh")
         .args(["--arch", "arm64", "--out"])
         .arg(out.path()));
-    // The smoke script fails on any step; the broker's round trip needs
-    // mosquitto_pub/mosquitto_sub, which the tests require anyway.
-    assert!(found("mosquitto_pub"), "mosquitto-clients are needed");
+    // The smoke script fails on any step; the broker's round trip uses
+    // mosquitto_pub/mosquitto_sub (one of the needs).
     run(Command::new("packaging/qemu-smoke.sh")
         .args(["--arch", "arm64", "--packages"])
         .arg(out.path()));
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new();
+    suite.test(
+        "arm64_packages_run_under_qemu",
+        &needs(),
+        arm64_packages_run_under_qemu,
+    );
+    suite.run()
 }

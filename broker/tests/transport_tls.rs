@@ -12,6 +12,7 @@ use std::time::Duration;
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
 use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS};
+use fieldbridge_testkit::{Need, Suite};
 use support::pki::{connect, Ca, ClientTls, Leaf, Validity};
 use support::{granted, login_packet, text, Client, DEADLINE};
 use tokio_rustls::rustls::{version, SupportedProtocolVersion};
@@ -67,7 +68,6 @@ async fn tls_connect_works(addr: SocketAddr, tls: &ClientTls<'_>) -> Result<(), 
     }
 }
 
-#[tokio::test]
 async fn mqtts_with_tls12_and_tls13_clients() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "good");
@@ -105,7 +105,6 @@ async fn mqtts_with_tls12_and_tls13_clients() {
     }
 }
 
-#[tokio::test]
 async fn clients_refuse_a_wrong_ca_and_an_expired_certificate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "good");
@@ -128,7 +127,6 @@ async fn clients_refuse_a_wrong_ca_and_an_expired_certificate() {
     );
 }
 
-#[tokio::test]
 async fn client_certificates_from_the_ca_authenticate() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "good");
@@ -169,7 +167,6 @@ async fn client_certificates_from_the_ca_authenticate() {
     );
 }
 
-#[tokio::test]
 async fn mosquitto_sub_with_cafile() {
     let dir = tempfile::tempdir().expect("temp dir");
     let ca = Ca::new(dir.path(), "good");
@@ -224,7 +221,6 @@ async fn mosquitto_sub_with_cafile() {
     assert!(output.stdout.is_empty());
 }
 
-#[test]
 fn unreadable_certificate_files_stop_the_start() {
     let dir = tempfile::tempdir().expect("temp dir");
     let missing = Leaf {
@@ -247,4 +243,34 @@ fn unreadable_certificate_files_stop_the_start() {
         )
         .expect_err("missing files");
     assert!(error.to_string().contains("missing.pem"), "{error}");
+}
+
+fn main() -> std::process::ExitCode {
+    let mut suite = Suite::new();
+    suite.async_test(
+        "mqtts_with_tls12_and_tls13_clients",
+        &[],
+        mqtts_with_tls12_and_tls13_clients,
+    );
+    suite.async_test(
+        "clients_refuse_a_wrong_ca_and_an_expired_certificate",
+        &[],
+        clients_refuse_a_wrong_ca_and_an_expired_certificate,
+    );
+    suite.async_test(
+        "client_certificates_from_the_ca_authenticate",
+        &[],
+        client_certificates_from_the_ca_authenticate,
+    );
+    suite.async_test(
+        "mosquitto_sub_with_cafile",
+        &[Need::mosquitto_clients()],
+        mosquitto_sub_with_cafile,
+    );
+    suite.test(
+        "unreadable_certificate_files_stop_the_start",
+        &[],
+        unreadable_certificate_files_stop_the_start,
+    );
+    suite.run()
 }

@@ -7,7 +7,7 @@ use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig};
 use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 
 use crate::support::{
-    config, connect_packet, login_packet, payload, publish, run, start, write_file, Client,
+    config, connect_packet, login_packet, payload, publish, start, write_file, Client,
 };
 
 async fn login(
@@ -171,49 +171,4 @@ async fn will_topic_must_be_writable() {
     ));
     let (_, connack) = Client::connect_with(broker.local_addr(), connect).await;
     assert_eq!(connack.code, ConnectReturnCode::NotAuthorized);
-}
-
-/// The `passwd` subcommand writes a file the broker (and Mosquitto's clients) can use.
-#[tokio::test]
-async fn passwd_command_and_mosquitto_clients_with_credentials() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let file = dir.path().join("passwd");
-    let file_arg = file.to_str().expect("utf-8 path");
-    let broker_bin = env!("CARGO_BIN_EXE_fieldbridge-broker");
-    let (ok, _, stderr) = run(broker_bin, &["passwd", "-b", file_arg, "device", "s3cret"]).await;
-    assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(broker_bin, &["passwd", "-b", file_arg, "other", "x"]).await;
-    assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(broker_bin, &["passwd", "-D", file_arg, "other"]).await;
-    assert!(ok, "{stderr}");
-    let (ok, _, stderr) = run(broker_bin, &["passwd", "-D", file_arg, "other"]).await;
-    assert!(!ok && stderr.contains("no user"), "{stderr}");
-
-    let mut cfg = config();
-    cfg.auth.password_file = Some(file);
-    cfg.allow_anonymous = AnonymousPolicy::Never;
-    let broker = start(cfg).await;
-    let port = broker.local_addr().port().to_string();
-    let (ok, _, stderr) = run(
-        "mosquitto_pub",
-        &[
-            "-p", &port, "-u", "device", "-P", "s3cret", "-t", "t", "-m", "m", "-q", "1",
-        ],
-    )
-    .await;
-    assert!(ok, "right password: {stderr}");
-    let (ok, _, stderr) = run(
-        "mosquitto_pub",
-        &[
-            "-p", &port, "-u", "device", "-P", "wrong", "-t", "t", "-m", "m",
-        ],
-    )
-    .await;
-    assert!(!ok, "wrong password refused: {stderr}");
-    let (ok, _, _) = run(
-        "mosquitto_pub",
-        &["-p", &port, "-u", "other", "-P", "x", "-t", "t", "-m", "m"],
-    )
-    .await;
-    assert!(!ok, "deleted user refused");
 }

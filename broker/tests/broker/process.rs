@@ -1,80 +1,8 @@
-//! The `fieldbridge-broker` binary: command line, Mosquitto's clients, SIGTERM.
+//! The `fieldbridge-broker` binary: command line, SIGTERM.
 
 use std::time::Duration;
 
-use fieldbridge_mqtt::codec::QoS;
-use tokio::process::Command;
-
-use crate::support::{
-    config, publish, run, start, wait_until, write_file, Client, Process, DEADLINE,
-};
-
-#[tokio::test]
-async fn mosquitto_clients_publish_and_subscribe() {
-    let process = Process::spawn(&["--listen", "127.0.0.1:0"]).await;
-    let port = process.addr.port().to_string();
-    for qos in ["0", "1", "2"] {
-        let topic = format!("mosq/{qos}");
-        let (ok, _, stderr) = run(
-            "mosquitto_pub",
-            &["-p", &port, "-t", &topic, "-m", "retained", "-r", "-q", qos],
-        )
-        .await;
-        assert!(ok, "{stderr}");
-    }
-    let (ok, stdout, stderr) = run(
-        "mosquitto_sub",
-        &[
-            "-p", &port, "-t", "mosq/#", "-q", "2", "-C", "3", "-v", "-W", "15",
-        ],
-    )
-    .await;
-    assert!(ok, "{stderr}");
-    let mut lines: Vec<_> = stdout.lines().collect();
-    lines.sort();
-    assert_eq!(
-        lines,
-        ["mosq/0 retained", "mosq/1 retained", "mosq/2 retained"]
-    );
-}
-
-/// Live messages to mosquitto_sub, published once the broker shows its subscription.
-#[tokio::test]
-async fn mosquitto_sub_receives_live_messages() {
-    let broker = start(config()).await;
-    let port = broker.local_addr().port().to_string();
-    let sub = Command::new("mosquitto_sub")
-        .args([
-            "-p", &port, "-t", "live/#", "-q", "2", "-C", "2", "-W", "15",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("mosquitto_sub runs");
-    wait_until("mosquitto_sub has subscribed", || {
-        broker.stats().subscriptions == 1
-    })
-    .await;
-    let (mut publisher, _) = Client::connect(broker.local_addr(), "pub", true).await;
-    publisher
-        .publish(publish("live/a", "first", QoS::ExactlyOnce, 1))
-        .await;
-    publisher
-        .publish(publish("live/b", "second", QoS::AtLeastOnce, 2))
-        .await;
-    let output = tokio::time::timeout(DEADLINE, sub.wait_with_output())
-        .await
-        .expect("exits")
-        .expect("output");
-    assert!(output.status.success());
-    // mosquitto_sub prints a QoS 2 message once released, so the order of lines may differ.
-    let mut lines: Vec<String> = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect();
-    lines.sort();
-    assert_eq!(lines, ["first", "second"]);
-}
+use crate::support::{run, wait_until, write_file, Client, Process, DEADLINE};
 
 #[tokio::test]
 async fn sigterm_stops_the_broker_cleanly() {

@@ -6,7 +6,6 @@
 //!
 //! A test binary using it sets `harness = false` and ends its `main` with [`Suite::run`].
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::Path;
@@ -75,8 +74,8 @@ pub fn in_ci() -> bool {
 #[derive(Default)]
 pub struct Suite {
     trials: Vec<Trial>,
-    /// Tests ignored for each missing need.
-    ignored: BTreeMap<String, usize>,
+    /// Tests that cannot run here, and why.
+    ignored: Vec<(String, String)>,
 }
 
 impl Suite {
@@ -93,9 +92,7 @@ impl Suite {
             .collect();
         let ignore = !missing.is_empty() && !in_ci();
         if ignore {
-            for what in &missing {
-                *self.ignored.entry(what.clone()).or_default() += 1;
-            }
+            self.ignored.push((name.to_owned(), missing.join("; ")));
         }
         let trial = Trial::test(name, move || {
             if !missing.is_empty() {
@@ -125,10 +122,11 @@ impl Suite {
         });
     }
 
-    /// Runs the tests the command line selects, after one line per missing need.
+    /// Runs the tests the command line selects, after one line for each test that
+    /// cannot run here.
     pub fn run(self) -> ExitCode {
-        for (what, count) in &self.ignored {
-            eprintln!("{count} test(s) cannot run here and are ignored: {what}");
+        for (name, why) in &self.ignored {
+            eprintln!("ignored {name}: {why}");
         }
         libtest_mimic::run(&Arguments::from_args(), self.trials).exit_code()
     }
