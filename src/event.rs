@@ -87,9 +87,9 @@ impl EventSink {
         }
     }
 
-    /// QoS 0 events dropped because the consumer was behind.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    /// QoS 0 events dropped because the consumer was behind, for the metrics endpoint.
+    pub fn dropped_counter(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.dropped.clone()
     }
 }
 

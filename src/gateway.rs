@@ -287,6 +287,7 @@ pub fn tags(device: &Device) -> Vec<Tag> {
             scale: r.scale,
             offset: r.offset,
             deadband: r.deadband,
+            unit: r.unit.clone(),
         })
         .collect()
 }

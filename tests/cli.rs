@@ -35,6 +35,8 @@ fn check_prints_devices_tags_and_planned_requests() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("device boiler-1"), "{stdout}");
+    // Registers show their engineering unit.
+    assert!(stdout.contains("[bar]"), "{stdout}");
     assert!(stdout.contains("request(s) per poll"), "{stdout}");
     assert!(
         stdout.lines().last().unwrap().starts_with("ok: "),

@@ -21,11 +21,8 @@ use fieldbridge_mqtt::topic::{covers, matches};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AclError {
-    #[error("cannot read ACL file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read ACL file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Syntax {
         path: String,
@@ -81,7 +78,7 @@ impl Acl {
     pub fn load(path: &Path) -> Result<Self, AclError> {
         let text = std::fs::read_to_string(path).map_err(|source| AclError::Read {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         Self::parse(&text, &path.display().to_string())
     }

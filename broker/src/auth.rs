@@ -11,16 +11,10 @@ use rand::RngCore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
-    #[error("cannot read password file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot write password file {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read password file {path}: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("cannot write password file {path}: {error}")]
+    Write { path: String, error: std::io::Error },
     #[error("{path}:{line}: {message}")]
     Syntax {
         path: String,
@@ -43,7 +37,7 @@ impl PasswordFile {
     pub fn load(path: &Path) -> Result<Self, AuthError> {
         let text = std::fs::read_to_string(path).map_err(|source| AuthError::Read {
             path: path.display().to_string(),
-            source,
+            error: source,
         })?;
         Self::parse(&text, &path.display().to_string())
     }
@@ -158,7 +152,7 @@ fn load_or_empty(path: &Path) -> Result<PasswordFile, AuthError> {
 fn write_atomically(path: &Path, text: &str) -> Result<(), AuthError> {
     let write_error = |source| AuthError::Write {
         path: path.display().to_string(),
-        source,
+        error: source,
     };
     let dir = path
         .parent()

@@ -17,10 +17,10 @@ use fieldbridge_service::units;
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A YAML or schema error; `message` carries line and column when known.
     #[error("{path}: {key}: {message}")]
@@ -244,7 +244,7 @@ impl Config {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            error: source,
         })?;
         let mut config = Self::parse(&text, path)?;
         if let Some(dir) = path.parent() {

@@ -78,23 +78,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("fieldbridge-broker: {}", describe(&error));
+            eprintln!("fieldbridge-broker: {error:#}");
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, each cause once (library errors often quote their source).
-fn describe(error: &anyhow::Error) -> String {
-    let mut text = error.to_string();
-    for cause in error.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }
 
 fn passwd(file: &Path, user: &str, delete: bool, password: Option<String>) -> anyhow::Result<()> {
@@ -255,9 +242,8 @@ fn reload(running: &mut RunningBroker, source: &ConfigSource) {
                 );
             }
         }
-        Err(error) => tracing::error!(
-            "configuration not reloaded, the running one stays: {}",
-            describe(&error)
-        ),
+        Err(error) => {
+            tracing::error!("configuration not reloaded, the running one stays: {error:#}")
+        }
     }
 }

@@ -30,15 +30,15 @@ const MAX_BATCH: usize = 2048;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("persistence database {path}: {source}")]
-    Open { path: String, source: sqlx::Error },
-    #[error("persistence database {path}: migration failed: {source}")]
+    #[error("persistence database {path}: {error}")]
+    Open { path: String, error: sqlx::Error },
+    #[error("persistence database {path}: migration failed: {error}")]
     Migrate {
         path: String,
-        source: sqlx::migrate::MigrateError,
+        error: sqlx::migrate::MigrateError,
     },
-    #[error("persistence database {path}: {source}")]
-    Load { path: String, source: sqlx::Error },
+    #[error("persistence database {path}: {error}")]
+    Load { path: String, error: sqlx::Error },
 }
 
 /// A write could not be made durable (the writer stopped or the transaction failed).
@@ -194,18 +194,18 @@ pub(crate) async fn open(
         .await
         .map_err(|source| StoreError::Open {
             path: path.clone(),
-            source,
+            error: source,
         })?;
     sqlx::migrate!("./migrations")
         .run(&mut connection)
         .await
         .map_err(|source| StoreError::Migrate {
             path: path.clone(),
-            source,
+            error: source,
         })?;
     let load_error = |source| StoreError::Load {
         path: path.clone(),
-        source,
+        error: source,
     };
     sqlx::query("DELETE FROM messages WHERE NOT EXISTS (SELECT 1 FROM queue WHERE queue.message_id = messages.id)")
         .execute(&mut connection)

@@ -49,10 +49,10 @@ pub enum BrokerError {
     Transport(#[from] TransportError),
     #[error(transparent)]
     Platform(#[from] RegistryError),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}: {error}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -94,11 +94,11 @@ impl Broker {
                     .await
                     .map_err(|source| BrokerError::Bind {
                         addr: listener.bind,
-                        source,
+                        error: source,
                     })?;
             let local = bound.local_addr().map_err(|source| BrokerError::Bind {
                 addr: listener.bind,
-                source,
+                error: source,
             })?;
             let info = ListenerInfo {
                 local,

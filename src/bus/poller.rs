@@ -36,6 +36,9 @@ pub struct Tag {
     pub scale: f64,
     pub offset: f64,
     pub deadband: Option<f64>,
+    /// Engineering unit of the scaled value, for whoever presents it (`check`, and the
+    /// upstream profiles that publish metadata with the value).
+    pub unit: Option<String>,
 }
 
 impl Tag {

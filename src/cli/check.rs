@@ -40,6 +40,9 @@ pub fn describe(config: &Config) -> anyhow::Result<String> {
                 if let Some(bit) = tag.bit {
                     let _ = write!(out, " bit {bit}");
                 }
+                if let Some(unit) = &tag.unit {
+                    let _ = write!(out, " [{unit}]");
+                }
                 let _ = writeln!(out);
             }
             let plan = read_plan(device, &tags)

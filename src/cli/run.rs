@@ -3,6 +3,8 @@
 //! it cleanly.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -61,8 +63,9 @@ impl Running {
         let (sink, events) = EventSink::channel(SINK_CAPACITY);
         let Some(upstream) = &config.upstream else {
             let output = tokio::spawn(crate::output::write_lines(events, tokio::io::stdout()));
+            let sink_dropped = sink.dropped_counter();
             let gateway = Gateway::start(config, sink)?;
-            let metrics = serve_metrics(config, &gateway, None).await?;
+            let metrics = serve_metrics(config, &gateway, &sink_dropped, None).await?;
             return Ok(Running {
                 gateway,
                 output: Output::Stdout(output),
@@ -89,6 +92,7 @@ impl Running {
         let mut settings = uplink_settings(upstream);
         settings.inbound = Some(inbound);
         let uplink = Uplink::start(settings, store, devices, events)?;
+        let sink_dropped = sink.dropped_counter();
         let gateway = Gateway::start(config, sink.clone())?;
         let buses = config
             .devices
@@ -102,7 +106,8 @@ impl Running {
             sink,
             commands,
         ));
-        let metrics = serve_metrics(config, &gateway, Some((&uplink, queue))).await?;
+        let metrics =
+            serve_metrics(config, &gateway, &sink_dropped, Some((&uplink, queue))).await?;
         Ok(Running {
             gateway,
             output: Output::Uplink { uplink, commands },
@@ -155,6 +160,7 @@ const QUEUE_FAMILIES: [Family<DeviceStats>; 3] = [
 async fn serve_metrics(
     config: &Config,
     gateway: &Gateway,
+    sink_dropped: &Arc<AtomicU64>,
     uplink: Option<(&Uplink, Store)>,
 ) -> anyhow::Result<CancellationToken> {
     let stop = CancellationToken::new();
@@ -174,7 +180,9 @@ async fn serve_metrics(
         None => Vec::new(),
     };
     let store = uplink.map(|(_, store)| store);
+    let sink_dropped = sink_dropped.clone();
     let render = move || {
+        let sink_dropped = sink_dropped.load(Ordering::Relaxed);
         let counters = counters.clone();
         let sessions = sessions.clone();
         let store = store.clone();
@@ -183,6 +191,16 @@ async fn serve_metrics(
             out.per_device(
                 &DEVICE_COUNTERS,
                 counters.iter().map(|(d, c)| (d.as_str(), c.as_ref())),
+            );
+            out.family(
+                "fieldbridge_qos0_backlog_dropped_total",
+                "counter",
+                "QoS 0 events dropped because the output was behind the buses.",
+            );
+            out.sample(
+                "fieldbridge_qos0_backlog_dropped_total",
+                None,
+                sink_dropped as f64,
             );
             if let Some(store) = store {
                 let stats = store.stats().await.unwrap_or_default();

@@ -419,7 +419,7 @@ pub struct Register {
     pub scale: f64,
     #[serde(default)]
     pub offset: f64,
-    /// Engineering unit, informational.
+    /// Engineering unit of the scaled value: shown by `check`, carried with the tag.
     pub unit: Option<String>,
     /// With `publish: on_change`: smallest change (after scale and offset) that counts.
     pub deadband: Option<f64>,

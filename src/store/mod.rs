@@ -108,17 +108,12 @@ pub enum StoreError {
         moved_to: PathBuf,
         detail: String,
     },
-    #[error("queue database {path}: {source}")]
-    Database {
-        path: PathBuf,
-        #[source]
-        source: sqlx::Error,
-    },
-    #[error("queue database {path}: schema migration failed: {source}")]
+    #[error("queue database {path}: {error}")]
+    Database { path: PathBuf, error: sqlx::Error },
+    #[error("queue database {path}: schema migration failed: {error}")]
     Migration {
         path: PathBuf,
-        #[source]
-        source: sqlx::migrate::MigrateError,
+        error: sqlx::migrate::MigrateError,
     },
     #[error("no queue database at {path} (has the gateway run with this data_dir?)")]
     NotFound { path: PathBuf },
@@ -353,10 +348,10 @@ impl Store {
             .map_err(|_| StoreError::Closed)
     }
 
-    fn database_error(&self, source: sqlx::Error) -> StoreError {
+    fn database_error(&self, error: sqlx::Error) -> StoreError {
         StoreError::Database {
             path: self.inner.db_path.clone(),
-            source,
+            error,
         }
     }
 }

@@ -76,9 +76,9 @@ pub(super) async fn open_read_only(data_dir: &Path) -> Result<SqliteConnection, 
         Err(_) if !PathBuf::from(format!("{}-wal", path.display())).exists() => {
             connect_and_read(&options.immutable(true))
                 .await
-                .map_err(|source| StoreError::Database { path, source })
+                .map_err(|error| StoreError::Database { path, error })
         }
-        Err(source) => Err(StoreError::Database { path, source }),
+        Err(error) => Err(StoreError::Database { path, error }),
     }
 }
 
@@ -134,7 +134,7 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
         Some(detail) => Failure::Corrupt(detail),
         None => Failure::Other(StoreError::Database {
             path: path.to_owned(),
-            source,
+            error: source,
         }),
     };
     let synchronous = match synchronous {
@@ -178,12 +178,12 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
                 Some(detail) => Failure::Corrupt(detail),
                 None => Failure::Other(StoreError::Migration {
                     path: path.to_owned(),
-                    source: error,
+                    error,
                 }),
             },
             _ => Failure::Other(StoreError::Migration {
                 path: path.to_owned(),
-                source: error,
+                error,
             }),
         });
     }

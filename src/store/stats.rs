@@ -35,14 +35,28 @@ impl DeviceStats {
 /// Reads the statistics of the queue in `data_dir` through a read-only connection: safe
 /// to call from another process while the gateway runs (WAL readers never block the
 /// writer). Devices appear if they have queued events or recorded drops, sorted by id.
+/// A database the starting gateway has created but not yet given its tables holds
+/// nothing yet.
 pub async fn read_stats(data_dir: &Path) -> Result<Vec<DeviceStats>, StoreError> {
     let mut conn = open::open_read_only(data_dir).await?;
     let path = data_dir.join(super::DB_FILE);
-    let result = query(&mut conn)
-        .await
-        .map_err(|source| StoreError::Database { path, source });
+    let result = match has_tables(&mut conn).await {
+        Ok(true) => query(&mut conn).await,
+        Ok(false) => Ok(Vec::new()),
+        Err(error) => Err(error),
+    }
+    .map_err(|error| StoreError::Database { path, error });
     let _ = conn.close().await;
     result
+}
+
+async fn has_tables(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
+    let (tables,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name IN ('queue', 'drops')",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(tables == 2)
 }
 
 pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats>, sqlx::Error> {

@@ -224,6 +224,25 @@ async fn stats_of_a_data_dir_without_a_queue_is_not_found() {
 }
 
 #[tokio::test]
+async fn stats_of_a_queue_being_created_are_empty() {
+    use sqlx::Connection as _;
+    let tmp = tempfile::tempdir().unwrap();
+    // What a starting gateway leaves for an instant: the file, not yet its tables.
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(tmp.path().join(DB_FILE))
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE queue (id INTEGER PRIMARY KEY)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(read_stats(tmp.path()).await.unwrap(), Vec::new());
+}
+
+#[tokio::test]
 async fn watchers_wake_up_after_a_commit_of_their_device() {
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), 1000, OnFull::DropOldest).await;

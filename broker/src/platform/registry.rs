@@ -23,12 +23,12 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
-    #[error("platform registry {path}: {source}")]
-    Database { path: String, source: sqlx::Error },
-    #[error("platform registry {path}: migration failed: {source}")]
+    #[error("platform registry {path}: {error}")]
+    Database { path: String, error: sqlx::Error },
+    #[error("platform registry {path}: migration failed: {error}")]
     Migrate {
         path: String,
-        source: sqlx::migrate::MigrateError,
+        error: sqlx::migrate::MigrateError,
     },
     #[error("invalid {what} {value:?} (1 to 36 of A-Z a-z 0-9 . _ -)")]
     InvalidName { what: &'static str, value: String },
@@ -104,7 +104,7 @@ impl PlatformRegistry {
         let name = path.display().to_string();
         let database = |source| RegistryError::Database {
             path: name.clone(),
-            source,
+            error: source,
         };
         let options = SqliteConnectOptions::new()
             .filename(path)
@@ -122,7 +122,7 @@ impl PlatformRegistry {
             .await
             .map_err(|source| RegistryError::Migrate {
                 path: name.clone(),
-                source,
+                error: source,
             })?;
         Ok(Self { pool, path: name })
     }
@@ -131,10 +131,10 @@ impl PlatformRegistry {
         self.pool.close().await;
     }
 
-    fn database(&self, source: sqlx::Error) -> RegistryError {
+    fn database(&self, error: sqlx::Error) -> RegistryError {
         RegistryError::Database {
             path: self.path.clone(),
-            source,
+            error,
         }
     }
 

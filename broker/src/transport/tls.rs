@@ -16,11 +16,8 @@ use tokio_rustls::TlsAcceptor;
 pub enum TransportError {
     #[error("listener {0}: a TLS listener needs cert_file and key_file")]
     MissingFiles(SocketAddr),
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error("cannot read {path}: {error}")]
+    Read { path: String, error: std::io::Error },
     #[error("{path}: no {what} found in the PEM file")]
     Empty { path: String, what: &'static str },
     #[error("TLS setup with {path}: {message}")]
@@ -30,7 +27,7 @@ pub enum TransportError {
 fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> TransportError + '_ {
     move |source| TransportError::Read {
         path: path.display().to_string(),
-        source,
+        error: source,
     }
 }
 
