@@ -32,7 +32,7 @@ while [ $# -gt 0 ]; do
 done
 
 echo "== building release binaries (CARGO_TARGET_DIR=$target)" >&2
-(cd "$root" && CARGO_TARGET_DIR=$target cargo build --release -q -p fieldbridge-broker --bins)
+(cd "$root" && CARGO_TARGET_DIR=$target cargo build --release -q -p fieldbridge-broker -p fieldbridge-bench)
 bench=$target/release/fieldbridge-bench
 fieldbridge=$target/release/fieldbridge-broker
 mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)

@@ -7,16 +7,21 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
+use fieldbridge_mqtt::codec::{
+    ByteString, ConnAck, Connect, ConnectReturnCode, Error as CodecError, MqttCodec, Packet,
+    ProtocolVersion, PubAck, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode,
+};
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpSocket;
 use tokio::sync::Semaphore;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
-use crate::wire::{self, Connect, Incoming, Stamp, WireError};
+use crate::stamp::{Stamp, StampedPublish};
 
 /// Bytes read from a socket at a time (the buffer grows to one packet beyond this at most).
 const READ_CHUNK: usize = 64 * 1024;
@@ -30,7 +35,13 @@ pub enum ClientError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{0}")]
-    Wire(#[from] WireError),
+    Codec(#[from] CodecError),
+    #[error("connection refused by the broker (CONNACK return code {0})")]
+    Refused(u8),
+    #[error("subscription refused by the broker (SUBACK return code 0x80)")]
+    SubscriptionRefused,
+    #[error("unexpected {0} from the broker")]
+    Unexpected(&'static str),
     #[error("connection closed by the broker")]
     Closed,
     #[error("no answer from the broker within {0:?}")]
@@ -98,12 +109,13 @@ impl Failures {
     }
 }
 
-/// A connected MQTT session: the socket halves and what was read past the CONNACK.
+/// A connected MQTT session: the socket halves, what was read past the CONNACK, and the
+/// codec that knows the protocol version the CONNECT chose.
 pub struct Session {
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     buffer: BytesMut,
-    max_packet: usize,
+    codec: MqttCodec,
 }
 
 impl Session {
@@ -112,7 +124,7 @@ impl Session {
     pub async fn open(
         options: &ConnectOptions,
         client_id: &str,
-        subscribe: Option<(&str, u8)>,
+        subscribe: Option<(&str, QoS)>,
     ) -> Result<Self, ClientError> {
         tokio::time::timeout(
             options.timeout,
@@ -125,7 +137,7 @@ impl Session {
     async fn handshake(
         options: &ConnectOptions,
         client_id: &str,
-        subscribe: Option<(&str, u8)>,
+        subscribe: Option<(&str, QoS)>,
     ) -> Result<Self, ClientError> {
         let address = tokio::net::lookup_host(&options.address)
             .await?
@@ -151,54 +163,50 @@ impl Session {
             reader,
             writer,
             buffer: BytesMut::with_capacity(READ_CHUNK),
-            max_packet: options.max_packet,
+            codec: MqttCodec::new(options.max_packet),
         };
         let mut out = BytesMut::with_capacity(256);
-        wire::put_connect(
-            &mut out,
-            &Connect {
-                client_id,
-                keepalive_secs: u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX),
-                username: options.username.as_deref(),
-                password: options.password.as_deref(),
-            },
-        );
+        session
+            .codec
+            .encode(connect_packet(options, client_id), &mut out)?;
         session.writer.write_all(&out).await?;
         match session.next_packet().await? {
-            PacketKind::ConnAck(0) => {}
-            PacketKind::ConnAck(code) => return Err(WireError::Refused(code).into()),
-            PacketKind::Other(kind) => return Err(WireError::Unexpected(kind).into()),
+            Packet::ConnAck(ConnAck {
+                code: ConnectReturnCode::Accepted,
+                ..
+            }) => {}
+            Packet::ConnAck(ConnAck { code, .. }) => return Err(ClientError::Refused(code as u8)),
+            other => return Err(ClientError::Unexpected(other.name())),
         }
         // Like most clients, subscribe once the CONNACK is in.
         if let Some((filter, qos)) = subscribe {
             out.clear();
-            wire::put_subscribe(&mut out, 1, filter, qos);
+            let subscribe = Subscribe {
+                pkid: 1,
+                filters: vec![SubscribeFilter::new(filter, qos)],
+            };
+            session
+                .codec
+                .encode(Packet::Subscribe(subscribe), &mut out)?;
             session.writer.write_all(&out).await?;
             match session.next_packet().await? {
-                PacketKind::Other(9) => {}
-                PacketKind::ConnAck(_) => return Err(WireError::Unexpected(2).into()),
-                PacketKind::Other(kind) => return Err(WireError::Unexpected(kind).into()),
+                Packet::SubAck(suback)
+                    if suback.return_codes.contains(&SubscribeReturnCode::Failure) =>
+                {
+                    return Err(ClientError::SubscriptionRefused)
+                }
+                Packet::SubAck(_) => {}
+                other => return Err(ClientError::Unexpected(other.name())),
             }
         }
         Ok(session)
     }
 
-    /// Reads the next packet of the handshake; a refused subscription is an error.
-    async fn next_packet(&mut self) -> Result<PacketKind, ClientError> {
+    /// Reads the next packet of the handshake.
+    async fn next_packet(&mut self) -> Result<Packet, ClientError> {
         loop {
-            if let Some((packet, size)) = wire::parse(&self.buffer, self.max_packet)? {
-                let kind = match packet {
-                    Incoming::ConnAck { return_code } => PacketKind::ConnAck(return_code),
-                    Incoming::SubAck { granted, .. } if granted & 0x80 != 0 => {
-                        return Err(WireError::SubscriptionRefused.into())
-                    }
-                    Incoming::SubAck { .. } => PacketKind::Other(9),
-                    Incoming::Publish { .. } => PacketKind::Other(3),
-                    Incoming::PubAck { .. } => PacketKind::Other(4),
-                    Incoming::PingResp => PacketKind::Other(13),
-                };
-                self.buffer.advance(size);
-                return Ok(kind);
+            if let Some(packet) = self.codec.decode(&mut self.buffer)? {
+                return Ok(packet);
             }
             self.fill().await?;
         }
@@ -210,9 +218,17 @@ impl Session {
     }
 }
 
-enum PacketKind {
-    ConnAck(u8),
-    Other(u8),
+/// The CONNECT of every connection: MQTT 3.1.1, clean session.
+fn connect_packet(options: &ConnectOptions, client_id: &str) -> Packet {
+    Packet::Connect(Connect {
+        protocol: ProtocolVersion::V311,
+        clean_session: true,
+        keep_alive: u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX),
+        client_id: ByteString::from(client_id),
+        will: None,
+        username: options.username.as_deref().map(ByteString::from),
+        password: (options.password.as_deref()).map(|p| Bytes::copy_from_slice(p.as_bytes())),
+    })
 }
 
 async fn fill(reader: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<usize, ClientError> {
@@ -221,21 +237,6 @@ async fn fill(reader: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<usize
         0 => Err(ClientError::Closed),
         read => Ok(read),
     }
-}
-
-/// Parses every complete packet in `buffer`, hands each to `handle` and drops them.
-fn drain_packets(
-    buffer: &mut BytesMut,
-    max_packet: usize,
-    mut handle: impl FnMut(Incoming<'_>) -> Result<(), ClientError>,
-) -> Result<(), ClientError> {
-    let mut consumed = 0;
-    while let Some((packet, size)) = wire::parse(&buffer[consumed..], max_packet)? {
-        handle(packet)?;
-        consumed += size;
-    }
-    buffer.advance(consumed);
-    Ok(())
 }
 
 /// Counters of one publisher, read by the main task while it runs.
@@ -248,7 +249,7 @@ pub struct PublisherCounters {
 /// How a publisher paces itself.
 #[derive(Debug, Clone, Copy)]
 pub struct PublishPlan {
-    pub qos: u8,
+    pub qos: QoS,
     /// Messages per second, or flat out.
     pub rate: Option<f64>,
     /// QoS 1 messages awaiting PUBACK at once.
@@ -276,20 +277,21 @@ pub async fn publish(
         reader,
         mut writer,
         buffer,
-        max_packet,
+        mut codec,
     } = session;
-    let window = Arc::new(Semaphore::new(if plan.qos > 0 { plan.inflight } else { 0 }));
+    let acknowledged = plan.qos != QoS::AtMostOnce;
+    let window = Arc::new(Semaphore::new(if acknowledged { plan.inflight } else { 0 }));
     let stop_reading = CancellationToken::new();
     let acks = tokio::spawn(read_acks(
         reader,
         buffer,
-        max_packet,
+        codec.clone(),
         Arc::clone(&window),
         Arc::clone(&counters),
         stop_reading.clone(),
     ));
     let _stop_reading = stop_reading.clone().drop_guard();
-    let padding = vec![0u8; payload.saturating_sub(wire::PAYLOAD_HEADER)];
+    let mut message = StampedPublish::new(&topic, plan.qos, payload);
     let batch = if plan.rate.is_some() {
         RATE_BATCH
     } else {
@@ -316,7 +318,7 @@ pub async fn publish(
                         let ping_at = last_write + plan.keepalive / 2;
                         tokio::time::sleep_until(next.min(ping_at).min(plan.end).into()).await;
                         if Instant::now() >= ping_at {
-                            wire::put_pingreq(&mut out);
+                            codec.encode(Packet::PingReq, &mut out)?;
                             write(&mut writer, &mut out, &stop_reading).await?;
                             last_write = Instant::now();
                         }
@@ -325,7 +327,7 @@ pub async fn publish(
                     usize::try_from(due).unwrap_or(batch).min(batch)
                 }
             };
-            if plan.qos > 0 {
+            if acknowledged {
                 let permit = tokio::select! {
                     permit = window.acquire() => permit,
                     () = tokio::time::sleep_until(plan.end.into()) => break,
@@ -355,14 +357,7 @@ pub async fn publish(
                 };
                 // Packet identifiers 1..=65535 in turn; the window is far smaller.
                 let packet_id = (sequence % 65_535) as u16 + 1;
-                wire::put_publish(
-                    &mut out,
-                    topic.as_bytes(),
-                    plan.qos,
-                    packet_id,
-                    stamp,
-                    &padding,
-                );
+                message.encode(packet_id, stamp, &mut codec, &mut out)?;
             }
             let packet_size = out.len() / count;
             let written = write_until(&mut writer, &mut out, plan.end, &stop_reading).await?;
@@ -377,7 +372,7 @@ pub async fn publish(
                 break;
             }
         }
-        if plan.qos > 0 && !truncated {
+        if acknowledged && !truncated {
             let everything = u32::try_from(plan.inflight).unwrap_or(u32::MAX);
             // All permits back means every message was acknowledged.
             if let Ok(Err(_)) =
@@ -397,10 +392,16 @@ pub async fn publish(
     };
     if outcome.is_ok() && !truncated {
         out.clear();
-        wire::put_disconnect(&mut out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
+        disconnect(&mut writer, &mut codec, &mut out).await;
     }
     outcome
+}
+
+/// Says goodbye to the broker, giving up after a second.
+async fn disconnect(writer: &mut OwnedWriteHalf, codec: &mut MqttCodec, out: &mut BytesMut) {
+    if codec.encode(Packet::Disconnect, out).is_ok() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(out)).await;
+    }
 }
 
 /// Writes `out` unless the connection's reader has already given up.
@@ -450,24 +451,23 @@ fn due_count(start: Instant, now: Instant, rate: f64) -> u64 {
 async fn read_acks(
     mut reader: OwnedReadHalf,
     mut buffer: BytesMut,
-    max_packet: usize,
+    mut codec: MqttCodec,
     window: Arc<Semaphore>,
     counters: Arc<PublisherCounters>,
     stop: CancellationToken,
 ) -> Result<(), ClientError> {
     let result = async {
         loop {
-            drain_packets(&mut buffer, max_packet, |packet| match packet {
-                Incoming::PubAck { .. } => {
-                    counters.acked.fetch_add(1, Ordering::Relaxed);
-                    window.add_permits(1);
-                    Ok(())
+            while let Some(packet) = codec.decode(&mut buffer)? {
+                match packet {
+                    Packet::PubAck(_) => {
+                        counters.acked.fetch_add(1, Ordering::Relaxed);
+                        window.add_permits(1);
+                    }
+                    Packet::PingResp => {}
+                    other => return Err(ClientError::Unexpected(other.name())),
                 }
-                Incoming::PingResp => Ok(()),
-                Incoming::ConnAck { .. } => Err(WireError::Unexpected(2).into()),
-                Incoming::Publish { .. } => Err(WireError::Unexpected(3).into()),
-                Incoming::SubAck { .. } => Err(WireError::Unexpected(9).into()),
-            })?;
+            }
             tokio::select! {
                 read = fill(&mut reader, &mut buffer) => { read?; }
                 () = stop.cancelled() => return Ok(()),
@@ -533,7 +533,7 @@ pub async fn subscribe(
         mut reader,
         mut writer,
         mut buffer,
-        max_packet,
+        mut codec,
     } = session;
     let mut report = SubscriberReport {
         received: 0,
@@ -552,7 +552,7 @@ pub async fn subscribe(
             let read = tokio::select! {
                 read = fill(&mut reader, &mut buffer) => read,
                 _ = ping.tick() => {
-                    wire::put_pingreq(&mut out);
+                    codec.encode(Packet::PingReq, &mut out)?;
                     Ok(0)
                 }
                 () = stop.cancelled() => return Ok(()),
@@ -560,25 +560,18 @@ pub async fn subscribe(
             read?;
             let now = clock.nanos();
             let before = report.received;
-            drain_packets(&mut buffer, max_packet, |packet| {
+            while let Some(packet) = codec.decode(&mut buffer)? {
                 match packet {
-                    Incoming::Publish {
-                        qos,
-                        packet_id,
-                        payload,
-                        ..
-                    } => {
-                        if qos > 0 {
-                            wire::put_puback(&mut out, packet_id);
+                    Packet::Publish(publish) => {
+                        if publish.qos != QoS::AtMostOnce {
+                            codec.encode(Packet::PubAck(PubAck::new(publish.pkid)), &mut out)?;
                         }
-                        record(&mut report, payload, now, latency_window);
+                        record(&mut report, &publish.payload, now, latency_window);
                     }
-                    Incoming::PingResp | Incoming::PubAck { .. } => {}
-                    Incoming::ConnAck { .. } => return Err(WireError::Unexpected(2).into()),
-                    Incoming::SubAck { .. } => return Err(WireError::Unexpected(9).into()),
+                    Packet::PingResp | Packet::PubAck(_) => {}
+                    other => return Err(ClientError::Unexpected(other.name())),
                 }
-                Ok(())
-            })?;
+            }
             received.fetch_add(report.received - before, Ordering::Relaxed);
             if !out.is_empty() {
                 tokio::select! {
@@ -592,8 +585,7 @@ pub async fn subscribe(
     .await;
     if result.is_ok() {
         out.clear();
-        wire::put_disconnect(&mut out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
+        disconnect(&mut writer, &mut codec, &mut out).await;
     }
     (report, result)
 }
@@ -641,7 +633,7 @@ pub async fn hold_idle(
         mut reader,
         mut writer,
         mut buffer,
-        max_packet,
+        mut codec,
     } = session;
     let mut out = BytesMut::with_capacity(16);
     let mut ping = tokio::time::interval(keepalive / 2);
@@ -650,18 +642,46 @@ pub async fn hold_idle(
         tokio::select! {
             read = fill(&mut reader, &mut buffer) => {
                 read?;
-                drain_packets(&mut buffer, max_packet, |_| Ok(()))?;
+                while codec.decode(&mut buffer)?.is_some() {}
             }
             _ = ping.tick() => {
-                wire::put_pingreq(&mut out);
+                codec.encode(Packet::PingReq, &mut out)?;
                 writer.write_all(&out).await?;
                 out.clear();
             }
             () = stop.cancelled() => {
-                wire::put_disconnect(&mut out);
-                let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(&out)).await;
+                disconnect(&mut writer, &mut codec, &mut out).await;
                 return Ok(());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_matches_the_specification_example() {
+        let options = ConnectOptions {
+            address: "127.0.0.1:1883".into(),
+            username: Some("u".into()),
+            password: Some("p".into()),
+            keepalive: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            max_packet: 1 << 20,
+            send_buffer: None,
+        };
+        let mut out = BytesMut::new();
+        MqttCodec::new(options.max_packet)
+            .encode(connect_packet(&options, "c"), &mut out)
+            .unwrap();
+        assert_eq!(
+            &out[..],
+            &[
+                0x10, 19, 0, 4, b'M', b'Q', b'T', b'T', 4, 0xC2, 0, 60, 0, 1, b'c', 0, 1, b'u', 0,
+                1, b'p'
+            ]
+        );
     }
 }

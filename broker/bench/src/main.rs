@@ -5,7 +5,7 @@
 
 mod client;
 mod report;
-mod wire;
+mod stamp;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
+use fieldbridge_mqtt::codec::QoS;
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -21,6 +22,9 @@ use client::{
     Clock, ConnectOptions, Failures, LatencyWindow, PublishPlan, PublisherCounters, Session,
 };
 use report::{IdleReport, Latency, LoadReport};
+
+/// Longest string MQTT can carry (two-byte length prefix).
+const MAX_STRING: usize = u16::MAX as usize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -113,8 +117,8 @@ struct Cli {
 
 impl Cli {
     fn validate(&self) -> anyhow::Result<()> {
-        if self.payload < wire::PAYLOAD_HEADER {
-            bail!("--payload must be at least {} bytes", wire::PAYLOAD_HEADER);
+        if self.payload < stamp::PAYLOAD_HEADER {
+            bail!("--payload must be at least {} bytes", stamp::PAYLOAD_HEADER);
         }
         if self.payload > 256 * 1024 * 1024 - 64 * 1024 {
             bail!("--payload is larger than an MQTT packet can carry");
@@ -152,10 +156,7 @@ impl Cli {
             ("--username", &self.username),
             ("--password", &self.password),
         ] {
-            if value
-                .as_ref()
-                .is_some_and(|value| value.len() > wire::MAX_STRING)
-            {
+            if value.as_ref().is_some_and(|value| value.len() > MAX_STRING) {
                 bail!("{name} is longer than MQTT allows");
             }
         }
@@ -243,7 +244,7 @@ async fn open_sessions(
     count: usize,
     concurrency: usize,
     client_id: impl Fn(usize) -> String,
-    subscribe: Option<(&str, u8)>,
+    subscribe: Option<(&str, QoS)>,
     deadline: Instant,
 ) -> anyhow::Result<Vec<Session>> {
     let attempts = futures::stream::iter(0..count)
@@ -271,6 +272,7 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
     let deadline = began + cli.deadline();
     let clock = Clock::new();
     let options = cli.connect_options();
+    let qos = QoS::try_from(cli.qos)?;
     let prefix = client_prefix();
     let run = format!("{}/{:08x}", cli.topic_prefix, rand::random::<u32>());
     let filter = format!("{run}/#");
@@ -279,7 +281,7 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         cli.subscribers,
         cli.connect_concurrency,
         |index| format!("{prefix}-s{index}"),
-        Some((&filter, cli.qos)),
+        Some((&filter, qos)),
         deadline,
     )
     .await?;
@@ -334,7 +336,7 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         }));
     }
     let plan = PublishPlan {
-        qos: cli.qos,
+        qos,
         rate: cli.rate,
         inflight: cli.inflight,
         start,
