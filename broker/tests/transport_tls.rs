@@ -58,8 +58,8 @@ async fn tls_connect_works(addr: SocketAddr, tls: &ClientTls<'_>) -> Result<(), 
         .map_err(|error| error.to_string())?;
     let mut client = Client::over(stream);
     client
-        .send(fieldbridge_mqtt::codec::Packet::Connect(login_packet(
-            "probe", None, None,
+        .send(fieldbridge_mqtt::codec::Packet::Connect(Box::new(
+            login_packet("probe", None, None),
         )))
         .await;
     match client.try_recv(DEADLINE).await {

@@ -220,7 +220,7 @@ impl Session {
 
 /// The CONNECT of every connection: MQTT 3.1.1, clean session.
 fn connect_packet(options: &ConnectOptions, client_id: &str) -> Packet {
-    Packet::Connect(Connect {
+    Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session: true,
         keep_alive: u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX),
@@ -228,7 +228,7 @@ fn connect_packet(options: &ConnectOptions, client_id: &str) -> Packet {
         will: None,
         username: options.username.as_deref().map(ByteString::from),
         password: (options.password.as_deref()).map(|p| Bytes::copy_from_slice(p.as_bytes())),
-    })
+    }))
 }
 
 async fn fill(reader: &mut OwnedReadHalf, buffer: &mut BytesMut) -> Result<usize, ClientError> {

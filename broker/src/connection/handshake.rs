@@ -57,7 +57,7 @@ pub(super) async fn open(accepted: Box<Accepted>) -> Option<Connection> {
             }
             return None;
         }
-        Ok(Ok(Packet::Connect(connect))) => connect,
+        Ok(Ok(Packet::Connect(connect))) => *connect,
         Ok(Ok(other)) => {
             tracing::info!(%peer, packet = other.name(), "first packet is not CONNECT");
             return None;

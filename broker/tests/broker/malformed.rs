@@ -254,7 +254,7 @@ async fn pipelined_packets_after_connect() {
     let mut bytes = Vec::new();
     let mut out = bytes::BytesMut::new();
     for packet in [
-        Packet::Connect(connect_packet("eager", true)),
+        Packet::Connect(Box::new(connect_packet("eager", true))),
         Packet::Subscribe(fieldbridge_mqtt::codec::Subscribe {
             pkid: 5,
             filters: vec![fieldbridge_mqtt::codec::SubscribeFilter::new(

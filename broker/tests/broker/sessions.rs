@@ -276,7 +276,7 @@ async fn max_connections() {
     let (two, _) = Client::connect(addr, "two", true).await;
     let mut three = Client::tcp(addr).await;
     three
-        .send(Packet::Connect(connect_packet("three", true)))
+        .send(Packet::Connect(Box::new(connect_packet("three", true))))
         .await;
     assert_eq!(
         three.expect_closed().await,
@@ -290,7 +290,7 @@ async fn max_connections() {
     loop {
         attempts += 1;
         let mut four = Client::tcp(addr).await;
-        four.send(Packet::Connect(connect_packet("four", true)))
+        four.send(Packet::Connect(Box::new(connect_packet("four", true))))
             .await;
         match four.try_recv(Duration::from_secs(5)).await {
             Ok(Packet::ConnAck(connack)) => {

@@ -43,7 +43,7 @@ impl Client {
 
     /// Sends CONNECT and returns the CONNACK, which must come.
     pub async fn handshake(mut self, connect: Connect) -> (Self, ConnAck) {
-        self.send(Packet::Connect(connect)).await;
+        self.send(Packet::Connect(Box::new(connect))).await;
         match self.recv().await {
             Packet::ConnAck(connack) => (self, connack),
             other => panic!("expected CONNACK, got {other:?}"),

@@ -65,7 +65,9 @@ impl ProtocolVersion {
 /// An MQTT control packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Packet {
-    Connect(Connect),
+    // Boxed: CONNECT is by far the largest packet and arrives once per connection, so
+    // every other packet moves a third of the bytes.
+    Connect(Box<Connect>),
     ConnAck(ConnAck),
     Publish(Publish),
     PubAck(PubAck),

@@ -65,8 +65,8 @@ fn publish(qos: QoS, pkid: u16, dup: bool, retain: bool) -> Publish {
 
 #[test]
 fn connect_round_trips() {
-    round_trip(Packet::Connect(full_connect()));
-    round_trip(Packet::Connect(Connect {
+    round_trip(Packet::Connect(Box::new(full_connect())));
+    round_trip(Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V31,
         clean_session: true,
         keep_alive: 0,
@@ -74,8 +74,8 @@ fn connect_round_trips() {
         will: None,
         username: None,
         password: None,
-    }));
-    round_trip(Packet::Connect(Connect {
+    })));
+    round_trip(Packet::Connect(Box::new(Connect {
         will: Some(LastWill {
             topic: "a".into(),
             payload: Bytes::new(),
@@ -84,7 +84,7 @@ fn connect_round_trips() {
         }),
         password: None,
         ..full_connect()
-    }));
+    })));
 }
 
 #[test]
@@ -179,7 +179,7 @@ fn connect_vector_from_the_specification() {
     let mut bytes = vec![0x10, body.len() as u8];
     bytes.extend_from_slice(&body);
 
-    let expected = Packet::Connect(Connect {
+    let expected = Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V311,
         clean_session: true,
         keep_alive: 10,
@@ -192,7 +192,7 @@ fn connect_vector_from_the_specification() {
         }),
         username: Some("user".into()),
         password: Some(Bytes::from_static(b"pw")),
-    });
+    }));
     assert_eq!(round_trip(expected.clone()), bytes);
     let mut buf = BytesMut::from(&bytes[..]);
     assert_eq!(decode(&mut buf, MAX).unwrap(), Some(expected));
@@ -288,7 +288,7 @@ fn remaining_length_boundaries() {
 #[test]
 fn consecutive_packets_decode_in_order() {
     let packets = [
-        Packet::Connect(full_connect()),
+        Packet::Connect(Box::new(full_connect())),
         Packet::Publish(publish(QoS::ExactlyOnce, 3, false, false)),
         Packet::PubRel(PubRel::new(3)),
         Packet::PingReq,
@@ -328,10 +328,10 @@ fn codec_learns_the_version_from_connect() {
     let mut server = MqttCodec::new(MAX);
     let mut client = MqttCodec::new(MAX);
     assert_eq!(server.version(), ProtocolVersion::V311);
-    let connect = Packet::Connect(Connect {
+    let connect = Packet::Connect(Box::new(Connect {
         protocol: ProtocolVersion::V31,
         ..full_connect()
-    });
+    }));
     let mut wire = BytesMut::new();
     client.encode(&connect, &mut wire).unwrap();
     assert_eq!(client.version(), ProtocolVersion::V31);
@@ -392,10 +392,10 @@ fn encode_refuses_packets_a_peer_would_reject() {
             pkid: 1,
             filters: vec![],
         }),
-        Packet::Connect(Connect {
+        Packet::Connect(Box::new(Connect {
             username: None,
             ..full_connect()
-        }),
+        })),
         Packet::ConnAck(ConnAck {
             session_present: true,
             code: ConnectReturnCode::NotAuthorized,

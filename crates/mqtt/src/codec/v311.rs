@@ -57,7 +57,7 @@ pub(crate) fn read_connect(protocol: ProtocolVersion, mut r: Reader) -> Result<P
     let username = has_username.then(|| r.string()).transpose()?;
     let password = has_password.then(|| r.binary()).transpose()?;
     r.finish()?;
-    Ok(Packet::Connect(Connect {
+    Ok(Packet::Connect(Box::new(Connect {
         protocol,
         clean_session: flags & CLEAN_SESSION != 0,
         keep_alive,
@@ -65,7 +65,7 @@ pub(crate) fn read_connect(protocol: ProtocolVersion, mut r: Reader) -> Result<P
         will,
         username,
         password,
-    }))
+    })))
 }
 
 /// Reads any packet but CONNECT; the fixed header is already checked.
