@@ -151,7 +151,9 @@ build_arch() {
         native=true
     fi
 
-    local build=(cargo build --release --locked)
+    # The packaged gateway leaves out `fieldbridge demo` (the embedded broker and the
+    # simulators): the edge box runs the gateway only.
+    local build=(cargo build --release --locked --no-default-features)
     local deb=(cargo deb --no-build --output "$out")
     for package in "${PACKAGES[@]}"; do
         build+=(-p "$package" --bin "$package")
