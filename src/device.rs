@@ -32,6 +32,12 @@ pub struct PublishPolicy {
     pub heartbeat: Option<Duration>,
 }
 
+/// Most tag values one device remembers for `on_change`. A Modbus device has its
+/// declared tags; a JSON line device names its own, so one sending ever new keys would
+/// otherwise grow the map without end. Values of keys beyond it are still published, as
+/// changed every time.
+pub const MAX_REMEMBERED_VALUES: usize = 1024;
+
 /// Health and publishing state of one device.
 #[derive(Debug)]
 pub struct DeviceState {
@@ -44,6 +50,8 @@ pub struct DeviceState {
     last_publish: Option<Instant>,
     health: Health,
     consecutive_failures: u32,
+    /// Values not remembered because [`MAX_REMEMBERED_VALUES`] was reached.
+    unremembered: u64,
 }
 
 impl DeviceState {
@@ -57,6 +65,7 @@ impl DeviceState {
             last_publish: None,
             health: Health::Unknown,
             consecutive_failures: 0,
+            unremembered: 0,
         }
     }
 
@@ -112,12 +121,31 @@ impl DeviceState {
                     name.clone(),
                     serde_json::to_value(&value).unwrap_or_default(),
                 );
-                self.published.insert(name, value);
+                self.remember(name, value);
             }
             self.last_publish = Some(now);
             events.push(Event::new(&self.id, &self.event, self.qos, json, wall));
         }
         events
+    }
+
+    fn remember(&mut self, name: String, value: Value) {
+        if self.published.len() < MAX_REMEMBERED_VALUES || self.published.contains_key(&name) {
+            self.published.insert(name, value);
+            return;
+        }
+        if self.unremembered == 0 {
+            tracing::warn!(
+                device = %self.id,
+                "more than {MAX_REMEMBERED_VALUES} distinct value names: new ones are published but not remembered for on_change"
+            );
+        }
+        self.unremembered += 1;
+    }
+
+    /// Values published but not remembered (see [`MAX_REMEMBERED_VALUES`]).
+    pub fn unremembered(&self) -> u64 {
+        self.unremembered
     }
 
     /// A poll cycle failed (timeout, link down, garbage): may produce the offline event.
@@ -190,6 +218,40 @@ mod tests {
         let ev = s.record_values(values(&[("t", Value::F64(1.0))]), |_| None, now, wall);
         assert_eq!(ev.len(), 1);
         assert_eq!(payload(&ev[0])["d"]["t"], 1.0);
+    }
+
+    #[test]
+    fn ever_new_value_names_are_published_but_not_all_remembered() {
+        let mut s = DeviceState::new(
+            "json-1",
+            "reading",
+            Qos::AtMostOnce,
+            PublishPolicy {
+                mode: PublishMode::OnChange,
+                heartbeat: None,
+            },
+        );
+        let now = Instant::now();
+        let wall = OffsetDateTime::now_utc();
+        let names = MAX_REMEMBERED_VALUES + 500;
+        for n in 0..names {
+            let name = format!("key{n}");
+            let events = s.record_values(values(&[(&name, Value::U64(1))]), |_| None, now, wall);
+            let reading = events.last().expect("a reading");
+            assert_eq!(payload(reading)["d"][&name], 1, "{name} is published");
+        }
+        assert_eq!(s.published.len(), MAX_REMEMBERED_VALUES);
+        assert_eq!(s.unremembered(), 500);
+        // A remembered value still counts as unchanged; one beyond the cap is sent again.
+        assert!(s
+            .record_values(values(&[("key0", Value::U64(1))]), |_| None, now, wall)
+            .is_empty());
+        let beyond = format!("key{}", names - 1);
+        assert_eq!(
+            s.record_values(values(&[(&beyond, Value::U64(1))]), |_| None, now, wall)
+                .len(),
+            1
+        );
     }
 
     #[test]

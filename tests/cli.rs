@@ -7,6 +7,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use tokio_serial::SerialPort as _;
+
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
@@ -216,4 +218,55 @@ fn metrics_endpoint_counts_polls_per_device() {
     assert!(body.contains("# TYPE fieldbridge_poll_failures_total counter"));
     common::signal(&child, "TERM");
     assert!(child.wait().unwrap().success());
+}
+
+/// Garbage that differs line by line is logged once per minute, not once per line.
+#[test]
+fn varied_serial_garbage_is_logged_at_a_bounded_rate() {
+    use tokio::io::AsyncWriteExt as _;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let _context = runtime.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut device_end, gateway_end) = tokio_serial::SerialStream::pair().expect("pty pair");
+    let port = gateway_end.name().expect("pty name");
+    let path = dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "gateway: {{ data_dir: {} }}\nbuses: [{{ name: line, kind: serial-line, port: \"{port}\", baud: 115200 }}]\ndevices:\n  - {{ id: meter-1, type: meter, bus: line, event: reading, qos: 0, parser: {{ json: true }} }}\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("stderr.log");
+    let mut child = run_gateway(
+        &path,
+        Stdio::piped(),
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    let stdout = child.stdout.take().unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let mut garbage = String::new();
+    for n in 0..2000 {
+        garbage += &format!("garbage {n} {}\n", "x".repeat(n % 50));
+    }
+    garbage += "{\"kwh\": 12.5}\n";
+    runtime
+        .block_on(device_end.write_all(garbage.as_bytes()))
+        .unwrap();
+    wait_for_device(&lines, "meter-1");
+    common::signal(&child, "TERM");
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    let garbage_lines = text
+        .lines()
+        .filter(|l| l.contains("unusable input"))
+        .count();
+    assert_eq!(garbage_lines, 1, "{text}");
+    drop(gateway_end);
 }

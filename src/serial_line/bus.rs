@@ -173,11 +173,10 @@ impl LineBus {
         events
     }
 
+    /// One line per period whatever the garbage looks like (each line of it differs),
+    /// with the count of what was held back since the last.
     fn report_garbage(&mut self, message: &str) {
-        if let Some(repeats) = self
-            .garbage
-            .admit_changed(message, std::time::Instant::now())
-        {
+        if let Some(repeats) = self.garbage.admit() {
             tracing::warn!(bus = %self.settings.name, repeats, "unusable input: {message}");
         }
     }
