@@ -134,7 +134,7 @@ impl Running {
     }
 }
 
-const QUEUE_FAMILIES: [Family<DeviceStats>; 3] = [
+const QUEUE_FAMILIES: [Family<DeviceStats>; 4] = [
     Family {
         name: "fieldbridge_queue_depth",
         kind: "gauge",
@@ -152,6 +152,12 @@ const QUEUE_FAMILIES: [Family<DeviceStats>; 3] = [
         kind: "counter",
         help: "QoS 0 events dropped while offline.",
         read: |s| s.dropped_offline_qos0 as f64,
+    },
+    Family {
+        name: "fieldbridge_queue_write_failed_dropped_total",
+        kind: "counter",
+        help: "QoS 1 events lost because the queue database could not store them (disk full or failing).",
+        read: |s| s.dropped_write_failed as f64,
     },
 ];
 

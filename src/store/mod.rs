@@ -10,12 +10,19 @@
 //!
 //! Durability: the database runs in WAL mode with `synchronous = FULL` by default (see
 //! [`Synchronous`] for the trade-off on SD cards).
+//!
+//! A write that fails is never acknowledged. When the disk is full (or failing) the
+//! events that cannot be stored are lost at once rather than after retries, and counted
+//! per device (`dropped_write_failed`); every new batch tries again on a connection that
+//! is known to be outside any transaction, so the queue works again once there is space.
 
+mod failure;
 mod open;
 mod stats;
 mod writer;
 
 use std::collections::HashMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -175,6 +182,7 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     readers: SqlitePool,
     watchers: Watchers,
+    pending: writer::SharedPending,
     db_path: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
 }
@@ -187,11 +195,14 @@ impl Store {
         let opened = open::open_read_write(&settings).await?;
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
         let watchers = Watchers::default();
+        let pending = writer::SharedPending::default();
         let writer = writer::Writer::new(
             opened.writer,
+            opened.path.clone(),
             settings.clone(),
             opened.occupancy,
             watchers.clone(),
+            pending.clone(),
         );
         let handle = tokio::spawn(writer.run(receiver));
         Ok(Store {
@@ -199,6 +210,7 @@ impl Store {
                 commands,
                 readers: opened.readers,
                 watchers,
+                pending,
                 db_path: opened.path,
                 writer: Mutex::new(Some(handle)),
             }),
@@ -308,17 +320,22 @@ impl Store {
             .subscribe()
     }
 
-    /// Depth, bytes, oldest event and drop counts per device.
+    /// Depth, bytes, oldest event and drop counts per device: the persisted counts plus
+    /// those waiting in memory while the database cannot be written.
     pub async fn stats(&self) -> Result<Vec<DeviceStats>, StoreError> {
+        // Held while reading, so counts the writer is committing are seen exactly once.
+        let pending = self.inner.pending.lock().await;
         let mut conn = self
             .inner
             .readers
             .acquire()
             .await
             .map_err(|source| self.database_error(source))?;
-        stats::query(&mut conn)
+        let mut stats = stats::query(&mut conn)
             .await
-            .map_err(|source| self.database_error(source))
+            .map_err(|source| self.database_error(source))?;
+        pending.add_to(&mut stats);
+        Ok(stats)
     }
 
     /// Commits everything pending, checkpoints the WAL and stops the writer. Other
@@ -354,6 +371,13 @@ impl Store {
             error,
         }
     }
+}
+
+/// Bytes that the gateway's (unprivileged) user can still write on the file system
+/// holding `dir`.
+pub fn free_space(dir: &Path) -> io::Result<u64> {
+    let vfs = rustix::fs::statvfs(dir)?;
+    Ok(vfs.f_bavail.saturating_mul(vfs.f_frsize))
 }
 
 fn unix_millis(at: SystemTime) -> i64 {

@@ -137,16 +137,8 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
             error: source,
         }),
     };
-    let synchronous = match synchronous {
-        Synchronous::Full => SqliteSynchronous::Full,
-        Synchronous::Normal => SqliteSynchronous::Normal,
-    };
-    let mut writer = SqliteConnectOptions::new()
-        .filename(path)
+    let mut writer = writer_options(path, synchronous)
         .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(synchronous)
-        .busy_timeout(BUSY_TIMEOUT)
         .connect()
         .await
         .map_err(db_error)?;
@@ -215,6 +207,31 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
             bytes: u64::try_from(bytes).unwrap_or(0),
         },
     })
+}
+
+/// The writing connection's settings; a reopened connection gets the same ones.
+fn writer_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
+    let synchronous = match synchronous {
+        Synchronous::Full => SqliteSynchronous::Full,
+        Synchronous::Normal => SqliteSynchronous::Normal,
+    };
+    SqliteConnectOptions::new()
+        .filename(path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(synchronous)
+        .busy_timeout(BUSY_TIMEOUT)
+}
+
+/// A fresh writing connection to the database the store opened (and checked and
+/// migrated) at start. Never creates the file: a vanished database is an error.
+pub(super) async fn reopen_writer(
+    path: &Path,
+    synchronous: Synchronous,
+) -> Result<SqliteConnection, sqlx::Error> {
+    writer_options(path, synchronous)
+        .create_if_missing(false)
+        .connect()
+        .await
 }
 
 /// The SQLite message if the error says the file is damaged or not a database.

@@ -22,6 +22,9 @@ pub struct DeviceStats {
     pub dropped_queue_full: u64,
     /// QoS 0 events discarded while the device's session was offline.
     pub dropped_offline_qos0: u64,
+    /// QoS 1 events lost because the database could not store them (a full or failing
+    /// disk). [`crate::store::Store::stats`] includes those not yet persisted.
+    pub dropped_write_failed: u64,
 }
 
 impl DeviceStats {
@@ -66,10 +69,19 @@ pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats
     )
     .fetch_all(&mut *conn)
     .await?;
-    let drops: Vec<(String, i64, i64)> =
-        sqlx::query_as("SELECT device, queue_full, offline_qos0 FROM drops")
-            .fetch_all(&mut *conn)
-            .await?;
+    // A queue that no gateway of this version has opened yet lacks the column.
+    let (with_write_failed,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM pragma_table_info('drops') WHERE name = 'write_failed'",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    let drops: Vec<(String, i64, i64, i64)> = sqlx::query_as(if with_write_failed > 0 {
+        "SELECT device, queue_full, offline_qos0, write_failed FROM drops"
+    } else {
+        "SELECT device, queue_full, offline_qos0, 0 FROM drops"
+    })
+    .fetch_all(&mut *conn)
+    .await?;
 
     let mut by_device: BTreeMap<String, DeviceStats> = BTreeMap::new();
     for (device, depth, bytes, _oldest_id, enqueued_at_ms) in queued {
@@ -79,10 +91,11 @@ pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats
         stats.oldest_enqueued_at =
             Some(UNIX_EPOCH + Duration::from_millis(non_negative(enqueued_at_ms)));
     }
-    for (device, queue_full, offline_qos0) in drops {
+    for (device, queue_full, offline_qos0, write_failed) in drops {
         let stats = slot(&mut by_device, device);
         stats.dropped_queue_full = non_negative(queue_full);
         stats.dropped_offline_qos0 = non_negative(offline_qos0);
+        stats.dropped_write_failed = non_negative(write_failed);
     }
     Ok(by_device.into_values().collect())
 }

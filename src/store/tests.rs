@@ -356,3 +356,74 @@ async fn a_command_id_repeated_within_one_batch_is_recorded_once() {
     assert_eq!(outcomes, [false, true], "exactly one of them is the first");
     store.close().await;
 }
+
+#[tokio::test]
+async fn a_queue_of_the_previous_schema_is_upgraded_in_place() {
+    use sqlx::Connection as _;
+    let tmp = tempfile::tempdir().unwrap();
+    // The schema before write failures were counted: every migration before 0003.
+    let old_migrations = tmp.path().join("migrations");
+    std::fs::create_dir(&old_migrations).unwrap();
+    let current = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    for entry in std::fs::read_dir(&current).unwrap() {
+        let name = entry.unwrap().file_name();
+        if name.to_string_lossy().as_ref() < "0003" {
+            std::fs::copy(current.join(&name), old_migrations.join(&name)).unwrap();
+        }
+    }
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data_dir.join(DB_FILE))
+        .create_if_missing(true)
+        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    sqlx::migrate::Migrator::new(old_migrations.as_path())
+        .await
+        .unwrap()
+        .run(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO queue (device, event, payload, size, enqueued_at) \
+         VALUES ('a', 'status', '{\"seq\":1}', 9, 0)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("INSERT INTO drops (device, queue_full, offline_qos0) VALUES ('a', 2, 3)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+
+    // `fieldbridge queue` of the new version reads it before any gateway upgraded it.
+    let stats = read_stats(&data_dir).await.unwrap();
+    assert_eq!(
+        (
+            stats[0].depth,
+            stats[0].dropped_queue_full,
+            stats[0].dropped_write_failed
+        ),
+        (1, 2, 0)
+    );
+
+    let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
+    assert_eq!(seqs(&store.fetch("a", 0, 10).await.unwrap()), vec![1]);
+    let stats = store.stats().await.unwrap();
+    let counts = |s: &DeviceStats| {
+        (
+            s.depth,
+            s.dropped_queue_full,
+            s.dropped_offline_qos0,
+            s.dropped_write_failed,
+        )
+    };
+    assert_eq!(counts(&stats[0]), (1, 2, 3, 0));
+    store.count_offline_drops("a", 1).await.unwrap();
+    store.close().await;
+    let stats = read_stats(&data_dir).await.unwrap();
+    assert_eq!(counts(&stats[0]), (1, 2, 4, 0));
+}

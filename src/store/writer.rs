@@ -1,7 +1,14 @@
 //! The queue's single writer: folds every pending command into one transaction,
 //! enforces `max_messages`/`max_bytes` with the `on_full` policy, and counts drops.
+//!
+//! A transaction that fails is never acknowledged. When the disk is full or failing the
+//! writer does not wait and retry (the buses would wait behind it): the batch's events
+//! are lost, counted per device in memory, and the counts go into the database with the
+//! first transaction that succeeds again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldbridge_service::LogThrottle;
@@ -9,7 +16,8 @@ use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::open::Occupancy;
+use super::failure::{per_device, Fault, LossLog, PendingDrops, Report};
+use super::open::{self, Occupancy};
 use super::{Command, NewRow, OnFull, StoreError, StoreSettings, Watchers, MAX_BATCH};
 
 /// Rows per multi-row INSERT (5 parameters each, well under SQLite's 32766 limit).
@@ -18,19 +26,35 @@ const INSERT_CHUNK: usize = 1000;
 const DELETE_CHUNK: usize = 1000;
 /// Oldest rows examined per step when evicting.
 const EVICT_CHUNK: i64 = 512;
-/// Delays before retrying a failed transaction; after the last one the batch fails.
+/// Delays before retrying a transaction that found the database locked; after the last
+/// one the batch fails. Other faults fail the batch at once.
 const RETRY_DELAYS: [Duration; 2] = [Duration::from_millis(200), Duration::from_secs(1)];
 /// Drops are logged at most this often (a summary of everything dropped meanwhile).
 const DROP_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Failed writes are logged at most this often (with the losses per device).
+const LOSS_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// While drop counts wait in memory, a write is tried this often even without traffic,
+/// so they are saved (and the recovery noticed) once there is space again.
+const PROBE_INTERVAL: Duration = Duration::from_secs(5);
 /// Devices named in one drop summary.
 const DROP_LOG_DEVICES: usize = 10;
 
+/// Drop counts not yet in the database, shared with [`super::Store::stats`]. The writer
+/// holds the lock while it commits them, so a reader never counts them twice or not at all.
+pub(super) type SharedPending = Arc<tokio::sync::Mutex<PendingDrops>>;
+
 pub(super) struct Writer {
-    conn: SqliteConnection,
+    /// `None` when reopening it failed; the next transaction tries again.
+    conn: Option<SqliteConnection>,
+    path: PathBuf,
     settings: StoreSettings,
     occupancy: Occupancy,
     watchers: Watchers,
     drop_log: DropLog,
+    pending: SharedPending,
+    loss_log: LossLog,
+    /// When to try saving pending drop counts if no batch comes first.
+    probe_at: Option<Instant>,
 }
 
 /// The commands of one transaction.
@@ -41,6 +65,15 @@ struct Batch {
     offline_drops: HashMap<String, u64>,
     commands: Vec<CommandRecord>,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+}
+
+impl Batch {
+    fn writes_nothing(&self) -> bool {
+        self.inserts.is_empty()
+            && self.deletes.is_empty()
+            && self.offline_drops.is_empty()
+            && self.commands.is_empty()
+    }
 }
 
 /// A command id to record, in arrival order (a repeat within one batch is a repeat).
@@ -60,30 +93,48 @@ struct Committed {
     first_time: Vec<bool>,
 }
 
+/// Counts added to one device's row of `drops`.
+#[derive(Default)]
+struct DropCounts {
+    queue_full: u64,
+    offline_qos0: u64,
+    write_failed: u64,
+}
+
 impl Writer {
     pub(super) fn new(
         conn: SqliteConnection,
+        path: PathBuf,
         settings: StoreSettings,
         occupancy: Occupancy,
         watchers: Watchers,
+        pending: SharedPending,
     ) -> Self {
         Writer {
-            conn,
+            conn: Some(conn),
+            path,
             settings,
             occupancy,
             watchers,
             drop_log: DropLog::new(DROP_LOG_INTERVAL),
+            pending,
+            loss_log: LossLog::new(LOSS_LOG_INTERVAL),
+            probe_at: None,
         }
     }
 
     pub(super) async fn run(mut self, mut receiver: mpsc::Receiver<Command>) {
         let mut commands = Vec::with_capacity(MAX_BATCH);
         loop {
-            let received = match self.drop_log.next_due() {
+            let wake = [self.drop_log.next_due(), self.probe_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let received = match wake {
                 Some(due) => tokio::select! {
                     n = receiver.recv_many(&mut commands, MAX_BATCH) => n,
                     _ = tokio::time::sleep_until(due) => {
-                        self.log_drops();
+                        self.on_timer().await;
                         continue;
                     }
                 },
@@ -136,12 +187,21 @@ impl Writer {
         self.finish().await;
     }
 
+    async fn on_timer(&mut self) {
+        let now = Instant::now();
+        if self.drop_log.next_due().is_some_and(|due| due <= now) {
+            self.log_drops();
+        }
+        if self.probe_at.is_some_and(|at| at <= now) {
+            self.probe_at = None;
+            // Writes only the pending drop counts.
+            self.apply(Batch::default()).await;
+        }
+    }
+
     async fn apply(&mut self, batch: Batch) {
-        if batch.inserts.is_empty()
-            && batch.deletes.is_empty()
-            && batch.offline_drops.is_empty()
-            && batch.commands.is_empty()
-        {
+        let pending = self.pending.lock().await.clone();
+        if batch.writes_nothing() && pending.is_empty() {
             for waiter in batch.waiters {
                 let _ = waiter.send(Ok(()));
             }
@@ -149,19 +209,29 @@ impl Writer {
         }
         let mut attempt = 0;
         let outcome = loop {
-            match self.commit(&batch).await {
+            match self.transaction(&batch, &pending).await {
                 Ok(committed) => break Ok(committed),
-                Err(error) if attempt < RETRY_DELAYS.len() => {
-                    tracing::warn!("queue transaction failed, retrying: {error}");
-                    tokio::time::sleep(RETRY_DELAYS[attempt]).await;
-                    attempt += 1;
+                Err(error) => {
+                    let fault = Fault::of(&error);
+                    self.settle().await;
+                    match fault.retry_delay(attempt, &RETRY_DELAYS) {
+                        Some(delay) => {
+                            tracing::warn!("queue transaction failed, retrying: {error}");
+                            tokio::time::sleep(delay).await;
+                            attempt += 1;
+                        }
+                        None => break Err((fault, error)),
+                    }
                 }
-                Err(error) => break Err(error),
             }
         };
         match outcome {
             Ok(committed) => {
                 self.occupancy = committed.occupancy;
+                self.probe_at = None;
+                if let Some(outage) = self.loss_log.recovered(std::time::Instant::now()) {
+                    log_recovery(&outage);
+                }
                 for (device, count) in committed.dropped_full {
                     self.drop_log.record(&device, count);
                 }
@@ -173,118 +243,116 @@ impl Writer {
                     let _ = record.done.send(Ok(first_time));
                 }
             }
-            Err(error) => {
-                tracing::error!(
-                    lost_events = batch.inserts.len(),
-                    "queue transaction failed for good, its events are lost: {error}"
-                );
+            Err((fault, error)) => {
+                let mut lost: BTreeMap<String, u64> = BTreeMap::new();
+                for row in &batch.inserts {
+                    *lost.entry(row.device.clone()).or_default() += 1;
+                }
+                let waiting = {
+                    let mut pending = self.pending.lock().await;
+                    pending.add(&lost, &batch.offline_drops);
+                    !pending.is_empty()
+                };
+                self.probe_at = waiting.then(|| Instant::now() + PROBE_INTERVAL);
+                if let Some(report) = self
+                    .loss_log
+                    .failed(fault, &lost, std::time::Instant::now())
+                {
+                    self.log_failure(fault, &error, &report);
+                }
+                let failed = || StoreError::WriteFailed(format!("{fault}: {error}"));
                 for waiter in batch.waiters {
-                    let _ = waiter.send(Err(StoreError::WriteFailed(error.to_string())));
+                    let _ = waiter.send(Err(failed()));
                 }
                 for record in batch.commands {
-                    let _ = record
-                        .done
-                        .send(Err(StoreError::WriteFailed(error.to_string())));
+                    let _ = record.done.send(Err(failed()));
                 }
             }
         }
     }
 
-    async fn commit(&mut self, batch: &Batch) -> Result<Committed, sqlx::Error> {
-        let mut tx = self.conn.begin().await?;
-        let mut occupancy = self.occupancy;
-
-        for chunk in batch.deletes.chunks(DELETE_CHUNK) {
-            // Counting first keeps the result to one row (RETURNING would send one
-            // row per deleted id back from the database thread).
-            let (messages, bytes): (i64, i64) = id_list_query(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue WHERE id IN (",
-                chunk,
-            )
-            .build_query_as()
-            .persistent(false)
-            .fetch_one(&mut *tx)
-            .await?;
-            id_list_query("DELETE FROM queue WHERE id IN (", chunk)
-                .build()
-                .persistent(false)
-                .execute(&mut *tx)
-                .await?;
-            occupancy.messages = occupancy.messages.saturating_sub(messages.max(0) as u64);
-            occupancy.bytes = occupancy.bytes.saturating_sub(bytes.max(0) as u64);
+    /// One attempt at the batch's transaction, with the drop counts still pending.
+    async fn transaction(
+        &mut self,
+        batch: &Batch,
+        pending: &PendingDrops,
+    ) -> Result<Committed, sqlx::Error> {
+        let conn = match &mut self.conn {
+            Some(conn) => conn,
+            empty => {
+                empty.insert(open::reopen_writer(&self.path, self.settings.synchronous).await?)
+            }
+        };
+        let mut tx = conn.begin().await?;
+        let committed = match write(&mut tx, batch, pending, &self.settings, self.occupancy).await {
+            Ok(committed) => committed,
+            Err(error) => {
+                // Explicitly rather than on drop, so that `settle` sees the outcome.
+                let _ = tx.rollback().await;
+                return Err(error);
+            }
+        };
+        if pending.is_empty() {
+            tx.commit().await?;
+        } else {
+            let mut shared = self.pending.lock().await;
+            tx.commit().await?;
+            // Only the writer adds to them, so what was written is all there is.
+            *shared = PendingDrops::default();
         }
+        Ok(committed)
+    }
 
-        let sizes: Vec<u64> = batch
-            .inserts
-            .iter()
-            .map(|row| row.payload.len() as u64)
-            .collect();
-        let admission = admit(
-            self.settings.on_full,
-            self.settings.max_messages,
-            self.settings.max_bytes,
-            occupancy,
-            &sizes,
-        );
-        let mut dropped_full: HashMap<String, u64> = HashMap::new();
-        for (row, keep) in batch.inserts.iter().zip(&admission.keep) {
-            if !keep {
-                *dropped_full.entry(row.device.clone()).or_default() += 1;
+    /// After a failed transaction, makes sure the connection is not left inside it.
+    /// SQLite rolls a transaction back by itself after some errors (SQLITE_FULL, I/O
+    /// errors, a failed COMMIT); sqlx's ROLLBACK then fails and sqlx still counts the
+    /// transaction as open, so its next BEGIN would be a SAVEPOINT inside a transaction
+    /// that never commits (and keeps the checkpoint from running). sqlx counts a
+    /// ROLLBACK only when it worked, which ends SQLite's transaction too; otherwise the
+    /// connection is replaced by a fresh one.
+    async fn settle(&mut self) {
+        let Some(conn) = &mut self.conn else {
+            return;
+        };
+        // The ping runs after the rollback a dropped transaction has queued.
+        if conn.ping().await.is_ok() && !conn.is_in_transaction() {
+            return;
+        }
+        tracing::debug!("replacing the queue's writing connection after a failed transaction");
+        if let Some(conn) = self.conn.take() {
+            // Closing rolls back whatever SQLite still has open.
+            if let Err(error) = conn.close().await {
+                tracing::debug!("closing the queue's writing connection: {error}");
             }
         }
-        if admission.evict_messages > 0 || admission.evict_bytes > 0 {
-            let (messages, bytes) = evict_oldest(
-                &mut tx,
-                admission.evict_messages,
-                admission.evict_bytes,
-                &mut dropped_full,
-            )
-            .await?;
-            occupancy.messages = occupancy.messages.saturating_sub(messages);
-            occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
+        match open::reopen_writer(&self.path, self.settings.synchronous).await {
+            Ok(conn) => self.conn = Some(conn),
+            Err(error) => tracing::debug!("reopening the queue database failed: {error}"),
         }
+    }
 
-        let kept: Vec<&NewRow> = batch
-            .inserts
-            .iter()
-            .zip(&admission.keep)
-            .filter_map(|(row, keep)| keep.then_some(row))
-            .collect();
-        for chunk in kept.chunks(INSERT_CHUNK) {
-            let mut query = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO queue (device, event, payload, size, enqueued_at) ",
+    fn log_failure(&self, fault: Fault, error: &sqlx::Error, report: &Report) {
+        let dir = self.settings.data_dir.display();
+        let free = super::free_space(&self.settings.data_dir)
+            .map_or_else(|e| format!("unknown ({e})"), |free| free.to_string());
+        if report.total() == 0 {
+            tracing::error!(
+                failures = report.failures,
+                repeats = report.repeats,
+                "the queue database cannot be written: {fault} ({dir} has {free} bytes free; {error})"
             );
-            query.push_values(chunk, |mut values, row| {
-                values
-                    .push_bind(row.device.as_str())
-                    .push_bind(row.event.as_str())
-                    .push_bind(row.payload.as_slice())
-                    .push_bind(row.payload.len() as i64)
-                    .push_bind(row.enqueued_at_ms);
-            });
-            query.build().persistent(false).execute(&mut *tx).await?;
-            occupancy.messages += chunk.len() as u64;
-            occupancy.bytes += chunk.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+            return;
         }
-
-        for (device, count) in &dropped_full {
-            add_drops(&mut tx, device, *count, 0).await?;
-        }
-        for (device, count) in &batch.offline_drops {
-            add_drops(&mut tx, device, 0, *count).await?;
-        }
-        let mut first_time = Vec::with_capacity(batch.commands.len());
-        for record in &batch.commands {
-            first_time.push(record_command(&mut tx, record).await?);
-        }
-        tx.commit().await?;
-
-        Ok(Committed {
-            occupancy,
-            dropped_full,
-            inserted_devices: kept.iter().map(|row| row.device.clone()).collect(),
-            first_time,
-        })
+        tracing::error!(
+            lost = report.total(),
+            failures = report.failures,
+            repeats = report.repeats,
+            "QoS 1 events are being lost because they cannot be stored in the queue: {fault} \
+             ({dir} has {free} bytes free; {error}). At-least-once delivery cannot be kept \
+             without the disk. Lost in {}s of failed writes: {}",
+            report.lasting.as_secs(),
+            per_device(&report.lost, DROP_LOG_DEVICES)
+        );
     }
 
     fn notify(&self, devices: &HashSet<String>) {
@@ -307,36 +375,164 @@ impl Writer {
             return;
         };
         let total: u64 = summary.values().sum();
-        let mut per_device: Vec<String> = summary
-            .iter()
-            .take(DROP_LOG_DEVICES)
-            .map(|(device, count)| format!("{device}: {count}"))
-            .collect();
-        if summary.len() > DROP_LOG_DEVICES {
-            per_device.push(format!("{} more devices", summary.len() - DROP_LOG_DEVICES));
-        }
         tracing::warn!(
             dropped = total,
             max_messages = self.settings.max_messages,
             max_bytes = self.settings.max_bytes,
             policy = ?self.settings.on_full,
             "queue full, dropped events ({})",
-            per_device.join(", ")
+            per_device(&summary, DROP_LOG_DEVICES)
         );
     }
 
     async fn finish(mut self) {
         self.log_drops();
+        let pending = self.pending.lock().await.clone();
+        if !pending.is_empty() {
+            tracing::error!(
+                "drop counts of failed queue writes could not be saved: QoS 1 events lost: {}",
+                per_device(&pending.write_failed, DROP_LOG_DEVICES)
+            );
+        }
+        let Some(mut conn) = self.conn.take() else {
+            return;
+        };
         if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut self.conn)
+            .execute(&mut conn)
             .await
         {
             tracing::warn!("queue checkpoint at shutdown failed: {error}");
         }
-        if let Err(error) = self.conn.close().await {
+        if let Err(error) = conn.close().await {
             tracing::warn!("closing the queue database failed: {error}");
         }
     }
+}
+
+fn log_recovery(outage: &Report) {
+    let total = outage.total();
+    let lasting = outage.lasting.as_secs();
+    if total == 0 {
+        tracing::info!(
+            failures = outage.failures,
+            "queue writes succeed again after {lasting}s; no QoS 1 event was lost"
+        );
+    } else {
+        tracing::warn!(
+            lost = total,
+            failures = outage.failures,
+            "queue writes succeed again after {lasting}s; {total} QoS 1 events were lost \
+             because they could not be stored ({}), counted as dropped_write_failed",
+            per_device(&outage.lost, DROP_LOG_DEVICES)
+        );
+    }
+}
+
+/// The batch's statements, inside `tx`.
+async fn write(
+    tx: &mut Transaction<'_, Sqlite>,
+    batch: &Batch,
+    pending: &PendingDrops,
+    settings: &StoreSettings,
+    mut occupancy: Occupancy,
+) -> Result<Committed, sqlx::Error> {
+    for chunk in batch.deletes.chunks(DELETE_CHUNK) {
+        // Counting first keeps the result to one row (RETURNING would send one
+        // row per deleted id back from the database thread).
+        let (messages, bytes): (i64, i64) = id_list_query(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue WHERE id IN (",
+            chunk,
+        )
+        .build_query_as()
+        .persistent(false)
+        .fetch_one(&mut **tx)
+        .await?;
+        id_list_query("DELETE FROM queue WHERE id IN (", chunk)
+            .build()
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?;
+        occupancy.messages = occupancy.messages.saturating_sub(messages.max(0) as u64);
+        occupancy.bytes = occupancy.bytes.saturating_sub(bytes.max(0) as u64);
+    }
+
+    let sizes: Vec<u64> = batch
+        .inserts
+        .iter()
+        .map(|row| row.payload.len() as u64)
+        .collect();
+    let admission = admit(
+        settings.on_full,
+        settings.max_messages,
+        settings.max_bytes,
+        occupancy,
+        &sizes,
+    );
+    let mut dropped_full: HashMap<String, u64> = HashMap::new();
+    for (row, keep) in batch.inserts.iter().zip(&admission.keep) {
+        if !keep {
+            *dropped_full.entry(row.device.clone()).or_default() += 1;
+        }
+    }
+    if admission.evict_messages > 0 || admission.evict_bytes > 0 {
+        let (messages, bytes) = evict_oldest(
+            tx,
+            admission.evict_messages,
+            admission.evict_bytes,
+            &mut dropped_full,
+        )
+        .await?;
+        occupancy.messages = occupancy.messages.saturating_sub(messages);
+        occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
+    }
+
+    let kept: Vec<&NewRow> = batch
+        .inserts
+        .iter()
+        .zip(&admission.keep)
+        .filter_map(|(row, keep)| keep.then_some(row))
+        .collect();
+    for chunk in kept.chunks(INSERT_CHUNK) {
+        let mut query = QueryBuilder::<Sqlite>::new(
+            "INSERT INTO queue (device, event, payload, size, enqueued_at) ",
+        );
+        query.push_values(chunk, |mut values, row| {
+            values
+                .push_bind(row.device.as_str())
+                .push_bind(row.event.as_str())
+                .push_bind(row.payload.as_slice())
+                .push_bind(row.payload.len() as i64)
+                .push_bind(row.enqueued_at_ms);
+        });
+        query.build().persistent(false).execute(&mut **tx).await?;
+        occupancy.messages += chunk.len() as u64;
+        occupancy.bytes += chunk.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+    }
+
+    let mut drops: BTreeMap<&str, DropCounts> = BTreeMap::new();
+    for (device, count) in &dropped_full {
+        drops.entry(device).or_default().queue_full += count;
+    }
+    for (device, count) in batch.offline_drops.iter().chain(&pending.offline_qos0) {
+        drops.entry(device).or_default().offline_qos0 += count;
+    }
+    for (device, count) in &pending.write_failed {
+        drops.entry(device).or_default().write_failed += count;
+    }
+    for (device, counts) in drops {
+        add_drops(tx, device, counts).await?;
+    }
+    let mut first_time = Vec::with_capacity(batch.commands.len());
+    for record in &batch.commands {
+        first_time.push(record_command(tx, record).await?);
+    }
+
+    Ok(Committed {
+        occupancy,
+        dropped_full,
+        inserted_devices: kept.iter().map(|row| row.device.clone()).collect(),
+        first_time,
+    })
 }
 
 /// Inserts a command id unless already there, then forgets all but the device's
@@ -420,17 +616,19 @@ async fn evict_oldest(
 async fn add_drops(
     tx: &mut Transaction<'_, Sqlite>,
     device: &str,
-    queue_full: u64,
-    offline_qos0: u64,
+    counts: DropCounts,
 ) -> Result<(), sqlx::Error> {
+    let value = |count: u64| i64::try_from(count).unwrap_or(i64::MAX);
     sqlx::query(
-        "INSERT INTO drops (device, queue_full, offline_qos0) VALUES (?, ?, ?) \
+        "INSERT INTO drops (device, queue_full, offline_qos0, write_failed) VALUES (?, ?, ?, ?) \
          ON CONFLICT (device) DO UPDATE SET queue_full = queue_full + excluded.queue_full, \
-         offline_qos0 = offline_qos0 + excluded.offline_qos0",
+         offline_qos0 = offline_qos0 + excluded.offline_qos0, \
+         write_failed = write_failed + excluded.write_failed",
     )
     .bind(device)
-    .bind(i64::try_from(queue_full).unwrap_or(i64::MAX))
-    .bind(i64::try_from(offline_qos0).unwrap_or(i64::MAX))
+    .bind(value(counts.queue_full))
+    .bind(value(counts.offline_qos0))
+    .bind(value(counts.write_failed))
     .execute(&mut **tx)
     .await?;
     Ok(())

@@ -1,0 +1,329 @@
+//! The queue on a file system that fills up: writes fail at once instead of retrying,
+//! the events that cannot be stored are counted per device, the queue keeps what it had
+//! committed, and it works again as soon as there is space, with the counts persisted.
+//! Needs a real small file system: a tmpfs mounted over the data directory (root).
+
+use std::io::{ErrorKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldbridge::event::{Event, Qos};
+use fieldbridge::store::{read_stats, DeviceStats, QueuedEvent, Store, StoreError, StoreSettings};
+use fieldbridge_testkit::{Need, Suite};
+
+const DEVICES: [&str; 2] = ["meter-1", "meter-2"];
+/// What "at once" means on a loaded 2-core machine; a sleeping retry takes 1.2 s.
+const FAIL_FAST: Duration = Duration::from_secs(2);
+/// Events of 4 KiB in one burst: more than SQLite's page cache (2 MiB) holds.
+const BURST: u32 = 1000;
+
+fn event(device: &str, seq: u32) -> Event {
+    Event {
+        device_id: device.to_owned(),
+        event_id: "status".to_owned(),
+        qos: Qos::AtLeastOnce,
+        payload: format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes(),
+    }
+}
+
+fn seqs(rows: &[QueuedEvent]) -> Vec<u32> {
+    rows.iter()
+        .map(|row| {
+            let value: serde_json::Value = serde_json::from_slice(&row.payload).unwrap();
+            value["seq"].as_u64().unwrap() as u32
+        })
+        .collect()
+}
+
+fn stats_of(stats: &[DeviceStats], device: &str) -> DeviceStats {
+    stats
+        .iter()
+        .find(|s| s.device_id == device)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .stderr(std::process::Stdio::null())
+            .status();
+        status
+            .is_ok_and(|s| s.success())
+            .then(|| Tmpfs(dir.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let unmounted = Command::new("umount")
+            .arg(&self.0)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !unmounted {
+            // Still busy (a test failed with the store open): detach it.
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+}
+
+fn can_mount_tmpfs() -> bool {
+    let Ok(dir) = tempfile::tempdir() else {
+        return false;
+    };
+    Tmpfs::mount(dir.path(), "64k").is_some()
+}
+
+/// Writes `path` until the file system has no space left.
+fn fill(path: &Path) -> u64 {
+    let mut file = std::fs::File::create(path).unwrap();
+    let mut written = 0u64;
+    for chunk in [64 * 1024, 4096, 1] {
+        let block = vec![0xA5u8; chunk];
+        loop {
+            match file.write(&block) {
+                Ok(0) => break,
+                Ok(n) => written += n as u64,
+                Err(e) if e.kind() == ErrorKind::StorageFull => break,
+                Err(e) => panic!("filling {}: {e}", path.display()),
+            }
+        }
+    }
+    written
+}
+
+/// Log lines of the whole test binary, also echoed to stderr.
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        std::io::stderr().write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn install() -> Logs {
+        let logs = Logs::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .init();
+        logs
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn rows(store: &Store, device: &str) -> Vec<u32> {
+    seqs(&store.fetch(device, 0, 10_000).await.unwrap())
+}
+
+async fn a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs: Logs) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data_dir = tmp.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let _mount = Tmpfs::mount(&data_dir, "2m").expect("mount a tmpfs");
+    let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
+
+    // Committed while there is space.
+    let mut seq = 0;
+    let mut expected: Vec<u32> = Vec::new();
+    for _ in 0..20 {
+        for device in DEVICES {
+            store.enqueue(event(device, seq)).await.unwrap();
+        }
+        expected.push(seq);
+        seq += 1;
+    }
+    store.flush().await.unwrap();
+    for device in DEVICES {
+        assert_eq!(rows(&store, device).await, expected);
+    }
+
+    let filler = data_dir.join("filler");
+    let filled = fill(&filler);
+    println!("filled the tmpfs with {filled} bytes");
+
+    // Full: every write fails, at once, and is never acknowledged.
+    let mut timings = Vec::new();
+    let rounds = 15u64;
+    for _ in 0..rounds {
+        let started = Instant::now();
+        for device in DEVICES {
+            store.enqueue(event(device, seq)).await.unwrap();
+        }
+        seq += 1;
+        let result = store.flush().await;
+        timings.push(started.elapsed());
+        assert!(
+            matches!(result, Err(StoreError::WriteFailed(_))),
+            "a write on a full file system: {result:?}"
+        );
+    }
+    // A burst larger than SQLite's page cache, which spills pages before the COMMIT.
+    let started = Instant::now();
+    for n in 0..BURST {
+        let mut big = event("meter-3", n);
+        big.payload.resize(4096, b' ');
+        store.enqueue(big).await.unwrap();
+    }
+    store.count_offline_drops("meter-1", 3).await.unwrap();
+    assert!(store.flush().await.is_err());
+    let burst = started.elapsed();
+    println!("while full: a burst of {BURST} events of 4 KiB failed in {burst:?}");
+    assert!(burst < FAIL_FAST, "{burst:?}");
+    timings.sort();
+    println!(
+        "while full: enqueue+flush took {:?} (median), {:?} (max) over {} rounds",
+        timings[timings.len() / 2],
+        timings[timings.len() - 1],
+        timings.len()
+    );
+    assert!(
+        timings[timings.len() - 1] < FAIL_FAST,
+        "failing writes must not wait: {timings:?}"
+    );
+    assert!(
+        timings[timings.len() / 2] < Duration::from_millis(200),
+        "failing writes must not sleep between retries: {timings:?}"
+    );
+
+    // Counted per device while the database cannot take the counts (not yet persisted).
+    let stats = store.stats().await.unwrap();
+    for device in DEVICES {
+        let s = stats_of(&stats, device);
+        assert_eq!(
+            (s.depth, s.dropped_write_failed),
+            (20, rounds),
+            "{device}: {s:?}"
+        );
+    }
+    assert_eq!(stats_of(&stats, "meter-1").dropped_offline_qos0, 3);
+    let meter_3 = stats_of(&stats, "meter-3");
+    assert_eq!(
+        (meter_3.depth, meter_3.dropped_write_failed),
+        (0, u64::from(BURST))
+    );
+    let persisted = read_stats(&data_dir).await.unwrap();
+    assert_eq!(stats_of(&persisted, "meter-1").dropped_write_failed, 0);
+    // What was committed is still there.
+    for device in DEVICES {
+        assert_eq!(rows(&store, device).await, expected);
+    }
+
+    // Space again. Without any traffic the counts are saved within a few seconds.
+    std::fs::remove_file(&filler).unwrap();
+    let started = Instant::now();
+    loop {
+        let persisted = read_stats(&data_dir).await.unwrap();
+        if DEVICES
+            .iter()
+            .all(|d| stats_of(&persisted, d).dropped_write_failed == rounds)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the counts were not saved: {persisted:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "counts saved {:?} after the space came back",
+        started.elapsed()
+    );
+
+    // New events commit.
+    let started = Instant::now();
+    for device in DEVICES {
+        store.enqueue(event(device, seq)).await.unwrap();
+    }
+    store
+        .flush()
+        .await
+        .expect("writes succeed once there is space");
+    println!(
+        "enqueue+flush after the space came back: {:?}",
+        started.elapsed()
+    );
+    expected.push(seq);
+    for device in DEVICES {
+        assert_eq!(rows(&store, device).await, expected, "{device}");
+    }
+    let persisted = read_stats(&data_dir).await.unwrap();
+    let live = store.stats().await.unwrap();
+    for device in DEVICES {
+        let (p, l) = (stats_of(&persisted, device), stats_of(&live, device));
+        assert_eq!((p.depth, p.dropped_write_failed), (21, rounds), "{p:?}");
+        assert_eq!(p, l, "nothing is counted twice");
+    }
+    assert_eq!(stats_of(&persisted, "meter-1").dropped_offline_qos0, 3);
+    assert_eq!(
+        stats_of(&persisted, "meter-3").dropped_write_failed,
+        u64::from(BURST)
+    );
+
+    store.close().await;
+    let wal = data_dir.join("queue.db-wal");
+    assert!(
+        std::fs::metadata(&wal).map_or(true, |m| m.len() == 0),
+        "the WAL was checkpointed"
+    );
+    let text = logs.text();
+    assert!(
+        text.contains("QoS 1 events are being lost"),
+        "the loss is logged:\n{text}"
+    );
+    assert!(
+        text.contains("meter-1: ") && text.contains("meter-2: "),
+        "per device:\n{text}"
+    );
+    assert!(
+        text.contains("queue writes succeed again"),
+        "the recovery is logged:\n{text}"
+    );
+    assert!(
+        !text.contains("checkpoint at shutdown failed") && !text.contains("table is locked"),
+        "the shutdown checkpoint works:\n{text}"
+    );
+
+    // The counts survive a restart.
+    let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    for device in DEVICES {
+        let s = stats_of(&stats, device);
+        assert_eq!((s.depth, s.dropped_write_failed), (21, rounds), "{s:?}");
+        assert_eq!(rows(&store, device).await, expected);
+    }
+    store.close().await;
+}
+
+fn main() -> ExitCode {
+    let logs = Logs::install();
+    let mut suite = Suite::new();
+    suite.async_test(
+        "a_full_file_system_loses_new_events_fast_counts_them_and_recovers",
+        &[Need::condition(
+            can_mount_tmpfs(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN)",
+        )],
+        move || a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs),
+    );
+    suite.run()
+}
