@@ -33,6 +33,8 @@ use crate::store::{QueuedEvent, Store, StoreError};
 
 /// Least time between two "cannot connect" warnings of one session.
 const CONNECT_FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// Least time between two warnings of one session about its queue.
+const STORE_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Largest MQTT packet either way: a maximal payload plus topic and header.
 const MAX_PACKET: usize = MAX_PAYLOAD + 8 * 1024;
@@ -216,6 +218,7 @@ impl Plan {
             connected: false,
             failures: 0,
             failure_log: LogThrottle::new(CONNECT_FAILURE_LOG_INTERVAL),
+            store_errors: LogThrottle::new(STORE_ERROR_LOG_INTERVAL),
             retry: Box::pin(tokio::time::sleep(Duration::ZERO)),
             retry_pending: false,
             generation: 0,
@@ -346,6 +349,8 @@ struct Session {
     /// Consecutive failed connection attempts.
     failures: u32,
     failure_log: LogThrottle,
+    /// Reading or deleting rows failed (a full or failing disk lasts a while).
+    store_errors: LogThrottle,
     /// Fires when the next connection attempt is due (armed while `retry_pending`).
     retry: Pin<Box<tokio::time::Sleep>>,
     retry_pending: bool,
@@ -618,7 +623,9 @@ impl Session {
         let rows = match fetched.rows {
             Ok(rows) => rows,
             Err(error) => {
-                tracing::warn!(device = %self.device.id, "reading the queue failed: {error}");
+                if let Some(repeats) = self.store_errors.admit() {
+                    tracing::warn!(device = %self.device.id, repeats, "reading the queue failed: {error}");
+                }
                 self.fetch_delay = Some(FETCH_RETRY);
                 self.has_more = true;
                 return;
@@ -674,10 +681,13 @@ impl Session {
     fn on_deleted(&mut self, (count, result): (usize, Result<(), StoreError>)) {
         self.window.deleted(count);
         if let Err(error) = result {
-            tracing::warn!(
-                device = %self.device.id,
-                "deleting acknowledged events failed (they will be sent again): {error}"
-            );
+            if let Some(repeats) = self.store_errors.admit() {
+                tracing::warn!(
+                    device = %self.device.id,
+                    repeats,
+                    "deleting acknowledged events failed (they will be sent again): {error}"
+                );
+            }
         }
     }
 
