@@ -146,7 +146,8 @@ fn engineering_value(command: &Command, value: &Json) -> Result<Value, Refusal> 
             Refusal::new(
                 Rc::BadRequest,
                 format!(
-                    "unknown value {name:?}, expected one of {}",
+                    "unknown value {:?}, expected one of {}",
+                    shortened(name),
                     known.join(", ")
                 ),
             )
@@ -164,12 +165,36 @@ fn engineering_value(command: &Command, value: &Json) -> Result<Value, Refusal> 
         return Err(Refusal::new(
             Rc::BadRequest,
             format!(
-                "value {scalar} does not fit {} ({})",
-                command.name, command.data_type
+                "value {} does not fit {} ({})",
+                shortened(&scalar.to_string()),
+                command.name,
+                command.data_type
             ),
         ));
     }
     Ok(scalar)
+}
+
+/// Longest part of a command's value repeated in a result or a log line.
+pub const MAX_ECHO: usize = 64;
+
+/// `text` as it is when short, else its first [`MAX_ECHO`] characters and a marker with
+/// its length: a refused 100 KB value is not sent back whole.
+pub fn shortened(text: &str) -> String {
+    match text.char_indices().nth(MAX_ECHO) {
+        None => text.to_owned(),
+        Some((end, _)) => format!("{}… ({} bytes)", &text[..end], text.len()),
+    }
+}
+
+/// The value to repeat in the result: itself when short, else shortened as text.
+pub fn echo(value: &Json) -> Json {
+    let text = value.to_string();
+    if text.chars().nth(MAX_ECHO).is_none() {
+        value.clone()
+    } else {
+        Json::String(shortened(&text))
+    }
 }
 
 fn range(command: &Command) -> String {
@@ -266,6 +291,18 @@ mod tests {
         );
         let err = prepare(&mode, &json!("turbo")).unwrap_err();
         assert!(err.message.contains("off, eco") || err.message.contains("eco, off"));
+    }
+
+    #[test]
+    fn long_values_are_not_repeated_whole() {
+        let huge = "x".repeat(100_000);
+        let err = prepare(&setpoint(), &json!(huge)).unwrap_err();
+        assert!(err.message.len() < 200, "{}", err.message);
+        assert!(err.message.contains("(100002 bytes)"), "{}", err.message);
+        let echoed = echo(&json!(huge));
+        assert!(echoed.as_str().unwrap().ends_with("… (100002 bytes)"));
+        assert_eq!(echo(&json!(22.5)), json!(22.5));
+        assert_eq!(shortened("short"), "short");
     }
 
     #[test]

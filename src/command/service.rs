@@ -256,7 +256,7 @@ pub fn result_event(
     };
     let mut d = json!({ "command": command });
     if let Some(value) = value {
-        d["value"] = value;
+        d["value"] = super::request::echo(&value);
     }
     if let Some(readback) = readback {
         d["readback"] = readback;
