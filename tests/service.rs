@@ -3,10 +3,12 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker_tests, BrokerConfig, BrokerKind, Subscriber, SubscriberConfig, TestBroker};
+use common::{
+    broker_tests, BrokerConfig, BrokerKind, KillOnDrop, Subscriber, SubscriberConfig, TestBroker,
+};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use fieldbridge_testkit::Suite;
 
@@ -31,14 +33,16 @@ fn queued(config: &std::path::Path) -> u64 {
         .unwrap_or_else(|| panic!("no queue row for boiler-1 in:\n{text}"))
 }
 
-fn start(config: &std::path::Path) -> Child {
-    Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+fn start(config: &std::path::Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 async fn sigterm_during_an_outage_is_quick_and_loses_nothing(kind: BrokerKind) {
@@ -101,15 +105,14 @@ devices:
         credentials: None,
     })
     .await;
-    let mut gateway = start(&config);
+    let gateway = start(&config);
     common::wait_until_async("the queue to drain", || async { queued(&config) == 0 }).await;
     subscriber
         .wait_for("every event kept across the stop", |m| {
             m.len() as u64 >= kept
         })
         .await;
-    let _ = gateway.kill();
-    let _ = gateway.wait();
+    drop(gateway);
 }
 
 fn main() -> std::process::ExitCode {
