@@ -142,6 +142,9 @@ pub struct Limits {
     pub max_subscriptions_per_session: usize,
     /// Distinct retained topics; a new retained topic beyond this is not stored.
     pub max_retained_messages: usize,
+    /// Levels of a topic or filter (`a/b/c` has 3): a deeper subscription is refused
+    /// (SUBACK 0x80), a deeper PUBLISH or will topic closes the connection.
+    pub max_topic_levels: usize,
 }
 
 impl Default for Limits {
@@ -157,6 +160,7 @@ impl Default for Limits {
             max_sessions: 100_000,
             max_subscriptions_per_session: 10_000,
             max_retained_messages: 100_000,
+            max_topic_levels: 128,
         }
     }
 }
@@ -334,6 +338,7 @@ impl Config {
                 "limits.max_subscriptions_per_session",
                 limits.max_subscriptions_per_session,
             ),
+            ("limits.max_topic_levels", limits.max_topic_levels),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -507,6 +512,19 @@ platform: { org: myorg, registry: registry.db }
             .expect_err("bad address")
             .to_string();
         assert!(error.contains("listeners[0].bind"), "{error}");
+    }
+
+    #[test]
+    fn max_topic_levels() {
+        assert_eq!(parse("").expect("parses").limits.max_topic_levels, 128);
+        let config = parse("limits: { max_topic_levels: 100000 }\n").expect("parses");
+        assert_eq!(config.limits.max_topic_levels, 100_000);
+        for bad in ["0", "-1", "deep"] {
+            let error = parse(&format!("limits:\n  max_topic_levels: {bad}\n"))
+                .expect_err("bad value")
+                .to_string();
+            assert!(error.contains("limits.max_topic_levels"), "{bad}: {error}");
+        }
     }
 
     #[test]

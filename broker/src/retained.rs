@@ -1,21 +1,39 @@
 //! Retained messages: the last retained message of each topic, by topic level, so that a
 //! wildcard subscription finds its retained messages without scanning all of them.
+//!
+//! Topics can have thousands of levels, so no walk over the store recurses.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 
 use crate::message::Message;
 use fieldbridge_mqtt::topic::split_level;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Node {
     children: HashMap<Box<str>, Node>,
     message: Option<Arc<Message>>,
 }
 
 impl Node {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.children.is_empty() && self.message.is_none()
+    }
+}
+
+impl Drop for Node {
+    /// Takes the branches apart one node at a time: the generated drop would recurse once
+    /// per level.
+    fn drop(&mut self) {
+        if self.children.is_empty() {
+            return;
+        }
+        let mut pending: Vec<Node> = self.children.drain().map(|(_, child)| child).collect();
+        while let Some(mut node) = pending.pop() {
+            pending.extend(node.children.drain().map(|(_, child)| child));
+        }
     }
 }
 
@@ -31,11 +49,20 @@ pub enum RetainOutcome {
     Full,
 }
 
-#[derive(Debug)]
 pub struct RetainedStore {
     root: Node,
     count: usize,
     max_messages: usize,
+}
+
+impl fmt::Debug for RetainedStore {
+    /// The counts only: printing the nodes would recurse as deep as the deepest topic.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetainedStore")
+            .field("count", &self.count)
+            .field("max_messages", &self.max_messages)
+            .finish_non_exhaustive()
+    }
 }
 
 impl RetainedStore {
@@ -60,7 +87,7 @@ impl RetainedStore {
     /// [`Message::detached`] copies.
     pub fn set(&mut self, message: Arc<Message>) -> RetainOutcome {
         if message.payload.is_empty() {
-            return if Self::clear_at(&mut self.root, Some(&message.topic)) {
+            return if self.clear(&message.topic) {
                 self.count -= 1;
                 RetainOutcome::Cleared
             } else {
@@ -96,24 +123,87 @@ impl RetainedStore {
         node.message.as_ref()
     }
 
-    fn clear_at(node: &mut Node, rest: Option<&str>) -> bool {
-        let Some(levels) = rest else {
-            return node.message.take().is_some();
-        };
-        let (level, next) = split_level(levels);
-        let Some(child) = node.children.get_mut(level) else {
-            return false;
-        };
-        let cleared = Self::clear_at(child, next);
-        if child.is_empty() {
-            node.children.remove(level);
+    /// Removes the retained message of `topic`, pruning the branch it leaves empty; true
+    /// if there was one.
+    fn clear(&mut self, topic: &str) -> bool {
+        // First walk: find the message, and the deepest node on its path that keeps
+        // something else (the root at least); everything below it goes as one branch.
+        let mut node = &self.root;
+        let mut rest = Some(topic);
+        let mut depth = 0;
+        let mut keep_depth = 0;
+        while let Some(levels) = rest {
+            let (level, next) = split_level(levels);
+            let Some(child) = node.children.get(level) else {
+                return false;
+            };
+            if node.message.is_some() || node.children.len() > 1 {
+                keep_depth = depth;
+            }
+            node = child;
+            depth += 1;
+            rest = next;
         }
-        cleared
+        if node.message.is_none() {
+            return false;
+        }
+        if !node.children.is_empty() {
+            keep_depth = depth;
+        }
+        // Second walk, down to the node that stays.
+        let mut node = &mut self.root;
+        let mut rest = Some(topic);
+        for _ in 0..keep_depth {
+            let Some(levels) = rest else { break };
+            let (level, next) = split_level(levels);
+            node = node
+                .children
+                .get_mut(level)
+                .expect("the first walk found this path");
+            rest = next;
+        }
+        match rest.filter(|_| keep_depth < depth) {
+            Some(levels) => {
+                node.children.remove(split_level(levels).0);
+            }
+            None => node.message = None,
+        }
+        true
     }
 
     /// Every retained message whose topic matches `filter`, appended to `out`.
     pub fn matching(&self, filter: &str, out: &mut Vec<Arc<Message>>) {
-        Self::collect(&self.root, Some(filter), true, out);
+        // Nodes still to visit, with the filter levels left and whether they are the root
+        // (where wildcards do not match `$` topics).
+        let mut pending = vec![(&self.root, Some(filter), true)];
+        while let Some((node, rest, first)) = pending.pop() {
+            let Some(levels) = rest else {
+                out.extend(node.message.iter().cloned());
+                continue;
+            };
+            let (level, next) = split_level(levels);
+            match level {
+                "#" => {
+                    // `a/#` also matches `a` itself.
+                    if !first {
+                        out.extend(node.message.iter().cloned());
+                    }
+                    Self::descendants(node, first, out);
+                }
+                "+" => {
+                    for (name, child) in &node.children {
+                        if !(first && name.starts_with('$')) {
+                            pending.push((child, next, false));
+                        }
+                    }
+                }
+                _ => {
+                    if let Some(child) = node.children.get(level) {
+                        pending.push((child, next, false));
+                    }
+                }
+            }
+        }
     }
 
     /// Every retained message, for listings and tests.
@@ -121,42 +211,17 @@ impl RetainedStore {
         Self::descendants(&self.root, true, out);
     }
 
-    fn collect(node: &Node, rest: Option<&str>, first: bool, out: &mut Vec<Arc<Message>>) {
-        let Some(levels) = rest else {
-            out.extend(node.message.iter().cloned());
-            return;
-        };
-        let (level, next) = split_level(levels);
-        match level {
-            "#" => {
-                // `a/#` also matches `a` itself.
-                if !first {
-                    out.extend(node.message.iter().cloned());
-                }
-                Self::descendants(node, first, out);
-            }
-            "+" => {
-                for (name, child) in &node.children {
-                    if !(first && name.starts_with('$')) {
-                        Self::collect(child, next, false, out);
-                    }
-                }
-            }
-            _ => {
-                if let Some(child) = node.children.get(level) {
-                    Self::collect(child, next, false, out);
-                }
-            }
-        }
-    }
-
+    /// The messages below `node`; `first`: `node` is the root, whose `$` topics are left out.
     fn descendants(node: &Node, first: bool, out: &mut Vec<Arc<Message>>) {
-        for (name, child) in &node.children {
-            if first && name.starts_with('$') {
-                continue;
-            }
-            out.extend(child.message.iter().cloned());
-            Self::descendants(child, false, out);
+        let mut pending: Vec<&Node> = node
+            .children
+            .iter()
+            .filter(|(name, _)| !(first && name.starts_with('$')))
+            .map(|(_, child)| child)
+            .collect();
+        while let Some(node) = pending.pop() {
+            out.extend(node.message.iter().cloned());
+            pending.extend(node.children.values());
         }
     }
 }
@@ -212,6 +277,64 @@ mod tests {
         assert_eq!(topics(&store, "$SYS/#"), ["$SYS/uptime"]);
         assert_eq!(topics(&store, "a/b"), ["a/b"]);
         assert_eq!(topics(&store, "nothing/#"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn clearing_keeps_what_shares_the_path() {
+        let mut store = RetainedStore::new(10);
+        for topic in ["a", "a/b/c/d", "a/b/c/e", "a/b", "a/x/c/d"] {
+            store.set(message(topic, "x"));
+        }
+        assert_eq!(
+            store.set(message("a/b/c", "")),
+            RetainOutcome::NothingToClear
+        );
+        assert_eq!(store.set(message("a/b/c/d", "")), RetainOutcome::Cleared);
+        assert_eq!(topics(&store, "a/#"), ["a", "a/b", "a/b/c/e", "a/x/c/d"]);
+        assert_eq!(store.set(message("a/b", "")), RetainOutcome::Cleared);
+        assert_eq!(topics(&store, "a/#"), ["a", "a/b/c/e", "a/x/c/d"]);
+        assert_eq!(store.set(message("a", "")), RetainOutcome::Cleared);
+        assert_eq!(store.set(message("a/b/c/e", "")), RetainOutcome::Cleared);
+        assert_eq!(topics(&store, "#"), ["a/x/c/d"]);
+        assert_eq!(store.set(message("a/x/c/d", "")), RetainOutcome::Cleared);
+        assert!(store.is_empty());
+        assert!(store.root.is_empty());
+    }
+
+    #[test]
+    fn deep_topics_on_a_small_stack() {
+        // A walk recursing once per level would overflow this stack.
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(|| {
+                const LEVELS: usize = 50_000;
+                let topic = vec!["l"; LEVELS].join("/");
+                let mut store = RetainedStore::new(10);
+                assert_eq!(store.set(message(&topic, "deep")), RetainOutcome::Stored);
+                store.set(message("l/short", "short"));
+                let all_plus = vec!["+"; LEVELS].join("/");
+                let under = format!("{}/#", vec!["l"; LEVELS / 2].join("/"));
+                for filter in [topic.as_str(), &all_plus, &under] {
+                    let mut out = Vec::new();
+                    store.matching(filter, &mut out);
+                    assert_eq!(out.len(), 1, "one match");
+                    assert_eq!(out[0].topic.len(), topic.len());
+                }
+                assert_eq!(topics(&store, "#").len(), 2);
+                let mut all = Vec::new();
+                store.all(&mut all);
+                assert_eq!(all.len(), 2);
+                assert_eq!(store.set(message(&topic, "")), RetainOutcome::Cleared);
+                assert_eq!(topics(&store, "#"), ["l/short"]);
+                assert_eq!(store.set(message("l/short", "")), RetainOutcome::Cleared);
+                assert!(store.root.is_empty(), "deep branches are pruned");
+                // Dropped with a deep branch still in it.
+                store.set(message(&topic, "deep"));
+                drop(store);
+            })
+            .expect("thread starts")
+            .join()
+            .expect("no stack overflow");
     }
 
     #[test]

@@ -1,7 +1,11 @@
 //! The subscription tree: topic filters by level, so that matching a topic visits only the
 //! branches that can match it, not every subscription.
+//!
+//! Clients choose how deep the tree goes (a filter may have thousands of levels), so no
+//! walk over it recurses: inserting, matching, removing and dropping all loop.
 
 use std::collections::HashMap;
+use std::fmt;
 
 use fieldbridge_mqtt::codec::QoS;
 use fieldbridge_mqtt::topic::split_level;
@@ -16,7 +20,6 @@ struct Entry<S> {
     subscriber: S,
 }
 
-#[derive(Debug)]
 struct Node<S> {
     children: HashMap<Box<str>, Node<S>>,
     plus: Option<Box<Node<S>>>,
@@ -38,16 +41,54 @@ impl<S> Default for Node<S> {
 }
 
 impl<S> Node<S> {
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.children.is_empty()
             && self.plus.is_none()
             && self.exact.is_empty()
             && self.multi.is_empty()
     }
+
+    /// Whether the node holds more than the one branch a walk came through: it stays when
+    /// that branch is cut off.
+    fn holds_more_than_one_branch(&self) -> bool {
+        !self.exact.is_empty()
+            || !self.multi.is_empty()
+            || self.children.len() + usize::from(self.plus.is_some()) > 1
+    }
+
+    /// The child a filter level leads to.
+    fn child(&self, level: &str) -> Option<&Node<S>> {
+        match level {
+            "+" => self.plus.as_deref(),
+            _ => self.children.get(level),
+        }
+    }
+
+    fn take_children(&mut self, into: &mut Vec<Node<S>>) {
+        into.extend(self.children.drain().map(|(_, child)| child));
+        if let Some(plus) = self.plus.take() {
+            into.push(*plus);
+        }
+    }
+}
+
+impl<S> Drop for Node<S> {
+    /// Takes the branches apart one node at a time: the generated drop would recurse once
+    /// per level.
+    fn drop(&mut self) {
+        if self.children.is_empty() && self.plus.is_none() {
+            return;
+        }
+        let mut pending = Vec::new();
+        self.take_children(&mut pending);
+        while let Some(mut node) = pending.pop() {
+            node.take_children(&mut pending);
+        }
+    }
 }
 
 /// Every subscription of every session, keyed by filter.
-#[derive(Debug)]
 pub struct SubscriptionTree<S> {
     root: Node<S>,
     count: usize,
@@ -59,6 +100,15 @@ impl<S> Default for SubscriptionTree<S> {
             root: Node::default(),
             count: 0,
         }
+    }
+}
+
+impl<S> fmt::Debug for SubscriptionTree<S> {
+    /// The count only: printing the nodes would recurse as deep as the deepest filter.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionTree")
+            .field("count", &self.count)
+            .finish_non_exhaustive()
     }
 }
 
@@ -109,86 +159,114 @@ impl<S: Clone> SubscriptionTree<S> {
         replaced
     }
 
-    /// Removes the subscription of `id` to `filter`; true if there was one.
+    /// Removes the subscription of `id` to `filter`; true if there was one. Branches left
+    /// empty are pruned.
     pub fn unsubscribe(&mut self, filter: &str, id: SubscriberId) -> bool {
-        let removed = Self::remove_at(&mut self.root, Some(filter), id);
-        if removed {
-            self.count -= 1;
-        }
-        removed
-    }
-
-    fn remove_at(node: &mut Node<S>, rest: Option<&str>, id: SubscriberId) -> bool {
-        let Some(levels) = rest else {
-            return node.exact.remove(&id).is_some();
-        };
-        let (level, next) = split_level(levels);
-        match level {
-            "#" => node.multi.remove(&id).is_some(),
-            "+" => {
-                let Some(child) = node.plus.as_deref_mut() else {
-                    return false;
-                };
-                let removed = Self::remove_at(child, next, id);
-                if child.is_empty() {
-                    node.plus = None;
-                }
-                removed
+        // First walk: find the subscription, and the deepest node on its path that keeps
+        // something else (the root at least). Everything below that node holds only this
+        // subscription and goes as one branch.
+        let mut node = &self.root;
+        let mut rest = Some(filter);
+        let mut depth = 0;
+        let mut keep_depth = 0;
+        let mut multi = false;
+        while let Some(levels) = rest {
+            let (level, next) = split_level(levels);
+            if level == "#" {
+                multi = true;
+                break;
             }
-            _ => {
-                let Some(child) = node.children.get_mut(level) else {
-                    return false;
-                };
-                let removed = Self::remove_at(child, next, id);
-                if child.is_empty() {
+            let Some(child) = node.child(level) else {
+                return false;
+            };
+            if node.holds_more_than_one_branch() {
+                keep_depth = depth;
+            }
+            node = child;
+            depth += 1;
+            rest = next;
+        }
+        let (own, other) = if multi {
+            (&node.multi, &node.exact)
+        } else {
+            (&node.exact, &node.multi)
+        };
+        if !own.contains_key(&id) {
+            return false;
+        }
+        if own.len() > 1 || !other.is_empty() || !node.children.is_empty() || node.plus.is_some() {
+            keep_depth = depth;
+        }
+
+        // Second walk, down to the node that stays.
+        let mut node = &mut self.root;
+        let mut rest = Some(filter);
+        for _ in 0..keep_depth {
+            let Some(levels) = rest else { break };
+            let (level, next) = split_level(levels);
+            node = match level {
+                "+" => node.plus.as_deref_mut(),
+                _ => node.children.get_mut(level),
+            }
+            .expect("the first walk found this path");
+            rest = next;
+        }
+        match rest.filter(|_| keep_depth < depth) {
+            Some(levels) => match split_level(levels).0 {
+                "+" => node.plus = None,
+                level => {
                     node.children.remove(level);
                 }
-                removed
+            },
+            None if multi => {
+                node.multi.remove(&id);
+            }
+            None => {
+                node.exact.remove(&id);
             }
         }
+        self.count -= 1;
+        true
     }
 
     /// Appends every subscriber whose filters match `topic` to `out`, once each, at the
     /// highest granted QoS among its matching filters. `out` is cleared first.
     pub fn matches(&self, topic: &str, out: &mut Vec<Matched<S>>) {
         out.clear();
-        let dollar = topic.starts_with('$');
-        let mut contributing_nodes = 0;
-        Self::collect(
-            &self.root,
-            Some(topic),
-            dollar,
-            out,
-            &mut contributing_nodes,
-        );
-        if contributing_nodes > 1 {
+        let mut contributing = 0;
+        // Nodes still to visit with the levels left to match. Only a level where both a
+        // literal child and `+` match leaves one here: most topics never allocate it.
+        let mut pending: Vec<(&Node<S>, Option<&str>)> = Vec::new();
+        let root = &self.root;
+        let (level, next) = split_level(topic);
+        // A filter whose first level is a wildcard does not match `$` topics.
+        if !topic.starts_with('$') {
+            Self::extend(&root.multi, out, &mut contributing);
+            if let Some(plus) = root.plus.as_deref() {
+                pending.push((plus, next));
+            }
+        }
+        let mut current = root.children.get(level).map(|child| (child, next));
+        // Depth first, literal child before `+`, as a recursive walk would go.
+        while let Some((node, rest)) = current.take().or_else(|| pending.pop()) {
+            Self::extend(&node.multi, out, &mut contributing);
+            let Some(levels) = rest else {
+                Self::extend(&node.exact, out, &mut contributing);
+                continue;
+            };
+            let (level, next) = split_level(levels);
+            current = node.children.get(level).map(|child| (child, next));
+            if let Some(plus) = node.plus.as_deref() {
+                if current.is_some() {
+                    pending.push((plus, next));
+                } else {
+                    current = Some((plus, next));
+                }
+            }
+        }
+        if contributing > 1 {
             out.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(b.qos.cmp(&a.qos)));
             out.dedup_by_key(|matched| matched.id);
-        }
-    }
-
-    fn collect(
-        node: &Node<S>,
-        rest: Option<&str>,
-        first_dollar: bool,
-        out: &mut Vec<Matched<S>>,
-        contributing: &mut usize,
-    ) {
-        if !first_dollar {
-            Self::extend(&node.multi, out, contributing);
-        }
-        let Some(levels) = rest else {
-            Self::extend(&node.exact, out, contributing);
-            return;
-        };
-        let (level, next) = split_level(levels);
-        if let Some(child) = node.children.get(level) {
-            Self::collect(child, next, false, out, contributing);
-        }
-        if !first_dollar {
-            if let Some(child) = node.plus.as_deref() {
-                Self::collect(child, next, false, out, contributing);
-            }
         }
     }
 
@@ -212,6 +290,7 @@ impl<S: Clone> SubscriptionTree<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fieldbridge_mqtt::topic;
 
     fn matched(tree: &SubscriptionTree<&'static str>, topic: &str) -> Vec<(SubscriberId, QoS)> {
         let mut out = Vec::new();
@@ -219,6 +298,21 @@ mod tests {
         let mut result: Vec<_> = out.into_iter().map(|m| (m.id, m.qos)).collect();
         result.sort();
         result
+    }
+
+    fn ids(tree: &SubscriptionTree<&'static str>, topic: &str) -> Vec<SubscriberId> {
+        matched(tree, topic).into_iter().map(|(id, _)| id).collect()
+    }
+
+    /// Runs `test` on a thread with a small stack, where a walk recursing once per level
+    /// of a deep filter would overflow.
+    fn on_small_stack(test: impl FnOnce() + Send + 'static) {
+        std::thread::Builder::new()
+            .stack_size(256 * 1024)
+            .spawn(test)
+            .expect("thread starts")
+            .join()
+            .expect("no stack overflow");
     }
 
     #[test]
@@ -281,12 +375,145 @@ mod tests {
         assert_eq!(matched(&tree, "a/b/c"), vec![(1, QoS::AtLeastOnce)]);
         assert!(!tree.unsubscribe("a/+/d", 1));
         assert!(!tree.unsubscribe("a/+/c", 2));
+        assert!(!tree.unsubscribe("a/+", 1));
+        assert!(!tree.unsubscribe("a/+/#", 1));
         assert!(tree.unsubscribe("a/+/c", 1));
         assert!(tree.is_empty());
         assert!(tree.root.is_empty(), "empty branches are pruned");
         tree.subscribe("x/#", 1, QoS::AtMostOnce, "x");
         assert!(tree.unsubscribe("x/#", 1));
         assert!(tree.root.is_empty());
+        tree.subscribe("#", 1, QoS::AtMostOnce, "x");
+        assert!(tree.unsubscribe("#", 1));
+        assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn unsubscribe_keeps_what_shares_the_path() {
+        let mut tree = SubscriptionTree::default();
+        for (filter, id) in [
+            ("a/b/c/d", 1),
+            ("a/b", 2),
+            ("a/b/#", 3),
+            ("a/+/c/d", 4),
+            ("a/b/c/e", 5),
+            ("a/b/c/d", 6),
+        ] {
+            tree.subscribe(filter, id, QoS::AtMostOnce, "x");
+        }
+        assert!(tree.unsubscribe("a/b/c/d", 1));
+        assert_eq!(ids(&tree, "a/b/c/d"), [3, 4, 6], "another subscriber stays");
+        assert!(tree.unsubscribe("a/b/c/d", 6));
+        assert_eq!(ids(&tree, "a/b/c/d"), [3, 4]);
+        assert_eq!(ids(&tree, "a/b/c/e"), [3, 5], "the sibling branch stays");
+        assert!(tree.unsubscribe("a/b/c/e", 5));
+        assert_eq!(ids(&tree, "a/b"), [2, 3]);
+        assert!(tree.unsubscribe("a/b", 2));
+        assert_eq!(ids(&tree, "a/b"), [3], "the `#` at the same node stays");
+        assert!(tree.unsubscribe("a/b/#", 3));
+        assert_eq!(ids(&tree, "a/x/c/d"), [4]);
+        assert!(tree.unsubscribe("a/+/c/d", 4));
+        assert!(tree.is_empty());
+        assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn matches_agree_with_the_topic_rules() {
+        let filters = [
+            "#", "+", "+/#", "a", "a/#", "a/+", "a/b", "a/b/#", "a/+/c", "+/b/+", "+/+/+", "a/b/c",
+            "/", "/+", "+/", "a//c", "$SYS/#", "$SYS/+", "+/uptime", "a/+/+/#",
+        ];
+        let topics = [
+            "a",
+            "a/b",
+            "a/b/c",
+            "a/x/c",
+            "a/b/c/d",
+            "b",
+            "x/b/y",
+            "/",
+            "/a",
+            "a/",
+            "a//c",
+            "$SYS/uptime",
+            "$SYS/a/b",
+            "x/uptime",
+            "b/b/b",
+        ];
+        let mut tree = SubscriptionTree::default();
+        for (id, filter) in filters.iter().enumerate() {
+            tree.subscribe(filter, id as SubscriberId, QoS::AtMostOnce, "x");
+        }
+        let check = |tree: &SubscriptionTree<&'static str>, live: &[bool]| {
+            for topic in topics {
+                let expected: Vec<SubscriberId> = filters
+                    .iter()
+                    .enumerate()
+                    .filter(|&(id, filter)| live[id] && topic::matches(filter, topic))
+                    .map(|(id, _)| id as SubscriberId)
+                    .collect();
+                assert_eq!(ids(tree, topic), expected, "{topic}");
+            }
+        };
+        let mut live = vec![true; filters.len()];
+        check(&tree, &live);
+        for id in (0..filters.len()).step_by(2) {
+            assert!(tree.unsubscribe(filters[id], id as SubscriberId));
+            live[id] = false;
+        }
+        check(&tree, &live);
+        for id in (1..filters.len()).step_by(2) {
+            assert!(tree.unsubscribe(filters[id], id as SubscriberId));
+        }
+        assert!(tree.is_empty());
+        assert!(tree.root.is_empty());
+    }
+
+    #[test]
+    fn deep_filters_on_a_small_stack() {
+        on_small_stack(|| {
+            const LEVELS: usize = 50_000;
+            let topic = vec!["l"; LEVELS].join("/");
+            // `+` every other level, the last level `#`.
+            let wild: Vec<&str> = (0..LEVELS)
+                .map(|i| match i {
+                    _ if i == LEVELS - 1 => "#",
+                    _ if i % 2 == 1 => "+",
+                    _ => "l",
+                })
+                .collect();
+            let wild = wild.join("/");
+            let all_plus = vec!["+"; LEVELS].join("/");
+            let mut tree = SubscriptionTree::default();
+            tree.subscribe(&topic, 1, QoS::AtMostOnce, "exact");
+            tree.subscribe(&wild, 2, QoS::AtLeastOnce, "wild");
+            tree.subscribe(&all_plus, 3, QoS::AtMostOnce, "plus");
+            assert_eq!(
+                matched(&tree, &topic),
+                vec![
+                    (1, QoS::AtMostOnce),
+                    (2, QoS::AtLeastOnce),
+                    (3, QoS::AtMostOnce)
+                ]
+            );
+            let deeper = format!("{topic}/more");
+            assert_eq!(ids(&tree, &deeper), [2]);
+            let shorter = vec!["l"; LEVELS - 1].join("/");
+            assert_eq!(ids(&tree, &shorter), [2], "`a/#` matches `a`");
+            assert!(ids(&tree, &vec!["l"; LEVELS - 2].join("/")).is_empty());
+
+            assert!(!tree.unsubscribe(&shorter, 1));
+            assert!(tree.unsubscribe(&topic, 1));
+            assert_eq!(ids(&tree, &topic), [2, 3]);
+            assert!(tree.unsubscribe(&wild, 2));
+            assert!(tree.unsubscribe(&all_plus, 3));
+            assert!(tree.root.is_empty(), "deep branches are pruned");
+
+            // Dropped with deep branches still in it.
+            tree.subscribe(&topic, 1, QoS::AtMostOnce, "exact");
+            tree.subscribe(&all_plus, 3, QoS::AtMostOnce, "plus");
+            drop(tree);
+        });
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 mod support;
 
-use fieldbridge_broker::RunningBroker;
+use fieldbridge_broker::{Config, RunningBroker};
 use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
 use support::{granted, login_packet, text, will, Client, Silence, DEADLINE};
 
@@ -21,6 +21,11 @@ struct Platform {
 
 /// A platform broker with devices boiler/b1 and boiler/b2 and applications dash and ops.
 async fn platform() -> Platform {
+    platform_with(|_| {}).await
+}
+
+/// [`platform`], with its configuration adjusted by `adjust`.
+async fn platform_with(adjust: impl FnOnce(&mut Config)) -> Platform {
     let dir = tempfile::tempdir().expect("temp dir");
     let registry = dir.path().join("registry.db");
     let (tokens, keys) = support::register(
@@ -30,7 +35,9 @@ async fn platform() -> Platform {
         &["dash", "ops"],
     )
     .await;
-    let broker = support::start(support::platform_config(ORG, Some(&registry))).await;
+    let mut config = support::platform_config(ORG, Some(&registry));
+    adjust(&mut config);
+    let broker = support::start(config).await;
     Platform {
         broker,
         b1: tokens[0].clone(),
@@ -751,4 +758,49 @@ async fn wills_and_offline_commands_in_the_device_view() {
         Err(Silence::TimedOut),
         "still subscribed"
     );
+}
+
+// Multi-threaded like the broker's own runtime, whose worker threads have the default
+// stack size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_device_management_filters() {
+    let deep = vec!["l"; 15_000].join("/");
+    let filter = format!("iotdm-1/{deep}");
+
+    // Refused by max_topic_levels before the platform rewrites it; all carry on.
+    let p = platform().await;
+    let mut b1 = p.device("b1").await;
+    assert_eq!(
+        b1.subscribe(&[(&filter, QoS::AtLeastOnce)]).await,
+        [SubscribeReturnCode::Failure]
+    );
+    b1.unsubscribe(&[&filter]).await;
+    b1.ping().await;
+    drop(b1);
+    p.device("b2").await.ping().await;
+
+    // Allowed that deep: routed in the device's view, then removed.
+    let p = platform_with(|config| config.limits.max_topic_levels = 100_000).await;
+    let mut b1 = p.device("b1").await;
+    let mut app = p.app("a:acme:dash").await;
+    assert_eq!(
+        b1.subscribe(&[(&filter, QoS::AtLeastOnce)]).await,
+        [granted(QoS::AtLeastOnce)]
+    );
+    app.publish_to(
+        &format!("iotdm-1/type/boiler/id/b1/{deep}"),
+        b"reboot",
+        QoS::AtLeastOnce,
+        false,
+    )
+    .await;
+    let request = b1.next_publish().await;
+    assert_eq!(
+        (&*request.topic, text(&request)),
+        (filter.as_str(), "reboot")
+    );
+    b1.unsubscribe(&[&filter]).await;
+    assert_eq!(p.broker.stats().subscriptions, 0);
+    b1.disconnect().await;
+    p.device("b2").await.ping().await;
 }

@@ -24,6 +24,7 @@ use crate::platform::{Admission, PlatformClient};
 use crate::registry::{Attached, ConnectionSignal, Link};
 use crate::transport::{ClientStream, Transport};
 use fieldbridge_mqtt::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet};
+use fieldbridge_mqtt::topic::level_count;
 
 /// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
 pub(super) async fn open(accepted: Box<Accepted>) -> Option<Connection> {
@@ -228,6 +229,16 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
             ..will
         })
     });
+    // Refused like a will whose payload exceeds max_payload, and before the platform
+    // rewrites the topic: the limit is on what the client sent.
+    if let Some(levels) = will
+        .as_ref()
+        .map(|will| level_count(&will.topic))
+        .filter(|&levels| levels > ctx.limits.max_topic_levels)
+    {
+        tracing::info!(%peer, %client_id, levels, "will topic exceeds max_topic_levels");
+        return Err(Refusal::Close);
+    }
     let mut platform = None;
     let (client_id, clean_session, will) = match &ctx.platform {
         None => (client_id, clean_session, will),

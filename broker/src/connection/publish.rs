@@ -9,6 +9,7 @@ use crate::persistence::{NotDurable, Op};
 use crate::platform::Inbound;
 use crate::router::MatchBuffer;
 use fieldbridge_mqtt::codec::{Packet, PubAck, PubRec, Publish, QoS};
+use fieldbridge_mqtt::topic::level_count;
 
 impl Connection {
     pub(super) async fn on_publish(&mut self, publish: Publish) -> Result<(), End> {
@@ -17,6 +18,16 @@ impl Connection {
             return Err(End::Protocol(format!(
                 "payload of {} bytes exceeds max_payload",
                 publish.payload.len()
+            )));
+        }
+        // Like an oversized payload, a topic deeper than the limit closes the connection:
+        // MQTT 3.1.1 has no way to refuse one PUBLISH, and acknowledging a message that is
+        // then dropped would tell a QoS 1 or 2 publisher it was delivered. Checked on the
+        // topic as the client sent it, before the platform rewrites it.
+        let levels = level_count(&publish.topic);
+        if levels > self.ctx.limits.max_topic_levels {
+            return Err(End::Protocol(format!(
+                "topic of {levels} levels exceeds max_topic_levels"
             )));
         }
         let publish = match self.platform.as_deref_mut() {

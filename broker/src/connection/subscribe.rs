@@ -6,6 +6,7 @@ use crate::persistence::Op;
 use fieldbridge_mqtt::codec::{
     Packet, SubAck, Subscribe, SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
+use fieldbridge_mqtt::topic::level_count;
 
 /// Filters handled per reservation of room in the persistence channel.
 const FILTERS_PER_BATCH: usize = 512;
@@ -17,6 +18,13 @@ impl Connection {
         for chunk in subscribe.filters.chunks(FILTERS_PER_BATCH) {
             let mut permits = self.reserve_durable(chunk.len()).await?;
             for filter in chunk {
+                // Before the platform rewrites it: the limit is on what the client sent.
+                let levels = level_count(&filter.filter);
+                if levels > self.ctx.limits.max_topic_levels {
+                    tracing::info!(client_id = %self.session.client_id, levels, max = self.ctx.limits.max_topic_levels, "subscription refused: too many topic levels");
+                    return_codes.push(SubscribeReturnCode::Failure);
+                    continue;
+                }
                 let mapped;
                 let filter = match self.platform.as_deref().map(|c| c.subscription(filter)) {
                     None => filter,

@@ -5,6 +5,7 @@
 mod support;
 
 mod auth;
+mod deep_topics;
 mod malformed;
 mod metrics;
 mod persistence;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use fieldbridge_mqtt::codec::{
     self, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish,
-    QoS, Subscribe, SubscribeFilter, SubscribeReturnCode,
+    QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -208,6 +208,19 @@ impl Client {
             Packet::SubAck(suback) => suback.return_codes,
             other => unreachable!("{other:?} is not a SUBACK"),
         }
+    }
+
+    /// Sends UNSUBSCRIBE and waits for its UNSUBACK; PUBLISH packets that come first are
+    /// kept for later reads.
+    pub async fn unsubscribe(&mut self, filters: &[&str]) {
+        let pkid = self.pkid();
+        self.send(Packet::Unsubscribe(Unsubscribe {
+            pkid,
+            filters: filters.iter().map(|&filter| filter.into()).collect(),
+        }))
+        .await;
+        self.expect_packet(Packet::UnsubAck(UnsubAck::new(pkid)))
+            .await;
     }
 
     /// Publishes and completes the QoS 1 or 2 exchange as a publisher.

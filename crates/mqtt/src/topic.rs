@@ -33,6 +33,12 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// Number of levels of a topic name or filter: `a/b` has 2, `/` has 2 (both empty),
+/// `a/#` has 2.
+pub fn level_count(topic: &str) -> usize {
+    topic.bytes().filter(|&byte| byte == b'/').count() + 1
+}
+
 /// Splits off the first level: `("a", Some("b/c"))` for `"a/b/c"`, `("c", None)` for `"c"`.
 pub fn split_level(rest: &str) -> (&str, Option<&str>) {
     match rest.split_once('/') {
@@ -121,6 +127,14 @@ mod tests {
             assert!(!valid_topic_filter(bad), "{bad:?} should be invalid");
         }
         assert!(!valid_topic_filter(&"x".repeat(65_536)));
+    }
+
+    #[test]
+    fn levels() {
+        for (topic, levels) in [("a", 1), ("a/b", 2), ("/", 2), ("a//b/", 4), ("a/+/#", 3)] {
+            assert_eq!(level_count(topic), levels, "{topic}");
+        }
+        assert_eq!(level_count(&vec!["x"; 10_000].join("/")), 10_000);
     }
 
     #[test]
