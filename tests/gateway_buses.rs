@@ -222,6 +222,35 @@ devices:
     run.gateway.shutdown().await;
 }
 
+/// A device that answers every read with an exception is reachable but gives nothing:
+/// it goes offline with the exception named, and back online when it answers again.
+#[tokio::test]
+async fn a_device_answering_only_exceptions_is_reported_offline() {
+    let plc = SimSlave::default();
+    plc.set_holding(0, &[3]);
+    let (port, _server) = tcp_sim(SimBus::new([(1, plc.clone())])).await;
+    let mut run = start(&format!(
+        r#"
+buses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {port}, timeout: 1s }}]
+devices:
+  - {{ id: faulty, type: t, bus: plc, unit: 1, poll: 50ms, registers: [{{ name: v, kind: holding, address: 0, type: u16 }}] }}
+"#
+    ));
+    assert!(next_health(&mut run.events, "faulty").await.0);
+    plc.set_failing(Some(tokio_modbus::ExceptionCode::ServerDeviceFailure));
+    let (online, error) = next_health(&mut run.events, "faulty").await;
+    assert!(!online);
+    let error = error.expect("the reason");
+    assert!(
+        error.contains("every read answered with an exception"),
+        "{error}"
+    );
+    plc.set_failing(None);
+    assert!(next_health(&mut run.events, "faulty").await.0);
+    assert_eq!(next_reading(&mut run.events, "faulty").await["v"], 3);
+    run.gateway.shutdown().await;
+}
+
 #[tokio::test]
 async fn tcp_link_loss_goes_offline_and_recovers() {
     let plc = SimSlave::default();

@@ -303,6 +303,9 @@ impl ModbusBus {
 
     async fn poll_device(&mut self, index: usize) -> Cycle {
         let mut values = Vec::new();
+        // The last exception of the cycle: a device that answers every read with one is
+        // reachable but gives nothing, and counts as failing.
+        let mut last_exception = None;
         let mut request_index = 0;
         while request_index < self.devices[index].requests.len() {
             self.handle_pending_requests().await;
@@ -341,6 +344,7 @@ impl ModbusBus {
                     let device = &mut self.devices[index];
                     DeviceCounters::add(&device.counters.modbus_exceptions);
                     let message = format!("{request}: {e}");
+                    last_exception = Some(message.clone());
                     if device
                         .errors
                         .admit_changed(&message, std::time::Instant::now())
@@ -353,7 +357,12 @@ impl ModbusBus {
                 Err(e) => return Cycle::Failed(e.to_string()),
             }
         }
-        Cycle::Answered(values)
+        match last_exception {
+            Some(exception) if values.is_empty() => Cycle::Failed(format!(
+                "every read answered with an exception: {exception}"
+            )),
+            _ => Cycle::Answered(values),
+        }
     }
 
     /// Runs one read.

@@ -31,6 +31,8 @@ pub struct SimSlave {
     tables: Arc<Mutex<Tables>>,
     requests: Arc<AtomicU64>,
     silent: Arc<AtomicBool>,
+    /// Every request is answered with this exception while set.
+    failing: Arc<Mutex<Option<ExceptionCode>>>,
     delay_ms: Arc<AtomicU64>,
     last_write_function: Arc<std::sync::atomic::AtomicU8>,
 }
@@ -46,6 +48,7 @@ impl Default for SimSlave {
             })),
             requests: Arc::new(AtomicU64::new(0)),
             silent: Arc::new(AtomicBool::new(false)),
+            failing: Arc::default(),
             delay_ms: Arc::new(AtomicU64::new(0)),
             last_write_function: Arc::default(),
         }
@@ -92,6 +95,11 @@ impl SimSlave {
         self.silent.store(silent, Ordering::Relaxed);
     }
 
+    /// A slave in a fault answers every request with `exception` (until `None`).
+    pub fn set_failing(&self, exception: Option<ExceptionCode>) {
+        *self.failing.lock().expect("simulator lock") = exception;
+    }
+
     /// A slow slave answers only after `delay` (possibly after the master gave up).
     pub fn set_delay(&self, delay: std::time::Duration) {
         self.delay_ms
@@ -121,6 +129,9 @@ impl SimSlave {
         }
         if self.silent.load(Ordering::Relaxed) {
             return None;
+        }
+        if let Some(exception) = *self.failing.lock().expect("simulator lock") {
+            return Some(Err(exception));
         }
         let mut t = self.tables.lock().expect("simulator lock");
         Some(apply(&mut t, request))
