@@ -120,8 +120,10 @@ impl Application {
             credentials: None,
         })
         .await;
-        let (client, mut eventloop) =
-            AsyncClient::new(MqttOptions::new("app-commands", "127.0.0.1", port), 64);
+        let mut options = MqttOptions::new("app-commands", "127.0.0.1", port);
+        // Room for the oversized commands some tests send.
+        options.set_max_packet_size(2 << 20, 2 << 20);
+        let (client, mut eventloop) = AsyncClient::new(options, 64);
         let task = tokio::spawn(async move {
             loop {
                 if eventloop.poll().await.is_err() {
@@ -374,6 +376,52 @@ async fn a_command_is_acted_on_once_per_req_id_even_across_a_restart(kind: Broke
     assert_eq!(app.results_for("once").len(), 1);
 }
 
+/// A command over the gateway's limit is answered 400; a packet over `max_inbound`
+/// (which MQTT 3.1.1 cannot refuse) restarts the session clean instead of being
+/// redelivered forever, and the device takes commands again.
+async fn oversized_commands_are_refused_and_do_not_poison_the_session(kind: BrokerKind) {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
+    let (_plc, modbus_port) = plc().await;
+    let config = config(dir.path(), &broker, modbus_port);
+    let log = dir.path().join("gateway.log");
+    let _gateway = Gateway::start(&config, &log);
+    let app = Application::connect(broker.port).await;
+    wait_until_listening(&app).await;
+
+    let big = |req_id: &str, bytes: usize| {
+        json!({"d": {"value": "x".repeat(bytes)}, "reqId": req_id}).to_string()
+    };
+    app.send("boiler-1", "setpoint", big("big", 200_000)).await;
+    let result = app.result("big").await;
+    assert_eq!(result["rc"], 400, "{result}");
+    let message = result["message"].as_str().unwrap();
+    assert!(message.starts_with("payload too large"), "{message}");
+
+    app.send("boiler-1", "setpoint", big("huge", 600_000)).await;
+    common::poll_blocking(
+        "the oversized packet logged",
+        Duration::from_millis(50),
+        || {
+            std::fs::read_to_string(&log)
+                .unwrap()
+                .contains("larger than upstream.max_inbound")
+                .then_some(())
+        },
+    );
+    wait_until_listening(&app).await;
+    let result = app.call("boiler-1", "setpoint", json!(30.0), "after").await;
+    assert_eq!(result["rc"], 200, "{result}");
+    assert!(app.results_for("huge").is_empty());
+    // The session was restarted once, not in a loop.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        text.matches("larger than upstream.max_inbound").count(),
+        1,
+        "{text}"
+    );
+}
+
 async fn managed_device_announces_itself_and_answers_management_requests(kind: BrokerKind) {
     let dir = tempfile::tempdir().unwrap();
     let broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
@@ -461,6 +509,7 @@ fn main() -> std::process::ExitCode {
     broker_tests!(suite;
         commands_write_registers_answer_and_refuse_bad_input,
         a_command_is_acted_on_once_per_req_id_even_across_a_restart,
+        oversized_commands_are_refused_and_do_not_poison_the_session,
         managed_device_announces_itself_and_answers_management_requests,
     );
     suite.run()

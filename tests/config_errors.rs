@@ -685,3 +685,17 @@ fn truncated_or_mangled_files_give_errors_not_panics() {
         "only {rejected} variants were rejected"
     );
 }
+
+#[test]
+fn upstream_max_inbound_bounds() {
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  max_inbound: 100",
+    );
+    expect_error(
+        &text,
+        4,
+        "upstream.max_inbound",
+        &["must be from 1KiB to 256MiB"],
+    );
+}

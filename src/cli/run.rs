@@ -242,6 +242,18 @@ async fn serve_metrics(
                         status.acknowledged as f64,
                     );
                 }
+                out.family(
+                    "fieldbridge_inbound_oversized_total",
+                    "counter",
+                    "Packets from the broker over upstream.max_inbound (each restarted the session clean).",
+                );
+                for (device, status) in &statuses {
+                    out.sample(
+                        "fieldbridge_inbound_oversized_total",
+                        Some(device),
+                        status.inbound_oversized as f64,
+                    );
+                }
                 out.family("fieldbridge_publish_latency_seconds_sum", "counter", "Time from sending to PUBACK, summed over the published events (divide by fieldbridge_published_total for the mean).");
                 for (device, status) in &statuses {
                     out.sample(
@@ -274,6 +286,7 @@ fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
     let mut settings = UplinkSettings::new(upstream.url.clone(), upstream.org.clone());
     settings.keepalive = *upstream.keepalive;
     settings.inflight = upstream.max_inflight;
+    settings.max_inbound = usize::try_from(upstream.max_inbound.bytes()).unwrap_or(usize::MAX);
     settings.command_qos = match upstream.command_qos {
         0 => rumqttc::QoS::AtMostOnce,
         1 => rumqttc::QoS::AtLeastOnce,

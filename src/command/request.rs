@@ -42,6 +42,10 @@ impl Refusal {
 /// Longest `reqId` kept; longer ones are refused (they are stored to act once).
 pub const MAX_REQ_ID: usize = 128;
 
+/// Largest command payload acted on (the platform's payload limit); a larger one is
+/// refused with 400, its `reqId` recovered when it parses.
+pub const MAX_COMMAND: usize = fieldbridge_mqtt::platform::MAX_PAYLOAD;
+
 /// The parts of a command payload the gateway uses.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CommandRequest {
@@ -83,6 +87,18 @@ pub fn parse(payload: &[u8]) -> (Option<String>, Result<CommandRequest, Refusal>
             )
         }
     };
+    if payload.len() > MAX_COMMAND {
+        return (
+            req_id,
+            Err(Refusal::new(
+                Rc::BadRequest,
+                format!(
+                    "payload too large: {} bytes, at most {MAX_COMMAND}",
+                    payload.len()
+                ),
+            )),
+        );
+    }
     let value = match json.get("d").and_then(|d| d.get("value")) {
         Some(value) => Ok(CommandRequest {
             value: value.clone(),
@@ -291,6 +307,23 @@ mod tests {
         );
         let err = prepare(&mode, &json!("turbo")).unwrap_err();
         assert!(err.message.contains("off, eco") || err.message.contains("eco, off"));
+    }
+
+    #[test]
+    fn payloads_over_the_limit_are_400_and_keep_the_req_id() {
+        let big = format!(
+            r#"{{"d": {{"value": "{}"}}, "reqId": "big-1"}}"#,
+            "x".repeat(MAX_COMMAND)
+        );
+        let (id, err) = parse(big.as_bytes());
+        assert_eq!(id.as_deref(), Some("big-1"));
+        let err = err.unwrap_err();
+        assert_eq!(err.rc, Rc::BadRequest);
+        assert!(
+            err.message.starts_with("payload too large"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -85,6 +85,15 @@ pub struct Upstream {
     /// redelivered command only once.
     #[serde(default = "default_remembered_commands")]
     pub remembered_commands: u32,
+    /// Largest packet a device session reads from the broker. A larger one cannot be read
+    /// or acknowledged under MQTT 3.1.1: the session is restarted clean, dropping what the
+    /// broker queued for it.
+    #[serde(default = "default_max_inbound")]
+    pub max_inbound: Size,
+}
+
+fn default_max_inbound() -> Size {
+    Size::kib(256)
 }
 
 fn default_command_qos() -> u8 {

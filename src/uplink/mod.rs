@@ -64,6 +64,8 @@ pub struct UplinkSettings {
     pub inbound: Option<mpsc::Sender<Inbound>>,
     /// QoS of the command subscription.
     pub command_qos: rumqttc::QoS,
+    /// Largest packet read from the broker (see `upstream.max_inbound`).
+    pub max_inbound: usize,
 }
 
 impl UplinkSettings {
@@ -81,6 +83,7 @@ impl UplinkSettings {
             connect_timeout: Duration::from_secs(10),
             inbound: None,
             command_qos: rumqttc::QoS::ExactlyOnce,
+            max_inbound: 256 * 1024,
         }
     }
 }

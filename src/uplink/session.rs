@@ -72,6 +72,9 @@ pub struct SessionStatus {
     pub in_flight: usize,
     /// QoS 0 events dropped since start (offline, or the session was congested).
     pub qos0_dropped: u64,
+    /// Packets from the broker larger than `max_inbound`: each one ended the connection
+    /// and the session was started again clean.
+    pub inbound_oversized: u64,
     /// Time from handing a QoS 1 publish to the socket to its PUBACK, summed over the
     /// `acknowledged` events (for a mean publish latency).
     pub ack_latency_total: Duration,
@@ -89,6 +92,7 @@ pub(super) struct Plan {
     reconnect: (Duration, Duration),
     inbound: Option<mpsc::Sender<Inbound>>,
     command_qos: QoS,
+    max_inbound: usize,
 }
 
 impl Plan {
@@ -147,6 +151,7 @@ impl Plan {
             reconnect: (settings.reconnect_min, settings.reconnect_max),
             inbound: settings.inbound.clone(),
             command_qos: settings.command_qos,
+            max_inbound: settings.max_inbound,
         })
     }
 
@@ -174,7 +179,7 @@ impl Plan {
             .set_clean_session(false)
             .set_inflight(u16::try_from(self.window).unwrap_or(u16::MAX))
             .set_request_channel_capacity(requests)
-            .set_max_packet_size(MAX_PACKET, MAX_PACKET);
+            .set_max_packet_size(self.max_inbound, MAX_PACKET);
         if let Some(token) = &device.token {
             options.set_credentials(self.naming.username.render(&values, ""), token.as_str());
         }
@@ -284,11 +289,26 @@ async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<DriverBatch>, resu
             .collect();
         match failure {
             None => {
+                // Once the clean start is done, later connections keep the session again.
+                if eventloop.mqtt_options.clean_session()
+                    && batch
+                        .iter()
+                        .any(|event| matches!(event, DriverEvent::ConnAck { .. }))
+                {
+                    eventloop.mqtt_options.set_clean_session(false);
+                }
                 if !batch.is_empty() && events.send(batch).await.is_err() {
                     return;
                 }
             }
             Some(error) => {
+                // A packet larger than rumqttc may read is neither read nor acknowledged,
+                // so a persistent session would get it again on every reconnect: the
+                // next connection starts the session clean, which drops it (with
+                // whatever else the broker had queued for this client).
+                if oversized_inbound(&error).is_some() {
+                    eventloop.mqtt_options.set_clean_session(true);
+                }
                 // Events read together with the failure (acknowledgements among them)
                 // are real: they go ahead of the loss. rumqttc would replay or drop
                 // its pending publishes on its own; the session resends from the
@@ -306,6 +326,17 @@ async fn drive(mut eventloop: EventLoop, events: mpsc::Sender<DriverBatch>, resu
                 eventloop.state.events.clear();
             }
         }
+    }
+}
+
+/// The size of a packet from the broker that was over the incoming limit, if that is
+/// why the connection ended.
+fn oversized_inbound(error: &ConnectionError) -> Option<usize> {
+    match error {
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(size),
+        )) => Some(*size),
+        _ => None,
     }
 }
 
@@ -482,7 +513,14 @@ impl Session {
         let delay = self.backoff.next_delay();
         self.retry.as_mut().reset(Instant::now() + delay);
         self.retry_pending = true;
-        if was_connected {
+        let oversized = oversized_inbound(&error);
+        if let Some(size) = oversized {
+            tracing::error!(
+                device = %self.device.id,
+                size,
+                "the broker sent a packet larger than upstream.max_inbound; MQTT 3.1.1 can neither read nor refuse it, so the session starts clean (what the broker had queued for this device is dropped)"
+            );
+        } else if was_connected {
             tracing::warn!(
                 device = %self.device.id,
                 "connection to the broker lost: {error}; reconnecting in {delay:.1?}"
@@ -502,6 +540,7 @@ impl Session {
         let dropped = self.qos0_dropped.load(Ordering::Relaxed);
         self.status.send_modify(|s| {
             s.connected = false;
+            s.inbound_oversized += u64::from(oversized.is_some());
             s.last_error = Some(error.to_string());
             s.in_flight = 0;
             s.qos0_dropped = dropped;

@@ -104,6 +104,9 @@ fn check_upstream(checker: &Checker, upstream: &Upstream) -> Check {
     if upstream.max_inflight == 0 {
         return checker.fail("upstream.max_inflight", "must be at least 1");
     }
+    if !(Size::kib(1)..=Size::mib(256)).contains(&upstream.max_inbound) {
+        return checker.fail("upstream.max_inbound", "must be from 1KiB to 256MiB");
+    }
     if let Some(tls) = &upstream.tls {
         if !upstream.url.tls {
             return checker.fail(
