@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::{Algorithm, Argon2, Params, Version};
 use rand::RngCore;
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +32,9 @@ pub enum AuthError {
 #[derive(Debug, Default, Clone)]
 pub struct PasswordFile {
     users: HashMap<String, String>,
+    /// Verified instead of a hash when the user is unknown, so that an unknown user costs
+    /// as much as a wrong password; made on first use with the file's hash parameters.
+    dummy: OnceLock<String>,
 }
 
 impl PasswordFile {
@@ -66,7 +70,10 @@ impl PasswordFile {
             })?;
             users.insert(user.to_owned(), hash.to_owned());
         }
-        Ok(Self { users })
+        Ok(Self {
+            users,
+            dummy: OnceLock::new(),
+        })
     }
 
     pub fn contains(&self, user: &str) -> bool {
@@ -83,11 +90,19 @@ impl PasswordFile {
 
     /// Whether `password` is the password of `user`. Slow on purpose (tens of
     /// milliseconds): call it off the async threads.
+    /// An unknown user takes as long as a known one, so that timing does not tell which
+    /// user names exist.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
-        let Some(hash) = self.users.get(user) else {
-            return false;
-        };
-        verify_password(hash, password)
+        match self.users.get(user) {
+            Some(hash) => verify_password(hash, password),
+            None => {
+                let dummy = self
+                    .dummy
+                    .get_or_init(|| dummy_hash_like(self.users.values().min().map(String::as_str)));
+                verify_password(dummy, password);
+                false
+            }
+        }
     }
 
     fn render(&self) -> String {
@@ -109,6 +124,46 @@ pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
         .hash_password(password, &salt)
         .map(|hash| hash.to_string())
         .map_err(|error| AuthError::Hash(error.to_string()))
+}
+
+/// A hash of a random password with the Argon2 variant and parameters of `reference` (a
+/// PHC string; the defaults of [`hash_password`] when it is `None` or not Argon2):
+/// verifying anything against it costs what verifying against `reference` costs, and
+/// always fails.
+pub fn dummy_hash_like(reference: Option<&str>) -> String {
+    let mut password = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut password);
+    let argon2 = reference
+        .and_then(|hash| PasswordHash::new(hash).ok())
+        .and_then(|parsed| {
+            let algorithm = Algorithm::try_from(parsed.algorithm).ok()?;
+            let version = parsed
+                .version
+                .map_or(Ok(Version::default()), Version::try_from)
+                .ok()?;
+            let params = Params::try_from(&parsed).ok()?;
+            Some(Argon2::new(algorithm, version, params))
+        })
+        .unwrap_or_default();
+    let mut salt = [0u8; 16];
+    rand::thread_rng().fill_bytes(&mut salt);
+    SaltString::encode_b64(&salt)
+        .ok()
+        .and_then(|salt| {
+            argon2
+                .hash_password(&password, &salt)
+                .ok()
+                .map(|hash| hash.to_string())
+        })
+        .or_else(|| hash_password(&password).ok())
+        .unwrap_or_default()
+}
+
+/// A dummy hash (see [`dummy_hash_like`]) with the parameters of [`hash_password`], made
+/// once per process.
+pub fn dummy_hash() -> &'static str {
+    static DUMMY: OnceLock<String> = OnceLock::new();
+    DUMMY.get_or_init(|| dummy_hash_like(None))
 }
 
 /// Whether `password` matches `hash` (a PHC string from [`hash_password`]). Slow on
@@ -221,6 +276,43 @@ mod tests {
         assert_ne!(
             hash_password(b"x").expect("hash"),
             hash_password(b"x").expect("hash")
+        );
+    }
+
+    #[test]
+    fn unknown_users_are_checked_against_a_dummy_with_the_same_parameters() {
+        let params = "$argon2id$v=19$m=8192,t=3,p=1$";
+        let reference = {
+            let salt = SaltString::encode_b64(&[7u8; 16]).expect("salt");
+            Argon2::new(
+                Algorithm::Argon2id,
+                Version::V0x13,
+                Params::new(8192, 3, 1, None).expect("params"),
+            )
+            .hash_password(b"secret", &salt)
+            .expect("hash")
+            .to_string()
+        };
+        let file = PasswordFile::parse(&format!("alice:{reference}\n"), "pw").expect("parses");
+        assert!(!file.verify("mallory", b"secret"));
+        let dummy = file.dummy.get().expect("made on first use");
+        assert!(dummy.starts_with(params), "{dummy}");
+        assert!(file.verify("alice", b"secret"));
+
+        let default = dummy_hash();
+        assert_eq!(
+            PasswordHash::new(default).expect("PHC").params,
+            PasswordHash::new(&hash_password(b"x").expect("hash"))
+                .expect("PHC")
+                .params
+        );
+        assert!(!verify_password(default, b""));
+        assert_eq!(
+            PasswordHash::new(&dummy_hash_like(Some("not a hash")))
+                .expect("PHC")
+                .params,
+            PasswordHash::new(default).expect("PHC").params,
+            "the defaults when the reference is unusable"
         );
     }
 

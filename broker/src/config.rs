@@ -142,6 +142,10 @@ pub struct Limits {
     pub max_subscriptions_per_session: usize,
     /// Distinct retained topics; a new retained topic beyond this is not stored.
     pub max_retained_messages: usize,
+    /// Topic and payload bytes of all retained messages; a retained publish that would
+    /// exceed it is not stored (it is still delivered to current subscribers).
+    #[serde(deserialize_with = "units::size")]
+    pub max_retained_bytes: usize,
     /// Levels of a topic or filter (`a/b/c` has 3): a deeper subscription is refused
     /// (SUBACK 0x80), a deeper PUBLISH or will topic closes the connection.
     pub max_topic_levels: usize,
@@ -160,6 +164,7 @@ impl Default for Limits {
             max_sessions: 100_000,
             max_subscriptions_per_session: 10_000,
             max_retained_messages: 100_000,
+            max_retained_bytes: 64 * 1024 * 1024,
             max_topic_levels: 128,
         }
     }
@@ -192,6 +197,42 @@ pub struct AuthConfig {
     pub password_file: Option<PathBuf>,
     /// Mosquitto `acl_file` syntax.
     pub acl_file: Option<PathBuf>,
+    #[serde(default)]
+    pub login_backoff: LoginBackoffConfig,
+}
+
+/// `auth.login_backoff`: how failed logins (password or platform token) slow down
+/// further attempts from the same address or for the same user name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LoginBackoffConfig {
+    /// Failed logins of an address or user name before its attempts are refused.
+    pub after_failures: u32,
+    /// Refusal period after the failure that reaches `after_failures`; each further
+    /// failure doubles it.
+    #[serde(deserialize_with = "units::duration")]
+    pub delay: Duration,
+    /// Longest refusal period.
+    #[serde(deserialize_with = "units::duration")]
+    pub max_delay: Duration,
+    /// Failures are forgotten after this long without a new one.
+    #[serde(deserialize_with = "units::duration")]
+    pub forget_after: Duration,
+    /// Addresses, and user names, remembered (each); a new one evicts the one whose
+    /// last failure is oldest. 0 turns the backoff off.
+    pub tracked: usize,
+}
+
+impl Default for LoginBackoffConfig {
+    fn default() -> Self {
+        Self {
+            after_failures: 5,
+            delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(10),
+            forget_after: Duration::from_secs(600),
+            tracked: 10_000,
+        }
+    }
 }
 
 /// The IoT platform mode's settings (`platform: { org, registry, ... }`).
@@ -363,6 +404,19 @@ impl Config {
         if limits.connect_timeout.is_zero() {
             return Err(invalid("limits.connect_timeout", "must be more than 0"));
         }
+        let backoff = &self.auth.login_backoff;
+        if backoff.delay.is_zero() || backoff.max_delay < backoff.delay {
+            return Err(invalid(
+                "auth.login_backoff.max_delay",
+                "delay must be more than 0 and max_delay at least delay",
+            ));
+        }
+        if backoff.forget_after < backoff.max_delay {
+            return Err(invalid(
+                "auth.login_backoff.forget_after",
+                "must be at least max_delay",
+            ));
+        }
         if !self.sys_interval.is_zero() && self.sys_interval < Duration::from_secs(1) {
             return Err(invalid("sys_interval", "must be 0 (off) or at least 1s"));
         }
@@ -515,6 +569,29 @@ platform: { org: myorg, registry: registry.db }
     }
 
     #[test]
+    fn login_backoff_and_retained_bytes() {
+        let config = parse("").expect("parses");
+        assert_eq!(config.auth.login_backoff, LoginBackoffConfig::default());
+        assert_eq!(config.limits.max_retained_bytes, 64 << 20);
+        let config = parse(
+            "limits: { max_retained_bytes: 1 MiB }\nauth:\n  login_backoff: { after_failures: 3, max_delay: 1m }\n",
+        )
+        .expect("parses");
+        assert_eq!(config.limits.max_retained_bytes, 1 << 20);
+        assert_eq!(config.auth.login_backoff.after_failures, 3);
+        assert_eq!(config.auth.login_backoff.max_delay, Duration::from_secs(60));
+        assert_eq!(config.auth.login_backoff.delay, Duration::from_secs(1));
+        for bad in [
+            "auth: { login_backoff: { delay: 0 } }",
+            "auth: { login_backoff: { delay: 20s } }",
+            "auth: { login_backoff: { forget_after: 1s } }",
+        ] {
+            let error = parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("auth.login_backoff"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
     fn max_topic_levels() {
         assert_eq!(parse("").expect("parses").limits.max_topic_levels, 128);
         let config = parse("limits: { max_topic_levels: 100000 }\n").expect("parses");
@@ -531,6 +608,7 @@ platform: { org: myorg, registry: registry.db }
     fn example_file_is_valid_and_shows_the_defaults() {
         let config = parse(include_str!("../broker.example.yaml")).expect("the example parses");
         assert_eq!(config.limits, Limits::default());
+        assert_eq!(config.auth.login_backoff, LoginBackoffConfig::default());
         assert_eq!(config.allow_anonymous, AnonymousPolicy::default());
         assert_eq!(config.sys_interval, default_sys_interval());
         assert_eq!(

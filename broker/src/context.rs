@@ -4,10 +4,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwapOption;
+use fieldbridge_service::LogThrottle;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::PasswordFile;
+use crate::backoff::LoginBackoff;
 use crate::config::{AnonymousPolicy, Limits};
 use crate::metrics::{Metrics, Stats};
 use crate::registry::Registry;
@@ -28,6 +30,10 @@ pub(crate) struct BrokerContext {
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
     pub password_checks: Semaphore,
+    /// Failed logins by address and user name.
+    pub logins: LoginBackoff,
+    /// Logins refused during a backoff, logged at a bounded rate.
+    pub login_refusals: LogThrottle,
     pub shutdown: CancellationToken,
     pub started: Instant,
 }
@@ -56,6 +62,8 @@ impl BrokerContext {
             messages_dropped: Metrics::load(&metrics.messages_dropped),
             subscriptions: self.router.subscriptions.read().len() as u64,
             retained_messages: self.router.retained.read().len() as u64,
+            retained_refused: self.router.retained.read().refused(),
+            persistence_write_failures: self.router.persistence_write_failures(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod session;
 pub mod subscriptions;
 pub mod transport;
 
+mod backoff;
 mod connection;
 mod context;
 mod metrics;

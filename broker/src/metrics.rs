@@ -55,6 +55,12 @@ pub struct Stats {
     pub messages_dropped: u64,
     pub subscriptions: u64,
     pub retained_messages: u64,
+    /// Transactions of the persistence database that failed: what they carried was not
+    /// stored, and not acknowledged to the clients that needed it.
+    pub persistence_write_failures: u64,
+    /// Retained messages not stored (published, or restored at start) because the
+    /// retained store was full.
+    pub retained_refused: u64,
 }
 
 impl Metrics {
@@ -64,7 +70,7 @@ impl Metrics {
 }
 
 /// The Prometheus families of [`Stats`].
-const STATS_FAMILIES: [Family<Stats>; 10] = [
+const STATS_FAMILIES: [Family<Stats>; 12] = [
     Family {
         name: "fieldbridge_broker_uptime_seconds",
         kind: "gauge",
@@ -125,6 +131,18 @@ const STATS_FAMILIES: [Family<Stats>; 10] = [
         help: "Retained messages held.",
         read: |s| s.retained_messages as f64,
     },
+    Family {
+        name: "fieldbridge_broker_persistence_write_failures_total",
+        kind: "counter",
+        help: "Transactions of the persistence database that failed (nothing they carried was acknowledged).",
+        read: |s| s.persistence_write_failures as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_retained_refused_total",
+        kind: "counter",
+        help: "Retained messages not stored because the retained store was full (published ones are still delivered).",
+        read: |s| s.retained_refused as f64,
+    },
 ];
 
 impl Stats {
@@ -153,6 +171,8 @@ mod tests {
             messages_dropped: 8,
             subscriptions: 9,
             retained_messages: 10,
+            persistence_write_failures: 11,
+            retained_refused: 12,
         };
         let text = stats.exposition();
         for (family, value) in STATS_FAMILIES.iter().zip(1..) {

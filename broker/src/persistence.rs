@@ -3,15 +3,20 @@
 //!
 //! All writes go through one writer task as [`Op`]s on a bounded channel; it applies what
 //! has accumulated in one transaction (group commit). Whoever must not answer its client
-//! before its writes are durable (a PUBACK, PUBREC or SUBACK) sends a barrier after them
-//! and waits for it. Ops of one session are sent while its lock is held, so they reach the
-//! database in the order they happened.
+//! before its writes are durable (a PUBACK, PUBREC or SUBACK) takes a [`Mark`] before
+//! sending them and waits for a barrier after them. Ops of one session are sent while its
+//! lock is held, so they reach the database in the order they happened.
+//!
+//! A transaction that fails (a full disk, an I/O error) is rolled back and its changes are
+//! lost; every barrier marked before the failure fails, so nothing those changes carried is
+//! acknowledged. Failures are not retried (waiting would hold up every publisher): the
+//! next batch tries again, on a fresh connection when the old one's state is in doubt.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
@@ -22,11 +27,16 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{PersistenceConfig, Synchronous};
 use crate::message::Message;
 use fieldbridge_mqtt::codec::QoS;
+use fieldbridge_service::LogThrottle;
 
 /// Ops waiting for the writer; senders wait (and so slow down) when it is full.
 pub(crate) const CHANNEL_CAPACITY: usize = 8192;
 /// Ops applied in one transaction at most.
 const MAX_BATCH: usize = 2048;
+/// Failed writes are logged at most this often (with how many failed meanwhile).
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// How long a connection waits for a lock held by another connection or process.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -46,6 +56,31 @@ pub enum StoreError {
 #[error("the persistence database could not store the change")]
 pub struct NotDurable;
 
+/// How many transactions had failed when a caller began sending ops: a barrier given it
+/// fails if any failed since, wherever the caller's ops ended up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct Mark(u64);
+
+impl Mark {
+    /// The answer of a barrier taken at this mark once `failures` transactions have failed.
+    fn verdict(self, failures: u64) -> Result<(), NotDurable> {
+        if failures == self.0 {
+            Ok(())
+        } else {
+            Err(NotDurable)
+        }
+    }
+}
+
+/// Failed transactions, counted by the writer and read by the handles.
+#[derive(Debug, Default)]
+struct Failures {
+    /// Since the store was opened.
+    count: AtomicU64,
+    /// `count` as of the last transaction that succeeded.
+    settled: AtomicU64,
+}
+
 /// One change to the durable state.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -57,8 +92,10 @@ pub(crate) enum Op {
     ClearRetained {
         topic: ByteString,
     },
+    /// Records a persistent session and its owner (see `registry::Owner::encode`).
     Session {
         client_id: ByteString,
+        owner: String,
     },
     DeleteSession {
         client_id: ByteString,
@@ -105,8 +142,12 @@ pub(crate) enum Op {
         client_id: ByteString,
         pkid: u16,
     },
-    /// Answered once every op sent before it is committed.
-    Barrier(oneshot::Sender<Result<(), NotDurable>>),
+    /// Answered once the ops sent before it are committed: an error if a transaction
+    /// failed after `since`.
+    Barrier {
+        since: Mark,
+        done: oneshot::Sender<Result<(), NotDurable>>,
+    },
     /// Commits what came before and stops the writer.
     Close(oneshot::Sender<()>),
 }
@@ -126,6 +167,8 @@ pub struct StoredDelivery {
 
 #[derive(Debug, Clone, Default)]
 pub struct StoredSession {
+    /// Who the session belongs to; `None` when stored before owners were recorded.
+    pub owner: Option<String>,
     pub subscriptions: Vec<(ByteString, QoS)>,
     pub queue: Vec<StoredDelivery>,
     pub incoming_qos2: Vec<u16>,
@@ -143,6 +186,7 @@ pub struct Snapshot {
 pub(crate) struct StoreHandle {
     tx: mpsc::Sender<Op>,
     next_message_id: Arc<AtomicI64>,
+    failures: Arc<Failures>,
 }
 
 impl StoreHandle {
@@ -165,11 +209,34 @@ impl StoreHandle {
             .map_err(|_| NotDurable)
     }
 
-    /// Waits until every op sent before is committed.
+    /// Taken before sending ops that a later [`StoreHandle::barrier_since`] must cover.
+    pub fn mark(&self) -> Mark {
+        Mark(self.failures.count.load(Ordering::Acquire))
+    }
+
+    /// A mark for ops sent already, as far as can be told: while no transaction has
+    /// succeeded since the last failure, that failure counts against it.
+    pub fn settled_mark(&self) -> Mark {
+        Mark(self.failures.settled.load(Ordering::Acquire))
+    }
+
+    /// Waits until the ops sent before are committed (with [`StoreHandle::settled_mark`];
+    /// a mark taken before sending them is exact: [`StoreHandle::barrier_since`]).
     pub async fn barrier(&self) -> Result<(), NotDurable> {
+        self.barrier_since(self.settled_mark()).await
+    }
+
+    /// Waits until the ops sent since `since` was taken are committed; an error if any
+    /// transaction failed since (theirs or another's: the caller cannot tell).
+    pub async fn barrier_since(&self, since: Mark) -> Result<(), NotDurable> {
         let (done, wait) = oneshot::channel();
-        self.send(Op::Barrier(done)).await?;
+        self.send(Op::Barrier { since, done }).await?;
         wait.await.map_err(|_| NotDurable)?
+    }
+
+    /// Transactions that failed since the store was opened.
+    pub fn write_failures(&self) -> u64 {
+        self.failures.count.load(Ordering::Relaxed)
     }
 
     pub fn next_message_id(&self) -> i64 {
@@ -217,24 +284,46 @@ pub(crate) async fn open(
         .await
         .map_err(load_error)?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    tokio::spawn(write_loop(connection, rx));
+    let failures = Arc::new(Failures::default());
+    let writer = Writer::new(
+        connection,
+        config.path.clone(),
+        config.synchronous,
+        failures.clone(),
+    );
+    tokio::spawn(writer.run(rx));
     let handle = StoreHandle {
         tx,
         next_message_id: Arc::new(AtomicI64::new(max_id.unwrap_or(0) + 1)),
+        failures,
     };
     Ok((handle, snapshot))
 }
 
-async fn connect(path: &Path, synchronous: Synchronous) -> Result<SqliteConnection, sqlx::Error> {
+/// The connection's settings; a reopened connection gets the same ones.
+fn options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
     SqliteConnectOptions::new()
         .filename(path)
-        .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(match synchronous {
             Synchronous::Full => SqliteSynchronous::Full,
             Synchronous::Normal => SqliteSynchronous::Normal,
         })
-        .busy_timeout(Duration::from_secs(5))
+        .busy_timeout(BUSY_TIMEOUT)
+}
+
+async fn connect(path: &Path, synchronous: Synchronous) -> Result<SqliteConnection, sqlx::Error> {
+    options(path, synchronous)
+        .create_if_missing(true)
+        .connect()
+        .await
+}
+
+/// A fresh connection to the database opened (and migrated) at start. Never creates the
+/// file: a database that vanished is an error, not a new empty state.
+async fn reopen(path: &Path, synchronous: Synchronous) -> Result<SqliteConnection, sqlx::Error> {
+    options(path, synchronous)
+        .create_if_missing(false)
         .connect()
         .await
 }
@@ -261,12 +350,13 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
             .retained
             .push(Message::new(topic, payload, qos, true));
     }
-    for row in sqlx::query("SELECT client_id FROM sessions")
+    for row in sqlx::query("SELECT client_id, owner FROM sessions")
         .fetch_all(&mut *connection)
         .await?
     {
         let client_id: String = row.try_get("client_id")?;
-        snapshot.sessions.entry(client_id.into()).or_default();
+        let owner: Option<String> = row.try_get("owner")?;
+        snapshot.sessions.entry(client_id.into()).or_default().owner = owner;
     }
     for row in sqlx::query("SELECT client_id, filter, qos FROM subscriptions")
         .fetch_all(&mut *connection)
@@ -336,52 +426,242 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
     Ok(snapshot)
 }
 
-async fn write_loop(mut connection: SqliteConnection, mut rx: mpsc::Receiver<Op>) {
-    let mut batch = Vec::with_capacity(64);
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(op) => batch.push(op),
-                Err(_) => break,
+impl Op {
+    /// Whether the op changes the database (barriers and `Close` do not).
+    fn changes(&self) -> bool {
+        !matches!(self, Op::Barrier { .. } | Op::Close(_))
+    }
+}
+
+/// The one task that writes: applies what has accumulated in one transaction and answers
+/// the barriers among it.
+struct Writer {
+    /// `None` when reopening it failed; the next transaction tries again.
+    connection: Option<SqliteConnection>,
+    path: PathBuf,
+    synchronous: Synchronous,
+    failures: Arc<Failures>,
+    /// Transactions failed so far (only the writer adds to `failures.count`).
+    failed: u64,
+    log: FailureLog,
+}
+
+impl Writer {
+    fn new(
+        connection: SqliteConnection,
+        path: PathBuf,
+        synchronous: Synchronous,
+        failures: Arc<Failures>,
+    ) -> Self {
+        Writer {
+            connection: Some(connection),
+            path,
+            synchronous,
+            failed: failures.count.load(Ordering::Relaxed),
+            failures,
+            log: FailureLog::new(FAILURE_LOG_INTERVAL),
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut batch = Vec::with_capacity(64);
+        while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+            if let Some(done) = self.apply(&mut batch).await {
+                rx.close();
+                self.finish().await;
+                let _ = done.send(());
+                return;
             }
         }
-        let result = apply(&mut connection, &batch).await;
-        if let Err(error) = &result {
-            tracing::error!(%error, ops = batch.len(), "persistence write failed");
+        self.finish().await;
+    }
+
+    /// Writes the batch's changes in one transaction and answers its barriers (a barrier
+    /// alone is answered too: it fails if an earlier transaction failed after its mark).
+    /// Returns the sender of a `Close` in the batch.
+    async fn apply(&mut self, batch: &mut Vec<Op>) -> Option<oneshot::Sender<()>> {
+        let changes = batch.iter().filter(|op| op.changes()).count();
+        if changes > 0 {
+            match self.transaction(batch).await {
+                Ok(()) => self.succeeded(),
+                Err(error) => self.failed(&error, changes).await,
+            }
         }
         let mut close = None;
         for op in batch.drain(..) {
             match op {
-                Op::Barrier(done) => {
-                    let _ = done.send(result.as_ref().map(|_| ()).map_err(|_| NotDurable));
+                Op::Barrier { since, done } => {
+                    let _ = done.send(since.verdict(self.failed));
                 }
                 Op::Close(done) => close = Some(done),
                 _ => {}
             }
         }
-        if let Some(done) = close {
-            rx.close();
-            let _ = connection.close().await;
-            let _ = done.send(());
-            return;
+        close
+    }
+
+    async fn transaction(&mut self, batch: &[Op]) -> Result<(), sqlx::Error> {
+        let connection = match &mut self.connection {
+            Some(connection) => connection,
+            empty => empty.insert(reopen(&self.path, self.synchronous).await?),
+        };
+        let mut tx = connection.begin().await?;
+        for op in batch {
+            if let Err(error) = apply_one(&mut tx, op).await {
+                // Explicitly rather than on drop, so that `settle` sees the outcome.
+                let _ = tx.rollback().await;
+                return Err(error);
+            }
+        }
+        tx.commit().await
+    }
+
+    fn succeeded(&mut self) {
+        self.failures.settled.store(self.failed, Ordering::Release);
+        if let Some(outage) = self.log.recovered(Instant::now()) {
+            tracing::info!(
+                failures = outage.failures,
+                changes_lost = outage.changes,
+                "persistence writes succeed again after {}s",
+                outage.lasting.as_secs()
+            );
         }
     }
-    let _ = connection.close().await;
+
+    async fn failed(&mut self, error: &sqlx::Error, changes: usize) {
+        self.failed += 1;
+        self.failures.count.store(self.failed, Ordering::Release);
+        self.settle().await;
+        let Some(report) = self
+            .log
+            .failed(&error_kind(error), changes as u64, Instant::now())
+        else {
+            return;
+        };
+        tracing::error!(
+            failures = report.failures,
+            changes_lost = report.changes,
+            held_back = report.repeats,
+            lasting_s = report.lasting.as_secs(),
+            "persistence write failed: {error}; what needs it stored is not acknowledged \
+             (the client is disconnected and sends it again) until writes succeed; next line \
+             in {}s at the earliest",
+            FAILURE_LOG_INTERVAL.as_secs()
+        );
+    }
+
+    /// After a failed transaction, makes sure the connection is not left inside it.
+    /// SQLite rolls a transaction back by itself after some errors (SQLITE_FULL, I/O
+    /// errors, a failed COMMIT); sqlx's ROLLBACK then fails and sqlx still counts the
+    /// transaction as open, so its next BEGIN would be a SAVEPOINT inside a transaction
+    /// that never commits. sqlx counts a ROLLBACK only when it worked, which ends SQLite's
+    /// transaction too; otherwise the connection is replaced by a fresh one.
+    async fn settle(&mut self) {
+        let Some(connection) = &mut self.connection else {
+            return;
+        };
+        // The ping runs after the rollback a dropped transaction has queued.
+        if connection.ping().await.is_ok() && !connection.is_in_transaction() {
+            return;
+        }
+        tracing::debug!("replacing the persistence connection after a failed transaction");
+        if let Some(connection) = self.connection.take() {
+            // Closing rolls back whatever SQLite still has open.
+            if let Err(error) = connection.close().await {
+                tracing::debug!("closing the persistence connection: {error}");
+            }
+        }
+        match reopen(&self.path, self.synchronous).await {
+            Ok(connection) => self.connection = Some(connection),
+            Err(error) => tracing::debug!("reopening the persistence database: {error}"),
+        }
+    }
+
+    async fn finish(mut self) {
+        if let Some(connection) = self.connection.take() {
+            if let Err(error) = connection.close().await {
+                tracing::warn!("closing the persistence database: {error}");
+            }
+        }
+    }
 }
 
-async fn apply(connection: &mut SqliteConnection, batch: &[Op]) -> Result<(), sqlx::Error> {
-    if batch
-        .iter()
-        .all(|op| matches!(op, Op::Barrier(_) | Op::Close(_)))
-    {
-        return Ok(());
+/// What kind of error a failed write was: another kind is logged at once.
+fn error_kind(error: &sqlx::Error) -> String {
+    match error {
+        sqlx::Error::Database(db) => db
+            .code()
+            .map_or_else(|| db.message().to_owned(), |code| code.into_owned()),
+        other => other.to_string(),
     }
-    let mut tx = connection.begin().await?;
-    for op in batch {
-        apply_one(&mut tx, op).await?;
+}
+
+/// Writes failing since `since`.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    failures: u64,
+    changes: u64,
+}
+
+/// What to log about an outage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Report {
+    /// Since the first failed write.
+    lasting: Duration,
+    /// Failed transactions since the first one (including it).
+    failures: u64,
+    /// Changes those transactions carried, not stored.
+    changes: u64,
+    /// Failures not logged since the last line.
+    repeats: u64,
+}
+
+/// The log of failed writes: the first failure at once, then at most one line per
+/// interval (or at once when the kind of error changes), and one when writes succeed again.
+#[derive(Debug)]
+struct FailureLog {
+    throttle: LogThrottle,
+    outage: Option<Outage>,
+}
+
+impl FailureLog {
+    fn new(interval: Duration) -> Self {
+        FailureLog {
+            throttle: LogThrottle::new(interval),
+            outage: None,
+        }
     }
-    tx.commit().await
+
+    /// Records a failed transaction of `changes` changes; `Some` when a line is due.
+    fn failed(&mut self, kind: &str, changes: u64, now: Instant) -> Option<Report> {
+        let outage = self.outage.get_or_insert(Outage {
+            since: now,
+            failures: 0,
+            changes: 0,
+        });
+        outage.failures += 1;
+        outage.changes += changes;
+        let repeats = self.throttle.admit_changed(kind, now)?;
+        Some(Report {
+            lasting: now.saturating_duration_since(outage.since),
+            failures: outage.failures,
+            changes: outage.changes,
+            repeats,
+        })
+    }
+
+    /// After a transaction that succeeded: the whole outage, when one has ended.
+    fn recovered(&mut self, now: Instant) -> Option<Report> {
+        let outage = self.outage.take()?;
+        self.throttle.reset();
+        Some(Report {
+            lasting: now.saturating_duration_since(outage.since),
+            failures: outage.failures,
+            changes: outage.changes,
+            repeats: 0,
+        })
+    }
 }
 
 async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error> {
@@ -405,11 +685,15 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
                 .execute(&mut *tx)
                 .await?;
         }
-        Op::Session { client_id } => {
-            sqlx::query("INSERT OR IGNORE INTO sessions (client_id) VALUES (?)")
-                .bind(&**client_id)
-                .execute(&mut *tx)
-                .await?;
+        Op::Session { client_id, owner } => {
+            sqlx::query(
+                "INSERT INTO sessions (client_id, owner) VALUES (?, ?) \
+                 ON CONFLICT (client_id) DO UPDATE SET owner = excluded.owner",
+            )
+            .bind(&**client_id)
+            .bind(owner)
+            .execute(&mut *tx)
+            .await?;
         }
         Op::DeleteSession { client_id } => {
             for statement in [
@@ -527,7 +811,7 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
                 .execute(&mut *tx)
                 .await?;
         }
-        Op::Barrier(_) | Op::Close(_) => {}
+        Op::Barrier { .. } | Op::Close(_) => {}
     }
     Ok(())
 }
@@ -566,6 +850,7 @@ mod tests {
             },
             Op::Session {
                 client_id: client.clone(),
+                owner: "user:alice".into(),
             },
             Op::Subscribe {
                 client_id: client.clone(),
@@ -649,6 +934,7 @@ mod tests {
         assert_eq!(snapshot.retained[0].topic, "r/1");
         assert_eq!(snapshot.retained[0].qos, QoS::AtLeastOnce);
         let session = snapshot.sessions.get("c1").expect("session restored");
+        assert_eq!(session.owner.as_deref(), Some("user:alice"));
         assert_eq!(
             session.subscriptions,
             vec![("a/#".into(), QoS::ExactlyOnce)]
@@ -695,6 +981,7 @@ mod tests {
         store
             .send(Op::Session {
                 client_id: client.clone(),
+                owner: "anonymous".into(),
             })
             .await
             .expect("sends");
@@ -733,5 +1020,196 @@ mod tests {
             .await
             .expect("counts");
         assert_eq!(count, 0);
+    }
+
+    fn barrier(since: Mark) -> (Op, oneshot::Receiver<Result<(), NotDurable>>) {
+        let (done, answer) = oneshot::channel();
+        (Op::Barrier { since, done }, answer)
+    }
+
+    fn retained(topic: &str, payload: Vec<u8>) -> Op {
+        Op::SetRetained {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos: QoS::AtLeastOnce,
+        }
+    }
+
+    /// A writer on a migrated database, and the database's path.
+    async fn writer_on(
+        dir: &tempfile::TempDir,
+        prepare: &[&str],
+    ) -> (Writer, Arc<Failures>, PathBuf) {
+        let config = config(dir);
+        let (store, _) = open(&config).await.expect("opens");
+        store.close().await;
+        let mut connection = connect(&config.path, config.synchronous)
+            .await
+            .expect("connects");
+        for statement in prepare {
+            sqlx::query(statement)
+                .execute(&mut connection)
+                .await
+                .expect("prepares");
+        }
+        let failures = Arc::new(Failures::default());
+        let writer = Writer::new(
+            connection,
+            config.path.clone(),
+            config.synchronous,
+            failures.clone(),
+        );
+        (writer, failures, config.path)
+    }
+
+    /// What another connection sees: the retained topics, and whether it can write.
+    async fn seen_from_outside(path: &Path) -> (Vec<String>, bool) {
+        let mut other = connect(path, Synchronous::Normal).await.expect("connects");
+        let topics = sqlx::query_scalar("SELECT topic FROM retained ORDER BY topic")
+            .fetch_all(&mut other)
+            .await
+            .expect("reads");
+        sqlx::query("PRAGMA busy_timeout = 0")
+            .execute(&mut other)
+            .await
+            .expect("sets");
+        let writable = sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut other)
+            .await
+            .is_ok();
+        other.close().await.expect("closes");
+        (topics, writable)
+    }
+
+    #[test]
+    fn a_barrier_fails_once_a_transaction_failed_after_its_mark() {
+        assert!(Mark(0).verdict(0).is_ok());
+        assert!(Mark(0).verdict(1).is_err());
+        assert!(Mark(3).verdict(3).is_ok());
+        assert!(Mark(2).verdict(3).is_err());
+    }
+
+    /// A database that cannot grow (as on a full disk): the transaction fails, its barrier
+    /// and any later barrier marked before the failure fail, barriers marked after succeed,
+    /// and writes that fit are committed where other connections see them.
+    #[tokio::test]
+    async fn failed_transactions_fail_every_barrier_that_may_depend_on_them() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut writer, failures, path) = writer_on(&dir, &[]).await;
+        let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+            .fetch_one(writer.connection.as_mut().expect("open"))
+            .await
+            .expect("counts pages");
+        sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 8))
+            .execute(writer.connection.as_mut().expect("open"))
+            .await
+            .expect("caps");
+        let before = Mark(failures.count.load(Ordering::Relaxed));
+
+        let (same, same_answer) = barrier(before);
+        let mut batch = vec![retained("big", vec![7; 1 << 20]), same];
+        assert!(writer.apply(&mut batch).await.is_none());
+        assert!(same_answer.await.expect("answered").is_err());
+        assert_eq!(failures.count.load(Ordering::Relaxed), 1);
+        let after = Mark(1);
+
+        // Barriers alone, and barriers with writes that succeed.
+        let (alone, alone_answer) = barrier(before);
+        let (fresh, fresh_answer) = barrier(after);
+        writer.apply(&mut vec![alone, fresh]).await;
+        assert!(alone_answer.await.expect("answered").is_err());
+        assert!(fresh_answer.await.expect("answered").is_ok());
+        let (old, old_answer) = barrier(before);
+        let (new, new_answer) = barrier(after);
+        writer
+            .apply(&mut vec![retained("small", b"x".to_vec()), old, new])
+            .await;
+        assert!(old_answer.await.expect("answered").is_err());
+        assert!(new_answer.await.expect("answered").is_ok());
+        assert_eq!(failures.settled.load(Ordering::Relaxed), 1);
+        assert_eq!(
+            seen_from_outside(&path).await,
+            (vec!["small".to_owned()], true)
+        );
+        writer.finish().await;
+    }
+
+    /// The state a full disk leaves behind: sqlx counts a transaction SQLite no longer has,
+    /// so the next BEGIN is a SAVEPOINT and a failed write's ROLLBACK TO keeps a transaction
+    /// open for good. The writer replaces that connection, and later writes commit.
+    #[tokio::test]
+    async fn a_connection_left_inside_a_transaction_is_replaced() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (mut writer, failures, path) = writer_on(&dir, &[]).await;
+        let connection = writer.connection.as_mut().expect("open");
+        let mut tx = connection.begin().await.expect("begins");
+        sqlx::query("ROLLBACK")
+            .execute(&mut *tx)
+            .await
+            .expect("ends SQLite's transaction behind sqlx's back");
+        drop(tx);
+        // Runs the queued ROLLBACK, which fails: no transaction is active.
+        connection.ping().await.expect("pings");
+        assert!(connection.is_in_transaction(), "sqlx still counts it");
+        // Writes fail on this connection only (a reopened one can write).
+        sqlx::query("PRAGMA query_only = ON")
+            .execute(&mut *connection)
+            .await
+            .expect("sets");
+
+        let (first, first_answer) = barrier(Mark(0));
+        writer
+            .apply(&mut vec![retained("refused", b"x".to_vec()), first])
+            .await;
+        assert!(first_answer.await.expect("answered").is_err());
+        assert_eq!(failures.count.load(Ordering::Relaxed), 1);
+        let connection = writer.connection.as_ref().expect("reopened");
+        assert!(!connection.is_in_transaction());
+
+        let (next, next_answer) = barrier(Mark(1));
+        writer
+            .apply(&mut vec![retained("stored", b"y".to_vec()), next])
+            .await;
+        assert!(next_answer.await.expect("answered").is_ok());
+        assert_eq!(
+            seen_from_outside(&path).await,
+            (vec!["stored".to_owned()], true),
+            "committed, and no transaction left open"
+        );
+        writer.finish().await;
+    }
+
+    #[test]
+    fn failure_log_reports_at_once_then_per_interval_and_the_recovery() {
+        let mut log = FailureLog::new(Duration::from_secs(30));
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        assert_eq!(log.recovered(t0), None, "no outage, nothing to report");
+        let first = log.failed("13", 5, at(1)).expect("the first failure");
+        assert_eq!(
+            (first.failures, first.changes, first.repeats, first.lasting),
+            (1, 5, 0, Duration::ZERO)
+        );
+        assert_eq!(log.failed("13", 2, at(5)), None);
+        assert_eq!(log.failed("13", 1, at(20)), None);
+        let later = log.failed("13", 1, at(31)).expect("after the interval");
+        assert_eq!(
+            (later.failures, later.changes, later.repeats, later.lasting),
+            (4, 9, 2, Duration::from_secs(30))
+        );
+        let other = log.failed("10", 1, at(32)).expect("another error at once");
+        assert_eq!((other.failures, other.repeats), (5, 0));
+
+        let recovery = log.recovered(at(41)).expect("the outage ended");
+        assert_eq!(
+            (recovery.failures, recovery.changes, recovery.lasting),
+            (5, 10, Duration::from_secs(40))
+        );
+        assert_eq!(log.recovered(at(42)), None);
+        let next = log.failed("13", 3, at(43)).expect("a new outage at once");
+        assert_eq!(
+            (next.failures, next.changes, next.lasting),
+            (1, 3, Duration::ZERO)
+        );
     }
 }

@@ -107,12 +107,57 @@ pub(crate) struct Link {
     pub signal: Arc<ConnectionSignal>,
 }
 
+/// Whose a session is: the identity that created it. Only that identity resumes it; any
+/// other client using the client id gets a fresh session instead, since client ids are
+/// the clients' to pick.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Owner {
+    Anonymous,
+    /// A user name (authenticated by the password file, or as claimed without one).
+    User(ByteString),
+    /// A platform client, by its client id (its credentials are bound to that id).
+    Client(ByteString),
+}
+
+impl Owner {
+    /// The form stored in the database.
+    pub fn encode(&self) -> String {
+        match self {
+            Owner::Anonymous => "anonymous".to_owned(),
+            Owner::User(name) => format!("user:{name}"),
+            Owner::Client(id) => format!("client:{id}"),
+        }
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        if text == "anonymous" {
+            return Some(Owner::Anonymous);
+        }
+        if let Some(name) = text.strip_prefix("user:") {
+            return Some(Owner::User(name.into()));
+        }
+        text.strip_prefix("client:")
+            .map(|id| Owner::Client(id.into()))
+    }
+
+    /// The user name the owner connects with, for ACL checks while it is away.
+    fn username(&self) -> Option<ByteString> {
+        match self {
+            Owner::User(name) => Some(name.clone()),
+            Owner::Anonymous | Owner::Client(_) => None,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(crate) struct SessionInner {
     pub state: SessionState,
     pub link: Option<Link>,
     /// The user name of the connection (for ACL checks on delivery).
     pub username: Option<ByteString>,
+    /// `None` for a session stored before owners were recorded: the first client to
+    /// resume it becomes its owner.
+    pub owner: Option<Owner>,
     /// Set when the session ended (clean session over, or replaced): nothing may be added.
     pub discarded: bool,
 }
@@ -137,10 +182,21 @@ pub(crate) struct Session {
 
 pub(crate) type Tree = RwLock<SubscriptionTree<Arc<Session>>>;
 
+/// A connection asking [`Registry::attach`] for its session.
+pub(crate) struct Claim {
+    pub client_id: ByteString,
+    pub clean_session: bool,
+    pub link: Link,
+    pub username: Option<ByteString>,
+    pub owner: Owner,
+}
+
 /// Result of [`Registry::attach`].
 pub(crate) struct Attached {
     pub session: Arc<Session>,
     pub session_present: bool,
+    /// A persistent session of another owner was discarded for this one.
+    pub replaced_foreign: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +255,7 @@ impl Registry {
         persistent: bool,
         link: Option<Link>,
         username: Option<ByteString>,
+        owner: Option<Owner>,
     ) -> Arc<Session> {
         Arc::new(Session {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -208,39 +265,58 @@ impl Registry {
                 state: SessionState::new(),
                 link,
                 username,
+                owner,
                 discarded: false,
             }),
         })
     }
 
-    /// Gives `client_id` a session served by `link`: the persistent session it left if it
-    /// asks to resume one, a new session otherwise. A connection still serving the client id
-    /// is told to end (takeover); a session that does not carry over is discarded.
-    /// `permit` (one op of room in the persistence channel, when there is persistence)
-    /// records the change durably in the same order as it happens here.
+    /// Gives the claimed client id a session served by the claim's link: the persistent
+    /// session it left if it asks to resume one and owns it, a new session otherwise. A
+    /// connection still serving the client id is told to end (takeover); a session that
+    /// does not carry over is discarded. `permit` (two ops of room in the persistence
+    /// channel, when there is persistence) records the change durably in the same order as
+    /// it happens here.
     pub fn attach(
         &self,
-        client_id: ByteString,
-        clean_session: bool,
-        link: Link,
-        username: Option<ByteString>,
+        claim: Claim,
         tree: &Tree,
         mut permit: Option<PermitIterator<'_, Op>>,
     ) -> Result<Attached, RegistryFull> {
+        let Claim {
+            client_id,
+            clean_session,
+            link,
+            username,
+            owner,
+        } = claim;
         let mut sessions = self.sessions.lock();
+        let mut replaced_foreign = false;
         if let Some(ByClientId(existing)) = sessions.get(&*client_id).cloned() {
             let mut inner = existing.inner.lock();
             if let Some(old) = inner.link.take() {
                 old.signal.kick(Kick::TakenOver);
             }
-            if !clean_session && existing.persistent {
+            let owned = inner.owner.as_ref().is_none_or(|known| *known == owner);
+            if !clean_session && existing.persistent && owned {
+                if inner.owner.is_none() {
+                    if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
+                        permit.send(Op::Session {
+                            client_id: client_id.clone(),
+                            owner: owner.encode(),
+                        });
+                    }
+                    inner.owner = Some(owner);
+                }
                 inner.link = Some(link);
                 inner.username = username;
                 return Ok(Attached {
                     session: existing.clone(),
                     session_present: true,
+                    replaced_foreign: false,
                 });
             }
+            replaced_foreign = existing.persistent && !owned;
             drop(inner);
             sessions.remove(&*client_id);
             discard(&existing, tree);
@@ -255,11 +331,20 @@ impl Registry {
         if sessions.len() >= self.max_sessions {
             return Err(RegistryFull);
         }
-        let session = self.new_session(client_id.clone(), !clean_session, Some(link), username);
-        if session.persistent {
+        let persistent = !clean_session;
+        let encoded = persistent.then(|| owner.encode());
+        let session = self.new_session(
+            client_id.clone(),
+            persistent,
+            Some(link),
+            username,
+            Some(owner),
+        );
+        if let Some(owner) = encoded {
             if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
                 permit.send(Op::Session {
                     client_id: client_id.clone(),
+                    owner,
                 });
             }
         }
@@ -267,6 +352,7 @@ impl Registry {
         Ok(Attached {
             session,
             session_present: false,
+            replaced_foreign,
         })
     }
 
@@ -284,9 +370,16 @@ impl Registry {
         discard(session, tree);
     }
 
-    /// Adds a persistent session read from storage (no connection yet).
-    pub fn restore(&self, client_id: ByteString, state: SessionState) -> Arc<Session> {
-        let session = self.new_session(client_id.clone(), true, None, None);
+    /// Adds a persistent session read from storage (no connection yet). Until its owner
+    /// connects, messages are checked against the ACL as the owner's user name.
+    pub fn restore(
+        &self,
+        client_id: ByteString,
+        state: SessionState,
+        owner: Option<Owner>,
+    ) -> Arc<Session> {
+        let username = owner.as_ref().and_then(Owner::username);
+        let session = self.new_session(client_id.clone(), true, None, username, owner);
         session.inner.lock().state = state;
         self.sessions.lock().replace(ByClientId(session.clone()));
         session

@@ -6,9 +6,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
+
+use fieldbridge_service::LogThrottle;
 
 use crate::message::Message;
 use fieldbridge_mqtt::topic::split_level;
+
+/// Least time between two log lines about retained messages not stored.
+const FULL_WARNING_INTERVAL: Duration = Duration::from_secs(10);
 
 #[derive(Default)]
 struct Node {
@@ -45,14 +51,21 @@ pub enum RetainOutcome {
     Cleared,
     /// An empty payload for a topic that had no retained message.
     NothingToClear,
-    /// A new topic while the store holds its maximum number of messages.
+    /// Not stored: a new topic while the store holds its maximum number of messages, or
+    /// more bytes than the store may hold. The topic keeps what it had.
     Full,
 }
 
 pub struct RetainedStore {
     root: Node,
     count: usize,
+    /// Topic and payload bytes of the messages held.
+    bytes: usize,
     max_messages: usize,
+    max_bytes: usize,
+    /// Messages not stored because the store was full.
+    refused: u64,
+    full_warnings: LogThrottle,
 }
 
 impl fmt::Debug for RetainedStore {
@@ -60,22 +73,40 @@ impl fmt::Debug for RetainedStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetainedStore")
             .field("count", &self.count)
+            .field("bytes", &self.bytes)
             .field("max_messages", &self.max_messages)
+            .field("max_bytes", &self.max_bytes)
             .finish_non_exhaustive()
     }
 }
 
 impl RetainedStore {
-    pub fn new(max_messages: usize) -> Self {
+    /// A store of at most `max_messages` messages and `max_bytes` bytes of topic and
+    /// payload.
+    pub fn new(max_messages: usize, max_bytes: usize) -> Self {
         Self {
             root: Node::default(),
             count: 0,
+            bytes: 0,
             max_messages,
+            max_bytes,
+            refused: 0,
+            full_warnings: LogThrottle::new(FULL_WARNING_INTERVAL),
         }
     }
 
     pub fn len(&self) -> usize {
         self.count
+    }
+
+    /// Topic and payload bytes of the messages held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Messages not stored because the store was full, since it was made.
+    pub fn refused(&self) -> u64 {
+        self.refused
     }
 
     pub fn is_empty(&self) -> bool {
@@ -87,16 +118,22 @@ impl RetainedStore {
     /// [`Message::detached`] copies.
     pub fn set(&mut self, message: Arc<Message>) -> RetainOutcome {
         if message.payload.is_empty() {
-            return if self.clear(&message.topic) {
-                self.count -= 1;
-                RetainOutcome::Cleared
-            } else {
-                RetainOutcome::NothingToClear
+            return match self.clear(&message.topic) {
+                Some(freed) => {
+                    self.count -= 1;
+                    self.bytes -= freed;
+                    RetainOutcome::Cleared
+                }
+                None => RetainOutcome::NothingToClear,
             };
         }
-        if self.count >= self.max_messages && self.get(&message.topic).is_none() {
+        let previous = self.get(&message.topic).map(|old| old.size());
+        let bytes = self.bytes - previous.unwrap_or(0) + message.size();
+        if (previous.is_none() && self.count >= self.max_messages) || bytes > self.max_bytes {
+            self.refuse(&message);
             return RetainOutcome::Full;
         }
+        self.bytes = bytes;
         let mut node = &mut self.root;
         let mut rest = Some(&*message.topic);
         while let Some(levels) = rest {
@@ -123,9 +160,25 @@ impl RetainedStore {
         node.message.as_ref()
     }
 
-    /// Removes the retained message of `topic`, pruning the branch it leaves empty; true
-    /// if there was one.
-    fn clear(&mut self, topic: &str) -> bool {
+    fn refuse(&mut self, message: &Message) {
+        self.refused += 1;
+        if let Some(held_back) = self.full_warnings.admit() {
+            tracing::warn!(
+                topic = %message.topic,
+                size = message.size(),
+                retained = self.count,
+                retained_bytes = self.bytes,
+                max_retained_messages = self.max_messages,
+                max_retained_bytes = self.max_bytes,
+                held_back,
+                "retained store full: message not retained (next warning in 10 s at the earliest)"
+            );
+        }
+    }
+
+    /// Removes the retained message of `topic`, pruning the branch it leaves empty; the
+    /// bytes it held, if there was one.
+    fn clear(&mut self, topic: &str) -> Option<usize> {
         // First walk: find the message, and the deepest node on its path that keeps
         // something else (the root at least); everything below it goes as one branch.
         let mut node = &self.root;
@@ -134,9 +187,7 @@ impl RetainedStore {
         let mut keep_depth = 0;
         while let Some(levels) = rest {
             let (level, next) = split_level(levels);
-            let Some(child) = node.children.get(level) else {
-                return false;
-            };
+            let child = node.children.get(level)?;
             if node.message.is_some() || node.children.len() > 1 {
                 keep_depth = depth;
             }
@@ -144,9 +195,7 @@ impl RetainedStore {
             depth += 1;
             rest = next;
         }
-        if node.message.is_none() {
-            return false;
-        }
+        let freed = node.message.as_ref()?.size();
         if !node.children.is_empty() {
             keep_depth = depth;
         }
@@ -168,7 +217,7 @@ impl RetainedStore {
             }
             None => node.message = None,
         }
-        true
+        Some(freed)
     }
 
     /// Every retained message whose topic matches `filter`, appended to `out`.
@@ -245,7 +294,7 @@ mod tests {
 
     #[test]
     fn set_replace_clear() {
-        let mut store = RetainedStore::new(10);
+        let mut store = RetainedStore::new(10, usize::MAX);
         assert_eq!(store.set(message("a/b", "1")), RetainOutcome::Stored);
         assert_eq!(store.set(message("a/b", "2")), RetainOutcome::Replaced);
         assert_eq!(
@@ -261,7 +310,7 @@ mod tests {
 
     #[test]
     fn wildcard_lookup() {
-        let mut store = RetainedStore::new(10);
+        let mut store = RetainedStore::new(10, usize::MAX);
         for topic in ["a", "a/b", "a/b/c", "a/x", "b/b", "$SYS/uptime", "/lead"] {
             store.set(message(topic, "x"));
         }
@@ -281,7 +330,7 @@ mod tests {
 
     #[test]
     fn clearing_keeps_what_shares_the_path() {
-        let mut store = RetainedStore::new(10);
+        let mut store = RetainedStore::new(10, usize::MAX);
         for topic in ["a", "a/b/c/d", "a/b/c/e", "a/b", "a/x/c/d"] {
             store.set(message(topic, "x"));
         }
@@ -309,7 +358,7 @@ mod tests {
             .spawn(|| {
                 const LEVELS: usize = 50_000;
                 let topic = vec!["l"; LEVELS].join("/");
-                let mut store = RetainedStore::new(10);
+                let mut store = RetainedStore::new(10, usize::MAX);
                 assert_eq!(store.set(message(&topic, "deep")), RetainOutcome::Stored);
                 store.set(message("l/short", "short"));
                 let all_plus = vec!["+"; LEVELS].join("/");
@@ -339,11 +388,45 @@ mod tests {
 
     #[test]
     fn bounded() {
-        let mut store = RetainedStore::new(2);
+        let mut store = RetainedStore::new(2, usize::MAX);
         store.set(message("a", "1"));
         store.set(message("b", "1"));
         assert_eq!(store.set(message("c", "1")), RetainOutcome::Full);
         assert_eq!(store.set(message("a", "2")), RetainOutcome::Replaced);
         assert_eq!(store.len(), 2);
+        assert_eq!(store.refused(), 1);
+    }
+
+    #[test]
+    fn bounded_in_bytes() {
+        // Topic and payload count: "a/1" + "12345" is 8 bytes.
+        let mut store = RetainedStore::new(100, 20);
+        assert_eq!(store.set(message("a/1", "12345")), RetainOutcome::Stored);
+        assert_eq!(store.set(message("a/2", "12345")), RetainOutcome::Stored);
+        assert_eq!(store.bytes(), 16);
+        assert_eq!(store.set(message("a/3", "12345")), RetainOutcome::Full);
+        assert_eq!(
+            store.set(message("a/2", "1234567890")),
+            RetainOutcome::Full,
+            "a larger replacement that does not fit"
+        );
+        assert_eq!(
+            store.get("a/2").map(|m| m.payload.clone()),
+            Some("12345".into()),
+            "keeps what it had"
+        );
+        assert_eq!(store.set(message("a/2", "1")), RetainOutcome::Replaced);
+        assert_eq!(store.bytes(), 12, "a smaller replacement frees bytes");
+        assert_eq!(store.set(message("a/3", "12345")), RetainOutcome::Stored);
+        assert_eq!(store.bytes(), 20);
+        assert_eq!(store.set(message("a/4", "1")), RetainOutcome::Full);
+        assert_eq!(store.set(message("a/1", "")), RetainOutcome::Cleared);
+        assert_eq!(store.bytes(), 12, "clearing frees its bytes");
+        assert_eq!(store.set(message("a/4", "1")), RetainOutcome::Stored);
+        assert_eq!(store.refused(), 3);
+        assert_eq!(store.set(message("a/4", "")), RetainOutcome::Cleared);
+        assert_eq!(store.set(message("a/2", "")), RetainOutcome::Cleared);
+        assert_eq!(store.set(message("a/3", "")), RetainOutcome::Cleared);
+        assert_eq!((store.len(), store.bytes()), (0, 0));
     }
 }

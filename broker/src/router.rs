@@ -16,7 +16,7 @@ use arc_swap::ArcSwapOption;
 use crate::acl::{Acl, Identity};
 use crate::message::Message;
 use crate::metrics::Metrics;
-use crate::persistence::{NotDurable, Op, StoreHandle};
+use crate::persistence::{Mark, NotDurable, Op, StoreHandle};
 use crate::registry::{Session, Tree};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Enqueued, SessionLimits};
@@ -66,14 +66,31 @@ impl Router {
 
     /// Routes a message. Returns once everything the publisher's acknowledgement depends on
     /// is durable: the message in the queues of persistent sessions and the retained store
-    /// (for QoS 1 and 2). `force_barrier` waits for earlier writes of the caller too.
+    /// (for QoS 1 and 2); an error if that could not be stored. `force_barrier` waits for
+    /// the caller's writes just before the call too (see [`StoreHandle::barrier`]).
     pub async fn publish(
         &self,
         message: Arc<Message>,
         matches: &mut MatchBuffer,
         force_barrier: bool,
     ) -> Result<(), NotDurable> {
-        let mut wait = force_barrier;
+        let since = match &self.store {
+            Some(store) if force_barrier => Some(store.settled_mark()),
+            _ => None,
+        };
+        self.publish_since(message, matches, since).await
+    }
+
+    /// [`Router::publish`] for a caller that sent writes of its own after taking `since`:
+    /// waits for those too, and fails if a transaction failed since.
+    pub async fn publish_since(
+        &self,
+        message: Arc<Message>,
+        matches: &mut MatchBuffer,
+        since: Option<Mark>,
+    ) -> Result<(), NotDurable> {
+        let mut wait = since.is_some();
+        let since = since.or_else(|| self.store.as_ref().map(StoreHandle::mark));
         if message.retain {
             wait |= self.retain(&message).await? && message.qos != QoS::AtMostOnce;
         }
@@ -109,8 +126,8 @@ impl Router {
             wait |= durable.is_some_and(|durable| durable.message_id.is_some());
         }
         matches.clear();
-        match &self.store {
-            Some(store) if wait => store.barrier().await,
+        match (&self.store, since) {
+            (Some(store), Some(since)) if wait => store.barrier_since(since).await,
             _ => Ok(()),
         }
     }
@@ -141,10 +158,8 @@ impl Router {
                 topic: message.topic.clone(),
             },
             RetainOutcome::NothingToClear => return Ok(false),
-            RetainOutcome::Full => {
-                tracing::warn!(topic = %message.topic, max = retained.len(), "retained store full: message not retained");
-                return Ok(false);
-            }
+            // Counted, and logged at a bounded rate, by the store.
+            RetainOutcome::Full => return Ok(false),
         };
         match permit.as_mut().and_then(Iterator::next) {
             Some(permit) => {
@@ -162,6 +177,7 @@ impl Router {
         filter: &str,
         granted: QoS,
     ) -> Result<(), NotDurable> {
+        let since = self.store.as_ref().map(StoreHandle::mark);
         let mut found = Vec::new();
         self.retained.read().matching(filter, &mut found);
         let mut wait = false;
@@ -192,10 +208,15 @@ impl Router {
                 wait |= durable.is_some_and(|durable| durable.message_id.is_some());
             }
         }
-        match &self.store {
-            Some(store) if wait => store.barrier().await,
+        match (&self.store, since) {
+            (Some(store), Some(since)) if wait => store.barrier_since(since).await,
             _ => Ok(()),
         }
+    }
+
+    /// Transactions of the persistence database that failed since the start.
+    pub fn persistence_write_failures(&self) -> u64 {
+        self.store.as_ref().map_or(0, StoreHandle::write_failures)
     }
 
     /// Queues one message for one session, writing it to the database when the session

@@ -17,19 +17,22 @@ use fieldbridge_service::LogThrottle;
 
 use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, PasswordFile};
-use crate::config::{AnonymousPolicy, Config, ConfigError};
+use crate::backoff::LoginBackoff;
+use crate::config::{AnonymousPolicy, AuthConfig, Config, ConfigError};
 use crate::connection::{self, Accepted, ListenerInfo};
 use crate::context::{BrokerContext, CONCURRENT_PASSWORD_CHECKS};
 use crate::metrics::{Metrics, Stats};
-use crate::persistence::{self, Snapshot, StoreError};
+use crate::persistence::{self, Op, Snapshot, StoreError};
 use crate::platform::{Platform, RegistryError};
-use crate::registry::{Kick, Registry};
-use crate::retained::RetainedStore;
+use crate::registry::{Kick, Owner, Registry};
+use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::Router;
 use crate::session::{Delivery, Inflight, InflightState, SessionLimits, SessionState};
 use crate::subscriptions::SubscriptionTree;
 use crate::transport::{TransportError, Upgrade};
 
+/// Least time between two log lines about logins refused during a backoff.
+const LOGIN_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Time connections get to close at shutdown before the broker stops waiting for them.
 const CONNECTIONS_GRACE: Duration = Duration::from_millis(500);
 /// Time the database gets to commit its last writes at shutdown.
@@ -122,7 +125,10 @@ impl Broker {
         let ctx = Arc::new(BrokerContext {
             router: Router {
                 subscriptions: RwLock::new(SubscriptionTree::default()),
-                retained: RwLock::new(RetainedStore::new(limits.max_retained_messages)),
+                retained: RwLock::new(RetainedStore::new(
+                    limits.max_retained_messages,
+                    limits.max_retained_bytes,
+                )),
                 store,
                 acl: acl.into(),
                 limits: SessionLimits {
@@ -140,11 +146,13 @@ impl Broker {
             anonymous: config.allow_anonymous,
             metrics,
             password_checks: Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
+            logins: LoginBackoff::new(config.auth.login_backoff.clone()),
+            login_refusals: LogThrottle::new(LOGIN_REFUSAL_LOG_INTERVAL),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             limits,
         });
-        restore(&ctx, snapshot);
+        restore(&ctx, snapshot).await;
 
         let tracker = TaskTracker::new();
         let slots = Arc::new(Semaphore::new(ctx.limits.max_connections));
@@ -207,14 +215,32 @@ fn load_auth(config: &Config) -> Result<Auth, BrokerError> {
     Ok(Auth { passwords, acl })
 }
 
-/// Puts the persisted state back: retained messages, sessions, their subscriptions.
-fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
+/// Puts the persisted state back: retained messages (as far as the limits allow; the
+/// others are deleted), sessions, their subscriptions.
+async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
     let sessions = snapshot.sessions.len();
-    let retained = snapshot.retained.len();
-    {
+    let mut left_out = Vec::new();
+    let retained = {
         let mut store = ctx.router.retained.write();
         for message in snapshot.retained {
-            store.set(Arc::new(message));
+            let topic = message.topic.clone();
+            if store.set(Arc::new(message)) == RetainOutcome::Full {
+                left_out.push(topic);
+            }
+        }
+        store.len()
+    };
+    if !left_out.is_empty() {
+        tracing::warn!(
+            count = left_out.len(),
+            "stored retained messages beyond max_retained_messages or max_retained_bytes: deleted"
+        );
+        if let Some(store) = &ctx.router.store {
+            for topic in left_out {
+                if store.send(Op::ClearRetained { topic }).await.is_err() {
+                    break;
+                }
+            }
         }
     }
     for (client_id, stored) in snapshot.sessions {
@@ -247,7 +273,14 @@ fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
         for (filter, qos) in &stored.subscriptions {
             state.add_subscription(filter.clone(), *qos);
         }
-        let session = ctx.registry.restore(client_id, state);
+        let owner = stored.owner.as_deref().and_then(|text| {
+            let owner = Owner::decode(text);
+            if owner.is_none() {
+                tracing::warn!(%client_id, owner = text, "stored session owner not understood: the first client to resume it owns it");
+            }
+            owner
+        });
+        let session = ctx.registry.restore(client_id, state, owner);
         let mut tree = ctx.router.subscriptions.write();
         for (filter, qos) in stored.subscriptions {
             tree.subscribe(&filter, session.id, qos, session.clone());
@@ -398,6 +431,10 @@ impl RunningBroker {
                 old.allow_anonymous != config.allow_anonymous,
             ),
             ("limits", old.limits != config.limits),
+            (
+                "auth.login_backoff",
+                old.auth.login_backoff != config.auth.login_backoff,
+            ),
             ("persistence", old.persistence != config.persistence),
             ("sys_interval", old.sys_interval != config.sys_interval),
             ("platform", old.platform != config.platform),
@@ -408,7 +445,12 @@ impl RunningBroker {
             .into_iter()
             .filter_map(|(key, differs)| differs.then_some(key))
             .collect();
-        self.config.auth = config.auth;
+        // The backoff settings stay as started (a restart applies them).
+        let login_backoff = self.config.auth.login_backoff.clone();
+        self.config.auth = AuthConfig {
+            login_backoff,
+            ..config.auth
+        };
         Ok(restart_needed)
     }
 

@@ -155,8 +155,28 @@ impl SessionState {
         budget: usize,
         out: &mut Vec<Outgoing>,
     ) {
+        self.poll_outgoing_where(limits, budget, out, |_| true, &mut Vec::new());
+    }
+
+    /// [`SessionState::poll_outgoing`], sending only the messages `allowed` accepts now:
+    /// the others leave the queue, and their sequence numbers are appended to `withheld`.
+    pub fn poll_outgoing_where(
+        &mut self,
+        limits: &SessionLimits,
+        budget: usize,
+        out: &mut Vec<Outgoing>,
+        mut allowed: impl FnMut(&Message) -> bool,
+        withheld: &mut Vec<u64>,
+    ) {
         let mut taken = 0;
         while let Some(front) = self.pending.front() {
+            if !allowed(&front.message) {
+                if let Some(dropped) = self.pending.pop_front() {
+                    self.pending_bytes -= dropped.message.size();
+                    withheld.push(dropped.seq);
+                }
+                continue;
+            }
             if taken > 0 && taken + front.message.size() > budget {
                 break;
             }
@@ -207,7 +227,27 @@ impl SessionState {
 
     /// Everything in flight again, in the order first sent, for a client that reconnected:
     /// PUBLISH with DUP set, or PUBREL where that is owed.
-    pub fn resend(&self, out: &mut Vec<Outgoing>) {
+    pub fn resend(&mut self, out: &mut Vec<Outgoing>) {
+        self.resend_where(out, |_| true, &mut Vec::new());
+    }
+
+    /// [`SessionState::resend`], sending again only the messages `allowed` accepts now: the
+    /// others leave the session (a PUBREL still owed is sent whatever the message), and
+    /// their sequence numbers are appended to `withheld`.
+    pub fn resend_where(
+        &mut self,
+        out: &mut Vec<Outgoing>,
+        mut allowed: impl FnMut(&Message) -> bool,
+        withheld: &mut Vec<u64>,
+    ) {
+        self.inflight.retain(|inflight| {
+            let keep = inflight.state == InflightState::AwaitingPubComp
+                || allowed(&inflight.delivery.message);
+            if !keep {
+                withheld.push(inflight.delivery.seq);
+            }
+            keep
+        });
         for inflight in &self.inflight {
             out.push(match inflight.state {
                 InflightState::AwaitingPubComp => Outgoing::PubRel {

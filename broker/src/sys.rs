@@ -48,6 +48,10 @@ pub(crate) fn sys_messages(stats: &Stats) -> Vec<(&'static str, String)> {
             "$SYS/broker/retained messages/count",
             stats.retained_messages.to_string(),
         ),
+        (
+            "$SYS/broker/persistence/write failures",
+            stats.persistence_write_failures.to_string(),
+        ),
     ]
 }
 
@@ -66,5 +70,20 @@ pub(crate) async fn run(ctx: Arc<BrokerContext>, interval: Duration) {
             // QoS 0 and not persisted: this cannot fail.
             let _ = ctx.router.publish(message, &mut matches, false).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn persistence_write_failures_are_published() {
+        let stats = Stats {
+            persistence_write_failures: 3,
+            ..Stats::default()
+        };
+        assert!(sys_messages(&stats)
+            .contains(&("$SYS/broker/persistence/write failures", "3".to_owned())));
     }
 }

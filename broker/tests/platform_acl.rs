@@ -251,7 +251,8 @@ async fn a_device_publishing_as_another_device_is_disconnected() {
 
 #[tokio::test]
 async fn every_authentication_refusal() {
-    let p = platform().await;
+    // Many failures from one address: no backoff here (see failed_logins_back_off).
+    let p = platform_with(|config| config.auth.login_backoff.tracked = 0).await;
     let addr = p.broker.local_addr();
     let device = |id: &str, user: Option<&str>, token: Option<&str>| {
         login_packet(&format!("d:{ORG}:boiler:{id}"), user, token)
@@ -278,9 +279,9 @@ async fn every_authentication_refusal() {
             ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
-            "unknown device",
+            "unknown device, answered like a bad token",
             device("b3", Some("use-token-auth"), Some(&p.b1)),
-            ConnectReturnCode::NotAuthorized,
+            ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
             "wrong org",
@@ -310,7 +311,7 @@ async fn every_authentication_refusal() {
         (
             "application with another application's key",
             login_packet("a:acme:dash", Some(&p.other_app.0), Some(&p.other_app.1)),
-            ConnectReturnCode::NotAuthorized,
+            ConnectReturnCode::BadUserNameOrPassword,
         ),
         (
             "application of another org",
@@ -352,6 +353,93 @@ async fn every_authentication_refusal() {
     .await
     .disconnect()
     .await;
+}
+
+fn median(mut samples: Vec<std::time::Duration>) -> std::time::Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+/// An unknown device costs what a wrong token costs, and gets the same answer.
+#[tokio::test]
+async fn unknown_devices_take_as_long_as_bad_tokens() {
+    let p = platform_with(|config| config.auth.login_backoff.tracked = 0).await;
+    let addr = p.broker.local_addr();
+    let attempt = |id: &'static str| async move {
+        let client = Client::tcp(addr).await;
+        let started = std::time::Instant::now();
+        let (_, connack) = client
+            .handshake(login_packet(
+                &format!("d:{ORG}:boiler:{id}"),
+                Some("use-token-auth"),
+                Some("guess"),
+            ))
+            .await;
+        assert_eq!(
+            connack.code,
+            ConnectReturnCode::BadUserNameOrPassword,
+            "{id}"
+        );
+        started.elapsed()
+    };
+    attempt("nosuch").await;
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for round in 0..15 {
+        if round % 2 == 0 {
+            known.push(attempt("b1").await);
+            unknown.push(attempt("nosuch").await);
+        } else {
+            unknown.push(attempt("nosuch").await);
+            known.push(attempt("b1").await);
+        }
+    }
+    let (known, unknown) = (median(known), median(unknown));
+    eprintln!("failed token checks, median: known device {known:?}, unknown device {unknown:?}");
+    assert!(
+        unknown * 2 >= known && known * 2 >= unknown,
+        "known device {known:?}, unknown device {unknown:?}"
+    );
+}
+
+/// Token guessing backs off like password guessing: by address and by client id.
+#[tokio::test]
+async fn failed_logins_back_off() {
+    let p = platform_with(|config| {
+        let backoff = &mut config.auth.login_backoff;
+        backoff.after_failures = 2;
+        backoff.delay = std::time::Duration::from_secs(60);
+        backoff.max_delay = std::time::Duration::from_secs(60);
+    })
+    .await;
+    let addr = p.broker.local_addr();
+    let from = |last: u8| std::net::IpAddr::from([127, 0, 0, last]);
+    let b1 = format!("d:{ORG}:boiler:b1");
+    let b2 = format!("d:{ORG}:boiler:b2");
+    let code = |last: u8, client_id: &str, token: &str| {
+        let connect = login_packet(client_id, Some("use-token-auth"), Some(token));
+        async move {
+            Client::tcp_from(from(last), addr)
+                .await
+                .handshake(connect)
+                .await
+                .1
+                .code
+        }
+    };
+    use ConnectReturnCode::{Accepted, BadUserNameOrPassword};
+    assert_eq!(code(2, &b1, "guess-1").await, BadUserNameOrPassword);
+    assert_eq!(code(2, &b1, "guess-2").await, BadUserNameOrPassword);
+    assert_eq!(
+        code(2, &b2, &p.b2).await,
+        BadUserNameOrPassword,
+        "the guessing address is held back"
+    );
+    assert_eq!(
+        code(3, &b1, &p.b1).await,
+        BadUserNameOrPassword,
+        "so is the device guessed at"
+    );
+    assert_eq!(code(3, &b2, &p.b2).await, Accepted, "not the others");
 }
 
 #[tokio::test]

@@ -139,7 +139,8 @@ async fn devices_and_applications_from_the_command_line() {
             login_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&token))
         )
         .await,
-        ConnectReturnCode::NotAuthorized
+        ConnectReturnCode::BadUserNameOrPassword,
+        "an unknown device is answered like a bad token"
     );
     assert_eq!(
         Client::attempt(

@@ -1,8 +1,10 @@
 //! Acknowledgements: PUBACK, PUBREC and PUBCOMP of messages sent to the client, PUBREL of
 //! QoS 2 messages it sent.
 
+use std::future::Future;
+
 use super::{Connection, End};
-use crate::persistence::Op;
+use crate::persistence::{NotDurable, Op};
 use crate::session::Acked;
 use fieldbridge_mqtt::codec::{Packet, PubComp, PubRel};
 
@@ -52,15 +54,31 @@ impl Connection {
 
     pub(super) async fn on_pubrel(&mut self, pkid: u16) -> Result<(), End> {
         let released = self.session.inner.lock().state.incoming_pubrel(pkid);
-        if let Some(store) = self.durable_store().filter(|_| released) {
-            store
-                .send(Op::IncomingReleased {
-                    client_id: self.session.client_id.clone(),
-                    pkid,
-                })
-                .await?;
+        if released && self.persists() {
+            if let Err(error) = self.store_release(pkid).await {
+                // Still held: the client sends PUBREL again after reconnecting. Answered
+                // now, a stored identifier that is reused after a restart would make the
+                // new message pass for a copy of the old one.
+                self.session.inner.lock().state.incoming_qos2(pkid);
+                return Err(error.into());
+            }
         }
         self.write_packet(&Packet::PubComp(PubComp::new(pkid)));
         Ok(())
+    }
+
+    /// Forgets durably that `pkid` awaited PUBREL. The future holds the store only: a
+    /// connection is not `Sync`.
+    fn store_release(&self, pkid: u16) -> impl Future<Output = Result<(), NotDurable>> + Send + '_ {
+        let store = self.durable_store();
+        let client_id = self.session.client_id.clone();
+        async move {
+            let Some(store) = store else {
+                return Ok(());
+            };
+            let since = store.mark();
+            store.send(Op::IncomingReleased { client_id, pkid }).await?;
+            store.barrier_since(since).await
+        }
     }
 }

@@ -5,7 +5,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use bytestring::ByteString;
@@ -21,7 +21,7 @@ use crate::context::BrokerContext;
 use crate::metrics::LocalCounters;
 use crate::platform::status::Action;
 use crate::platform::{Admission, PlatformClient};
-use crate::registry::{Attached, ConnectionSignal, Link};
+use crate::registry::{Attached, Claim, ConnectionSignal, Link, Owner, SessionInner};
 use crate::transport::{ClientStream, Transport};
 use fieldbridge_mqtt::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet};
 use fieldbridge_mqtt::topic::level_count;
@@ -187,7 +187,27 @@ async fn handshake(
     }));
     if attached.session_present {
         let mut resend = Vec::new();
-        connection.session.inner.lock().state.resend(&mut resend);
+        let acl = connection.ctx.router.acl.load();
+        {
+            let mut inner = connection.session.inner.lock();
+            let SessionInner {
+                state, username, ..
+            } = &mut *inner;
+            let mut withheld = Vec::new();
+            state.resend_where(
+                &mut resend,
+                |message| {
+                    super::may_read(
+                        acl.as_deref(),
+                        username.as_deref(),
+                        &connection.session,
+                        message,
+                    )
+                },
+                &mut withheld,
+            );
+            connection.forget_withheld(&withheld);
+        }
         connection.write_outgoing(resend);
     }
     Some(connection)
@@ -239,7 +259,26 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         tracing::info!(%peer, %client_id, levels, "will topic exceeds max_topic_levels");
         return Err(Refusal::Close);
     }
+    // What a failed login is counted against, besides the address: the user name, or
+    // the client id on the platform (its credentials belong to it).
+    let login_key = match &ctx.platform {
+        Some(platform_mode) if platform_mode.authenticates() => Some(client_id.clone()),
+        Some(_) => None,
+        None => username.clone().filter(|_| ctx.passwords.load().is_some()),
+    };
+    if let Some(key) = &login_key {
+        if let Some(wait) = ctx.logins.blocked(peer.ip(), key, Instant::now()) {
+            if let Some(held_back) = ctx.login_refusals.admit() {
+                tracing::warn!(%peer, %client_id, user = %key, retry_in = ?wait, held_back, "login refused without a check: too many failed logins from this address or for this user name");
+            }
+            return Err(Refusal::Answer(ConnectReturnCode::BadUserNameOrPassword));
+        }
+    }
     let mut platform = None;
+    let mut owner = match &username {
+        Some(user) => Owner::User(user.clone()),
+        None => Owner::Anonymous,
+    };
     let (client_id, clean_session, will) = match &ctx.platform {
         None => (client_id, clean_session, will),
         Some(platform_mode) => {
@@ -256,10 +295,26 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
             match platform_mode.admit(admission).await {
                 Ok(admitted) => {
                     verified |= admitted.authenticated;
+                    if let Some(key) = login_key.as_deref().filter(|_| admitted.authenticated) {
+                        ctx.logins.succeeded(key);
+                    }
+                    // Platform credentials belong to a client id, not to a user name
+                    // (every device connects as the same one); quickstart has none.
+                    owner = if admitted.authenticated {
+                        Owner::Client(client_id.clone())
+                    } else {
+                        Owner::Anonymous
+                    };
                     platform = Some(admitted.client);
                     (admitted.session_name, admitted.clean_session, admitted.will)
                 }
                 Err(refused) => {
+                    if let Some(key) = login_key
+                        .as_deref()
+                        .filter(|_| refused.code == ConnectReturnCode::BadUserNameOrPassword)
+                    {
+                        ctx.logins.failed(peer.ip(), key, Instant::now());
+                    }
                     tracing::info!(%peer, %client_id, reason = %refused.reason, "platform client refused");
                     return Err(Refusal::Answer(refused.code));
                 }
@@ -270,9 +325,11 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
     let authenticated = match (ctx.passwords.load_full(), &username) {
         (Some(passwords), Some(user)) => {
             if !check_password(ctx, passwords, user.clone(), password.unwrap_or_default()).await {
+                ctx.logins.failed(peer.ip(), user, Instant::now());
                 tracing::info!(%peer, %client_id, user = %user, "bad user name or password");
                 return Err(Refusal::Answer(ConnectReturnCode::BadUserNameOrPassword));
             }
+            ctx.logins.succeeded(user);
             true
         }
         _ => false,
@@ -311,26 +368,30 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
     let link = Link {
         signal: signal.clone(),
     };
+    // A replaced session's deletion and the new session's record.
     let permit = match &ctx.router.store {
-        Some(store) => Some(store.reserve(1).await.map_err(|_| Refusal::Close)?),
+        Some(store) => Some(store.reserve(2).await.map_err(|_| Refusal::Close)?),
         None => None,
     };
     // User names are not secret (passwords and tokens are never logged).
     let user = username.clone().unwrap_or_default();
+    let claim = Claim {
+        client_id: client_id.clone(),
+        clean_session,
+        link,
+        username,
+        owner,
+    };
     let attached = ctx
         .registry
-        .attach(
-            client_id.clone(),
-            clean_session,
-            link,
-            username,
-            &ctx.router.subscriptions,
-            permit,
-        )
+        .attach(claim, &ctx.router.subscriptions, permit)
         .map_err(|error| {
             tracing::warn!(%peer, %client_id, %error, "connection refused");
             Refusal::Answer(ConnectReturnCode::ServerUnavailable)
         })?;
+    if attached.replaced_foreign {
+        tracing::info!(%peer, %client_id, %user, "the client id's persistent session belonged to another user: replaced by a fresh one");
+    }
     ctx.metrics
         .clients_connected
         .fetch_add(1, Ordering::Relaxed);

@@ -29,7 +29,7 @@ use crate::metrics::LocalCounters;
 use crate::persistence::{NotDurable, Op, StoreHandle};
 use crate::platform::status::Action;
 use crate::platform::PlatformClient;
-use crate::registry::{ConnectionSignal, Kick, Session};
+use crate::registry::{ConnectionSignal, Kick, Session, SessionInner};
 use crate::router::MatchBuffer;
 use crate::session::Outgoing;
 use crate::transport::{ClientStream, Upgrade};
@@ -53,6 +53,25 @@ const LINGER: Duration = Duration::from_millis(500);
 pub(crate) struct ListenerInfo {
     pub local: SocketAddr,
     pub loopback: bool,
+}
+
+/// Whether the ACL (if any) lets the client of `session`, connected as `username`, receive
+/// `message` now.
+fn may_read(
+    acl: Option<&Acl>,
+    username: Option<&str>,
+    session: &Session,
+    message: &Message,
+) -> bool {
+    acl.is_none_or(|acl| {
+        acl.can_read(
+            Identity {
+                username,
+                client_id: &session.client_id,
+            },
+            &message.topic,
+        )
+    })
 }
 
 /// Why a connection ended; decides whether the will is published.
@@ -342,6 +361,7 @@ impl Connection {
         }
         let budget = HIGH_WATER - self.wbuf.len();
         let mut outgoing = Vec::new();
+        let acl = self.ctx.router.acl.load();
         {
             let mut inner = self.session.inner.lock();
             if !inner.is_linked_to(&self.signal) {
@@ -350,9 +370,20 @@ impl Connection {
             if !inner.state.has_sendable(&self.ctx.router.limits) {
                 return None;
             }
-            inner
-                .state
-                .poll_outgoing(&self.ctx.router.limits, budget, &mut outgoing);
+            let SessionInner {
+                state, username, ..
+            } = &mut *inner;
+            let mut withheld = Vec::new();
+            // Checked again on the way out: the ACL may have been reloaded since the
+            // message was queued.
+            state.poll_outgoing_where(
+                &self.ctx.router.limits,
+                budget,
+                &mut outgoing,
+                |message| may_read(acl.as_deref(), username.as_deref(), &self.session, message),
+                &mut withheld,
+            );
+            self.forget_withheld(&withheld);
             if let Some(store) = self.durable_store() {
                 // Packet identifiers only matter after a crash; a full channel skips them.
                 for item in &outgoing {
@@ -370,6 +401,24 @@ impl Connection {
         }
         self.write_outgoing(outgoing);
         None
+    }
+
+    /// Drops the messages the ACL no longer lets the client read, from storage too. Call
+    /// with the session locked, so that the records stay in order.
+    fn forget_withheld(&self, withheld: &[u64]) {
+        if withheld.is_empty() {
+            return;
+        }
+        tracing::debug!(client_id = %self.session.client_id, count = withheld.len(), "queued messages not sent: the ACL no longer lets the client read them");
+        if let Some(store) = self.durable_store() {
+            // A lost record costs a second check after a restart, nothing more.
+            for &seq in withheld {
+                store.try_send(Op::Completed {
+                    client_id: self.session.client_id.clone(),
+                    seq,
+                });
+            }
+        }
     }
 
     fn write_outgoing(&mut self, outgoing: Vec<Outgoing>) {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::{Connection, End};
 use crate::context::BrokerContext;
 use crate::message::Message;
-use crate::persistence::{NotDurable, Op};
+use crate::persistence::{NotDurable, Op, StoreHandle};
 use crate::platform::Inbound;
 use crate::router::MatchBuffer;
 use fieldbridge_mqtt::codec::{Packet, PubAck, PubRec, Publish, QoS};
@@ -73,6 +73,14 @@ impl Connection {
                             .lock()
                             .state
                             .incoming_pubrel(publish.pkid);
+                        // Its record may be stored while the message is not: after a
+                        // restart the copy sent again would pass for a duplicate.
+                        if let Some(store) = self.durable_store() {
+                            store.try_send(Op::IncomingReleased {
+                                client_id: self.session.client_id.clone(),
+                                pkid: publish.pkid,
+                            });
+                        }
                         return Err(error.into());
                     }
                 }
@@ -90,6 +98,7 @@ impl Connection {
         pkid: u16,
         message: Option<Arc<Message>>,
     ) -> Result<(), NotDurable> {
+        let since = self.durable_store().map(StoreHandle::mark);
         if let Some(store) = self.durable_store() {
             store
                 .send(Op::IncomingQos2 {
@@ -100,12 +109,18 @@ impl Connection {
         }
         match message {
             Some(message) => {
-                let persists = self.persists();
-                route(&self.ctx, &mut self.matches, message, persists).await
+                self.ctx
+                    .router
+                    .publish_since(
+                        message,
+                        self.matches.get_or_insert_with(Box::default),
+                        since,
+                    )
+                    .await
             }
-            None => match self.durable_store() {
-                Some(store) => store.barrier().await,
-                None => Ok(()),
+            None => match (self.durable_store(), since) {
+                (Some(store), Some(since)) => store.barrier_since(since).await,
+                _ => Ok(()),
             },
         }
     }

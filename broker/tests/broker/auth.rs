@@ -1,13 +1,18 @@
-//! Passwords, anonymous access, ACLs.
+//! Passwords, anonymous access, ACLs, sessions owned by their user, failed-login backoff.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use fieldbridge_broker::auth::set_password;
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig};
-use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use fieldbridge_broker::Config;
+use fieldbridge_mqtt::codec::{Connect, ConnectReturnCode, QoS, SubscribeReturnCode};
 
 use crate::support::{
-    config, connect_packet, login_packet, payload, publish, start, write_file, Client,
+    config, connect_packet, granted, login_packet, payload, publish, start, wait_until, write_file,
+    Client, Silence,
 };
 
 async fn login(
@@ -171,4 +176,295 @@ async fn will_topic_must_be_writable() {
     ));
     let (_, connack) = Client::connect_with(broker.local_addr(), connect).await;
     assert_eq!(connack.code, ConnectReturnCode::NotAuthorized);
+}
+
+/// A clean session 0 CONNECT with credentials.
+fn persistent_login(client_id: &str, user: &str, password: &str) -> Connect {
+    Connect {
+        username: Some(user.into()),
+        password: Some(Bytes::copy_from_slice(password.as_bytes())),
+        ..connect_packet(client_id, false)
+    }
+}
+
+/// A password file with `users` (name, password) in `dir`.
+fn password_file(dir: &Path, users: &[(&str, &str)]) -> std::path::PathBuf {
+    let path = dir.join("passwd");
+    for (user, password) in users {
+        set_password(&path, user, password.as_bytes()).expect("password set");
+    }
+    path
+}
+
+/// Anonymous clients (the publishers here) write; each user reads their own topics.
+const OWN_TOPICS_ACL: &str = "\
+topic write private/#
+
+user alice
+topic read private/alice/#
+
+user bob
+topic read private/bob/#
+";
+
+/// Asserts that nothing comes for `client` within a short while.
+async fn assert_silent(client: &mut Client, what: &str) {
+    client.ping().await;
+    assert_eq!(
+        client.try_recv(Duration::from_millis(300)).await,
+        Err(Silence::TimedOut),
+        "{what}"
+    );
+}
+
+#[tokio::test]
+async fn another_user_does_not_resume_a_persistent_session() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = config();
+    cfg.auth.password_file = Some(password_file(
+        dir.path(),
+        &[("alice", "wonderland"), ("bob", "builder")],
+    ));
+    cfg.auth.acl_file = Some(write_file(dir.path(), "acl", OWN_TOPICS_ACL));
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+
+    let (mut alice, connack) =
+        Client::connect_with(addr, persistent_login("phone", "alice", "wonderland")).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(
+        alice
+            .subscribe(&[("private/alice/#", QoS::AtLeastOnce)])
+            .await,
+        vec![granted(QoS::AtLeastOnce)]
+    );
+    alice.disconnect().await;
+    wait_until("alice is gone", || broker.stats().clients_connected == 0).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
+    publisher
+        .publish(publish(
+            "private/alice/diary",
+            "secret",
+            QoS::AtLeastOnce,
+            1,
+        ))
+        .await;
+
+    // Bob, with his own password and alice's client id: a fresh session of his own.
+    let (mut bob, connack) =
+        Client::connect_with(addr, persistent_login("phone", "bob", "builder")).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert!(
+        !connack.session_present,
+        "bob does not resume alice's session"
+    );
+    assert_silent(&mut bob, "nothing queued for alice reaches bob").await;
+    publisher
+        .publish(publish("private/alice/diary", "more", QoS::AtLeastOnce, 2))
+        .await;
+    assert_silent(&mut bob, "alice's subscription is not bob's").await;
+    bob.disconnect().await;
+
+    // Alice's session was replaced by bob's (the client id names one session): she
+    // starts afresh, and what was queued for her went with her session.
+    let (mut alice, connack) =
+        Client::connect_with(addr, persistent_login("phone", "alice", "wonderland")).await;
+    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert!(
+        !connack.session_present,
+        "bob's session is not alice's either"
+    );
+    assert_silent(&mut alice, "her old queue is gone").await;
+    alice.disconnect().await;
+
+    // Her own fresh session resumes as usual.
+    let (_alice, connack) =
+        Client::connect_with(addr, persistent_login("phone", "alice", "wonderland")).await;
+    assert!(connack.session_present);
+}
+
+#[tokio::test]
+async fn queued_messages_are_checked_against_the_acl_when_sent() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let acl = write_file(dir.path(), "acl", OWN_TOPICS_ACL);
+    let mut cfg = config();
+    cfg.auth.acl_file = Some(acl.clone());
+    // One message in flight, the next one queued behind it.
+    cfg.limits.max_inflight = 1;
+    let mut broker = start(cfg.clone()).await;
+    let addr = broker.local_addr();
+    let alice_login = || Connect {
+        username: Some("alice".into()),
+        ..connect_packet("alice-1", false)
+    };
+
+    let (mut alice, _) = Client::connect_with(addr, alice_login()).await;
+    alice
+        .subscribe(&[("private/alice/#", QoS::AtLeastOnce)])
+        .await;
+    alice.disconnect().await;
+    wait_until("alice is gone", || broker.stats().clients_connected == 0).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
+    for (pkid, body) in [(1, "one"), (2, "two")] {
+        publisher
+            .publish(publish(
+                "private/alice/secret",
+                body,
+                QoS::AtLeastOnce,
+                pkid,
+            ))
+            .await;
+    }
+    let (mut alice, connack) = Client::connect_with(addr, alice_login()).await;
+    assert!(connack.session_present);
+    let first = alice.recv_publish().await;
+    assert_eq!(payload(&first), "one", "in flight, not acknowledged");
+    drop(alice);
+    wait_until("alice is gone", || broker.stats().clients_connected == 1).await;
+
+    // The ACL now lets alice read her public topics only.
+    std::fs::write(
+        &acl,
+        OWN_TOPICS_ACL.replace(
+            "topic read private/alice/#",
+            "topic read private/alice/public/#",
+        ),
+    )
+    .expect("ACL rewritten");
+    broker.reload(cfg).expect("reloads");
+
+    let (mut alice, connack) = Client::connect_with(addr, alice_login()).await;
+    assert!(connack.session_present);
+    publisher
+        .publish(publish(
+            "private/alice/public/news",
+            "allowed",
+            QoS::AtLeastOnce,
+            3,
+        ))
+        .await;
+    let got = alice.next_publish().await;
+    assert_eq!(
+        (payload(&got), got.dup),
+        ("allowed".into(), false),
+        "neither the message in flight nor the queued one is sent after the reload"
+    );
+    assert_silent(&mut alice, "nothing else").await;
+}
+
+fn median(mut samples: Vec<Duration>) -> Duration {
+    samples.sort();
+    samples[samples.len() / 2]
+}
+
+#[tokio::test]
+async fn unknown_users_take_as_long_as_known_ones() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg = config();
+    cfg.auth.password_file = Some(password_file(dir.path(), &[("alice", "wonderland")]));
+    cfg.auth.login_backoff.tracked = 0;
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    let attempt = |user: &'static str| async move {
+        let client = Client::tcp(addr).await;
+        let started = Instant::now();
+        let (_, connack) = client
+            .handshake(login_packet("probe", Some(user), Some("guess")))
+            .await;
+        assert_eq!(connack.code, ConnectReturnCode::BadUserNameOrPassword);
+        started.elapsed()
+    };
+    // The first unknown user also makes the dummy hash.
+    attempt("nobody").await;
+    let (mut known, mut unknown) = (Vec::new(), Vec::new());
+    for round in 0..15 {
+        if round % 2 == 0 {
+            known.push(attempt("alice").await);
+            unknown.push(attempt("nobody").await);
+        } else {
+            unknown.push(attempt("nobody").await);
+            known.push(attempt("alice").await);
+        }
+    }
+    let (known, unknown) = (median(known), median(unknown));
+    eprintln!("failed logins, median: known user {known:?}, unknown user {unknown:?}");
+    assert!(
+        unknown * 2 >= known && known * 2 >= unknown,
+        "known user {known:?}, unknown user {unknown:?}"
+    );
+}
+
+/// The CONNACK code of a login from `local`.
+async fn login_from(
+    local: [u8; 4],
+    addr: SocketAddr,
+    user: &str,
+    password: &str,
+) -> ConnectReturnCode {
+    let local = IpAddr::V4(Ipv4Addr::from(local));
+    let client = Client::tcp_from(local, addr).await;
+    let (_, connack) = client
+        .handshake(login_packet("c", Some(user), Some(password)))
+        .await;
+    connack.code
+}
+
+#[tokio::test]
+async fn failed_logins_back_off_per_address_and_per_user() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut cfg: Config = config();
+    cfg.auth.password_file = Some(password_file(
+        dir.path(),
+        &[("alice", "wonderland"), ("bob", "builder")],
+    ));
+    cfg.allow_anonymous = AnonymousPolicy::Never;
+    // Long enough that no refusal period ends during the test.
+    let backoff = &mut cfg.auth.login_backoff;
+    backoff.after_failures = 3;
+    backoff.delay = Duration::from_secs(60);
+    backoff.max_delay = Duration::from_secs(120);
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    use ConnectReturnCode::{Accepted, BadUserNameOrPassword};
+
+    // Guesses from 127.0.0.2, two of them for a user that does not exist.
+    for (user, guess) in [("mallory", "1"), ("alice", "2"), ("mallory", "3")] {
+        assert_eq!(
+            login_from([127, 0, 0, 2], addr, user, guess).await,
+            BadUserNameOrPassword
+        );
+    }
+    // That address is refused now, even with the right password.
+    assert_eq!(
+        login_from([127, 0, 0, 2], addr, "alice", "wonderland").await,
+        BadUserNameOrPassword,
+        "refused from the guessing address"
+    );
+    // Another address is not, nor are the users (alice failed once, mallory twice).
+    assert_eq!(
+        login_from([127, 0, 0, 1], addr, "alice", "wonderland").await,
+        Accepted
+    );
+    assert_eq!(
+        login_from([127, 0, 0, 1], addr, "bob", "builder").await,
+        Accepted
+    );
+
+    // Guesses for one user from several addresses hold that user back, not the others.
+    for (last, guess) in [(3, "a"), (4, "b"), (5, "c")] {
+        assert_eq!(
+            login_from([127, 0, 0, last], addr, "bob", guess).await,
+            BadUserNameOrPassword
+        );
+    }
+    assert_eq!(
+        login_from([127, 0, 0, 1], addr, "bob", "builder").await,
+        BadUserNameOrPassword,
+        "bob is held back"
+    );
+    assert_eq!(
+        login_from([127, 0, 0, 1], addr, "alice", "wonderland").await,
+        Accepted,
+        "another user from the same address is not"
+    );
 }

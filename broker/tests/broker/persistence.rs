@@ -1,12 +1,20 @@
 //! Retained messages and persistent sessions survive a restart of the broker.
 
 use std::path::Path;
+use std::time::Duration;
 
+use bytes::Bytes;
+use fieldbridge_broker::auth::set_password;
 use fieldbridge_broker::config::{PersistenceConfig, Synchronous};
 use fieldbridge_broker::Config;
-use fieldbridge_mqtt::codec::{Packet, PubAck, Publish, QoS};
+use fieldbridge_mqtt::codec::{Connect, Packet, PubAck, Publish, QoS};
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{ConnectOptions, Connection};
 
-use crate::support::{config, payload, publish, start, wait_until, write_file, Client, Process};
+use crate::support::{
+    config, connect_packet, payload, publish, start, wait_until, write_file, Client, Process,
+    Silence,
+};
 
 fn persistent_config(dir: &Path) -> Config {
     let mut cfg = config();
@@ -173,4 +181,159 @@ async fn acknowledged_messages_survive_a_crash() {
         assert_eq!(payload(&got), pkid.to_string());
         sub.ack(&got).await;
     }
+}
+
+fn login(client_id: &str, user: &str, password: &str) -> Connect {
+    Connect {
+        username: Some(user.into()),
+        password: Some(Bytes::copy_from_slice(password.as_bytes())),
+        ..connect_packet(client_id, false)
+    }
+}
+
+#[tokio::test]
+async fn a_session_stays_its_owners_across_restarts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let passwd = dir.path().join("passwd");
+    set_password(&passwd, "alice", b"wonderland").expect("password set");
+    set_password(&passwd, "bob", b"builder").expect("password set");
+    let mut cfg = persistent_config(dir.path());
+    cfg.auth.password_file = Some(passwd);
+    cfg.auth.acl_file = Some(write_file(
+        dir.path(),
+        "acl",
+        "topic write private/#\nuser alice\ntopic read private/alice/#\n",
+    ));
+    let broker = start(cfg.clone()).await;
+    for client_id in ["a-1", "a-2"] {
+        let (mut alice, connack) =
+            Client::connect_with(broker.local_addr(), login(client_id, "alice", "wonderland"))
+                .await;
+        assert!(!connack.session_present);
+        alice
+            .subscribe(&[("private/alice/#", QoS::AtLeastOnce)])
+            .await;
+        alice.disconnect().await;
+    }
+    broker.shutdown().await;
+
+    let broker = start(cfg.clone()).await;
+    let addr = broker.local_addr();
+    // Queued while alice is away: checked against the ACL as alice, her user name being
+    // restored with the session.
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
+    publisher
+        .publish(publish(
+            "private/alice/x",
+            "while away",
+            QoS::AtLeastOnce,
+            1,
+        ))
+        .await;
+    let (mut bob, connack) = Client::connect_with(addr, login("a-1", "bob", "builder")).await;
+    assert!(
+        !connack.session_present,
+        "bob does not resume alice's session"
+    );
+    bob.ping().await;
+    assert_eq!(
+        bob.try_recv(Duration::from_millis(300)).await,
+        Err(Silence::TimedOut)
+    );
+    bob.disconnect().await;
+    let (mut alice, connack) =
+        Client::connect_with(addr, login("a-2", "alice", "wonderland")).await;
+    assert!(connack.session_present, "alice resumes her own");
+    assert_eq!(payload(&alice.next_publish().await), "while away");
+    alice.disconnect().await;
+    broker.shutdown().await;
+
+    // a-1 is bob's now, on disk too.
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    let (_alice, connack) = Client::connect_with(addr, login("a-1", "alice", "wonderland")).await;
+    assert!(!connack.session_present);
+}
+
+/// A database written before sessions recorded their owner is upgraded in place; its
+/// sessions go to the first client that resumes them.
+#[tokio::test]
+async fn an_older_database_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let first = dir.path().join("migrations");
+    std::fs::create_dir(&first).expect("dir");
+    write_file(
+        &first,
+        "0001_broker_state.sql",
+        include_str!("../../migrations/0001_broker_state.sql"),
+    );
+    let mut connection = SqliteConnectOptions::new()
+        .filename(dir.path().join("broker.db"))
+        .create_if_missing(true)
+        .connect()
+        .await
+        .expect("database");
+    sqlx::migrate::Migrator::new(first.as_path())
+        .await
+        .expect("first migration")
+        .run(&mut connection)
+        .await
+        .expect("migrates");
+    for statement in [
+        "INSERT INTO sessions (client_id) VALUES ('old')",
+        "INSERT INTO subscriptions (client_id, filter, qos) VALUES ('old', 'o/#', 1)",
+    ] {
+        sqlx::query(statement)
+            .execute(&mut connection)
+            .await
+            .expect("inserts");
+    }
+    connection.close().await.expect("closes");
+
+    let cfg = persistent_config(dir.path());
+    let broker = start(cfg.clone()).await;
+    assert_eq!(broker.stats().clients_total, 1);
+    assert_eq!(broker.stats().subscriptions, 1);
+    let (carol, connack) =
+        Client::connect_with(broker.local_addr(), login("old", "carol", "x")).await;
+    assert!(connack.session_present, "the first to resume it");
+    carol.disconnect().await;
+    broker.shutdown().await;
+
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    let (dave, connack) = Client::connect_with(addr, login("old", "dave", "x")).await;
+    assert!(!connack.session_present, "carol's now");
+    dave.disconnect().await;
+    let (_dave, connack) = Client::connect_with(addr, login("old", "dave", "x")).await;
+    assert!(connack.session_present);
+}
+
+#[tokio::test]
+async fn retained_messages_are_restored_within_the_limit() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let broker = start(persistent_config(dir.path())).await;
+    let (mut publisher, _) = Client::connect(broker.local_addr(), "pub", true).await;
+    let body = "x".repeat(100);
+    for (pkid, topic) in (1..).zip(["r/1", "r/2", "r/3"]) {
+        publisher
+            .publish(Publish {
+                retain: true,
+                ..publish(topic, &body, QoS::AtLeastOnce, pkid)
+            })
+            .await;
+    }
+    broker.shutdown().await;
+
+    // 103 bytes each: two fit.
+    let mut small = persistent_config(dir.path());
+    small.limits.max_retained_bytes = 250;
+    let broker = start(small).await;
+    assert_eq!(broker.stats().retained_messages, 2);
+    assert_eq!(broker.stats().retained_refused, 1);
+    broker.shutdown().await;
+
+    // The one left out was deleted, not kept for a larger limit.
+    let broker = start(persistent_config(dir.path())).await;
+    assert_eq!(broker.stats().retained_messages, 2);
 }

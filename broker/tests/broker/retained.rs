@@ -186,3 +186,65 @@ async fn sys_topics_report_the_broker() {
         }
     }
 }
+
+#[tokio::test]
+async fn retained_messages_are_limited_in_bytes() {
+    let mut cfg = config();
+    // Topic and payload: "big/n" and 40 bytes make 45; two fit.
+    cfg.limits.max_retained_bytes = 100;
+    let broker = start(cfg).await;
+    let addr = broker.local_addr();
+    let (mut live, _) = Client::connect(addr, "live", true).await;
+    live.subscribe(&[("big/#", QoS::AtMostOnce)]).await;
+    let (mut publisher, _) = Client::connect(addr, "pub", true).await;
+    let body = "y".repeat(40);
+    for (pkid, topic) in (1..).zip(["big/1", "big/2", "big/3"]) {
+        publisher
+            .publish(retained(topic, &body, QoS::AtLeastOnce, pkid))
+            .await;
+    }
+    for topic in ["big/1", "big/2", "big/3"] {
+        let got = live.recv_publish().await;
+        assert_eq!(
+            (got.topic.to_string(), got.retain),
+            (topic.into(), false),
+            "current subscribers get every message"
+        );
+    }
+    assert_eq!(broker.stats().retained_messages, 2);
+    assert_eq!(broker.stats().retained_refused, 1);
+
+    let retained_topics = || async {
+        let (mut late, _) = Client::connect(addr, "late", true).await;
+        late.subscribe(&[("big/#", QoS::AtMostOnce)]).await;
+        let (mut marker, _) = Client::connect(addr, "marker", true).await;
+        marker
+            .publish(publish("big/marker", "end", QoS::AtMostOnce, 0))
+            .await;
+        let mut topics = Vec::new();
+        loop {
+            let got = late.recv_publish().await;
+            if got.topic == "big/marker" {
+                return topics;
+            }
+            assert!(got.retain);
+            topics.push(got.topic.to_string());
+        }
+    };
+    let mut topics = retained_topics().await;
+    topics.sort();
+    assert_eq!(topics, ["big/1", "big/2"], "the third was not stored");
+
+    // Clearing one frees its bytes for another.
+    publisher
+        .publish(retained("big/1", "", QoS::AtLeastOnce, 4))
+        .await;
+    publisher
+        .publish(retained("big/3", &body, QoS::AtLeastOnce, 5))
+        .await;
+    assert_eq!(broker.stats().retained_messages, 2);
+    assert_eq!(broker.stats().retained_refused, 1);
+    let mut topics = retained_topics().await;
+    topics.sort();
+    assert_eq!(topics, ["big/2", "big/3"]);
+}

@@ -2,7 +2,7 @@
 //! tests control every flag and identifier.
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use fieldbridge_mqtt::codec::{
     QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::{connect_packet, login_packet, publish, Silence, DEADLINE};
 
@@ -39,6 +39,19 @@ impl Client {
 
     pub async fn tcp(addr: SocketAddr) -> Self {
         Self::over(TcpStream::connect(addr).await.expect("TCP connect"))
+    }
+
+    /// Connects over TCP from a given local address (any of 127.0.0.0/8 works on Linux).
+    pub async fn tcp_from(local: IpAddr, addr: SocketAddr) -> Self {
+        let socket = match local {
+            IpAddr::V4(_) => TcpSocket::new_v4(),
+            IpAddr::V6(_) => TcpSocket::new_v6(),
+        }
+        .expect("socket");
+        socket
+            .bind(SocketAddr::new(local, 0))
+            .expect("bind the local address");
+        Self::over(socket.connect(addr).await.expect("TCP connect"))
     }
 
     /// Sends CONNECT and returns the CONNACK, which must come.
