@@ -3,15 +3,12 @@
 //! committed, and it works again as soon as there is space, with the counts persisted.
 //! Needs a real small file system: a tmpfs mounted over the data directory (root).
 
-use std::io::{ErrorKind, Write as _};
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::sync::{Arc, Mutex};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, QueuedEvent, Store, StoreError, StoreSettings};
-use fieldbridge_testkit::{Need, Suite};
+use fieldbridge_testkit::{fill_file_system, CapturedLogs, Need, Suite, Tmpfs};
 
 const DEVICES: [&str; 2] = ["meter-1", "meter-2"];
 /// What "at once" means on a loaded 2-core machine; a sleeping retry takes 1.2 s.
@@ -45,96 +42,11 @@ fn stats_of(stats: &[DeviceStats], device: &str) -> DeviceStats {
         .unwrap_or_default()
 }
 
-/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        status
-            .is_ok_and(|s| s.success())
-            .then(|| Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (a test failed with the store open): detach it.
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn can_mount_tmpfs() -> bool {
-    let Ok(dir) = tempfile::tempdir() else {
-        return false;
-    };
-    Tmpfs::mount(dir.path(), "64k").is_some()
-}
-
-/// Writes `path` until the file system has no space left.
-fn fill(path: &Path) -> u64 {
-    let mut file = std::fs::File::create(path).unwrap();
-    let mut written = 0u64;
-    for chunk in [64 * 1024, 4096, 1] {
-        let block = vec![0xA5u8; chunk];
-        loop {
-            match file.write(&block) {
-                Ok(0) => break,
-                Ok(n) => written += n as u64,
-                Err(e) if e.kind() == ErrorKind::StorageFull => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
-        }
-    }
-    written
-}
-
-/// Log lines of the whole test binary, also echoed to stderr.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        std::io::stderr().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn install() -> Logs {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
-
 async fn rows(store: &Store, device: &str) -> Vec<u32> {
     seqs(&store.fetch(device, 0, 10_000).await.unwrap())
 }
 
-async fn a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs: Logs) {
+async fn a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs: CapturedLogs) {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     std::fs::create_dir(&data_dir).unwrap();
@@ -157,7 +69,7 @@ async fn a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs:
     }
 
     let filler = data_dir.join("filler");
-    let filled = fill(&filler);
+    let filled = fill_file_system(&filler);
     println!("filled the tmpfs with {filled} bytes");
 
     // Full: every write fails, at once, and is never acknowledged.
@@ -315,14 +227,11 @@ async fn a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs:
 }
 
 fn main() -> ExitCode {
-    let logs = Logs::install();
+    let logs = CapturedLogs::install();
     let mut suite = Suite::new();
     suite.async_test(
         "a_full_file_system_loses_new_events_fast_counts_them_and_recovers",
-        &[Need::condition(
-            can_mount_tmpfs(),
-            "mounting a tmpfs needs root (CAP_SYS_ADMIN)",
-        )],
+        &[Need::tmpfs()],
         move || a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs),
     );
     suite.run()

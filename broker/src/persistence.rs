@@ -13,7 +13,7 @@
 //! next batch tries again, on a fresh connection when the old one's state is in doubt.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{PersistenceConfig, Synchronous};
 use crate::message::Message;
 use fieldbridge_mqtt::codec::QoS;
-use fieldbridge_service::LogThrottle;
+use fieldbridge_sqlite::{Fault, OutageLog, ReopeningConnection};
 
 /// Ops waiting for the writer; senders wait (and so slow down) when it is full.
 pub(crate) const CHANNEL_CAPACITY: usize = 8192;
@@ -287,7 +287,7 @@ pub(crate) async fn open(
     let failures = Arc::new(Failures::default());
     let writer = Writer::new(
         connection,
-        config.path.clone(),
+        &config.path,
         config.synchronous,
         failures.clone(),
     );
@@ -319,13 +319,10 @@ async fn connect(path: &Path, synchronous: Synchronous) -> Result<SqliteConnecti
         .await
 }
 
-/// A fresh connection to the database opened (and migrated) at start. Never creates the
-/// file: a database that vanished is an error, not a new empty state.
-async fn reopen(path: &Path, synchronous: Synchronous) -> Result<SqliteConnection, sqlx::Error> {
-    options(path, synchronous)
-        .create_if_missing(false)
-        .connect()
-        .await
+/// For a fresh connection to the database opened (and migrated) at start. Never creates
+/// the file: a database that vanished is an error, not a new empty state.
+fn reopen_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
+    options(path, synchronous).create_if_missing(false)
 }
 
 fn qos_of(value: i64) -> Option<QoS> {
@@ -436,30 +433,26 @@ impl Op {
 /// The one task that writes: applies what has accumulated in one transaction and answers
 /// the barriers among it.
 struct Writer {
-    /// `None` when reopening it failed; the next transaction tries again.
-    connection: Option<SqliteConnection>,
-    path: PathBuf,
-    synchronous: Synchronous,
+    connection: ReopeningConnection,
     failures: Arc<Failures>,
     /// Transactions failed so far (only the writer adds to `failures.count`).
     failed: u64,
-    log: FailureLog,
+    /// Changes lost since the first failed transaction.
+    log: OutageLog<u64>,
 }
 
 impl Writer {
     fn new(
         connection: SqliteConnection,
-        path: PathBuf,
+        path: &Path,
         synchronous: Synchronous,
         failures: Arc<Failures>,
     ) -> Self {
         Writer {
-            connection: Some(connection),
-            path,
-            synchronous,
+            connection: ReopeningConnection::new(connection, reopen_options(path, synchronous)),
             failed: failures.count.load(Ordering::Relaxed),
             failures,
-            log: FailureLog::new(FAILURE_LOG_INTERVAL),
+            log: OutageLog::new(FAILURE_LOG_INTERVAL),
         }
     }
 
@@ -501,11 +494,7 @@ impl Writer {
     }
 
     async fn transaction(&mut self, batch: &[Op]) -> Result<(), sqlx::Error> {
-        let connection = match &mut self.connection {
-            Some(connection) => connection,
-            empty => empty.insert(reopen(&self.path, self.synchronous).await?),
-        };
-        let mut tx = connection.begin().await?;
+        let mut tx = self.connection.get().await?.begin().await?;
         for op in batch {
             if let Err(error) = apply_one(&mut tx, op).await {
                 // Explicitly rather than on drop, so that `settle` sees the outcome.
@@ -521,7 +510,7 @@ impl Writer {
         if let Some(outage) = self.log.recovered(Instant::now()) {
             tracing::info!(
                 failures = outage.failures,
-                changes_lost = outage.changes,
+                changes_lost = outage.lost,
                 "persistence writes succeed again after {}s",
                 outage.lasting.as_secs()
             );
@@ -531,16 +520,15 @@ impl Writer {
     async fn failed(&mut self, error: &sqlx::Error, changes: usize) {
         self.failed += 1;
         self.failures.count.store(self.failed, Ordering::Release);
-        self.settle().await;
-        let Some(report) = self
-            .log
-            .failed(&error_kind(error), changes as u64, Instant::now())
-        else {
+        self.connection.settle().await;
+        let Some(report) = self.log.failed(Fault::of(error), Instant::now(), |lost| {
+            *lost += changes as u64
+        }) else {
             return;
         };
         tracing::error!(
             failures = report.failures,
-            changes_lost = report.changes,
+            changes_lost = report.lost,
             held_back = report.repeats,
             lasting_s = report.lasting.as_secs(),
             "persistence write failed: {error}; what needs it stored is not acknowledged \
@@ -550,117 +538,12 @@ impl Writer {
         );
     }
 
-    /// After a failed transaction, makes sure the connection is not left inside it.
-    /// SQLite rolls a transaction back by itself after some errors (SQLITE_FULL, I/O
-    /// errors, a failed COMMIT); sqlx's ROLLBACK then fails and sqlx still counts the
-    /// transaction as open, so its next BEGIN would be a SAVEPOINT inside a transaction
-    /// that never commits. sqlx counts a ROLLBACK only when it worked, which ends SQLite's
-    /// transaction too; otherwise the connection is replaced by a fresh one.
-    async fn settle(&mut self) {
-        let Some(connection) = &mut self.connection else {
-            return;
-        };
-        // The ping runs after the rollback a dropped transaction has queued.
-        if connection.ping().await.is_ok() && !connection.is_in_transaction() {
-            return;
-        }
-        tracing::debug!("replacing the persistence connection after a failed transaction");
-        if let Some(connection) = self.connection.take() {
-            // Closing rolls back whatever SQLite still has open.
-            if let Err(error) = connection.close().await {
-                tracing::debug!("closing the persistence connection: {error}");
-            }
-        }
-        match reopen(&self.path, self.synchronous).await {
-            Ok(connection) => self.connection = Some(connection),
-            Err(error) => tracing::debug!("reopening the persistence database: {error}"),
-        }
-    }
-
-    async fn finish(mut self) {
-        if let Some(connection) = self.connection.take() {
+    async fn finish(self) {
+        if let Some(connection) = self.connection.into_inner() {
             if let Err(error) = connection.close().await {
                 tracing::warn!("closing the persistence database: {error}");
             }
         }
-    }
-}
-
-/// What kind of error a failed write was: another kind is logged at once.
-fn error_kind(error: &sqlx::Error) -> String {
-    match error {
-        sqlx::Error::Database(db) => db
-            .code()
-            .map_or_else(|| db.message().to_owned(), |code| code.into_owned()),
-        other => other.to_string(),
-    }
-}
-
-/// Writes failing since `since`.
-#[derive(Debug)]
-struct Outage {
-    since: Instant,
-    failures: u64,
-    changes: u64,
-}
-
-/// What to log about an outage.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Report {
-    /// Since the first failed write.
-    lasting: Duration,
-    /// Failed transactions since the first one (including it).
-    failures: u64,
-    /// Changes those transactions carried, not stored.
-    changes: u64,
-    /// Failures not logged since the last line.
-    repeats: u64,
-}
-
-/// The log of failed writes: the first failure at once, then at most one line per
-/// interval (or at once when the kind of error changes), and one when writes succeed again.
-#[derive(Debug)]
-struct FailureLog {
-    throttle: LogThrottle,
-    outage: Option<Outage>,
-}
-
-impl FailureLog {
-    fn new(interval: Duration) -> Self {
-        FailureLog {
-            throttle: LogThrottle::new(interval),
-            outage: None,
-        }
-    }
-
-    /// Records a failed transaction of `changes` changes; `Some` when a line is due.
-    fn failed(&mut self, kind: &str, changes: u64, now: Instant) -> Option<Report> {
-        let outage = self.outage.get_or_insert(Outage {
-            since: now,
-            failures: 0,
-            changes: 0,
-        });
-        outage.failures += 1;
-        outage.changes += changes;
-        let repeats = self.throttle.admit_changed(kind, now)?;
-        Some(Report {
-            lasting: now.saturating_duration_since(outage.since),
-            failures: outage.failures,
-            changes: outage.changes,
-            repeats,
-        })
-    }
-
-    /// After a transaction that succeeded: the whole outage, when one has ended.
-    fn recovered(&mut self, now: Instant) -> Option<Report> {
-        let outage = self.outage.take()?;
-        self.throttle.reset();
-        Some(Report {
-            lasting: now.saturating_duration_since(outage.since),
-            failures: outage.failures,
-            changes: outage.changes,
-            repeats: 0,
-        })
     }
 }
 
@@ -818,6 +701,8 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
     fn config(dir: &tempfile::TempDir) -> PersistenceConfig {
@@ -1055,7 +940,7 @@ mod tests {
         let failures = Arc::new(Failures::default());
         let writer = Writer::new(
             connection,
-            config.path.clone(),
+            &config.path,
             config.synchronous,
             failures.clone(),
         );
@@ -1097,11 +982,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut writer, failures, path) = writer_on(&dir, &[]).await;
         let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-            .fetch_one(writer.connection.as_mut().expect("open"))
+            .fetch_one(writer.connection.get().await.expect("open"))
             .await
             .expect("counts pages");
         sqlx::query(&format!("PRAGMA max_page_count = {}", pages + 8))
-            .execute(writer.connection.as_mut().expect("open"))
+            .execute(writer.connection.get().await.expect("open"))
             .await
             .expect("caps");
         let before = Mark(failures.count.load(Ordering::Relaxed));
@@ -1141,7 +1026,7 @@ mod tests {
     async fn a_connection_left_inside_a_transaction_is_replaced() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (mut writer, failures, path) = writer_on(&dir, &[]).await;
-        let connection = writer.connection.as_mut().expect("open");
+        let connection = writer.connection.get().await.expect("open");
         let mut tx = connection.begin().await.expect("begins");
         sqlx::query("ROLLBACK")
             .execute(&mut *tx)
@@ -1163,7 +1048,7 @@ mod tests {
             .await;
         assert!(first_answer.await.expect("answered").is_err());
         assert_eq!(failures.count.load(Ordering::Relaxed), 1);
-        let connection = writer.connection.as_ref().expect("reopened");
+        let connection = writer.connection.get().await.expect("reopened");
         assert!(!connection.is_in_transaction());
 
         let (next, next_answer) = barrier(Mark(1));
@@ -1177,39 +1062,5 @@ mod tests {
             "committed, and no transaction left open"
         );
         writer.finish().await;
-    }
-
-    #[test]
-    fn failure_log_reports_at_once_then_per_interval_and_the_recovery() {
-        let mut log = FailureLog::new(Duration::from_secs(30));
-        let t0 = Instant::now();
-        let at = |s: u64| t0 + Duration::from_secs(s);
-        assert_eq!(log.recovered(t0), None, "no outage, nothing to report");
-        let first = log.failed("13", 5, at(1)).expect("the first failure");
-        assert_eq!(
-            (first.failures, first.changes, first.repeats, first.lasting),
-            (1, 5, 0, Duration::ZERO)
-        );
-        assert_eq!(log.failed("13", 2, at(5)), None);
-        assert_eq!(log.failed("13", 1, at(20)), None);
-        let later = log.failed("13", 1, at(31)).expect("after the interval");
-        assert_eq!(
-            (later.failures, later.changes, later.repeats, later.lasting),
-            (4, 9, 2, Duration::from_secs(30))
-        );
-        let other = log.failed("10", 1, at(32)).expect("another error at once");
-        assert_eq!((other.failures, other.repeats), (5, 0));
-
-        let recovery = log.recovered(at(41)).expect("the outage ended");
-        assert_eq!(
-            (recovery.failures, recovery.changes, recovery.lasting),
-            (5, 10, Duration::from_secs(40))
-        );
-        assert_eq!(log.recovered(at(42)), None);
-        let next = log.failed("13", 3, at(43)).expect("a new outage at once");
-        assert_eq!(
-            (next.failures, next.changes, next.lasting),
-            (1, 3, Duration::ZERO)
-        );
     }
 }

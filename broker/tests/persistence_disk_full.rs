@@ -6,107 +6,20 @@
 
 mod support;
 
-use std::io::{ErrorKind, Write as _};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode};
-use std::sync::{Arc, Mutex};
+use std::path::Path;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use fieldbridge_broker::config::{PersistenceConfig, Synchronous};
 use fieldbridge_broker::{Config, RunningBroker};
 use fieldbridge_mqtt::codec::{Packet, PubComp, PubRec, PubRel, Publish, QoS};
-use fieldbridge_testkit::{Need, Suite};
+use fieldbridge_testkit::{fill_file_system, CapturedLogs, Need, Suite, Tmpfs};
 use sqlx::{ConnectOptions as _, Connection as _};
 use support::{config, payload, publish, start, Client, Silence, DEADLINE};
 
 /// What "at once" means on a loaded 2-core machine.
 const FAIL_FAST: Duration = Duration::from_secs(2);
-
-/// A tmpfs of `size` mounted on `dir`, unmounted on drop.
-struct Tmpfs(PathBuf);
-
-impl Tmpfs {
-    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
-        let status = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
-            .arg(dir)
-            .stderr(std::process::Stdio::null())
-            .status();
-        status
-            .is_ok_and(|s| s.success())
-            .then(|| Tmpfs(dir.to_owned()))
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let unmounted = Command::new("umount")
-            .arg(&self.0)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !unmounted {
-            // Still busy (a test failed with the database open): detach it.
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-}
-
-fn can_mount_tmpfs() -> bool {
-    let Ok(dir) = tempfile::tempdir() else {
-        return false;
-    };
-    Tmpfs::mount(dir.path(), "64k").is_some()
-}
-
-/// Writes `path` until the file system has no space left.
-fn fill(path: &Path) -> u64 {
-    let mut file = std::fs::File::create(path).unwrap();
-    let mut written = 0u64;
-    for chunk in [64 * 1024, 4096, 1] {
-        let block = vec![0xA5u8; chunk];
-        loop {
-            match file.write(&block) {
-                Ok(0) => break,
-                Ok(n) => written += n as u64,
-                Err(e) if e.kind() == ErrorKind::StorageFull => break,
-                Err(e) => panic!("filling {}: {e}", path.display()),
-            }
-        }
-    }
-    written
-}
-
-/// Log lines of the whole test binary, also echoed to stderr.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        std::io::stderr().write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Logs {
-    fn install() -> Logs {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::INFO)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
-    }
-}
 
 fn persistent_config(db: &Path) -> Config {
     let mut cfg = config();
@@ -189,7 +102,9 @@ async fn writable(db: &Path) -> bool {
     locked
 }
 
-async fn a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged(logs: Logs) {
+async fn a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged(
+    logs: CapturedLogs,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     std::fs::create_dir(&data).unwrap();
@@ -229,7 +144,7 @@ async fn a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged(
     assert_eq!(failures(&broker), 0);
 
     let filler = data.join("filler");
-    println!("filled the tmpfs with {} bytes", fill(&filler));
+    println!("filled the tmpfs with {} bytes", fill_file_system(&filler));
 
     // Full: nothing is acknowledged, each refusal is counted, and comes at once.
     let mut timings = Vec::new();
@@ -340,14 +255,11 @@ async fn a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged(
 }
 
 fn main() -> ExitCode {
-    let logs = Logs::install();
+    let logs = CapturedLogs::install();
     let mut suite = Suite::new();
     suite.async_test(
         "a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged",
-        &[Need::condition(
-            can_mount_tmpfs(),
-            "mounting a tmpfs needs root (CAP_SYS_ADMIN)",
-        )],
+        &[Need::tmpfs()],
         move || a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged(logs),
     );
     suite.run()

@@ -198,7 +198,7 @@ impl Store {
         let pending = writer::SharedPending::default();
         let writer = writer::Writer::new(
             opened.writer,
-            opened.path.clone(),
+            &opened.path,
             settings.clone(),
             opened.occupancy,
             watchers.clone(),

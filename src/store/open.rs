@@ -222,16 +222,10 @@ fn writer_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions
         .busy_timeout(BUSY_TIMEOUT)
 }
 
-/// A fresh writing connection to the database the store opened (and checked and
+/// For a fresh writing connection to the database the store opened (and checked and
 /// migrated) at start. Never creates the file: a vanished database is an error.
-pub(super) async fn reopen_writer(
-    path: &Path,
-    synchronous: Synchronous,
-) -> Result<SqliteConnection, sqlx::Error> {
-    writer_options(path, synchronous)
-        .create_if_missing(false)
-        .connect()
-        .await
+pub(super) fn reopen_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
+    writer_options(path, synchronous).create_if_missing(false)
 }
 
 /// The SQLite message if the error says the file is damaged or not a database.

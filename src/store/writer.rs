@@ -7,16 +7,17 @@
 //! first transaction that succeeds again.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use fieldbridge_service::LogThrottle;
+use fieldbridge_sqlite::{Fault, OutageLog, ReopeningConnection, Report};
 use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use super::failure::{per_device, Fault, LossLog, PendingDrops, Report};
+use super::failure::{per_device, retry_delay, PendingDrops};
 use super::open::{self, Occupancy};
 use super::{Command, NewRow, OnFull, StoreError, StoreSettings, Watchers, MAX_BATCH};
 
@@ -43,16 +44,17 @@ const DROP_LOG_DEVICES: usize = 10;
 /// holds the lock while it commits them, so a reader never counts them twice or not at all.
 pub(super) type SharedPending = Arc<tokio::sync::Mutex<PendingDrops>>;
 
+/// QoS 1 events lost per device since the first failed write.
+type LossReport = Report<BTreeMap<String, u64>>;
+
 pub(super) struct Writer {
-    /// `None` when reopening it failed; the next transaction tries again.
-    conn: Option<SqliteConnection>,
-    path: PathBuf,
+    conn: ReopeningConnection,
     settings: StoreSettings,
     occupancy: Occupancy,
     watchers: Watchers,
     drop_log: DropLog,
     pending: SharedPending,
-    loss_log: LossLog,
+    loss_log: OutageLog<BTreeMap<String, u64>>,
     /// When to try saving pending drop counts if no batch comes first.
     probe_at: Option<Instant>,
 }
@@ -104,21 +106,20 @@ struct DropCounts {
 impl Writer {
     pub(super) fn new(
         conn: SqliteConnection,
-        path: PathBuf,
+        path: &Path,
         settings: StoreSettings,
         occupancy: Occupancy,
         watchers: Watchers,
         pending: SharedPending,
     ) -> Self {
         Writer {
-            conn: Some(conn),
-            path,
+            conn: ReopeningConnection::new(conn, open::reopen_options(path, settings.synchronous)),
             settings,
             occupancy,
             watchers,
             drop_log: DropLog::new(DROP_LOG_INTERVAL),
             pending,
-            loss_log: LossLog::new(LOSS_LOG_INTERVAL),
+            loss_log: OutageLog::new(LOSS_LOG_INTERVAL),
             probe_at: None,
         }
     }
@@ -213,8 +214,8 @@ impl Writer {
                 Ok(committed) => break Ok(committed),
                 Err(error) => {
                     let fault = Fault::of(&error);
-                    self.settle().await;
-                    match fault.retry_delay(attempt, &RETRY_DELAYS) {
+                    self.conn.settle().await;
+                    match retry_delay(fault, attempt, &RETRY_DELAYS) {
                         Some(delay) => {
                             tracing::warn!("queue transaction failed, retrying: {error}");
                             tokio::time::sleep(delay).await;
@@ -254,9 +255,14 @@ impl Writer {
                     !pending.is_empty()
                 };
                 self.probe_at = waiting.then(|| Instant::now() + PROBE_INTERVAL);
-                if let Some(report) = self
-                    .loss_log
-                    .failed(fault, &lost, std::time::Instant::now())
+                let add_lost = |outage: &mut BTreeMap<String, u64>| {
+                    for (device, count) in &lost {
+                        *outage.entry(device.clone()).or_default() += count;
+                    }
+                };
+                if let Some(report) =
+                    self.loss_log
+                        .failed(fault, std::time::Instant::now(), add_lost)
                 {
                     self.log_failure(fault, &error, &report);
                 }
@@ -277,13 +283,7 @@ impl Writer {
         batch: &Batch,
         pending: &PendingDrops,
     ) -> Result<Committed, sqlx::Error> {
-        let conn = match &mut self.conn {
-            Some(conn) => conn,
-            empty => {
-                empty.insert(open::reopen_writer(&self.path, self.settings.synchronous).await?)
-            }
-        };
-        let mut tx = conn.begin().await?;
+        let mut tx = self.conn.get().await?.begin().await?;
         let committed = match write(&mut tx, batch, pending, &self.settings, self.occupancy).await {
             Ok(committed) => committed,
             Err(error) => {
@@ -303,39 +303,12 @@ impl Writer {
         Ok(committed)
     }
 
-    /// After a failed transaction, makes sure the connection is not left inside it.
-    /// SQLite rolls a transaction back by itself after some errors (SQLITE_FULL, I/O
-    /// errors, a failed COMMIT); sqlx's ROLLBACK then fails and sqlx still counts the
-    /// transaction as open, so its next BEGIN would be a SAVEPOINT inside a transaction
-    /// that never commits (and keeps the checkpoint from running). sqlx counts a
-    /// ROLLBACK only when it worked, which ends SQLite's transaction too; otherwise the
-    /// connection is replaced by a fresh one.
-    async fn settle(&mut self) {
-        let Some(conn) = &mut self.conn else {
-            return;
-        };
-        // The ping runs after the rollback a dropped transaction has queued.
-        if conn.ping().await.is_ok() && !conn.is_in_transaction() {
-            return;
-        }
-        tracing::debug!("replacing the queue's writing connection after a failed transaction");
-        if let Some(conn) = self.conn.take() {
-            // Closing rolls back whatever SQLite still has open.
-            if let Err(error) = conn.close().await {
-                tracing::debug!("closing the queue's writing connection: {error}");
-            }
-        }
-        match open::reopen_writer(&self.path, self.settings.synchronous).await {
-            Ok(conn) => self.conn = Some(conn),
-            Err(error) => tracing::debug!("reopening the queue database failed: {error}"),
-        }
-    }
-
-    fn log_failure(&self, fault: Fault, error: &sqlx::Error, report: &Report) {
+    fn log_failure(&self, fault: Fault, error: &sqlx::Error, report: &LossReport) {
         let dir = self.settings.data_dir.display();
         let free = super::free_space(&self.settings.data_dir)
             .map_or_else(|e| format!("unknown ({e})"), |free| free.to_string());
-        if report.total() == 0 {
+        let lost: u64 = report.lost.values().sum();
+        if lost == 0 {
             tracing::error!(
                 failures = report.failures,
                 repeats = report.repeats,
@@ -344,7 +317,7 @@ impl Writer {
             return;
         }
         tracing::error!(
-            lost = report.total(),
+            lost,
             failures = report.failures,
             repeats = report.repeats,
             "QoS 1 events are being lost because they cannot be stored in the queue: {fault} \
@@ -394,7 +367,7 @@ impl Writer {
                 per_device(&pending.write_failed, DROP_LOG_DEVICES)
             );
         }
-        let Some(mut conn) = self.conn.take() else {
+        let Some(mut conn) = self.conn.into_inner() else {
             return;
         };
         if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -409,8 +382,8 @@ impl Writer {
     }
 }
 
-fn log_recovery(outage: &Report) {
-    let total = outage.total();
+fn log_recovery(outage: &LossReport) {
+    let total: u64 = outage.lost.values().sum();
     let lasting = outage.lasting.as_secs();
     if total == 0 {
         tracing::info!(

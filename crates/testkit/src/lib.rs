@@ -5,6 +5,12 @@
 //! ignored: a test whose needs are missing fails, saying which.
 //!
 //! A test binary using it sets `harness = false` and ends its `main` with [`Suite::run`].
+//!
+//! Also what such tests share: a tmpfs to fill up ([`Tmpfs`]) and the captured log
+//! ([`CapturedLogs`]).
+
+mod logs;
+mod tmpfs;
 
 use std::future::Future;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -12,6 +18,9 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+pub use logs::CapturedLogs;
+pub use tmpfs::{fill_file_system, Tmpfs};
 
 /// Something a test needs from the machine.
 #[derive(Debug, Clone)]
@@ -54,6 +63,14 @@ impl Need {
     /// `mosquitto_pub` and `mosquitto_sub`.
     pub fn mosquitto_clients() -> Need {
         Need::program("mosquitto_sub", "apt-get install mosquitto-clients")
+    }
+
+    /// Mounting a [`Tmpfs`].
+    pub fn tmpfs() -> Need {
+        Need::condition(
+            Tmpfs::can_mount(),
+            "mounting a tmpfs needs root (CAP_SYS_ADMIN)",
+        )
     }
 }
 
