@@ -16,7 +16,7 @@ use tokio::sync::mpsc::PermitIterator;
 
 use crate::persistence::Op;
 use crate::session::SessionState;
-use crate::subscriptions::SubscriptionTree;
+use crate::subscriptions::{sparse_capacity, SubscriptionTree};
 
 /// Why a connection was told to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,6 +319,7 @@ impl Registry {
             replaced_foreign = existing.persistent && !owned;
             drop(inner);
             sessions.remove(&*client_id);
+            shrink_if_sparse(&mut sessions);
             discard(&existing, tree);
             if existing.persistent {
                 if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
@@ -365,6 +366,7 @@ impl Registry {
             .is_some_and(|current| Arc::ptr_eq(&current.0, session))
         {
             sessions.remove(&*session.client_id);
+            shrink_if_sparse(&mut sessions);
         }
         drop(sessions);
         discard(session, tree);
@@ -408,6 +410,13 @@ impl Registry {
     }
 }
 
+/// Gives back the table of a set that many sessions have left (a connection flood).
+fn shrink_if_sparse<T: Eq + Hash>(set: &mut HashSet<T>) {
+    if let Some(capacity) = sparse_capacity(set.len(), set.capacity()) {
+        set.shrink_to(capacity);
+    }
+}
+
 /// Marks a session ended and removes its subscriptions from the tree.
 fn discard(session: &Arc<Session>, tree: &Tree) {
     let filters: Vec<ByteString> = {
@@ -422,5 +431,42 @@ fn discard(session: &Arc<Session>, tree: &Tree) {
     let mut tree = tree.write();
     for filter in filters {
         tree.unsubscribe(&filter, session.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(client_id: String) -> Claim {
+        Claim {
+            client_id: client_id.into(),
+            clean_session: true,
+            link: Link {
+                signal: Arc::new(ConnectionSignal::new(None, 0)),
+            },
+            username: None,
+            owner: Owner::Anonymous,
+        }
+    }
+
+    /// After a flood of clients has left, the session set gives its table back.
+    #[test]
+    fn session_set_shrinks_when_clients_leave() {
+        let registry = Registry::new(100_000);
+        let tree = Tree::default();
+        let sessions: Vec<_> = (0..15_000)
+            .map(|i| {
+                registry
+                    .attach(claim(format!("client-{i}")), &tree, None)
+                    .map_or_else(|_| panic!("registry full"), |attached| attached.session)
+            })
+            .collect();
+        assert!(registry.sessions.lock().capacity() >= 15_000);
+        for session in &sessions[1..] {
+            registry.remove_clean(session, &tree);
+        }
+        assert_eq!(registry.len(), 1);
+        assert!(registry.sessions.lock().capacity() <= 2048);
     }
 }

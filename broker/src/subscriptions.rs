@@ -13,6 +13,24 @@ use fieldbridge_mqtt::topic::split_level;
 /// Identifies a subscriber (a session) in the tree.
 pub type SubscriberId = u64;
 
+/// Capacity below which a map is never shrunk: small maps are not worth a rehash.
+const MIN_SHRINK_CAPACITY: usize = 1024;
+
+/// The capacity a map of `len` entries out of `capacity` should shrink to, if any. A map
+/// that held thousands of entries (a flood of clients) keeps its table after they leave
+/// unless shrunk. Only at most an eighth full, and to twice its length: churn around a
+/// steady size never rehashes, and shrinking again takes another 3/4 of the entries gone.
+pub(crate) fn sparse_capacity(len: usize, capacity: usize) -> Option<usize> {
+    (capacity > MIN_SHRINK_CAPACITY && len <= capacity / 8)
+        .then(|| (len * 2).max(MIN_SHRINK_CAPACITY))
+}
+
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if let Some(capacity) = sparse_capacity(map.len(), map.capacity()) {
+        map.shrink_to(capacity);
+    }
+}
+
 /// One subscriber of a filter: its granted QoS and what routing hands back for it.
 #[derive(Debug, Clone)]
 struct Entry<S> {
@@ -216,13 +234,16 @@ impl<S: Clone> SubscriptionTree<S> {
                 "+" => node.plus = None,
                 level => {
                     node.children.remove(level);
+                    shrink_if_sparse(&mut node.children);
                 }
             },
             None if multi => {
                 node.multi.remove(&id);
+                shrink_if_sparse(&mut node.multi);
             }
             None => {
                 node.exact.remove(&id);
+                shrink_if_sparse(&mut node.exact);
             }
         }
         self.count -= 1;
@@ -291,6 +312,33 @@ impl<S: Clone> SubscriptionTree<S> {
 mod tests {
     use super::*;
     use fieldbridge_mqtt::topic;
+
+    #[test]
+    fn sparse_capacity_only_for_large_mostly_empty_maps() {
+        assert_eq!(sparse_capacity(0, 896), None);
+        assert_eq!(sparse_capacity(3_585, 28_672), None);
+        assert_eq!(sparse_capacity(3_584, 28_672), Some(7_168));
+        assert_eq!(sparse_capacity(0, 28_672), Some(1024));
+    }
+
+    /// A filter node that thousands of subscribers have left gives its table back.
+    #[test]
+    fn subscriber_maps_shrink_when_subscribers_leave() {
+        let mut tree = SubscriptionTree::default();
+        for id in 0..15_000 {
+            tree.subscribe("clients/all", id, QoS::AtMostOnce, "s");
+            tree.subscribe(&format!("clients/{id}"), id, QoS::AtMostOnce, "s");
+        }
+        for id in 1..15_000 {
+            assert!(tree.unsubscribe("clients/all", id));
+            assert!(tree.unsubscribe(&format!("clients/{id}"), id));
+        }
+        let clients = &tree.root.children["clients"];
+        assert_eq!(clients.children.len(), 2);
+        assert!(clients.children.capacity() <= 2048);
+        assert!(clients.children["all"].exact.capacity() <= 2048);
+        assert_eq!(matched(&tree, "clients/all"), vec![(0, QoS::AtMostOnce)]);
+    }
 
     fn matched(tree: &SubscriptionTree<&'static str>, topic: &str) -> Vec<(SubscriberId, QoS)> {
         let mut out = Vec::new();
