@@ -34,6 +34,8 @@ pub(crate) struct BrokerContext {
     pub logins: LoginBackoff,
     /// Logins refused during a backoff, logged at a bounded rate.
     pub login_refusals: LogThrottle,
+    /// Clients closed because persistence failed: every publisher while the disk is full.
+    pub durability_closes: LogThrottle,
     pub shutdown: CancellationToken,
     pub started: Instant,
 }

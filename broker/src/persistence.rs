@@ -220,12 +220,6 @@ impl StoreHandle {
         Mark(self.failures.settled.load(Ordering::Acquire))
     }
 
-    /// Waits until the ops sent before are committed (with [`StoreHandle::settled_mark`];
-    /// a mark taken before sending them is exact: [`StoreHandle::barrier_since`]).
-    pub async fn barrier(&self) -> Result<(), NotDurable> {
-        self.barrier_since(self.settled_mark()).await
-    }
-
     /// Waits until the ops sent since `since` was taken are committed; an error if any
     /// transaction failed since (theirs or another's: the caller cannot tell).
     pub async fn barrier_since(&self, since: Mark) -> Result<(), NotDurable> {
@@ -811,7 +805,10 @@ mod tests {
         for op in ops {
             store.send(op).await.expect("sends");
         }
-        store.barrier().await.expect("durable");
+        store
+            .barrier_since(store.settled_mark())
+            .await
+            .expect("durable");
         store.close().await;
 
         let (store, snapshot) = open(&config(&dir)).await.expect("reopens");
@@ -895,7 +892,10 @@ mod tests {
             })
             .await
             .expect("sends");
-        store.barrier().await.expect("durable");
+        store
+            .barrier_since(store.settled_mark())
+            .await
+            .expect("durable");
         store.close().await;
         let mut connection = connect(&dir.path().join("broker.db"), Synchronous::Normal)
             .await

@@ -31,8 +31,9 @@ use crate::session::{Delivery, Inflight, InflightState, SessionLimits, SessionSt
 use crate::subscriptions::SubscriptionTree;
 use crate::transport::{TransportError, Upgrade};
 
-/// Least time between two log lines about logins refused during a backoff.
-const LOGIN_REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
+/// Least time between two log lines about refused clients (logins during a backoff,
+/// clients closed because persistence failed).
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);
 /// Time connections get to close at shutdown before the broker stops waiting for them.
 const CONNECTIONS_GRACE: Duration = Duration::from_millis(500);
 /// Time the database gets to commit its last writes at shutdown.
@@ -147,7 +148,8 @@ impl Broker {
             metrics,
             password_checks: Semaphore::new(CONCURRENT_PASSWORD_CHECKS),
             logins: LoginBackoff::new(config.auth.login_backoff.clone()),
-            login_refusals: LogThrottle::new(LOGIN_REFUSAL_LOG_INTERVAL),
+            login_refusals: LogThrottle::new(REFUSAL_LOG_INTERVAL),
+            durability_closes: LogThrottle::new(REFUSAL_LOG_INTERVAL),
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             limits,

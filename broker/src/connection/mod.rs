@@ -469,6 +469,11 @@ impl Connection {
             End::Disconnect | End::Closed | End::Kicked(Kick::TakenOver | Kick::Shutdown) => {
                 tracing::debug!(client_id = %self.session.client_id, reason = %end, "connection ended")
             }
+            End::NotDurable => {
+                if let Some(repeats) = self.ctx.durability_closes.admit() {
+                    tracing::info!(client_id = %self.session.client_id, reason = %end, repeats, "connection closed")
+                }
+            }
             _ => {
                 tracing::info!(client_id = %self.session.client_id, reason = %end, "connection closed")
             }

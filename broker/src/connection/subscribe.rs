@@ -15,6 +15,8 @@ impl Connection {
     pub(super) async fn on_subscribe(&mut self, subscribe: Subscribe) -> Result<(), End> {
         let mut return_codes = Vec::with_capacity(subscribe.filters.len());
         let mut granted = Vec::new();
+        // Only failures after this count against these subscriptions' records.
+        let since = self.durable_store().map(|store| store.mark());
         for chunk in subscribe.filters.chunks(FILTERS_PER_BATCH) {
             let mut permits = self.reserve_durable(chunk.len()).await?;
             for filter in chunk {
@@ -75,8 +77,10 @@ impl Connection {
                 granted.push((filter.filter.clone(), filter.qos));
             }
         }
-        if let Some(store) = self.durable_store().filter(|_| !granted.is_empty()) {
-            store.barrier().await?;
+        if let (Some(store), Some(since)) = (self.durable_store(), since) {
+            if !granted.is_empty() {
+                store.barrier_since(since).await?;
+            }
         }
         self.write_packet(&Packet::SubAck(SubAck {
             pkid: subscribe.pkid,
