@@ -216,22 +216,30 @@ impl Service for SimBus {
     }
 }
 
+/// Accepts connections with a tokio-modbus TCP-side server type (`tcp::Server` or
+/// `rtu_over_tcp::Server`, which share no trait) and serves `bus` on each.
+macro_rules! serve_connections {
+    ($server:path, $listener:expr, $bus:expr) => {{
+        let bus = $bus;
+        let on_connected = |stream, addr| {
+            let bus = bus.clone();
+            async move {
+                tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, move |_| {
+                    Ok(Some(bus.clone()))
+                })
+            }
+        };
+        <$server>::new($listener)
+            .serve(&on_connected, |e| {
+                tracing::debug!("simulator connection: {e}")
+            })
+            .await
+    }};
+}
+
 /// Serves Modbus TCP on `listener` until the task is dropped.
 pub async fn serve_tcp(listener: TcpListener, bus: SimBus) -> io::Result<()> {
-    let server = tokio_modbus::server::tcp::Server::new(listener);
-    let on_connected = |stream, addr| {
-        let bus = bus.clone();
-        async move {
-            tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, move |_| {
-                Ok(Some(bus.clone()))
-            })
-        }
-    };
-    server
-        .serve(&on_connected, |e| {
-            tracing::debug!("simulator connection: {e}")
-        })
-        .await
+    serve_connections!(tokio_modbus::server::tcp::Server, listener, bus)
 }
 
 /// Serves `bus` over Modbus TCP on a free loopback port, in a task of the current
@@ -244,20 +252,7 @@ pub async fn spawn_tcp(bus: SimBus) -> io::Result<(u16, JoinHandle<io::Result<()
 
 /// Serves Modbus RTU frames over TCP (a serial-to-Ethernet converter) on `listener`.
 pub async fn serve_rtu_over_tcp(listener: TcpListener, bus: SimBus) -> io::Result<()> {
-    let server = tokio_modbus::server::rtu_over_tcp::Server::new(listener);
-    let on_connected = |stream, addr| {
-        let bus = bus.clone();
-        async move {
-            tokio_modbus::server::tcp::accept_tcp_connection(stream, addr, move |_| {
-                Ok(Some(bus.clone()))
-            })
-        }
-    };
-    server
-        .serve(&on_connected, |e| {
-            tracing::debug!("simulator connection: {e}")
-        })
-        .await
+    serve_connections!(tokio_modbus::server::rtu_over_tcp::Server, listener, bus)
 }
 
 /// Serves Modbus RTU on a serial port (one end of a pty pair in tests and the demo).
