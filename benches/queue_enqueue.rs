@@ -16,16 +16,18 @@ const DEVICES: usize = 20;
 const EVENTS: usize = 100_000;
 
 fn event(seq: usize) -> Event {
-    Event {
-        device_id: format!("dev-{:02}", seq % DEVICES),
-        event_id: "status".into(),
-        qos: Qos::AtLeastOnce,
-        payload: format!(
-            "{{\"d\":{{\"temperature\":21.5,\"pressure\":1.013,\"pump_on\":true,\"seq\":{seq}}},\
-             \"ts\":\"2026-11-21T10:15:30.120Z\"}}"
-        )
-        .into_bytes(),
-    }
+    let mut values = serde_json::Map::new();
+    values.insert("temperature".into(), 21.5.into());
+    values.insert("pressure".into(), 1.013.into());
+    values.insert("pump_on".into(), true.into());
+    values.insert("seq".into(), seq.into());
+    Event::new(
+        &format!("dev-{:02}", seq % DEVICES),
+        "status",
+        Qos::AtLeastOnce,
+        values,
+        time::OffsetDateTime::now_utc(),
+    )
 }
 
 async fn open(dir: &Path, synchronous: Synchronous) -> Store {

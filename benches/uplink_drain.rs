@@ -109,12 +109,12 @@ async fn queue_drain(broker: &mut TestBroker, data_dir: &std::path::Path) -> Dra
     for seq in 0..EVENTS {
         let device = &devices[seq % DEVICES];
         sender
-            .send(Event {
-                device_id: device.id.clone(),
-                event_id: "status".into(),
-                qos: Qos::AtLeastOnce,
-                payload: payload(seq),
-            })
+            .send(Event::encoded(
+                &device.id,
+                "status",
+                Qos::AtLeastOnce,
+                payload(seq),
+            ))
             .await
             .unwrap();
     }

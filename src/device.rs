@@ -7,15 +7,13 @@ use serde_json::Map;
 use time::OffsetDateTime;
 
 use crate::config::PublishMode;
-use crate::event::{timestamp, Event, Qos};
+pub use crate::event::HEALTH_EVENT;
+use crate::event::{Body, Event, Qos};
 use crate::registers::codec::{changed, Value};
 
 /// A device is declared offline after this many failed poll cycles in a row, so a
 /// single CRC error on a noisy line does not flap its health.
 pub const OFFLINE_AFTER_FAILURES: u32 = 3;
-
-/// The event id of health transitions.
-pub const HEALTH_EVENT: &str = "health";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Health {
@@ -172,14 +170,16 @@ impl DeviceState {
     }
 
     fn health_event(&self, online: bool, error: Option<&str>, wall: OffsetDateTime) -> Event {
-        let mut d = Map::new();
-        d.insert("online".into(), online.into());
-        if let Some(error) = error {
-            d.insert("error".into(), error.into());
-        }
-        d.insert("since".into(), timestamp(wall).into());
         // Health is rare and matters: always queued, whatever the readings' QoS.
-        Event::new(&self.id, HEALTH_EVENT, Qos::AtLeastOnce, d, wall)
+        Event {
+            device_id: self.id.clone(),
+            qos: Qos::AtLeastOnce,
+            at: wall,
+            body: Body::Health {
+                online,
+                error: error.map(str::to_owned),
+            },
+        }
     }
 }
 
@@ -195,7 +195,7 @@ mod tests {
     }
 
     fn payload(event: &Event) -> serde_json::Value {
-        serde_json::from_slice(&event.payload).unwrap()
+        serde_json::from_slice(&event.platform_json()).unwrap()
     }
 
     #[test]
@@ -213,7 +213,7 @@ mod tests {
         let wall = OffsetDateTime::now_utc();
         let ev = s.record_values(values(&[("t", Value::F64(1.0))]), |_| None, now, wall);
         assert_eq!(ev.len(), 2);
-        assert_eq!(ev[0].event_id, HEALTH_EVENT);
+        assert_eq!(ev[0].name(), HEALTH_EVENT);
         assert_eq!(payload(&ev[0])["d"]["online"], true);
         let ev = s.record_values(values(&[("t", Value::F64(1.0))]), |_| None, now, wall);
         assert_eq!(ev.len(), 1);

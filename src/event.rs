@@ -1,6 +1,8 @@
-//! The normalized event: what a device poll (or a health change) produces and what
-//! every sink (stdout, the MQTT uplink) consumes.
+//! The normalized event: what a device poll, a health change or a command produces and
+//! what every sink (stdout, the MQTT uplink) consumes. Events stay typed until the
+//! uplink profile encodes them at send time; [`Stored`] is the form the queue keeps.
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
 
@@ -11,32 +13,263 @@ pub enum Qos {
     AtLeastOnce = 1,
 }
 
-/// One event of one device, ready to publish: `payload` is the JSON body.
+/// Event id of health changes.
+pub const HEALTH_EVENT: &str = "health";
+/// Event id of command results.
+pub const RESULT_EVENT: &str = "cmd-result";
+
+/// One event of one device.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
     pub device_id: String,
-    pub event_id: String,
     pub qos: Qos,
-    pub payload: Vec<u8>,
+    /// When it happened (sent with millisecond precision).
+    pub at: OffsetDateTime,
+    pub body: Body,
+}
+
+/// What an event says, before any profile has encoded it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// Readings of one poll (or the changed ones), under the device's event id. Each
+    /// value's register (type, unit, scale) is found by name in the device's config.
+    Data {
+        event: String,
+        values: Map<String, Value>,
+    },
+    /// The field device stopped or started answering.
+    Health {
+        online: bool,
+        error: Option<String>,
+    },
+    CommandResult(CommandResult),
+    /// A device management response, published on `iotdevice-1/<path>`.
+    Management {
+        path: String,
+        body: Value,
+    },
+    /// Platform JSON encoded before it was queued, under its event id (or an
+    /// `iotdevice-1/` topic): what releases before typed events stored.
+    Encoded {
+        event: String,
+        payload: Vec<u8>,
+    },
+}
+
+/// The outcome of one command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandResult {
+    pub command: String,
+    pub rc: u16,
+    pub message: String,
+    #[serde(rename = "reqId")]
+    pub req_id: Option<String>,
+    /// The requested value as echoed back (long values shortened).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<Value>,
+    /// The value read back from the device after the write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub readback: Option<Value>,
 }
 
 impl Event {
-    /// Builds `{"d": {...}, "ts": "..."}` with the timestamp in RFC 3339, milliseconds, UTC.
+    /// A data event of `device_id`'s readings.
     pub fn new(
         device_id: &str,
         event_id: &str,
         qos: Qos,
-        data: Map<String, Value>,
+        values: Map<String, Value>,
         at: OffsetDateTime,
     ) -> Self {
-        let body = serde_json::json!({ "d": data, "ts": timestamp(at) });
         Event {
             device_id: device_id.to_owned(),
-            event_id: event_id.to_owned(),
             qos,
-            payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+            at,
+            body: Body::Data {
+                event: event_id.to_owned(),
+                values,
+            },
         }
     }
+
+    /// Platform JSON encoded by its producer, published as is by `platform` and
+    /// `custom` (and decoded by the other profiles).
+    pub fn encoded(device_id: &str, event_id: &str, qos: Qos, payload: Vec<u8>) -> Self {
+        Event {
+            device_id: device_id.to_owned(),
+            qos,
+            at: OffsetDateTime::now_utc(),
+            body: Body::Encoded {
+                event: event_id.to_owned(),
+                payload,
+            },
+        }
+    }
+
+    /// The event id (`status`, `health`, `cmd-result`, a management path).
+    pub fn name(&self) -> &str {
+        match &self.body {
+            Body::Data { event, .. } | Body::Encoded { event, .. } => event,
+            Body::Health { .. } => HEALTH_EVENT,
+            Body::CommandResult(_) => RESULT_EVENT,
+            Body::Management { path, .. } => path,
+        }
+    }
+
+    /// The platform's JSON body: `{"d": {...}, "ts": "..."}` for data and health,
+    /// `{"rc", "message", "reqId", "d", "ts"}` for results, management bodies as they are.
+    pub fn platform_json(&self) -> Vec<u8> {
+        let ts = timestamp(self.at);
+        let body = match &self.body {
+            Body::Data { values, .. } => serde_json::json!({ "d": values, "ts": ts }),
+            Body::Health { online, error } => {
+                let mut d = Map::new();
+                d.insert("online".into(), (*online).into());
+                if let Some(error) = error {
+                    d.insert("error".into(), error.as_str().into());
+                }
+                d.insert("since".into(), ts.as_str().into());
+                serde_json::json!({ "d": d, "ts": ts })
+            }
+            Body::CommandResult(result) => {
+                let mut d = serde_json::json!({ "command": result.command });
+                if let Some(value) = &result.value {
+                    d["value"] = value.clone();
+                }
+                if let Some(readback) = &result.readback {
+                    d["readback"] = readback.clone();
+                }
+                serde_json::json!({
+                    "rc": result.rc,
+                    "message": result.message,
+                    "reqId": result.req_id,
+                    "d": d,
+                    "ts": ts,
+                })
+            }
+            Body::Management { body, .. } => body.clone(),
+            Body::Encoded { payload, .. } => return payload.clone(),
+        };
+        serde_json::to_vec(&body).expect("JSON values always serialize")
+    }
+
+    /// The form the queue keeps.
+    pub fn to_stored(&self) -> Stored {
+        let (kind, payload) = match &self.body {
+            Body::Encoded { payload, .. } => (Kind::Encoded, payload.clone()),
+            Body::Data { values, .. } => (Kind::Data, to_json(values)),
+            Body::Health { online, error } => (
+                Kind::Health,
+                to_json(&serde_json::json!({ "online": online, "error": error })),
+            ),
+            Body::CommandResult(result) => (Kind::CommandResult, to_json(result)),
+            Body::Management { body, .. } => (Kind::Management, to_json(body)),
+        };
+        Stored {
+            kind,
+            event: self.name().to_owned(),
+            payload,
+            at_ms: unix_millis(self.at),
+        }
+    }
+}
+
+fn to_json(value: &impl Serialize) -> Vec<u8> {
+    serde_json::to_vec(value).expect("JSON values always serialize")
+}
+
+/// What a queued row holds (the `kind` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Platform JSON, as releases before typed events queued every row.
+    Encoded = 0,
+    Data = 1,
+    Health = 2,
+    CommandResult = 3,
+    Management = 4,
+}
+
+impl Kind {
+    pub fn from_column(kind: i64) -> Option<Kind> {
+        Some(match kind {
+            0 => Kind::Encoded,
+            1 => Kind::Data,
+            2 => Kind::Health,
+            3 => Kind::CommandResult,
+            4 => Kind::Management,
+            _ => return None,
+        })
+    }
+}
+
+/// An event as the queue stores it: its kind, event id, JSON body and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    pub kind: Kind,
+    pub event: String,
+    pub payload: Vec<u8>,
+    pub at_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("queued {kind:?} event {event:?} cannot be read: {reason}")]
+pub struct DecodeError {
+    kind: Kind,
+    event: String,
+    reason: String,
+}
+
+impl Stored {
+    /// The (QoS 1) event back from its stored form.
+    pub fn decode(self, device_id: &str) -> Result<Event, DecodeError> {
+        let fail = |reason: String| DecodeError {
+            kind: self.kind,
+            event: self.event.clone(),
+            reason,
+        };
+        let json = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes);
+        let body = match self.kind {
+            Kind::Encoded => Body::Encoded {
+                event: self.event.clone(),
+                payload: self.payload.clone(),
+            },
+            Kind::Data => match json(&self.payload) {
+                Ok(Value::Object(values)) => Body::Data {
+                    event: self.event.clone(),
+                    values,
+                },
+                Ok(_) => return Err(fail("not an object".into())),
+                Err(error) => return Err(fail(error.to_string())),
+            },
+            Kind::Health => {
+                let value = json(&self.payload).map_err(|e| fail(e.to_string()))?;
+                Body::Health {
+                    online: value["online"].as_bool().unwrap_or(false),
+                    error: value["error"].as_str().map(str::to_owned),
+                }
+            }
+            Kind::CommandResult => Body::CommandResult(
+                serde_json::from_slice(&self.payload).map_err(|e| fail(e.to_string()))?,
+            ),
+            Kind::Management => Body::Management {
+                path: self.event.clone(),
+                body: json(&self.payload).map_err(|e| fail(e.to_string()))?,
+            },
+        };
+        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.at_ms) * 1_000_000)
+            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        Ok(Event {
+            device_id: device_id.to_owned(),
+            qos: Qos::AtLeastOnce,
+            at,
+            body,
+        })
+    }
+}
+
+/// Unix time in milliseconds.
+pub fn unix_millis(at: OffsetDateTime) -> i64 {
+    i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// RFC 3339 in UTC with millisecond precision, e.g. `2026-11-21T10:15:30.120Z`.
@@ -94,35 +327,4 @@ impl EventSink {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use time::macros::datetime;
-
-    #[test]
-    fn timestamps_have_milliseconds() {
-        assert_eq!(
-            timestamp(datetime!(2026-11-21 10:15:30.120456 UTC)),
-            "2026-11-21T10:15:30.120Z"
-        );
-        assert_eq!(
-            timestamp(datetime!(2026-11-21 10:15:30 UTC)),
-            "2026-11-21T10:15:30.000Z"
-        );
-    }
-
-    #[test]
-    fn event_payload_shape() {
-        let mut d = Map::new();
-        d.insert("temperature".into(), Value::from(21.5));
-        let e = Event::new(
-            "boiler-1",
-            "status",
-            Qos::AtLeastOnce,
-            d,
-            datetime!(2026-11-21 10:15:30.12 UTC),
-        );
-        let v: Value = serde_json::from_slice(&e.payload).unwrap();
-        assert_eq!(v["d"]["temperature"], 21.5);
-        assert_eq!(v["ts"], "2026-11-21T10:15:30.120Z");
-    }
-}
+mod tests;

@@ -7,12 +7,12 @@ use crate::event::Event;
 
 /// One line: `{"device": ..., "event": ..., "d": {...}, "ts": ...}`.
 pub fn json_line(event: &Event) -> Vec<u8> {
-    let head = serde_json::json!({ "device": event.device_id, "event": event.event_id });
+    let head = serde_json::json!({ "device": event.device_id, "event": event.name() });
     let mut line = serde_json::to_vec(&head).expect("strings always serialize");
     // Splice the payload's members into the head object: `{...}` + `,` + `"d":...}`.
     line.pop();
     line.push(b',');
-    line.extend_from_slice(&event.payload[1..]);
+    line.extend_from_slice(&event.platform_json()[1..]);
     line.push(b'\n');
     line
 }

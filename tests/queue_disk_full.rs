@@ -17,12 +17,16 @@ const FAIL_FAST: Duration = Duration::from_secs(2);
 const BURST: u32 = 1000;
 
 fn event(device: &str, seq: u32) -> Event {
-    Event {
-        device_id: device.to_owned(),
-        event_id: "status".to_owned(),
-        qos: Qos::AtLeastOnce,
-        payload: format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes(),
+    padded(device, seq, 0)
+}
+
+/// An event whose JSON is padded with spaces to at least `size` bytes.
+fn padded(device: &str, seq: u32, size: usize) -> Event {
+    let mut payload = format!("{{\"seq\":{seq},\"pad\":\"{}\"}}", "x".repeat(200)).into_bytes();
+    if payload.len() < size {
+        payload.resize(size, b' ');
     }
+    Event::encoded(device, "status", Qos::AtLeastOnce, payload)
 }
 
 fn seqs(rows: &[QueuedEvent]) -> Vec<u32> {
@@ -91,9 +95,7 @@ async fn a_full_file_system_loses_new_events_fast_counts_them_and_recovers(logs:
     // A burst larger than SQLite's page cache, which spills pages before the COMMIT.
     let started = Instant::now();
     for n in 0..BURST {
-        let mut big = event("meter-3", n);
-        big.payload.resize(4096, b' ');
-        store.enqueue(big).await.unwrap();
+        store.enqueue(padded("meter-3", n, 4096)).await.unwrap();
     }
     store.count_offline_drops("meter-1", 3).await.unwrap();
     assert!(store.flush().await.is_err());

@@ -71,12 +71,12 @@ async fn a_corrupt_database_is_moved_aside_and_the_next_start_has_an_empty_queue
     let data_dir = tmp.path().join("data");
     let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
     store
-        .enqueue(Event {
-            device_id: "boiler-1".into(),
-            event_id: "status".into(),
-            qos: Qos::AtLeastOnce,
-            payload: b"{\"seq\":1}".to_vec(),
-        })
+        .enqueue(Event::encoded(
+            "boiler-1",
+            "status",
+            Qos::AtLeastOnce,
+            b"{\"seq\":1}".to_vec(),
+        ))
         .await
         .unwrap();
     store.close().await;
@@ -122,12 +122,12 @@ async fn statistics_are_readable_from_a_read_only_data_dir() {
     let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
     for seq in 0..3 {
         store
-            .enqueue(Event {
-                device_id: "meter-1".into(),
-                event_id: "status".into(),
-                qos: Qos::AtLeastOnce,
-                payload: format!("{{\"seq\":{seq}}}").into_bytes(),
-            })
+            .enqueue(Event::encoded(
+                "meter-1",
+                "status",
+                Qos::AtLeastOnce,
+                format!("{{\"seq\":{seq}}}").into_bytes(),
+            ))
             .await
             .unwrap();
     }

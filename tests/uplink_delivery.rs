@@ -205,8 +205,7 @@ async fn custom_templates_name_client_ids_users_and_topics(kind: BrokerKind) {
     ];
     let (uplink, sender) = start(settings, &store, devices);
     for (seq, event_id) in [(0, "status"), (1, "health"), (2, "status")] {
-        let mut e = test_event("line-3", "status", seq, Qos::AtLeastOnce);
-        e.event_id = event_id.into();
+        let e = test_event("line-3", event_id, seq, Qos::AtLeastOnce);
         sender.send(e).await.unwrap();
     }
     subscriber.wait_for("3 events", |m| m.len() >= 3).await;

@@ -11,16 +11,15 @@ use tokio::task::JoinSet;
 use super::request::{parse, prepare, Rc, Refusal};
 use crate::bus::modbus::{ReadData, RequestError};
 use crate::config::{Command, Device};
-use crate::event::{timestamp, Event, EventSink, Qos};
+use crate::event::{Body, CommandResult, Event, EventSink, Qos};
 use crate::gateway::DeviceBus;
 use crate::registers::codec::{apply_scale, decode, decode_coil};
 use crate::store::Store;
 use crate::uplink::{Inbound, InboundKind};
 
-/// Event id of command results.
-pub const RESULT_EVENT: &str = "cmd-result";
-/// Topic of device management responses (a device-side topic, published as is).
-pub const MANAGEMENT_RESPONSE: &str = "iotdevice-1/response";
+pub use crate::event::RESULT_EVENT;
+/// Device management responses go to `iotdevice-1/<this>`.
+const MANAGEMENT_RESPONSE: &str = "response";
 
 /// Commands waiting for one device's worker; beyond that they are answered 503.
 const DEVICE_QUEUE: usize = 16;
@@ -254,36 +253,31 @@ pub fn result_event(
         Ok(readback) => (Rc::Done, "success".to_owned(), readback),
         Err(refusal) => (refusal.rc, refusal.message, None),
     };
-    let mut d = json!({ "command": command });
-    if let Some(value) = value {
-        d["value"] = super::request::echo(&value);
-    }
-    if let Some(readback) = readback {
-        d["readback"] = readback;
-    }
-    let body = json!({
-        "rc": rc as u16,
-        "message": message,
-        "reqId": req_id,
-        "d": d,
-        "ts": timestamp(time::OffsetDateTime::now_utc()),
-    });
     Event {
         device_id: device_id.to_owned(),
-        event_id: RESULT_EVENT.to_owned(),
         qos: Qos::AtLeastOnce,
-        payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+        at: time::OffsetDateTime::now_utc(),
+        body: Body::CommandResult(CommandResult {
+            command: command.to_owned(),
+            rc: rc as u16,
+            message,
+            req_id: req_id.map(str::to_owned),
+            value: value.as_ref().map(super::request::echo),
+            readback,
+        }),
     }
 }
 
-/// A response on `iotdevice-1/response`, carried as an event whose id is its topic.
+/// A response on `iotdevice-1/response`.
 fn management_response(device_id: &str, rc: Rc, message: &str, req_id: Option<&str>) -> Event {
-    let body = json!({ "rc": rc as u16, "message": message, "reqId": req_id });
     Event {
         device_id: device_id.to_owned(),
-        event_id: MANAGEMENT_RESPONSE.to_owned(),
         qos: Qos::AtLeastOnce,
-        payload: serde_json::to_vec(&body).expect("JSON values always serialize"),
+        at: time::OffsetDateTime::now_utc(),
+        body: Body::Management {
+            path: MANAGEMENT_RESPONSE.to_owned(),
+            body: json!({ "rc": rc as u16, "message": message, "reqId": req_id }),
+        },
     }
 }
 

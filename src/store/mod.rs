@@ -31,7 +31,7 @@ use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::event::Event;
+use crate::event::{DecodeError, Event, Kind, Stored};
 
 pub use stats::{read_stats, DeviceStats};
 
@@ -135,16 +135,33 @@ pub enum StoreError {
 pub struct QueuedEvent {
     /// Row id: increases with every insert, so it orders a device's events.
     pub id: i64,
+    pub device_id: String,
     pub event_id: String,
+    pub kind: Kind,
+    /// The stored body: platform JSON for [`Kind::Encoded`] rows.
     pub payload: Vec<u8>,
+    /// When the event happened, Unix time in milliseconds.
+    pub at_ms: i64,
+}
+
+impl QueuedEvent {
+    /// The typed event, for a profile to encode.
+    pub fn to_event(&self) -> Result<Event, DecodeError> {
+        Stored {
+            kind: self.kind,
+            event: self.event_id.clone(),
+            payload: self.payload.clone(),
+            at_ms: self.at_ms,
+        }
+        .decode(&self.device_id)
+    }
 }
 
 /// A row on its way into the queue.
 #[derive(Debug)]
 struct NewRow {
     device: String,
-    event: String,
-    payload: Vec<u8>,
+    stored: Stored,
     enqueued_at_ms: i64,
 }
 
@@ -227,9 +244,8 @@ impl Store {
     /// while the writer is behind by more than a few thousand commands.
     pub async fn enqueue(&self, event: Event) -> Result<(), StoreError> {
         let row = NewRow {
+            stored: event.to_stored(),
             device: event.device_id,
-            event: event.event_id,
-            payload: event.payload,
             enqueued_at_ms: unix_millis(SystemTime::now()),
         };
         self.send(Command::Insert(row)).await
@@ -288,8 +304,9 @@ impl Store {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<QueuedEvent>, StoreError> {
-        let rows: Vec<(i64, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT id, event, payload FROM queue WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
+        let rows: Vec<(i64, String, i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT id, event, kind, payload, at FROM queue \
+             WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(device)
         .bind(after_id)
@@ -299,10 +316,14 @@ impl Store {
         .map_err(|source| self.database_error(source))?;
         Ok(rows
             .into_iter()
-            .map(|(id, event_id, payload)| QueuedEvent {
+            .map(|(id, event_id, kind, payload, at_ms)| QueuedEvent {
                 id,
+                device_id: device.to_owned(),
                 event_id,
+                // Kinds of a later release read as the JSON every release can send.
+                kind: Kind::from_column(kind).unwrap_or(Kind::Encoded),
                 payload,
+                at_ms,
             })
             .collect())
     }

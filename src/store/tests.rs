@@ -6,12 +6,12 @@ use super::*;
 use crate::event::{Event, Qos};
 
 fn event(device: &str, seq: u32) -> Event {
-    Event {
-        device_id: device.to_owned(),
-        event_id: "status".to_owned(),
-        qos: Qos::AtLeastOnce,
-        payload: format!("{{\"seq\":{seq}}}").into_bytes(),
-    }
+    Event::encoded(
+        device,
+        "status",
+        Qos::AtLeastOnce,
+        format!("{{\"seq\":{seq}}}").into_bytes(),
+    )
 }
 
 fn seqs(rows: &[QueuedEvent]) -> Vec<u32> {
@@ -426,4 +426,57 @@ async fn a_queue_of_the_previous_schema_is_upgraded_in_place() {
     store.close().await;
     let stats = read_stats(&data_dir).await.unwrap();
     assert_eq!(counts(&stats[0]), (1, 2, 4, 0));
+}
+
+/// A queue written by the release before typed events (its `sqlite3 .dump`): the
+/// migration keeps every row, which reads back as the same platform JSON, and new typed
+/// rows go in beside them.
+#[tokio::test]
+async fn a_queue_of_the_previous_release_upgrades_in_place() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data_dir = dir.path().join("data");
+    std::fs::create_dir(&data_dir).unwrap();
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(data_dir.join(DB_FILE))
+        .create_if_missing(true);
+    let mut conn = sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap();
+    let dump = include_str!("../../tests/fixtures/queue-before-typed-events.sql");
+    sqlx::raw_sql(dump).execute(&mut conn).await.unwrap();
+    let old: Vec<(i64, String, Vec<u8>, i64)> =
+        sqlx::query_as("SELECT id, event, payload, enqueued_at FROM queue ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    conn.close().await.unwrap();
+    assert_eq!(old.len(), 22);
+
+    let store = Store::open(StoreSettings::new(&data_dir)).await.unwrap();
+    let rows = store.fetch("boiler-1", 0, 100).await.unwrap();
+    assert_eq!(rows.len(), old.len(), "no row lost");
+    for (row, (id, event, payload, enqueued_at)) in rows.iter().zip(&old) {
+        assert_eq!(
+            (row.id, &row.event_id, row.kind),
+            (*id, event, Kind::Encoded)
+        );
+        assert_eq!(row.at_ms, *enqueued_at);
+        let typed = row.to_event().unwrap();
+        assert_eq!(&typed.platform_json(), payload, "sent byte for byte");
+    }
+    assert!(rows.iter().any(|r| r.event_id == "health"));
+
+    let mut values = serde_json::Map::new();
+    values.insert("temperature".into(), 21.5.into());
+    let at = time::macros::datetime!(2026-12-06 04:00:00.250 UTC);
+    let typed = Event::new("boiler-1", "status", Qos::AtLeastOnce, values, at);
+    store.enqueue(typed.clone()).await.unwrap();
+    store.flush().await.unwrap();
+    let last = store.fetch("boiler-1", rows[21].id, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(last[0].kind, Kind::Data);
+    assert_eq!(last[0].to_event().unwrap(), typed);
+    assert_eq!(store.stats().await.unwrap()[0].depth, 23);
+    store.close().await;
 }

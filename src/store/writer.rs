@@ -21,7 +21,7 @@ use super::failure::{per_device, retry_delay, PendingDrops};
 use super::open::{self, Occupancy};
 use super::{Command, NewRow, OnFull, StoreError, StoreSettings, Watchers, MAX_BATCH};
 
-/// Rows per multi-row INSERT (5 parameters each, well under SQLite's 32766 limit).
+/// Rows per multi-row INSERT (7 parameters each, well under SQLite's 32766 limit).
 const INSERT_CHUNK: usize = 1000;
 /// Ids per `DELETE ... WHERE id IN (...)`.
 const DELETE_CHUNK: usize = 1000;
@@ -432,7 +432,7 @@ async fn write(
     let sizes: Vec<u64> = batch
         .inserts
         .iter()
-        .map(|row| row.payload.len() as u64)
+        .map(|row| row.stored.payload.len() as u64)
         .collect();
     let admission = admit(
         settings.on_full,
@@ -467,19 +467,24 @@ async fn write(
         .collect();
     for chunk in kept.chunks(INSERT_CHUNK) {
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO queue (device, event, payload, size, enqueued_at) ",
+            "INSERT INTO queue (device, event, kind, payload, size, at, enqueued_at) ",
         );
         query.push_values(chunk, |mut values, row| {
             values
                 .push_bind(row.device.as_str())
-                .push_bind(row.event.as_str())
-                .push_bind(row.payload.as_slice())
-                .push_bind(row.payload.len() as i64)
+                .push_bind(row.stored.event.as_str())
+                .push_bind(row.stored.kind as i64)
+                .push_bind(row.stored.payload.as_slice())
+                .push_bind(row.stored.payload.len() as i64)
+                .push_bind(row.stored.at_ms)
                 .push_bind(row.enqueued_at_ms);
         });
         query.build().persistent(false).execute(&mut **tx).await?;
         occupancy.messages += chunk.len() as u64;
-        occupancy.bytes += chunk.iter().map(|r| r.payload.len() as u64).sum::<u64>();
+        occupancy.bytes += chunk
+            .iter()
+            .map(|r| r.stored.payload.len() as u64)
+            .sum::<u64>();
     }
 
     let mut drops: BTreeMap<&str, DropCounts> = BTreeMap::new();

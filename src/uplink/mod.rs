@@ -6,11 +6,20 @@
 //!            └─QoS 0──> session (dropped and counted when offline)
 //! ```
 //!
-//! Each session (`d:<org>:<type>:<id>`, `clean_session = false`) reads its device's
-//! queued rows in order, keeps at most `inflight` of them between "sent" and "deletion
-//! committed", deletes a row only when the broker's PUBACK for that exact packet
-//! arrives, and after every reconnect resends whatever was not acknowledged.
+//! Each session (`clean_session = false`) reads its device's queued rows in order,
+//! keeps at most `inflight` of them between "sent" and "deletion committed", deletes a
+//! row only when the broker's PUBACK for that exact packet arrives, and after every
+//! reconnect resends whatever was not acknowledged. The parts: `driver` (the task that
+//! polls rumqttc), `feed` and `window` (which rows to read and which packet names which
+//! row: pure state), `profile` (identity, will, announcements, encoding and inbound
+//! topics of an upstream world), `inbound` (routing publishes to the command service)
+//! and `session` (the task that ties them together).
 
+mod driver;
+mod feed;
+mod inbound;
+mod plan;
+mod profile;
 mod session;
 mod tls;
 mod topics;
@@ -26,7 +35,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::event::{Event, Qos};
+use crate::event::{Body, Event, Qos};
 use crate::store::Store;
 
 pub use session::SessionStatus;
@@ -123,8 +132,7 @@ pub struct Inbound {
 
 /// Topic prefix of device management requests, as the device sees them.
 pub const MANAGEMENT_REQUESTS: &str = "iotdm-1/";
-/// Topic prefix of what a managed device publishes; events whose id starts with it are
-/// published on that topic as is.
+/// Topic prefix of what a managed device publishes (management responses).
 pub const MANAGEMENT_PUBLISH: &str = "iotdevice-1/";
 
 #[derive(Debug, thiserror::Error)]
@@ -160,7 +168,7 @@ impl Uplink {
         devices: Vec<DeviceIdentity>,
         events: mpsc::Receiver<Event>,
     ) -> Result<Uplink, UplinkError> {
-        let plan = session::Plan::new(&settings, &devices)?;
+        let plan = plan::Plan::new(&settings, &devices)?;
         let shutdown = CancellationToken::new();
         let mut routes = HashMap::new();
         let mut statuses = HashMap::new();
@@ -257,15 +265,20 @@ async fn dispatch(
         rejected.log(&event, "it is not a configured device");
         return;
     };
-    let management = event
-        .event_id
-        .strip_prefix(MANAGEMENT_PUBLISH)
-        .is_some_and(|rest| !rest.is_empty() && !rest.contains(['+', '#']));
-    if !management && !fieldbridge_mqtt::platform::valid_name(&event.event_id) {
+    let topic_level = |path: &str| !path.is_empty() && !path.contains(['+', '#']);
+    let valid = match &event.body {
+        Body::Management { path, .. } => topic_level(path),
+        Body::Encoded { event: id, .. } if id.starts_with(MANAGEMENT_PUBLISH) => {
+            topic_level(&id[MANAGEMENT_PUBLISH.len()..])
+        }
+        _ => fieldbridge_mqtt::platform::valid_name(event.name()),
+    };
+    if !valid {
         rejected.log(&event, "the event id is not [A-Za-z0-9._-]{1,36}");
         return;
     }
-    if event.payload.len() > MAX_PAYLOAD {
+    // Typed events are measured when encoded; JSON from a producer is measured here.
+    if matches!(&event.body, Body::Encoded { payload, .. } if payload.len() > MAX_PAYLOAD) {
         rejected.log(
             &event,
             &format!("the payload is larger than {MAX_PAYLOAD} bytes"),
@@ -303,7 +316,7 @@ impl Rejections {
         if let Some(repeats) = self.0.admit() {
             tracing::error!(
                 device = %event.device_id,
-                event = %event.event_id,
+                event = %event.name(),
                 repeats,
                 "event not sent: {reason}"
             );

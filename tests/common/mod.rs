@@ -267,12 +267,7 @@ pub fn uplink_settings(url: impl AsRef<str>) -> UplinkSettings {
 
 /// Event `event_id` of `device` carrying a test payload with `seq`.
 pub fn test_event(device: &str, event_id: &str, seq: u64, qos: Qos) -> Event {
-    Event {
-        device_id: device.into(),
-        event_id: event_id.into(),
-        qos,
-        payload: payload(device, seq),
-    }
+    Event::encoded(device, event_id, qos, payload(device, seq))
 }
 
 /// Waits until `done` holds for the session status of `device`; panics after [`DEADLINE`].

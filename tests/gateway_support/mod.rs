@@ -29,8 +29,8 @@ pub fn start(yaml: &str) -> Running {
 pub fn parsed(event: &Event) -> (String, String, Value) {
     (
         event.device_id.clone(),
-        event.event_id.clone(),
-        serde_json::from_slice(&event.payload).expect("payload is JSON"),
+        event.name().to_owned(),
+        serde_json::from_slice(&event.platform_json()).expect("payload is JSON"),
     )
 }
 

@@ -1,0 +1,238 @@
+//! Which queued rows a session reads next, and when: the cursor through the device's
+//! queue, the resync from the start after every (re)connect, and the delivery window.
+//! Pure state, driven by the session; tested without sockets or a database.
+
+use std::time::Duration;
+
+use super::window::Window;
+
+/// Wait before reading the queue again after a failed read.
+const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// A read of the queue the session should start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct FetchRequest {
+    /// Rows with an id above this one.
+    pub after: i64,
+    pub limit: usize,
+    /// Connection generation the rows are for; stale when it has moved on.
+    pub generation: u64,
+    /// Wait this long first (after a failed read).
+    pub delay: Option<Duration>,
+}
+
+/// What to do with the rows of a finished fetch.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Fetched {
+    /// Publish them, in order, telling the feed about each.
+    Publish,
+    /// The connection changed (or the read failed): drop them.
+    Discard,
+}
+
+#[derive(Debug)]
+pub(super) struct Feed {
+    pub window: Window,
+    /// Fetch at least this many rows at once while others are in flight.
+    batch: usize,
+    /// Bumped on every connect and loss; a fetch from an older one is discarded.
+    generation: u64,
+    /// Id of the last row handed to the client.
+    cursor: i64,
+    /// Read the queue from its start (after a (re)connect).
+    resync: bool,
+    /// The queue may hold rows after `cursor`.
+    has_more: bool,
+    fetching: bool,
+    fetch_delay: Option<Duration>,
+}
+
+impl Feed {
+    pub fn new(window: usize) -> Self {
+        Feed {
+            window: Window::new(window),
+            batch: (window / 2).max(1),
+            generation: 0,
+            cursor: 0,
+            resync: true,
+            has_more: true,
+            fetching: false,
+            fetch_delay: None,
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A CONNACK: everything not acknowledged is read again from the start.
+    pub fn connected(&mut self) {
+        self.generation += 1;
+        self.resync = true;
+        self.has_more = true;
+    }
+
+    /// The connection is gone; returns the QoS 0 publishes lost with it.
+    pub fn lost(&mut self) -> usize {
+        self.generation += 1;
+        self.window.connection_lost()
+    }
+
+    /// Whether the session should wait for new rows to be committed.
+    pub fn idle(&self) -> bool {
+        !self.has_more
+    }
+
+    /// New rows were committed (or the store is closing: `more` false).
+    pub fn rows_committed(&mut self, more: bool) {
+        self.has_more = more;
+    }
+
+    /// The next read, if the connection and the window allow one.
+    pub fn next_fetch(&mut self, connected: bool) -> Option<FetchRequest> {
+        if !connected || self.fetching || !self.has_more {
+            return None;
+        }
+        if self.resync && !self.window.settled() {
+            return None; // acknowledged rows must be gone before reading from the start
+        }
+        let free = self.window.free();
+        if free == 0 || (free < self.batch && self.window.unacknowledged() > 0) {
+            return None;
+        }
+        self.window.reserve(free);
+        self.fetching = true;
+        Some(FetchRequest {
+            after: if self.resync { 0 } else { self.cursor },
+            limit: free,
+            generation: self.generation,
+            delay: self.fetch_delay.take(),
+        })
+    }
+
+    /// A read ended with `rows` rows (`None`: it failed).
+    pub fn fetched(
+        &mut self,
+        request: FetchRequest,
+        rows: Option<usize>,
+        connected: bool,
+    ) -> Fetched {
+        self.fetching = false;
+        self.window.release(request.limit);
+        if request.generation != self.generation || !connected {
+            self.has_more = true;
+            return Fetched::Discard;
+        }
+        let Some(rows) = rows else {
+            self.fetch_delay = Some(FETCH_RETRY);
+            self.has_more = true;
+            return Fetched::Discard;
+        };
+        self.resync = false;
+        self.has_more = rows == request.limit;
+        Fetched::Publish
+    }
+
+    /// A fetched row was handed to the client.
+    pub fn sent(&mut self, row: i64) {
+        self.window.submitted(row);
+        self.cursor = row;
+    }
+
+    /// A fetched row cannot be sent at all: it is deleted as if acknowledged.
+    pub fn skipped(&mut self, row: i64) {
+        self.window.discard(row);
+        self.cursor = row;
+    }
+
+    /// The client took no more rows; the rest are read again later.
+    pub fn stalled(&mut self) {
+        self.has_more = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nothing_is_read_while_disconnected_or_already_reading() {
+        let mut feed = Feed::new(4);
+        assert_eq!(feed.next_fetch(false), None);
+        feed.connected();
+        let first = feed.next_fetch(true).unwrap();
+        assert_eq!((first.after, first.limit), (0, 4));
+        assert_eq!(feed.next_fetch(true), None, "one read at a time");
+    }
+
+    #[test]
+    fn the_cursor_moves_on_and_a_short_read_waits_for_commits() {
+        let mut feed = Feed::new(4);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        assert_eq!(feed.fetched(request, Some(3), true), Fetched::Publish);
+        for row in 11..=13 {
+            feed.sent(row);
+        }
+        assert!(feed.idle(), "fewer rows than asked: the queue is drained");
+        assert_eq!(feed.next_fetch(true), None);
+        feed.rows_committed(true);
+        // One slot free and rows unacknowledged: wait for a fuller batch.
+        assert_eq!(feed.next_fetch(true), None);
+        for pkid in 1..=3 {
+            feed.window.on_outgoing_publish(pkid).unwrap();
+        }
+        assert_eq!(feed.window.on_puback(1), Some(11));
+        assert_eq!(feed.window.on_puback(2), Some(12));
+        let rows = feed.window.take_acked();
+        assert_eq!(
+            feed.next_fetch(true),
+            None,
+            "acknowledged rows hold their slots"
+        );
+        feed.window.deleted(rows.len());
+        let next = feed.next_fetch(true).unwrap();
+        assert_eq!((next.after, next.limit), (13, 3));
+    }
+
+    #[test]
+    fn a_reconnect_discards_a_stale_read_and_starts_from_the_top() {
+        let mut feed = Feed::new(4);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        assert_eq!(feed.fetched(request, Some(4), true), Fetched::Publish);
+        for row in 1..=4 {
+            feed.sent(row);
+        }
+        feed.rows_committed(true);
+        assert_eq!(feed.lost(), 0);
+        feed.connected();
+        let again = feed.next_fetch(true).unwrap();
+        assert_eq!(again.after, 0, "unacknowledged rows are read again");
+        feed.lost();
+        assert_eq!(feed.fetched(again, Some(4), false), Fetched::Discard);
+        assert_eq!(feed.window.free(), 4, "the reservation is released");
+    }
+
+    #[test]
+    fn a_failed_read_is_retried_after_a_delay() {
+        let mut feed = Feed::new(2);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        assert_eq!(request.delay, None);
+        assert_eq!(feed.fetched(request, None, true), Fetched::Discard);
+        let retry = feed.next_fetch(true).unwrap();
+        assert_eq!(retry.delay, Some(FETCH_RETRY));
+        assert_eq!(retry.after, 0, "still a resync");
+    }
+
+    #[test]
+    fn a_skipped_row_moves_the_cursor_and_is_deleted() {
+        let mut feed = Feed::new(2);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        feed.fetched(request, Some(1), true);
+        feed.skipped(5);
+        assert_eq!(feed.window.take_acked(), vec![5]);
+    }
+}

@@ -1,0 +1,140 @@
+//! The validated upstream settings every session is built from.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, EventLoop, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport,
+};
+use tokio::sync::mpsc;
+
+use super::profile::{DeviceProfile, JsonProfile};
+use super::topics::Naming;
+use super::{tls, BrokerUrl, DeviceIdentity, Inbound, UplinkError, UplinkSettings, MAX_PAYLOAD};
+use fieldbridge_mqtt::platform::valid_name;
+
+/// Largest MQTT packet either way: a maximal payload plus topic and header.
+pub(super) const MAX_PACKET: usize = MAX_PAYLOAD + 8 * 1024;
+
+/// Validated settings from which every device's session is built.
+pub(super) struct Plan {
+    pub(super) endpoint: BrokerUrl,
+    pub(super) org: Arc<str>,
+    pub(super) naming: Arc<Naming>,
+    pub(super) keepalive: Duration,
+    pub(super) window: usize,
+    pub(super) tls: Option<TlsConfiguration>,
+    pub(super) connect_timeout_secs: u64,
+    pub(super) reconnect: (Duration, Duration),
+    pub(super) inbound: Option<mpsc::Sender<Inbound>>,
+    pub(super) command_qos: QoS,
+    pub(super) max_inbound: usize,
+}
+
+impl Plan {
+    pub(super) fn new(
+        settings: &UplinkSettings,
+        devices: &[DeviceIdentity],
+    ) -> Result<Plan, UplinkError> {
+        let endpoint = settings.url.clone();
+        if !valid_name(&settings.org) {
+            return Err(UplinkError::Settings(format!(
+                "org {:?} must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
+                settings.org
+            )));
+        }
+        if !settings.keepalive.is_zero() && settings.keepalive < Duration::from_secs(1) {
+            return Err(UplinkError::Settings(
+                "keepalive must be 0 (off) or at least 1s".into(),
+            ));
+        }
+        if settings.inflight == 0 {
+            return Err(UplinkError::Settings("inflight must be at least 1".into()));
+        }
+        let mut seen = HashSet::new();
+        for device in devices {
+            let invalid = |reason: &str| UplinkError::Device {
+                device: device.id.clone(),
+                reason: reason.to_owned(),
+            };
+            if !valid_name(&device.id) {
+                return Err(invalid(
+                    "the id must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            if !valid_name(&device.device_type) {
+                return Err(invalid(
+                    "the type must be 1 to 36 characters of A-Z a-z 0-9 . _ -",
+                ));
+            }
+            if !seen.insert(device.id.as_str()) {
+                return Err(invalid("the id is used twice"));
+            }
+        }
+        let tls = if endpoint.tls {
+            Some(TlsConfiguration::Rustls(tls::client_config(&settings.tls)?))
+        } else {
+            None
+        };
+        Ok(Plan {
+            endpoint,
+            org: settings.org.as_str().into(),
+            naming: Arc::new(Naming::new(&settings.topics)?),
+            keepalive: settings.keepalive,
+            window: usize::from(settings.inflight),
+            tls,
+            connect_timeout_secs: settings.connect_timeout.as_secs().max(1),
+            reconnect: (settings.reconnect_min, settings.reconnect_max),
+            inbound: settings.inbound.clone(),
+            command_qos: settings.command_qos,
+            max_inbound: settings.max_inbound,
+        })
+    }
+
+    /// The hooks of `device`'s session.
+    pub(super) fn profile(&self, device: DeviceIdentity) -> Box<dyn DeviceProfile> {
+        Box::new(JsonProfile::new(
+            device,
+            self.org.clone(),
+            self.naming.clone(),
+            self.command_qos,
+            self.inbound.is_some(),
+        ))
+    }
+
+    /// An MQTT client with the profile's identity, credentials and will, taking up to
+    /// `requests` requests at once.
+    pub(super) fn client(
+        &self,
+        profile: &dyn DeviceProfile,
+        requests: usize,
+    ) -> (AsyncClient, EventLoop) {
+        let mut options = MqttOptions::new(
+            profile.client_id(),
+            self.endpoint.host.clone(),
+            self.endpoint.port,
+        );
+        options
+            .set_keep_alive(self.keepalive)
+            .set_clean_session(false)
+            .set_inflight(u16::try_from(self.window).unwrap_or(u16::MAX))
+            .set_request_channel_capacity(requests)
+            .set_max_packet_size(self.max_inbound, MAX_PACKET);
+        if let Some((user, password)) = profile.credentials() {
+            options.set_credentials(user, password);
+        }
+        if let Some(will) = profile.will() {
+            options.set_last_will(will);
+        }
+        if let Some(tls) = &self.tls {
+            options.set_transport(Transport::tls_with_config(tls.clone()));
+        }
+        let (client, mut eventloop) = AsyncClient::new(options, requests);
+        let mut network = NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        network.set_connection_timeout(self.connect_timeout_secs);
+        eventloop.set_network_options(network);
+        (client, eventloop)
+    }
+}

@@ -1,0 +1,208 @@
+//! What differs between upstream worlds, as hooks a session calls: its client identity
+//! and will, what it subscribes to and announces on every connect, how an event becomes
+//! a topic and payload, and what an inbound topic means. `platform` and `custom` share
+//! one JSON implementation; they differ only in their templates.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rumqttc::{LastWill, QoS};
+
+use super::topics::{command_in, Naming, TemplateValues};
+use super::{DeviceIdentity, InboundKind, MANAGEMENT_PUBLISH, MANAGEMENT_REQUESTS};
+use crate::event::{Body, Event};
+
+/// Event topics remembered per session.
+const TOPIC_CACHE: usize = 32;
+
+/// A message a profile sends on every connect (announcements, births, discovery).
+/// Always QoS 0: the delivery window tracks queued rows only.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Announcement {
+    pub topic: String,
+    pub retain: bool,
+    pub payload: Vec<u8>,
+}
+
+/// The hooks of one device session.
+pub(super) trait DeviceProfile: Send {
+    fn client_id(&self) -> String;
+    /// User name and password, if any.
+    fn credentials(&self) -> Option<(String, String)>;
+    fn will(&self) -> Option<LastWill>;
+    /// Subscribed after every connect, when inbound publishes are routed.
+    fn subscriptions(&self) -> Vec<(String, QoS)>;
+    /// Published after every connect (`generation` counts connections).
+    fn announcements(&mut self, generation: u64) -> Vec<Announcement>;
+    /// Topic and payload of an event; `None`: this profile sends nothing for it.
+    fn encode(&mut self, event: &Event) -> Option<(String, Vec<u8>)>;
+    /// What a publish from the broker is, by its topic.
+    fn classify(&self, topic: &str) -> Option<InboundKind>;
+}
+
+/// `platform` and `custom`: JSON payloads on templated topics.
+pub(super) struct JsonProfile {
+    device: DeviceIdentity,
+    org: Arc<str>,
+    naming: Arc<Naming>,
+    command_filter: String,
+    command_qos: QoS,
+    /// Commands are routed: subscribe, and announce a managed device.
+    inbound: bool,
+    topic_cache: HashMap<String, String>,
+}
+
+impl JsonProfile {
+    pub fn new(
+        device: DeviceIdentity,
+        org: Arc<str>,
+        naming: Arc<Naming>,
+        command_qos: QoS,
+        inbound: bool,
+    ) -> Self {
+        let command_filter = naming.command.render(&values(&org, &device), "+");
+        JsonProfile {
+            device,
+            org,
+            naming,
+            command_filter,
+            command_qos,
+            inbound,
+            topic_cache: HashMap::new(),
+        }
+    }
+
+    fn event_topic(&mut self, event_id: &str) -> String {
+        if let Some(topic) = self.topic_cache.get(event_id) {
+            return topic.clone();
+        }
+        let topic = self
+            .naming
+            .event
+            .render(&values(&self.org, &self.device), event_id);
+        if self.topic_cache.len() < TOPIC_CACHE {
+            self.topic_cache.insert(event_id.to_owned(), topic.clone());
+        }
+        topic
+    }
+}
+
+fn values<'a>(org: &'a str, device: &'a DeviceIdentity) -> TemplateValues<'a> {
+    TemplateValues {
+        org,
+        device_type: &device.device_type,
+        device_id: &device.id,
+    }
+}
+
+impl DeviceProfile for JsonProfile {
+    fn client_id(&self) -> String {
+        self.naming
+            .client_id
+            .render(&values(&self.org, &self.device), "")
+    }
+
+    fn credentials(&self) -> Option<(String, String)> {
+        let token = self.device.token.as_ref()?;
+        let user = self
+            .naming
+            .username
+            .render(&values(&self.org, &self.device), "");
+        Some((user, token.clone()))
+    }
+
+    fn will(&self) -> Option<LastWill> {
+        None
+    }
+
+    fn subscriptions(&self) -> Vec<(String, QoS)> {
+        let mut filters = vec![(self.command_filter.clone(), self.command_qos)];
+        if self.device.managed {
+            filters.push((format!("{MANAGEMENT_REQUESTS}#"), QoS::AtLeastOnce));
+        }
+        filters
+    }
+
+    fn announcements(&mut self, generation: u64) -> Vec<Announcement> {
+        if !(self.inbound && self.device.managed) {
+            return Vec::new();
+        }
+        let manage = serde_json::json!({
+            "d": {
+                "supports": { "deviceActions": true, "firmwareActions": false },
+                "deviceInfo": { "model": self.device.device_type, "description": "fieldbridge gateway device" },
+                "metadata": {},
+            },
+            "reqId": format!("manage-{}-{generation}", self.device.id),
+        });
+        vec![Announcement {
+            topic: format!("{MANAGEMENT_PUBLISH}mgmt/manage"),
+            retain: false,
+            payload: serde_json::to_vec(&manage).expect("JSON values always serialize"),
+        }]
+    }
+
+    fn encode(&mut self, event: &Event) -> Option<(String, Vec<u8>)> {
+        let topic = match &event.body {
+            Body::Management { path, .. } => format!("{MANAGEMENT_PUBLISH}{path}"),
+            // Rows of earlier releases carried management topics as event ids.
+            Body::Encoded { event, .. } if event.starts_with(MANAGEMENT_PUBLISH) => event.clone(),
+            _ => self.event_topic(event.name()),
+        };
+        Some((topic, event.platform_json()))
+    }
+
+    fn classify(&self, topic: &str) -> Option<InboundKind> {
+        match topic.strip_prefix(MANAGEMENT_REQUESTS) {
+            Some(rest) if self.device.managed => Some(InboundKind::Management(rest.to_owned())),
+            _ => command_in(&self.command_filter, topic).map(InboundKind::Command),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Qos;
+    use crate::uplink::TopicScheme;
+
+    fn profile(managed: bool) -> JsonProfile {
+        let device = DeviceIdentity {
+            id: "boiler-1".into(),
+            device_type: "boiler".into(),
+            token: Some("t".into()),
+            managed,
+        };
+        let naming = Arc::new(Naming::new(&TopicScheme::Platform).unwrap());
+        JsonProfile::new(device, "myorg".into(), naming, QoS::ExactlyOnce, true)
+    }
+
+    #[test]
+    fn platform_identity_and_topics() {
+        let mut p = profile(true);
+        assert_eq!(p.client_id(), "d:myorg:boiler:boiler-1");
+        assert_eq!(p.credentials(), Some(("use-token-auth".into(), "t".into())));
+        let event = Event::encoded("boiler-1", "status", Qos::AtLeastOnce, b"{}".to_vec());
+        assert_eq!(
+            p.encode(&event).unwrap(),
+            ("iot-2/evt/status/fmt/json".into(), b"{}".to_vec())
+        );
+        let legacy = Event::encoded(
+            "boiler-1",
+            "iotdevice-1/response",
+            Qos::AtLeastOnce,
+            b"{}".to_vec(),
+        );
+        assert_eq!(p.encode(&legacy).unwrap().0, "iotdevice-1/response");
+        assert_eq!(
+            p.classify("iot-2/cmd/setpoint/fmt/json"),
+            Some(InboundKind::Command("setpoint".into()))
+        );
+        assert_eq!(
+            p.classify("iotdm-1/device/reboot"),
+            Some(InboundKind::Management("device/reboot".into()))
+        );
+        assert_eq!(p.announcements(3)[0].topic, "iotdevice-1/mgmt/manage");
+        assert!(profile(false).announcements(1).is_empty());
+    }
+}
