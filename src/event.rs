@@ -153,6 +153,49 @@ impl Event {
         serde_json::to_vec(&body).expect("JSON values always serialize")
     }
 
+    /// This event with an encoded body read back into its type (data, health or a
+    /// command result, by event id and JSON shape), for profiles that do not send the
+    /// platform's JSON; `None` when it is none of them (a management topic, not JSON).
+    pub fn typed(&self) -> Option<Event> {
+        let Body::Encoded { event, payload } = &self.body else {
+            return Some(self.clone());
+        };
+        let json: Value = serde_json::from_slice(payload).ok()?;
+        let d = json.get("d")?.as_object()?;
+        let at = json
+            .get("ts")
+            .and_then(Value::as_str)
+            .and_then(|ts| {
+                OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()
+            })
+            .unwrap_or(self.at);
+        let body = match event.as_str() {
+            HEALTH_EVENT => Body::Health {
+                online: d.get("online")?.as_bool()?,
+                error: d.get("error").and_then(Value::as_str).map(str::to_owned),
+            },
+            RESULT_EVENT => Body::CommandResult(CommandResult {
+                command: d.get("command")?.as_str()?.to_owned(),
+                rc: u16::try_from(json.get("rc")?.as_u64()?).ok()?,
+                message: json.get("message")?.as_str()?.to_owned(),
+                req_id: json.get("reqId").and_then(Value::as_str).map(str::to_owned),
+                value: d.get("value").cloned(),
+                readback: d.get("readback").cloned(),
+            }),
+            name if name.contains('/') => return None,
+            name => Body::Data {
+                event: name.to_owned(),
+                values: d.clone(),
+            },
+        };
+        Some(Event {
+            device_id: self.device_id.clone(),
+            qos: self.qos,
+            at,
+            body,
+        })
+    }
+
     /// The form the queue keeps.
     pub fn to_stored(&self) -> Stored {
         let (kind, payload) = match &self.body {

@@ -699,3 +699,47 @@ fn upstream_max_inbound_bounds() {
         &["must be from 1KiB to 256MiB"],
     );
 }
+
+#[test]
+fn sparkplug_needs_its_edge_node() {
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  topic_scheme: sparkplug",
+    );
+    expect_error(
+        &text,
+        4,
+        "upstream.topic_scheme",
+        &["needs `upstream.sparkplug`", "group_id", "edge_node_id"],
+    );
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  topic_scheme: sparkplug\n  sparkplug:\n    group_id: plant\n    edge_node_id: gw/1",
+    );
+    expect_error(
+        &text,
+        7,
+        "upstream.sparkplug.edge_node_id",
+        &["\"gw/1\"", "topic level"],
+    );
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  sparkplug: { group_id: plant, edge_node_id: gw1 }",
+    );
+    expect_error(
+        &text,
+        4,
+        "upstream.sparkplug",
+        &["only applies with `topic_scheme: sparkplug`"],
+    );
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  topic_scheme: sparkplug\n  sparkplug: { group_id: plant, edge_node_id: gw1, host: x }",
+    );
+    expect_error(
+        &text,
+        5,
+        "upstream.sparkplug.host",
+        &["unknown field `host`", "primary_host_id"],
+    );
+}

@@ -19,7 +19,8 @@ use crate::gateway::Gateway;
 use crate::metrics::{Exposition, Family, DEVICE_COUNTERS};
 use crate::store::{DeviceStats, Store, StoreSettings};
 use crate::uplink::{
-    DeviceIdentity, SessionStatus, TlsSettings, TopicScheme, Uplink, UplinkSettings,
+    DeviceIdentity, DeviceInfo, SessionStatus, SparkplugSettings, TlsSettings, TopicScheme, Uplink,
+    UplinkSettings,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -91,6 +92,11 @@ impl Running {
         let (inbound, commands) = mpsc::channel(INBOUND_CAPACITY);
         let mut settings = uplink_settings(upstream);
         settings.inbound = Some(inbound);
+        settings.catalog = config
+            .devices
+            .iter()
+            .map(|d| (d.id.clone(), DeviceInfo::from_config(d)))
+            .collect();
         let uplink = Uplink::start(settings, store, devices, events)?;
         let sink_dropped = sink.dropped_counter();
         let gateway = Gateway::start(config, sink.clone())?;
@@ -310,6 +316,17 @@ fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
                 event: templates.event,
                 command: templates.command,
             }
+        }
+        config::TopicScheme::Sparkplug => {
+            let sparkplug = upstream
+                .sparkplug
+                .clone()
+                .expect("validation requires upstream.sparkplug");
+            TopicScheme::Sparkplug(SparkplugSettings {
+                group_id: sparkplug.group_id,
+                edge_node_id: sparkplug.edge_node_id,
+                primary_host_id: sparkplug.primary_host_id,
+            })
         }
     };
     settings

@@ -21,8 +21,8 @@ pub use error::{ConfigError, Position};
 pub use fieldbridge_service::units::{Duration, Size};
 pub use schema::{
     BrokerUrl, Bus, BusTransport, Command, Config, Device, FieldType, GatewaySection, LineParser,
-    LogSection, LogTarget, OnFull, Parity, PublishMode, QueueSection, Register, Tls, TopicScheme,
-    TopicTemplates, Upstream,
+    LogSection, LogTarget, OnFull, Parity, PublishMode, QueueSection, Register, SparkplugSection,
+    Tls, TopicScheme, TopicTemplates, Upstream,
 };
 pub use secret::Secret;
 

@@ -68,6 +68,8 @@ pub struct Upstream {
     pub topic_scheme: TopicScheme,
     /// Topic and client id templates, only with `topic_scheme: custom`.
     pub topics: Option<TopicTemplates>,
+    /// The edge node, only (and always) with `topic_scheme: sparkplug`.
+    pub sparkplug: Option<SparkplugSection>,
     /// Username for every device session, only with `topic_scheme: custom` (the
     /// platform scheme always uses `use-token-auth`). A template like `topics`.
     pub username: Option<String>,
@@ -150,6 +152,18 @@ pub enum TopicScheme {
     Platform,
     /// Client ids and topics from `upstream.topics`.
     Custom,
+    /// One Sparkplug B edge node (`upstream.sparkplug`); devices are Sparkplug devices.
+    Sparkplug,
+}
+
+/// `upstream.sparkplug`: the edge node's identity.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SparkplugSection {
+    pub group_id: String,
+    pub edge_node_id: String,
+    /// Births wait until this primary host application's STATE says online.
+    pub primary_host_id: Option<String>,
 }
 
 /// Templates for `topic_scheme: custom`. Placeholders: `{org}`, `{type}`, `{device}`,

@@ -109,3 +109,24 @@ fn an_unknown_kind_is_no_kind() {
     assert_eq!(Kind::from_column(3), Some(Kind::CommandResult));
     assert_eq!(Kind::from_column(9), None);
 }
+
+#[test]
+fn platform_json_reads_back_as_typed_events() {
+    for event in samples().into_iter().take(4) {
+        let encoded = Event {
+            body: Body::Encoded {
+                event: event.name().to_owned(),
+                payload: event.platform_json(),
+            },
+            ..event.clone()
+        };
+        assert_eq!(encoded.typed(), Some(event));
+    }
+    let management = Event::encoded(
+        "b",
+        "iotdevice-1/response",
+        Qos::AtLeastOnce,
+        b"{}".to_vec(),
+    );
+    assert_eq!(management.typed(), None);
+}

@@ -182,9 +182,17 @@ enum Command {
         keep: u32,
         done: oneshot::Sender<Result<bool, StoreError>>,
     },
+    SetState {
+        key: String,
+        value: String,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
     Flush(oneshot::Sender<Result<(), StoreError>>),
     Close(oneshot::Sender<()>),
 }
+
+/// The watcher key bumped by rows of any device (no device id is empty).
+const ANY_DEVICE: &str = "";
 
 /// Per-device wake-ups: bumped after every commit that inserted rows of that device.
 type Watchers = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
@@ -290,6 +298,27 @@ impl Store {
         result.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// A value an uplink profile keeps across restarts (`None`: never set).
+    pub async fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        sqlx::query_scalar("SELECT value FROM uplink_state WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.inner.readers)
+            .await
+            .map_err(|source| self.database_error(source))
+    }
+
+    /// Sets such a value; resolves once it is committed.
+    pub async fn set_state(&self, key: &str, value: String) -> Result<(), StoreError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::SetState {
+            key: key.to_owned(),
+            value,
+            done,
+        })
+        .await?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Resolves once everything sent before it is committed.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
@@ -326,6 +355,41 @@ impl Store {
                 at_ms,
             })
             .collect())
+    }
+
+    /// The oldest queued events of every device with an id above `after_id`, in order
+    /// (one session serving every device, as a Sparkplug edge node does).
+    pub async fn fetch_all(
+        &self,
+        after_id: i64,
+        limit: usize,
+    ) -> Result<Vec<QueuedEvent>, StoreError> {
+        let rows: Vec<(i64, String, String, i64, Vec<u8>, i64)> = sqlx::query_as(
+            "SELECT id, device, event, kind, payload, at FROM queue WHERE id > ? ORDER BY id LIMIT ?",
+        )
+        .bind(after_id)
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.inner.readers)
+        .await
+        .map_err(|source| self.database_error(source))?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, device_id, event_id, kind, payload, at_ms)| QueuedEvent {
+                    id,
+                    device_id,
+                    event_id,
+                    kind: Kind::from_column(kind).unwrap_or(Kind::Encoded),
+                    payload,
+                    at_ms,
+                },
+            )
+            .collect())
+    }
+
+    /// A receiver that changes whenever rows of any device have been committed.
+    pub fn watch_all(&self) -> watch::Receiver<u64> {
+        self.watch(ANY_DEVICE)
     }
 
     /// A receiver that changes whenever rows of `device` have been committed.

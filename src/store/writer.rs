@@ -66,6 +66,8 @@ struct Batch {
     deletes: Vec<i64>,
     offline_drops: HashMap<String, u64>,
     commands: Vec<CommandRecord>,
+    /// `uplink_state` keys and values to set.
+    state: Vec<(String, String)>,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
 }
 
@@ -75,6 +77,7 @@ impl Batch {
             && self.deletes.is_empty()
             && self.offline_drops.is_empty()
             && self.commands.is_empty()
+            && self.state.is_empty()
     }
 }
 
@@ -167,6 +170,10 @@ impl Writer {
                         keep,
                         done,
                     }),
+                    Command::SetState { key, value, done } => {
+                        batch.state.push((key, value));
+                        batch.waiters.push(done);
+                    }
                     Command::Flush(done) => batch.waiters.push(done),
                     Command::Close(done) => close = Some(done),
                 }
@@ -336,7 +343,8 @@ impl Writer {
             .watchers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        for device in devices {
+        let any = devices.iter().next().map(|_| super::ANY_DEVICE);
+        for device in devices.iter().map(String::as_str).chain(any) {
             if let Some(watcher) = watchers.get(device) {
                 watcher.send_modify(|version| *version = version.wrapping_add(1));
             }
@@ -499,6 +507,13 @@ async fn write(
     }
     for (device, counts) in drops {
         add_drops(tx, device, counts).await?;
+    }
+    for (key, value) in &batch.state {
+        sqlx::query("INSERT OR REPLACE INTO uplink_state (key, value) VALUES (?, ?)")
+            .bind(key)
+            .bind(value)
+            .execute(&mut **tx)
+            .await?;
     }
     let mut first_time = Vec::with_capacity(batch.commands.len());
     for record in &batch.commands {

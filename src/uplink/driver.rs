@@ -1,10 +1,10 @@
 //! The task that alone polls rumqttc's event loop (never cancelled, so no packet is lost
 //! halfway through a write) and hands the session what it needs to know, in batches.
 
-use std::sync::Arc;
-
-use rumqttc::{ConnectionError, Event as MqttEvent, EventLoop, Outgoing, Packet, Publish};
-use tokio::sync::{mpsc, Notify};
+use rumqttc::{
+    ConnectionError, Event as MqttEvent, EventLoop, LastWill, Outgoing, Packet, Publish,
+};
+use tokio::sync::mpsc;
 
 /// What the driver reports from rumqttc's event loop.
 #[derive(Debug)]
@@ -16,8 +16,8 @@ pub(super) enum DriverEvent {
     PubAck(u16),
     Inbound(Publish),
     Disconnected,
-    /// The connection failed or ended; the driver waits for `resume` before the next
-    /// attempt.
+    /// The connection failed or ended; the driver waits for a [`Resume`] before the
+    /// next attempt.
     Lost(ConnectionError),
 }
 
@@ -33,6 +33,9 @@ fn relevant(event: MqttEvent) -> Option<DriverEvent> {
         _ => None,
     }
 }
+
+/// Go ahead with the next connection attempt, with this will from now on (if any).
+pub(super) type Resume = Option<LastWill>;
 
 /// A batch of driver events, in the order rumqttc produced them.
 pub(super) type DriverBatch = Vec<DriverEvent>;
@@ -69,13 +72,28 @@ impl Internals<'_> {
     fn clean_start(&self) -> bool {
         self.0.mqtt_options.clean_session()
     }
+
+    fn set_will(&mut self, will: Resume) {
+        if let Some(will) = will {
+            self.0.mqtt_options.set_last_will(will);
+        }
+    }
 }
 
+/// Polls `eventloop` until the session is gone; with `wait_first`, the first
+/// connection also waits for a [`Resume`].
 pub(super) async fn drive(
     mut eventloop: EventLoop,
     events: mpsc::Sender<DriverBatch>,
-    resume: Arc<Notify>,
+    mut resume: mpsc::Receiver<Resume>,
+    wait_first: bool,
 ) {
+    if wait_first {
+        let Some(will) = resume.recv().await else {
+            return;
+        };
+        Internals(&mut eventloop).set_will(will);
+    }
     loop {
         let (first, failure) = match eventloop.poll().await {
             Ok(event) => (Some(event), None),
@@ -119,8 +137,13 @@ pub(super) async fn drive(
                 if events.send(batch).await.is_err() {
                     return;
                 }
-                resume.notified().await;
-                Internals(&mut eventloop).forget_stale_requests();
+                let Some(will) = resume.recv().await else {
+                    return;
+                };
+                let mut internals = Internals(&mut eventloop);
+                // Requests the session queued before it learnt of the loss are stale.
+                internals.forget_stale_requests();
+                internals.set_will(will);
             }
         }
     }

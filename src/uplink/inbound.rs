@@ -1,35 +1,34 @@
-//! Publishes from the broker, classified by the profile and handed to the command
-//! service over a bounded channel.
+//! Publishes from the broker: the profile says what they call for; commands go to the
+//! command service over a bounded channel.
 
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 
-use super::profile::DeviceProfile;
+use super::profile::{Announcement, Profile};
 use super::Inbound;
 
-/// Routes `publish` of `device_id`'s session; drops (and logs) what has no meaning or
-/// no room.
+/// Routes `publish` of a session; drops (and logs) what has no meaning or no room.
+/// Returns what the profile wants published in answer.
 pub(super) fn route(
     sender: Option<&mpsc::Sender<Inbound>>,
-    profile: &dyn DeviceProfile,
-    device_id: &str,
+    profile: &mut dyn Profile,
     publish: Publish,
-) {
+) -> Vec<Announcement> {
     let Some(sender) = sender else {
-        return;
+        return Vec::new();
     };
-    let Some(kind) = profile.classify(&publish.topic) else {
-        tracing::warn!(device = %device_id, topic = %publish.topic, "publish on an unexpected topic ignored");
-        return;
-    };
-    let message = Inbound {
-        device_id: device_id.to_owned(),
-        kind,
-        payload: publish.payload,
-        dup: publish.dup,
-        pkid: publish.pkid,
-    };
-    if sender.try_send(message).is_err() {
-        tracing::warn!(device = %device_id, "inbound message dropped: its queue is full");
+    let reaction = profile.inbound(&publish.topic, publish.payload);
+    for (device_id, kind, payload) in reaction.commands {
+        let message = Inbound {
+            device_id,
+            kind,
+            payload,
+            dup: publish.dup,
+            pkid: publish.pkid,
+        };
+        if sender.try_send(message).is_err() {
+            tracing::warn!(device = %profile.name(), "inbound message dropped: its queue is full");
+        }
     }
+    reaction.publish
 }

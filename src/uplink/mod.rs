@@ -15,12 +15,14 @@
 //! topics of an upstream world), `inbound` (routing publishes to the command service)
 //! and `session` (the task that ties them together).
 
+mod catalog;
 mod driver;
 mod feed;
 mod inbound;
 mod plan;
 mod profile;
 mod session;
+mod sparkplug;
 mod tls;
 mod topics;
 mod window;
@@ -38,7 +40,9 @@ use tokio_util::sync::CancellationToken;
 use crate::event::{Body, Event, Qos};
 use crate::store::Store;
 
+pub use catalog::{Catalog, DeviceInfo, Tag, Writable};
 pub use session::SessionStatus;
+pub use sparkplug::SparkplugSettings;
 pub use tls::TlsSettings;
 pub use topics::TopicScheme;
 
@@ -75,6 +79,8 @@ pub struct UplinkSettings {
     pub command_qos: rumqttc::QoS,
     /// Largest packet read from the broker (see `upstream.max_inbound`).
     pub max_inbound: usize,
+    /// What each device publishes and accepts, for profiles that announce it.
+    pub catalog: Catalog,
 }
 
 impl UplinkSettings {
@@ -93,6 +99,7 @@ impl UplinkSettings {
             inbound: None,
             command_qos: rumqttc::QoS::ExactlyOnce,
             max_inbound: 256 * 1024,
+            catalog: Catalog::new(),
         }
     }
 }
@@ -173,25 +180,42 @@ impl Uplink {
         let mut routes = HashMap::new();
         let mut statuses = HashMap::new();
         let mut tasks = Vec::with_capacity(devices.len());
-        for device in devices {
+        let mut spawn = |profile, ids: Vec<String>| {
             let (qos0_sender, qos0_receiver) = mpsc::channel(QOS0_CAPACITY);
             let qos0_dropped = Arc::new(AtomicU64::new(0));
             let (status, task) = plan.spawn(
-                device.clone(),
+                profile,
                 store.clone(),
                 qos0_receiver,
                 qos0_dropped.clone(),
                 shutdown.clone(),
             );
-            routes.insert(
-                device.id.clone(),
-                Route {
-                    qos0: qos0_sender,
-                    qos0_dropped,
-                },
-            );
-            statuses.insert(device.id, status);
+            for id in ids {
+                let route = Route {
+                    qos0: qos0_sender.clone(),
+                    qos0_dropped: qos0_dropped.clone(),
+                };
+                routes.insert(id.clone(), route);
+                statuses.insert(id, status.clone());
+            }
             tasks.push(task);
+        };
+        match &settings.topics {
+            // One session, the edge node, for every device.
+            TopicScheme::Sparkplug(sparkplug) => {
+                let profile =
+                    sparkplug::SparkplugProfile::new(sparkplug.clone(), &settings.catalog);
+                spawn(
+                    Box::new(profile),
+                    devices.iter().map(|d| d.id.clone()).collect(),
+                );
+            }
+            _ => {
+                for device in devices {
+                    let id = device.id.clone();
+                    spawn(plan.profile(device), vec![id]);
+                }
+            }
         }
         tracing::info!(url = %settings.url, sessions = tasks.len(), "uplink started");
         let router = tokio::spawn(route(events, routes, store.clone(), shutdown.clone()));

@@ -9,7 +9,7 @@ use rumqttc::{
 };
 use tokio::sync::mpsc;
 
-use super::profile::{DeviceProfile, JsonProfile};
+use super::profile::{JsonProfile, Profile};
 use super::topics::Naming;
 use super::{tls, BrokerUrl, DeviceIdentity, Inbound, UplinkError, UplinkSettings, MAX_PAYLOAD};
 use fieldbridge_mqtt::platform::valid_name;
@@ -93,7 +93,7 @@ impl Plan {
     }
 
     /// The hooks of `device`'s session.
-    pub(super) fn profile(&self, device: DeviceIdentity) -> Box<dyn DeviceProfile> {
+    pub(super) fn profile(&self, device: DeviceIdentity) -> Box<dyn Profile> {
         Box::new(JsonProfile::new(
             device,
             self.org.clone(),
@@ -107,7 +107,7 @@ impl Plan {
     /// `requests` requests at once.
     pub(super) fn client(
         &self,
-        profile: &dyn DeviceProfile,
+        profile: &mut dyn Profile,
         requests: usize,
     ) -> (AsyncClient, EventLoop) {
         let mut options = MqttOptions::new(
@@ -124,7 +124,11 @@ impl Plan {
         if let Some((user, password)) = profile.credentials() {
             options.set_credentials(user, password);
         }
-        if let Some(will) = profile.will() {
+        // A profile with a connection counter sets its will once the counter is saved.
+        if let Some(will) = profile
+            .will(0)
+            .filter(|_| profile.connection_counter().is_none())
+        {
             options.set_last_will(will);
         }
         if let Some(tls) = &self.tls {

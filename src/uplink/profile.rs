@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use rumqttc::{LastWill, QoS};
 
 use super::topics::{command_in, Naming, TemplateValues};
@@ -24,20 +25,47 @@ pub(super) struct Announcement {
     pub payload: Vec<u8>,
 }
 
-/// The hooks of one device session.
-pub(super) trait DeviceProfile: Send {
+/// What a publish from the broker calls for.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct Reaction {
+    /// Handed to the command service: device, kind, payload.
+    pub commands: Vec<(String, InboundKind, Bytes)>,
+    /// Published at once.
+    pub publish: Vec<Announcement>,
+}
+
+/// The hooks of one session.
+pub(super) trait Profile: Send {
+    /// Whose queued rows the session sends: one device's, or every device's (`None`).
+    fn scope(&self) -> Option<&str>;
+    /// The session's name in logs and drop counts.
+    fn name(&self) -> &str;
     fn client_id(&self) -> String;
     /// User name and password, if any.
     fn credentials(&self) -> Option<(String, String)>;
-    fn will(&self) -> Option<LastWill>;
+    /// The key of a counter kept in the queue database and advanced (modulo 256)
+    /// before every connection attempt, which the will carries (Sparkplug's bdSeq).
+    fn connection_counter(&self) -> Option<&'static str> {
+        None
+    }
+    /// The will of the next connection, which carries `counter`.
+    fn will(&mut self, counter: u8) -> Option<LastWill>;
     /// Subscribed after every connect, when inbound publishes are routed.
     fn subscriptions(&self) -> Vec<(String, QoS)>;
     /// Published after every connect (`generation` counts connections).
     fn announcements(&mut self, generation: u64) -> Vec<Announcement>;
+    /// Announcements one connection may send at once.
+    fn announcement_capacity(&self) -> usize {
+        1
+    }
+    /// Whether queued rows may be sent now (Sparkplug: only after the births).
+    fn ready(&self) -> bool {
+        true
+    }
     /// Topic and payload of an event; `None`: this profile sends nothing for it.
     fn encode(&mut self, event: &Event) -> Option<(String, Vec<u8>)>;
-    /// What a publish from the broker is, by its topic.
-    fn classify(&self, topic: &str) -> Option<InboundKind>;
+    /// What a publish from the broker calls for.
+    fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction;
 }
 
 /// `platform` and `custom`: JSON payloads on templated topics.
@@ -95,7 +123,15 @@ fn values<'a>(org: &'a str, device: &'a DeviceIdentity) -> TemplateValues<'a> {
     }
 }
 
-impl DeviceProfile for JsonProfile {
+impl Profile for JsonProfile {
+    fn scope(&self) -> Option<&str> {
+        Some(&self.device.id)
+    }
+
+    fn name(&self) -> &str {
+        &self.device.id
+    }
+
     fn client_id(&self) -> String {
         self.naming
             .client_id
@@ -111,7 +147,7 @@ impl DeviceProfile for JsonProfile {
         Some((user, token.clone()))
     }
 
-    fn will(&self) -> Option<LastWill> {
+    fn will(&mut self, _counter: u8) -> Option<LastWill> {
         None
     }
 
@@ -152,10 +188,20 @@ impl DeviceProfile for JsonProfile {
         Some((topic, event.platform_json()))
     }
 
-    fn classify(&self, topic: &str) -> Option<InboundKind> {
-        match topic.strip_prefix(MANAGEMENT_REQUESTS) {
+    fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction {
+        let kind = match topic.strip_prefix(MANAGEMENT_REQUESTS) {
             Some(rest) if self.device.managed => Some(InboundKind::Management(rest.to_owned())),
             _ => command_in(&self.command_filter, topic).map(InboundKind::Command),
+        };
+        if kind.is_none() {
+            tracing::warn!(device = %self.device.id, %topic, "publish on an unexpected topic ignored");
+        }
+        Reaction {
+            commands: kind
+                .map(|kind| (self.device.id.clone(), kind, payload))
+                .into_iter()
+                .collect(),
+            publish: Vec::new(),
         }
     }
 }
@@ -194,14 +240,19 @@ mod tests {
             b"{}".to_vec(),
         );
         assert_eq!(p.encode(&legacy).unwrap().0, "iotdevice-1/response");
+        let kinds = |p: &mut JsonProfile, topic: &str| -> Vec<InboundKind> {
+            let reaction = p.inbound(topic, Bytes::new());
+            reaction.commands.into_iter().map(|c| c.1).collect()
+        };
         assert_eq!(
-            p.classify("iot-2/cmd/setpoint/fmt/json"),
-            Some(InboundKind::Command("setpoint".into()))
+            kinds(&mut p, "iot-2/cmd/setpoint/fmt/json"),
+            [InboundKind::Command("setpoint".into())]
         );
         assert_eq!(
-            p.classify("iotdm-1/device/reboot"),
-            Some(InboundKind::Management("device/reboot".into()))
+            kinds(&mut p, "iotdm-1/device/reboot"),
+            [InboundKind::Management("device/reboot".into())]
         );
+        assert_eq!(kinds(&mut p, "elsewhere"), []);
         assert_eq!(p.announcements(3)[0].topic, "iotdevice-1/mgmt/manage");
         assert!(profile(false).announcements(1).is_empty());
     }

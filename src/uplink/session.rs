@@ -10,17 +10,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, ConnectionError, QoS};
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{drive, oversized_inbound, DriverBatch, DriverEvent};
+use super::driver::{drive, oversized_inbound, DriverBatch, DriverEvent, Resume};
 use super::feed::{Feed, FetchRequest, Fetched};
 use super::inbound;
 use super::plan::{Plan, MAX_PACKET};
-use super::profile::DeviceProfile;
-use super::{DeviceIdentity, Inbound};
+use super::profile::{Announcement, Profile};
+use super::Inbound;
 use fieldbridge_service::LogThrottle;
 
 use crate::backoff::Backoff;
@@ -71,26 +71,28 @@ pub struct SessionStatus {
 }
 
 impl Plan {
-    /// Starts the driver and session tasks of one device.
+    /// Starts the driver and session tasks of a session with these hooks.
     pub(super) fn spawn(
         &self,
-        device: DeviceIdentity,
+        mut profile: Box<dyn Profile>,
         store: Store,
         qos0: mpsc::Receiver<Event>,
         qos0_dropped: Arc<AtomicU64>,
         shutdown: CancellationToken,
     ) -> (watch::Receiver<SessionStatus>, JoinHandle<()>) {
-        let requests = self.window + EXTRA_REQUESTS;
-        let profile = self.profile(device.clone());
-        let (client, eventloop) = self.client(profile.as_ref(), requests);
+        let requests = self.window + EXTRA_REQUESTS + profile.announcement_capacity();
+        let counter = profile.connection_counter();
+        let (client, eventloop) = self.client(profile.as_mut(), requests);
 
         let (driver_events, driver_receiver) = mpsc::channel(DRIVER_BATCHES);
-        let resume = Arc::new(Notify::new());
-        let driver = tokio::spawn(drive(eventloop, driver_events, resume.clone()));
+        let (resume, resumes) = mpsc::channel(1);
+        let driver = tokio::spawn(drive(eventloop, driver_events, resumes, counter.is_some()));
         let (status, status_receiver) = watch::channel(SessionStatus::default());
-        let session = Session {
-            rows_changed: store.watch(&device.id),
-            device,
+        let mut session = Session {
+            rows_changed: match profile.scope() {
+                Some(device) => store.watch(device),
+                None => store.watch_all(),
+            },
             profile,
             client,
             store,
@@ -115,7 +117,12 @@ impl Plan {
             retry_pending: false,
             fetch: None,
             delete: None,
+            prepare: None,
         };
+        if counter.is_some() {
+            // The first connection waits for its counter (and will).
+            session.prepare_connection();
+        }
         let task = tokio::spawn(async move {
             session.run(shutdown).await;
             driver.abort();
@@ -128,8 +135,7 @@ type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 type FetchResult = (FetchRequest, Result<Vec<QueuedEvent>, StoreError>);
 
 struct Session {
-    device: DeviceIdentity,
-    profile: Box<dyn DeviceProfile>,
+    profile: Box<dyn Profile>,
     client: AsyncClient,
     store: Store,
     feed: Feed,
@@ -138,7 +144,7 @@ struct Session {
     sent_at: HashMap<u16, Instant>,
     ack_latency: Duration,
     driver: mpsc::Receiver<DriverBatch>,
-    resume: Arc<Notify>,
+    resume: mpsc::Sender<Resume>,
     rows_changed: watch::Receiver<u64>,
     qos0: mpsc::Receiver<Event>,
     qos0_open: bool,
@@ -159,6 +165,8 @@ struct Session {
     retry_pending: bool,
     fetch: Option<Pending<FetchResult>>,
     delete: Option<Pending<(usize, Result<(), StoreError>)>>,
+    /// Advancing the profile's connection counter before the next attempt.
+    prepare: Option<Pending<Result<u8, StoreError>>>,
 }
 
 /// Awaits an optional future; never resolves when there is none.
@@ -200,7 +208,11 @@ impl Session {
                 },
                 _ = &mut self.retry, if self.retry_pending => {
                     self.retry_pending = false;
-                    self.resume.notify_one();
+                    self.prepare_connection();
+                }
+                counter = maybe(self.prepare.as_mut()) => {
+                    self.prepare = None;
+                    self.on_prepared(counter);
                 }
                 _ = persist.tick() => self.persist_qos0_drops().await,
             }
@@ -226,7 +238,7 @@ impl Session {
                 self.backoff.reset();
                 self.feed.connected();
                 tracing::info!(
-                    device = %self.device.id,
+                    device = %self.profile.name(),
                     session_present,
                     "connected to the broker"
                 );
@@ -243,7 +255,7 @@ impl Session {
                 }
                 if let Err(untracked) = self.feed.window.on_outgoing_publish(pkid) {
                     tracing::warn!(
-                        device = %self.device.id,
+                        device = %self.profile.name(),
                         pkid = untracked.0,
                         "publish with an unexpected packet id; it is resent after the next reconnect"
                     );
@@ -255,12 +267,10 @@ impl Session {
                 }
                 return u64::from(self.feed.window.on_puback(pkid).is_some());
             }
-            DriverEvent::Inbound(publish) => inbound::route(
-                self.inbound.as_ref(),
-                self.profile.as_ref(),
-                &self.device.id,
-                publish,
-            ),
+            DriverEvent::Inbound(publish) => {
+                let answer = inbound::route(self.inbound.as_ref(), self.profile.as_mut(), publish);
+                self.announce(answer);
+            }
             DriverEvent::Disconnected => {}
             DriverEvent::Lost(error) => self.on_lost(error),
         }
@@ -281,25 +291,25 @@ impl Session {
         let oversized = oversized_inbound(&error);
         if let Some(size) = oversized {
             tracing::error!(
-                device = %self.device.id,
+                device = %self.profile.name(),
                 size,
                 "the broker sent a packet larger than upstream.max_inbound; MQTT 3.1.1 can neither read nor refuse it, so the session starts clean (what the broker had queued for this device is dropped)"
             );
         } else if was_connected {
             tracing::warn!(
-                device = %self.device.id,
+                device = %self.profile.name(),
                 "connection to the broker lost: {error}; reconnecting in {delay:.1?}"
             );
         } else {
             self.failures += 1;
             if self.failure_log.admit().is_some() {
                 tracing::warn!(
-                    device = %self.device.id,
+                    device = %self.profile.name(),
                     attempts = self.failures,
                     "cannot connect to the broker: {error}; retrying in {delay:.1?}"
                 );
             } else {
-                tracing::debug!(device = %self.device.id, "connect failed: {error}");
+                tracing::debug!(device = %self.profile.name(), "connect failed: {error}");
             }
         }
         let dropped = self.qos0_dropped.load(Ordering::Relaxed);
@@ -330,39 +340,81 @@ impl Session {
         if self.inbound.is_some() {
             for (filter, qos) in self.profile.subscriptions() {
                 if let Err(error) = self.client.try_subscribe(filter.as_str(), qos) {
-                    tracing::warn!(device = %self.device.id, "cannot subscribe to {filter}: {error}");
+                    tracing::warn!(device = %self.profile.name(), "cannot subscribe to {filter}: {error}");
                 }
             }
         }
-        for message in self.profile.announcements(self.feed.generation()) {
-            if self
-                .client
-                .try_publish(
-                    message.topic,
-                    QoS::AtMostOnce,
-                    message.retain,
-                    message.payload,
-                )
-                .is_ok()
-            {
-                self.feed.window.qos0_submitted();
+        let announcements = self.profile.announcements(self.feed.generation());
+        self.announce(announcements);
+    }
+
+    fn announce(&mut self, announcements: Vec<Announcement>) {
+        for message in announcements {
+            match self.client.try_publish(
+                message.topic,
+                QoS::AtMostOnce,
+                message.retain,
+                message.payload,
+            ) {
+                Ok(()) => self.feed.window.qos0_submitted(),
+                Err(error) => {
+                    tracing::warn!(device = %self.profile.name(), "announcement not sent: {error}")
+                }
+            }
+        }
+    }
+
+    /// Before a connection attempt: advance the profile's counter in the queue
+    /// database (so no two connections share it, even across restarts), then resume.
+    fn prepare_connection(&mut self) {
+        let Some(key) = self.profile.connection_counter() else {
+            let _ = self.resume.try_send(None);
+            return;
+        };
+        let store = self.store.clone();
+        self.prepare = Some(Box::pin(async move {
+            let last = store.state(key).await?;
+            let next = last
+                .and_then(|value| value.parse::<u8>().ok())
+                .map_or(0, |value| value.wrapping_add(1));
+            store.set_state(key, next.to_string()).await?;
+            Ok(next)
+        }));
+    }
+
+    fn on_prepared(&mut self, counter: Result<u8, StoreError>) {
+        match counter {
+            Ok(counter) => {
+                let will = self.profile.will(counter);
+                let _ = self.resume.try_send(will);
+            }
+            Err(error) => {
+                if let Some(repeats) = self.store_errors.admit() {
+                    tracing::warn!(device = %self.profile.name(), repeats, "cannot save the connection counter: {error}");
+                }
+                let delay = self.backoff.next_delay();
+                self.retry.as_mut().reset(Instant::now() + delay);
+                self.retry_pending = true;
             }
         }
     }
 
     /// Reads the next rows of the device's queue if the connection and window allow.
     fn start_fetch(&mut self) {
-        let Some(request) = self.feed.next_fetch(self.connected) else {
+        let Some(request) = self.feed.next_fetch(self.connected && self.profile.ready()) else {
             return;
         };
         self.rows_changed.borrow_and_update();
         let store = self.store.clone();
-        let device = self.device.id.clone();
+        let device = self.profile.scope().map(str::to_owned);
         self.fetch = Some(Box::pin(async move {
             if let Some(delay) = request.delay {
                 tokio::time::sleep(delay).await;
             }
-            let rows = store.fetch(&device, request.after, request.limit).await;
+            let rows = match device {
+                Some(device) => store.fetch(&device, request.after, request.limit).await,
+                None => store.fetch_all(request.after, request.limit).await,
+            };
             (request, rows)
         }));
     }
@@ -372,7 +424,7 @@ impl Session {
             Ok(rows) => Some(rows.len()),
             Err(error) => {
                 if let Some(repeats) = self.store_errors.admit() {
-                    tracing::warn!(device = %self.device.id, repeats, "reading the queue failed: {error}");
+                    tracing::warn!(device = %self.profile.name(), repeats, "reading the queue failed: {error}");
                 }
                 None
             }
@@ -384,7 +436,7 @@ impl Session {
             let encoded = match row.to_event() {
                 Ok(event) => self.profile.encode(&event),
                 Err(error) => {
-                    tracing::error!(device = %self.device.id, row = row.id, "{error}; deleting it");
+                    tracing::error!(device = %self.profile.name(), row = row.id, "{error}; deleting it");
                     None
                 }
             };
@@ -394,7 +446,7 @@ impl Session {
             };
             if payload.len() + topic.len() + 16 > MAX_PACKET {
                 tracing::error!(
-                    device = %self.device.id,
+                    device = %self.profile.name(),
                     row = row.id,
                     "queued event too large for an MQTT packet; deleting it"
                 );
@@ -409,7 +461,7 @@ impl Session {
                 Err(error) => {
                     // The request channel is sized for the window, so this means the
                     // event loop is gone; the row is read again later.
-                    tracing::warn!(device = %self.device.id, "publish not queued: {error}");
+                    tracing::warn!(device = %self.profile.name(), "publish not queued: {error}");
                     self.feed.stalled();
                     break;
                 }
@@ -436,7 +488,7 @@ impl Session {
         if let Err(error) = result {
             if let Some(repeats) = self.store_errors.admit() {
                 tracing::warn!(
-                    device = %self.device.id,
+                    device = %self.profile.name(),
                     repeats,
                     "deleting acknowledged events failed (they will be sent again): {error}"
                 );
@@ -468,7 +520,11 @@ impl Session {
         if new == 0 {
             return;
         }
-        match self.store.count_offline_drops(&self.device.id, new).await {
+        match self
+            .store
+            .count_offline_drops(self.profile.name(), new)
+            .await
+        {
             Ok(()) => self.qos0_persisted = dropped,
             Err(error) => tracing::debug!("QoS 0 drop count not saved: {error}"),
         }
@@ -512,6 +568,6 @@ impl Session {
             }
         }
         self.status.send_modify(|s| s.connected = false);
-        tracing::debug!(device = %self.device.id, "session stopped");
+        tracing::debug!(device = %self.profile.name(), "session stopped");
     }
 }

@@ -25,6 +25,8 @@ pub enum TopicScheme {
         /// topic level (the subscription puts `+` there).
         command: String,
     },
+    /// One Sparkplug B edge node for the gateway (no templates).
+    Sparkplug(super::SparkplugSettings),
 }
 
 const PLATFORM_CLIENT_ID: &str = "d:{org}:{type}:{id}";
@@ -218,7 +220,8 @@ pub(crate) struct Naming {
 impl Naming {
     pub(crate) fn new(scheme: &TopicScheme) -> Result<Self, UplinkError> {
         let (client_id, username, event, command) = match scheme {
-            TopicScheme::Platform => (
+            // Sparkplug names its session and topics itself.
+            TopicScheme::Platform | TopicScheme::Sparkplug(_) => (
                 PLATFORM_CLIENT_ID,
                 DEVICE_USERNAME,
                 PLATFORM_EVENT,

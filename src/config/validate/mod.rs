@@ -124,12 +124,46 @@ fn check_upstream(checker: &Checker, upstream: &Upstream) -> Check {
             );
         }
     }
+    if upstream.topic_scheme != TopicScheme::Sparkplug {
+        checker.reject_present(
+            "upstream",
+            &["sparkplug"],
+            "only applies with `topic_scheme: sparkplug`",
+        )?;
+    }
     match upstream.topic_scheme {
         TopicScheme::Platform => checker.reject_present(
             "upstream",
             &["topics", "username"],
             "only applies with `topic_scheme: custom` (the platform scheme fixes client ids, topics and the username)",
         ),
+        TopicScheme::Sparkplug => {
+            checker.reject_present(
+                "upstream",
+                &["topics", "username"],
+                "only applies with `topic_scheme: custom` (Sparkplug fixes the edge node's topics)",
+            )?;
+            let Some(sparkplug) = &upstream.sparkplug else {
+                return checker.fail(
+                    "upstream.topic_scheme",
+                    "`topic_scheme: sparkplug` needs `upstream.sparkplug` with `group_id` and `edge_node_id`",
+                );
+            };
+            let ids = [
+                ("group_id", Some(&sparkplug.group_id)),
+                ("edge_node_id", Some(&sparkplug.edge_node_id)),
+                ("primary_host_id", sparkplug.primary_host_id.as_ref()),
+            ];
+            for (key, id) in ids {
+                if let Some(id) = id.filter(|id| id.is_empty() || id.contains(['/', '+', '#'])) {
+                    return checker.fail(
+                        &format!("upstream.sparkplug.{key}"),
+                        format!("{id:?} must be a non-empty topic level (no `/`, `+` or `#`)"),
+                    );
+                }
+            }
+            Ok(())
+        }
         TopicScheme::Custom => {
             let templates = upstream.topics.clone().unwrap_or_default();
             let base = ["org", "type", "device"];
