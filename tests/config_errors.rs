@@ -743,3 +743,37 @@ fn sparkplug_needs_its_edge_node() {
         &["unknown field `host`", "primary_host_id"],
     );
 }
+
+#[test]
+fn homeassistant_topics() {
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  topic_scheme: homeassistant\n  homeassistant:\n    base_topic: \"fb/#\"",
+    );
+    expect_error(
+        &text,
+        6,
+        "upstream.homeassistant.base_topic",
+        &["\"fb/#\"", "without wildcards"],
+    );
+    let text = insert_before(
+        1,
+        "upstream:\n  url: mqtt://127.0.0.1\n  org: myorg\n  homeassistant: { base_topic: fb }",
+    );
+    expect_error(
+        &text,
+        4,
+        "upstream.homeassistant",
+        &["only applies with `topic_scheme: homeassistant`"],
+    );
+    let text = replace_line(
+        12,
+        "      - { name: temperature, kind: holding, address: 0, type: f32, state_class: average }",
+    );
+    expect_error(
+        &text,
+        12,
+        "devices[0].registers[0].state_class",
+        &["unknown variant `average`", "total_increasing"],
+    );
+}

@@ -19,8 +19,8 @@ use crate::gateway::Gateway;
 use crate::metrics::{Exposition, Family, DEVICE_COUNTERS};
 use crate::store::{DeviceStats, Store, StoreSettings};
 use crate::uplink::{
-    DeviceIdentity, DeviceInfo, SessionStatus, SparkplugSettings, TlsSettings, TopicScheme, Uplink,
-    UplinkSettings,
+    DeviceIdentity, DeviceInfo, HomeAssistantSettings, SessionStatus, SparkplugSettings,
+    TlsSettings, TopicScheme, Uplink, UplinkSettings, HOMEASSISTANT_ANNOUNCED,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -97,6 +97,14 @@ impl Running {
             .iter()
             .map(|d| (d.id.clone(), DeviceInfo::from_config(d)))
             .collect();
+        if let TopicScheme::HomeAssistant(homeassistant) = &mut settings.topics {
+            // What the previous run announced; unreadable means nothing to remove.
+            homeassistant.announced_before = store
+                .state(HOMEASSISTANT_ANNOUNCED)
+                .await?
+                .and_then(|json| serde_json::from_str(&json).ok())
+                .unwrap_or_default();
+        }
         let uplink = Uplink::start(settings, store, devices, events)?;
         let sink_dropped = sink.dropped_counter();
         let gateway = Gateway::start(config, sink.clone())?;
@@ -326,6 +334,14 @@ fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
                 group_id: sparkplug.group_id,
                 edge_node_id: sparkplug.edge_node_id,
                 primary_host_id: sparkplug.primary_host_id,
+            })
+        }
+        config::TopicScheme::HomeAssistant => {
+            let section = upstream.homeassistant.clone().unwrap_or_default();
+            TopicScheme::HomeAssistant(HomeAssistantSettings {
+                discovery_prefix: section.discovery_prefix,
+                base_topic: section.base_topic,
+                announced_before: Vec::new(),
             })
         }
     };

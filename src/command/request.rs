@@ -237,6 +237,8 @@ mod tests {
             max: Some(90.0),
             values: None,
             readback: false,
+            device_class: None,
+            icon: None,
         }
     }
 

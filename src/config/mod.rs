@@ -20,9 +20,9 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Position};
 pub use fieldbridge_service::units::{Duration, Size};
 pub use schema::{
-    BrokerUrl, Bus, BusTransport, Command, Config, Device, FieldType, GatewaySection, LineParser,
-    LogSection, LogTarget, OnFull, Parity, PublishMode, QueueSection, Register, SparkplugSection,
-    Tls, TopicScheme, TopicTemplates, Upstream,
+    BrokerUrl, Bus, BusTransport, Command, Config, Device, FieldType, GatewaySection,
+    HomeAssistantSection, LineParser, LogSection, LogTarget, OnFull, Parity, PublishMode,
+    QueueSection, Register, SparkplugSection, Tls, TopicScheme, TopicTemplates, Upstream,
 };
 pub use secret::Secret;
 

@@ -70,6 +70,8 @@ pub struct Upstream {
     pub topics: Option<TopicTemplates>,
     /// The edge node, only (and always) with `topic_scheme: sparkplug`.
     pub sparkplug: Option<SparkplugSection>,
+    /// Topics of `topic_scheme: homeassistant` (optional there, refused elsewhere).
+    pub homeassistant: Option<HomeAssistantSection>,
     /// Username for every device session, only with `topic_scheme: custom` (the
     /// platform scheme always uses `use-token-auth`). A template like `topics`.
     pub username: Option<String>,
@@ -154,6 +156,36 @@ pub enum TopicScheme {
     Custom,
     /// One Sparkplug B edge node (`upstream.sparkplug`); devices are Sparkplug devices.
     Sparkplug,
+    /// Home Assistant MQTT discovery (`upstream.homeassistant`).
+    #[serde(rename = "homeassistant")]
+    HomeAssistant,
+}
+
+/// `upstream.homeassistant`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HomeAssistantSection {
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+    #[serde(default = "default_base_topic")]
+    pub base_topic: String,
+}
+
+impl Default for HomeAssistantSection {
+    fn default() -> Self {
+        HomeAssistantSection {
+            discovery_prefix: default_discovery_prefix(),
+            base_topic: default_base_topic(),
+        }
+    }
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+fn default_base_topic() -> String {
+    "fieldbridge".into()
 }
 
 /// `upstream.sparkplug`: the edge node's identity.
@@ -446,6 +478,31 @@ pub struct Register {
     pub unit: Option<String>,
     /// With `publish: on_change`: smallest change (after scale and offset) that counts.
     pub deadband: Option<f64>,
+    /// Home Assistant: the entity's device class (inferred from `unit` when absent).
+    pub device_class: Option<String>,
+    /// Home Assistant: `measurement`, `total` or `total_increasing`.
+    pub state_class: Option<StateClass>,
+    /// Home Assistant: an icon such as `mdi:thermometer`.
+    pub icon: Option<String>,
+}
+
+/// Home Assistant's state class of a sensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StateClass {
+    Measurement,
+    Total,
+    TotalIncreasing,
+}
+
+impl StateClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StateClass::Measurement => "measurement",
+            StateClass::Total => "total",
+            StateClass::TotalIncreasing => "total_increasing",
+        }
+    }
 }
 
 fn default_scale() -> f64 {
@@ -476,6 +533,10 @@ pub struct Command {
     /// Read the value back after writing and report it in the result.
     #[serde(default)]
     pub readback: bool,
+    /// Home Assistant: the entity's device class.
+    pub device_class: Option<String>,
+    /// Home Assistant: an icon such as `mdi:thermostat`.
+    pub icon: Option<String>,
 }
 
 /// How a serial-line device turns each line into fields.

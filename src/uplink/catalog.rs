@@ -18,6 +18,10 @@ pub struct Tag {
     pub read: bool,
     /// Writable through a command of this name.
     pub command: Option<Writable>,
+    /// How Home Assistant shows it (from the configuration; inferred when absent).
+    pub device_class: Option<String>,
+    pub state_class: Option<&'static str>,
+    pub icon: Option<String>,
 }
 
 /// How a command takes its value.
@@ -27,7 +31,7 @@ pub struct Writable {
     pub min: Option<f64>,
     pub max: Option<f64>,
     /// Named values (`values:`), sent as their names.
-    pub options: Vec<String>,
+    pub options: Vec<(String, f64)>,
     pub scale: f64,
 }
 
@@ -47,6 +51,9 @@ impl Tag {
             unit: register.unit.clone(),
             read: true,
             command: None,
+            device_class: register.device_class.clone(),
+            state_class: register.state_class.map(|class| class.as_str()),
+            icon: register.icon.clone(),
         }
     }
 
@@ -58,7 +65,7 @@ impl Tag {
             options: command
                 .values
                 .as_ref()
-                .map(|values| values.keys().cloned().collect())
+                .map(|values| values.iter().map(|(k, v)| (k.clone(), *v)).collect())
                 .unwrap_or_default(),
             scale: command.scale,
         }
@@ -71,7 +78,11 @@ impl DeviceInfo {
         let mut tags: Vec<Tag> = device.registers.iter().map(Tag::reading).collect();
         for command in &device.commands {
             match tags.iter_mut().find(|tag| tag.name == command.name) {
-                Some(tag) => tag.command = Some(Tag::writable(command)),
+                Some(tag) => {
+                    tag.command = Some(Tag::writable(command));
+                    tag.device_class = tag.device_class.take().or(command.device_class.clone());
+                    tag.icon = tag.icon.take().or(command.icon.clone());
+                }
                 None => tags.push(Tag {
                     name: command.name.clone(),
                     data_type: command.data_type,
@@ -79,6 +90,9 @@ impl DeviceInfo {
                     unit: None,
                     read: false,
                     command: Some(Tag::writable(command)),
+                    device_class: command.device_class.clone(),
+                    state_class: None,
+                    icon: command.icon.clone(),
                 }),
             }
         }

@@ -4,7 +4,7 @@
 use rumqttc::Publish;
 use tokio::sync::mpsc;
 
-use super::profile::{Announcement, Profile};
+use super::profile::{Message, Profile};
 use super::Inbound;
 
 /// Routes `publish` of a session; drops (and logs) what has no meaning or no room.
@@ -13,7 +13,7 @@ pub(super) fn route(
     sender: Option<&mpsc::Sender<Inbound>>,
     profile: &mut dyn Profile,
     publish: Publish,
-) -> Vec<Announcement> {
+) -> Vec<Message> {
     let Some(sender) = sender else {
         return Vec::new();
     };

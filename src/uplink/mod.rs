@@ -18,6 +18,7 @@
 mod catalog;
 mod driver;
 mod feed;
+mod homeassistant;
 mod inbound;
 mod plan;
 mod profile;
@@ -41,6 +42,7 @@ use crate::event::{Body, Event, Qos};
 use crate::store::Store;
 
 pub use catalog::{Catalog, DeviceInfo, Tag, Writable};
+pub use homeassistant::{HomeAssistantSettings, ANNOUNCED_KEY as HOMEASSISTANT_ANNOUNCED};
 pub use session::SessionStatus;
 pub use sparkplug::SparkplugSettings;
 pub use tls::TlsSettings;
@@ -209,6 +211,20 @@ impl Uplink {
                     Box::new(profile),
                     devices.iter().map(|d| d.id.clone()).collect(),
                 );
+            }
+            TopicScheme::HomeAssistant(homeassistant) => {
+                let configured: Vec<String> = devices.iter().map(|d| d.id.clone()).collect();
+                for device in devices {
+                    let id = device.id.clone();
+                    let info = settings.catalog.get(&id).cloned().unwrap_or_default();
+                    let profile = homeassistant::HomeAssistantProfile::new(
+                        device,
+                        info,
+                        homeassistant,
+                        &configured,
+                    );
+                    spawn(Box::new(profile), vec![id]);
+                }
             }
             _ => {
                 for device in devices {

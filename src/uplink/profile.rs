@@ -16,10 +16,11 @@ use crate::event::{Body, Event};
 /// Event topics remembered per session.
 const TOPIC_CACHE: usize = 32;
 
-/// A message a profile sends on every connect (announcements, births, discovery).
-/// Always QoS 0: the delivery window tracks queued rows only.
+/// A message a profile publishes: an event it encoded (QoS of the event), or an
+/// announcement on connect (births, discovery), always QoS 0: the delivery window
+/// tracks queued rows only.
 #[derive(Debug, Clone, PartialEq)]
-pub(super) struct Announcement {
+pub(super) struct Message {
     pub topic: String,
     pub retain: bool,
     pub payload: Vec<u8>,
@@ -31,7 +32,7 @@ pub(super) struct Reaction {
     /// Handed to the command service: device, kind, payload.
     pub commands: Vec<(String, InboundKind, Bytes)>,
     /// Published at once.
-    pub publish: Vec<Announcement>,
+    pub publish: Vec<Message>,
 }
 
 /// The hooks of one session.
@@ -53,17 +54,22 @@ pub(super) trait Profile: Send {
     /// Subscribed after every connect, when inbound publishes are routed.
     fn subscriptions(&self) -> Vec<(String, QoS)>;
     /// Published after every connect (`generation` counts connections).
-    fn announcements(&mut self, generation: u64) -> Vec<Announcement>;
-    /// Announcements one connection may send at once.
+    fn announcements(&mut self, generation: u64) -> Vec<Message>;
+    /// Messages one connection may send at once.
     fn announcement_capacity(&self) -> usize {
         1
+    }
+    /// A value to keep in the queue database once the announcements went out (what
+    /// Home Assistant was told about).
+    fn remember(&mut self) -> Option<(&'static str, String)> {
+        None
     }
     /// Whether queued rows may be sent now (Sparkplug: only after the births).
     fn ready(&self) -> bool {
         true
     }
     /// Topic and payload of an event; `None`: this profile sends nothing for it.
-    fn encode(&mut self, event: &Event) -> Option<(String, Vec<u8>)>;
+    fn encode(&mut self, event: &Event) -> Option<Message>;
     /// What a publish from the broker calls for.
     fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction;
 }
@@ -159,7 +165,7 @@ impl Profile for JsonProfile {
         filters
     }
 
-    fn announcements(&mut self, generation: u64) -> Vec<Announcement> {
+    fn announcements(&mut self, generation: u64) -> Vec<Message> {
         if !(self.inbound && self.device.managed) {
             return Vec::new();
         }
@@ -171,21 +177,25 @@ impl Profile for JsonProfile {
             },
             "reqId": format!("manage-{}-{generation}", self.device.id),
         });
-        vec![Announcement {
+        vec![Message {
             topic: format!("{MANAGEMENT_PUBLISH}mgmt/manage"),
             retain: false,
             payload: serde_json::to_vec(&manage).expect("JSON values always serialize"),
         }]
     }
 
-    fn encode(&mut self, event: &Event) -> Option<(String, Vec<u8>)> {
+    fn encode(&mut self, event: &Event) -> Option<Message> {
         let topic = match &event.body {
             Body::Management { path, .. } => format!("{MANAGEMENT_PUBLISH}{path}"),
             // Rows of earlier releases carried management topics as event ids.
             Body::Encoded { event, .. } if event.starts_with(MANAGEMENT_PUBLISH) => event.clone(),
             _ => self.event_topic(event.name()),
         };
-        Some((topic, event.platform_json()))
+        Some(Message {
+            topic,
+            retain: false,
+            payload: event.platform_json(),
+        })
     }
 
     fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction {
@@ -231,7 +241,11 @@ mod tests {
         let event = Event::encoded("boiler-1", "status", Qos::AtLeastOnce, b"{}".to_vec());
         assert_eq!(
             p.encode(&event).unwrap(),
-            ("iot-2/evt/status/fmt/json".into(), b"{}".to_vec())
+            Message {
+                topic: "iot-2/evt/status/fmt/json".into(),
+                retain: false,
+                payload: b"{}".to_vec()
+            }
         );
         let legacy = Event::encoded(
             "boiler-1",
@@ -239,7 +253,7 @@ mod tests {
             Qos::AtLeastOnce,
             b"{}".to_vec(),
         );
-        assert_eq!(p.encode(&legacy).unwrap().0, "iotdevice-1/response");
+        assert_eq!(p.encode(&legacy).unwrap().topic, "iotdevice-1/response");
         let kinds = |p: &mut JsonProfile, topic: &str| -> Vec<InboundKind> {
             let reaction = p.inbound(topic, Bytes::new());
             reaction.commands.into_iter().map(|c| c.1).collect()

@@ -19,7 +19,7 @@ use super::driver::{drive, oversized_inbound, DriverBatch, DriverEvent, Resume};
 use super::feed::{Feed, FetchRequest, Fetched};
 use super::inbound;
 use super::plan::{Plan, MAX_PACKET};
-use super::profile::{Announcement, Profile};
+use super::profile::{Message, Profile};
 use super::Inbound;
 use fieldbridge_service::LogThrottle;
 
@@ -346,9 +346,17 @@ impl Session {
         }
         let announcements = self.profile.announcements(self.feed.generation());
         self.announce(announcements);
+        if let Some((key, value)) = self.profile.remember() {
+            let store = self.store.clone();
+            tokio::spawn(async move {
+                if let Err(error) = store.set_state(key, value).await {
+                    tracing::warn!("{key} not saved: {error}");
+                }
+            });
+        }
     }
 
-    fn announce(&mut self, announcements: Vec<Announcement>) {
+    fn announce(&mut self, announcements: Vec<Message>) {
         for message in announcements {
             match self.client.try_publish(
                 message.topic,
@@ -440,7 +448,12 @@ impl Session {
                     None
                 }
             };
-            let Some((topic, payload)) = encoded else {
+            let Some(Message {
+                topic,
+                retain,
+                payload,
+            }) = encoded
+            else {
                 self.feed.skipped(row.id);
                 continue;
             };
@@ -455,7 +468,7 @@ impl Session {
             }
             match self
                 .client
-                .try_publish(topic, QoS::AtLeastOnce, false, payload)
+                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             {
                 Ok(()) => self.feed.sent(row.id),
                 Err(error) => {
@@ -498,10 +511,15 @@ impl Session {
 
     fn on_qos0(&mut self, event: Event) {
         if self.connected && self.feed.window.qos0_pending() < QOS0_PENDING_LIMIT {
-            if let Some((topic, payload)) = self.profile.encode(&event) {
+            if let Some(message) = self.profile.encode(&event) {
                 if self
                     .client
-                    .try_publish(topic, QoS::AtMostOnce, false, payload)
+                    .try_publish(
+                        message.topic,
+                        QoS::AtMostOnce,
+                        message.retain,
+                        message.payload,
+                    )
                     .is_ok()
                 {
                     self.feed.window.qos0_submitted();

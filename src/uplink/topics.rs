@@ -27,6 +27,8 @@ pub enum TopicScheme {
     },
     /// One Sparkplug B edge node for the gateway (no templates).
     Sparkplug(super::SparkplugSettings),
+    /// Home Assistant devices, announced by MQTT discovery (no templates).
+    HomeAssistant(super::HomeAssistantSettings),
 }
 
 const PLATFORM_CLIENT_ID: &str = "d:{org}:{type}:{id}";
@@ -221,7 +223,7 @@ impl Naming {
     pub(crate) fn new(scheme: &TopicScheme) -> Result<Self, UplinkError> {
         let (client_id, username, event, command) = match scheme {
             // Sparkplug names its session and topics itself.
-            TopicScheme::Platform | TopicScheme::Sparkplug(_) => (
+            TopicScheme::Platform | TopicScheme::Sparkplug(_) | TopicScheme::HomeAssistant(_) => (
                 PLATFORM_CLIENT_ID,
                 DEVICE_USERNAME,
                 PLATFORM_EVENT,

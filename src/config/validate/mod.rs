@@ -131,12 +131,39 @@ fn check_upstream(checker: &Checker, upstream: &Upstream) -> Check {
             "only applies with `topic_scheme: sparkplug`",
         )?;
     }
+    if upstream.topic_scheme != TopicScheme::HomeAssistant {
+        checker.reject_present(
+            "upstream",
+            &["homeassistant"],
+            "only applies with `topic_scheme: homeassistant`",
+        )?;
+    }
     match upstream.topic_scheme {
         TopicScheme::Platform => checker.reject_present(
             "upstream",
             &["topics", "username"],
             "only applies with `topic_scheme: custom` (the platform scheme fixes client ids, topics and the username)",
         ),
+        TopicScheme::HomeAssistant => {
+            checker.reject_present(
+                "upstream",
+                &["topics", "username"],
+                "only applies with `topic_scheme: custom` (Home Assistant's topics are fixed)",
+            )?;
+            let section = upstream.homeassistant.clone().unwrap_or_default();
+            for (key, topic) in [
+                ("discovery_prefix", &section.discovery_prefix),
+                ("base_topic", &section.base_topic),
+            ] {
+                if topic.is_empty() || topic.contains(['+', '#']) || topic.starts_with('$') {
+                    return checker.fail(
+                        &format!("upstream.homeassistant.{key}"),
+                        format!("{topic:?} must be a topic without wildcards, not empty, not starting with `$`"),
+                    );
+                }
+            }
+            Ok(())
+        }
         TopicScheme::Sparkplug => {
             checker.reject_present(
                 "upstream",

@@ -14,7 +14,7 @@ pub use node::SparkplugSettings;
 use node::{EdgeNode, NodeInbound};
 
 use super::catalog::Catalog;
-use super::profile::{Announcement, Profile, Reaction};
+use super::profile::{Message, Profile, Reaction};
 use super::InboundKind;
 use crate::event::Event;
 
@@ -37,11 +37,11 @@ impl SparkplugProfile {
         }
     }
 
-    fn births(&mut self) -> Vec<Announcement> {
+    fn births(&mut self) -> Vec<Message> {
         self.node
             .births()
             .into_iter()
-            .map(|(topic, payload)| Announcement {
+            .map(|(topic, payload)| Message {
                 topic,
                 retain: false,
                 payload,
@@ -90,7 +90,7 @@ impl Profile for SparkplugProfile {
         self.devices + 1
     }
 
-    fn announcements(&mut self, _generation: u64) -> Vec<Announcement> {
+    fn announcements(&mut self, _generation: u64) -> Vec<Message> {
         self.node.connected();
         if self.node.may_birth() {
             self.births()
@@ -103,8 +103,13 @@ impl Profile for SparkplugProfile {
         self.node.born()
     }
 
-    fn encode(&mut self, event: &Event) -> Option<(String, Vec<u8>)> {
-        self.node.encode(event)
+    fn encode(&mut self, event: &Event) -> Option<Message> {
+        let (topic, payload) = self.node.encode(event)?;
+        Some(Message {
+            topic,
+            retain: false,
+            payload,
+        })
     }
 
     fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction {
@@ -124,7 +129,7 @@ impl Profile for SparkplugProfile {
                 if self.node.born() {
                     self.node.died();
                     let (topic, payload) = self.node.death();
-                    reaction.publish.push(Announcement {
+                    reaction.publish.push(Message {
                         topic,
                         retain: false,
                         payload,

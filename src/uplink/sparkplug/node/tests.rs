@@ -17,6 +17,9 @@ fn tag(name: &str, data_type: DataType, unit: Option<&str>, command: bool) -> Ta
             options: Vec::new(),
             scale: 1.0,
         }),
+        device_class: None,
+        state_class: None,
+        icon: None,
     }
 }
 
