@@ -1,21 +1,33 @@
 //! Acquisition cost: 20 simulated Modbus TCP devices x 50 tags polled at 10 Hz
-//! (10,000 tag reads/s). Runs the release `fieldbridge run` binary as a child process
-//! against in-process simulators and reports the child's CPU (% of one core), its
-//! peak RSS, the event rate, and the requests per poll cycle against the planner's
-//! minimum.
+//! (1,000 tags, 10,000 tag reads/s). Runs the release `fieldbridge run` binary as a
+//! child process against in-process simulators, once per output: events printed on
+//! stdout, and through a loopback Mosquitto with each uplink profile (`platform`,
+//! `sparkplug`, `homeassistant`; QoS 1, so every event goes through the SQLite queue).
+//! The holding registers change every cycle, so every poll publishes. Reports the
+//! child's CPU (% of one core), its RSS, the event rate, the requests per poll cycle
+//! against the planner's minimum, and for Sparkplug the DDATA bytes per changed value.
 //!
-//! Run: `cargo bench --bench acquisition` (optionally `-- SECONDS`, default 30).
+//! Run: `cargo bench --bench acquisition` (optionally `-- SECONDS` per output, default
+//! 30, and the outputs to run, default all; the uplink profiles need `mosquitto`).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{BrokerConfig, BrokerKind, TestBroker};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 const DEVICES: usize = 20;
 const TAGS: usize = 50;
+/// Holding registers 0..HOLDING_WORDS change every cycle (the 30 holding tags).
+const HOLDING_WORDS: u16 = 53;
+const OUTPUTS: [&str; 4] = ["stdout", "platform", "sparkplug", "homeassistant"];
 
 /// 50 tags per device: holding registers of mixed types with small gaps, a block of
 /// input registers, and coils.
@@ -68,36 +80,129 @@ fn status_kib(pid: u32, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn main() {
-    let seconds: u64 = std::env::args()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(30);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let slaves: Vec<SimSlave> = (0..DEVICES).map(|_| SimSlave::default()).collect();
-    let mut config = format!(
-        "gateway: {{ data_dir: \"{}\" }}\nbuses:\n",
-        dir.path().display()
-    );
-    let mut devices = String::from("devices:\n");
-    for (i, slave) in slaves.iter().enumerate() {
-        let (port, _) = runtime
-            .block_on(sim::spawn_tcp(SimBus::new([(1, slave.clone())])))
-            .unwrap();
-        config.push_str(&format!(
-            "  - {{ name: plc{i}, kind: tcp, host: 127.0.0.1, port: {port}, timeout: 1s }}\n"
-        ));
-        devices.push_str(&format!(
-            "  - id: dev{i}\n    type: plc\n    bus: plc{i}\n    unit: 1\n    poll: 100ms\n    qos: 0\n    registers:\n{}",
-            device_registers()
-        ));
+/// What an MQTT output delivered: messages of data, their bytes, and for Sparkplug the
+/// metrics they carried.
+#[derive(Default)]
+struct Delivered {
+    messages: AtomicU64,
+    bytes: AtomicU64,
+    metrics: AtomicU64,
+}
+
+/// Top-level fields 2 (metrics) of a Sparkplug payload, read with the protobuf wire
+/// format's own rules (varint keys and lengths).
+fn sparkplug_metrics(mut payload: &[u8]) -> u64 {
+    fn varint(bytes: &mut &[u8]) -> Option<u64> {
+        let mut value = 0u64;
+        for shift in (0..64).step_by(7) {
+            let (&byte, rest) = bytes.split_first()?;
+            *bytes = rest;
+            value |= u64::from(byte & 0x7f) << shift;
+            if byte & 0x80 == 0 {
+                return Some(value);
+            }
+        }
+        None
     }
-    config.push_str(&devices);
+    let mut metrics = 0;
+    while let Some(key) = varint(&mut payload) {
+        match key & 7 {
+            0 => {
+                varint(&mut payload);
+            }
+            1 => payload = payload.get(8..).unwrap_or_default(),
+            2 => {
+                let len = varint(&mut payload).unwrap_or(0) as usize;
+                metrics += u64::from(key >> 3 == 2);
+                payload = payload.get(len..).unwrap_or_default();
+            }
+            5 => payload = payload.get(4..).unwrap_or_default(),
+            _ => break,
+        }
+    }
+    metrics
+}
+
+/// Subscribes to the data messages of `output` and counts them.
+async fn count_data(port: u16, output: &'static str, delivered: Arc<Delivered>) {
+    let filter = match output {
+        "platform" => "iot-2/evt/status/fmt/json",
+        "sparkplug" => "spBv1.0/bench/DDATA/#",
+        _ => "fieldbridge/+/state",
+    };
+    let (client, mut eventloop) =
+        AsyncClient::new(MqttOptions::new("counter", "127.0.0.1", port), 64);
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    client.try_subscribe(filter, QoS::AtMostOnce).unwrap();
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    delivered.messages.fetch_add(1, Ordering::Relaxed);
+                    delivered
+                        .bytes
+                        .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
+                    if output == "sparkplug" {
+                        delivered
+                            .metrics
+                            .fetch_add(sparkplug_metrics(&p.payload), Ordering::Relaxed);
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    });
+}
+
+fn upstream(output: &str, url: &str) -> String {
+    let scheme = match output {
+        "platform" => "platform",
+        "sparkplug" => "sparkplug\n  sparkplug: { group_id: bench, edge_node_id: gw }",
+        _ => "homeassistant",
+    };
+    format!("upstream:\n  url: {url}\n  org: bench\n  topic_scheme: {scheme}\n")
+}
+
+struct Figures {
+    events_per_s: f64,
+    cpu_percent: f64,
+    rss_mib: f64,
+    peak_mib: f64,
+    requests_per_cycle: f64,
+    planned: usize,
+    ddata_bytes_per_value: Option<f64>,
+}
+
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    output: &'static str,
+    seconds: u64,
+    slaves: &[SimSlave],
+    buses: &str,
+) -> Figures {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = (output != "stdout").then(|| {
+        TestBroker::start(
+            BrokerKind::Mosquitto,
+            dir.path(),
+            BrokerConfig {
+                quiet: true,
+                ..Default::default()
+            },
+        )
+    });
+    let delivered = Arc::new(Delivered::default());
+    let mut config = format!(
+        "gateway: {{ data_dir: \"{}\" }}\n",
+        dir.path().join("data").display()
+    );
+    if let Some(broker) = &broker {
+        config.push_str(&upstream(output, &broker.url()));
+        runtime.block_on(count_data(broker.port, output, delivered.clone()));
+    }
+    config.push_str(buses);
     let config_path = dir.path().join("bench.yaml");
     std::fs::write(&config_path, config).unwrap();
 
@@ -114,7 +219,12 @@ fn main() {
         .and_then(|l| l.split(", ").nth(3))
         .and_then(|p| p.split_whitespace().next())
         .and_then(|n| n.parse().ok())
-        .expect("check prints the request count");
+        .unwrap_or_else(|| {
+            panic!(
+                "check prints the request count: {}",
+                String::from_utf8_lossy(&check.stderr)
+            )
+        });
 
     let mut child = Command::new(binary)
         .args(["run", "--config"])
@@ -124,8 +234,8 @@ fn main() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let events = Arc::new(AtomicU64::new(0));
-    let counter = events.clone();
+    let lines = Arc::new(AtomicU64::new(0));
+    let counter = lines.clone();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines() {
@@ -135,41 +245,115 @@ fn main() {
             counter.fetch_add(1, Ordering::Relaxed);
         }
     });
+    let events = || match output {
+        "stdout" => lines.load(Ordering::Relaxed),
+        _ => delivered.messages.load(Ordering::Relaxed),
+    };
 
     // Warm up, then measure.
     std::thread::sleep(Duration::from_secs(3));
     let ticks_per_second = 100.0; // USER_HZ on Linux
     let requests_before: u64 = slaves.iter().map(SimSlave::requests).sum();
-    let events_before = events.load(Ordering::Relaxed);
+    let events_before = events();
+    let (bytes_before, metrics_before) = (
+        delivered.bytes.load(Ordering::Relaxed),
+        delivered.metrics.load(Ordering::Relaxed),
+    );
     let ticks_before = cpu_ticks(pid);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let elapsed = started.elapsed().as_secs_f64();
     let ticks = cpu_ticks(pid) - ticks_before;
     let requests: u64 = slaves.iter().map(SimSlave::requests).sum::<u64>() - requests_before;
-    let event_count = events.load(Ordering::Relaxed) - events_before;
+    let cycles = (events() - events_before) as f64;
+    let bytes = delivered.bytes.load(Ordering::Relaxed) - bytes_before;
+    let metrics = delivered.metrics.load(Ordering::Relaxed) - metrics_before;
     let peak_rss = status_kib(pid, "VmHWM:");
     let rss = status_kib(pid, "VmRSS:");
     let _ = child.kill();
     let _ = child.wait();
+    drop(broker);
+    Figures {
+        events_per_s: cycles / elapsed,
+        cpu_percent: ticks as f64 / ticks_per_second / elapsed * 100.0,
+        rss_mib: rss as f64 / 1024.0,
+        peak_mib: peak_rss as f64 / 1024.0,
+        requests_per_cycle: requests as f64 / (elapsed * 10.0 * DEVICES as f64),
+        planned: planned / DEVICES,
+        ddata_bytes_per_value: (output == "sparkplug" && metrics > 0)
+            .then(|| bytes as f64 / metrics as f64),
+    }
+}
 
-    let cpu_percent = ticks as f64 / ticks_per_second / elapsed * 100.0;
-    let cycles = event_count as f64;
-    println!("acquisition: {DEVICES} devices x {TAGS} tags, poll 100 ms, {elapsed:.1} s measured");
-    println!(
-        "  events/s         {:.0} (tag reads/s {:.0})",
-        cycles / elapsed,
-        cycles * TAGS as f64 / elapsed
-    );
-    println!("  cpu              {cpu_percent:.2} % of one core");
-    println!(
-        "  rss              {:.1} MiB now, {:.1} MiB peak",
-        rss as f64 / 1024.0,
-        peak_rss as f64 / 1024.0
-    );
-    println!(
-        "  requests/cycle   {:.2} per device measured, {} per device planned (minimum), {TAGS} with one read per tag",
-        requests as f64 / cycles.max(1.0),
-        planned / DEVICES
-    );
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let seconds: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(30);
+    let mut outputs: Vec<&'static str> = OUTPUTS
+        .into_iter()
+        .filter(|o| args.iter().any(|a| a == o))
+        .collect();
+    if outputs.is_empty() {
+        outputs = OUTPUTS.to_vec();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let slaves: Vec<SimSlave> = (0..DEVICES).map(|_| SimSlave::default()).collect();
+    let mut buses = String::from("buses:\n");
+    let mut devices = String::from("devices:\n");
+    for (i, slave) in slaves.iter().enumerate() {
+        let (port, _) = runtime
+            .block_on(sim::spawn_tcp(SimBus::new([(1, slave.clone())])))
+            .unwrap();
+        buses.push_str(&format!(
+            "  - {{ name: plc{i}, kind: tcp, host: 127.0.0.1, port: {port}, timeout: 1s }}\n"
+        ));
+        devices.push_str(&format!(
+            "  - id: dev{i}\n    type: plc\n    token: bench-token\n    bus: plc{i}\n    unit: 1\n    poll: 100ms\n    qos: 1\n    registers:\n{}",
+            device_registers()
+        ));
+    }
+    buses.push_str(&devices);
+    // Every cycle's holding registers differ from the last ones.
+    let changing = Arc::new(AtomicBool::new(true));
+    let running = changing.clone();
+    let changed = slaves.clone();
+    std::thread::spawn(move || {
+        let mut round = 0u16;
+        while running.load(Ordering::Relaxed) {
+            round = round.wrapping_add(1);
+            let words: Vec<u16> = (0..HOLDING_WORDS).map(|i| round.wrapping_add(i)).collect();
+            for slave in &changed {
+                slave.set_holding(0, &words);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    });
+
+    println!("acquisition: {DEVICES} devices x {TAGS} tags, poll 100 ms, holding registers changing every cycle, {seconds} s per output");
+    println!("  output          events/s  cpu % of a core  rss MiB (peak)  requests/cycle (planned)  DDATA bytes/value");
+    for output in outputs {
+        if output != "stdout" && !fieldbridge_testkit::found("mosquitto") {
+            println!("  {output:<15} skipped: mosquitto is not installed");
+            continue;
+        }
+        let f = measure(&runtime, output, seconds, &slaves, &buses);
+        println!(
+            "  {output:<15} {:>8.0}  {:>15.2}  {:>6.1} ({:>5.1})  {:>14.2} ({})  {}",
+            f.events_per_s,
+            f.cpu_percent,
+            f.rss_mib,
+            f.peak_mib,
+            f.requests_per_cycle,
+            f.planned,
+            f.ddata_bytes_per_value
+                .map_or("-".to_owned(), |b| format!("{b:.1}")),
+        );
+    }
+    changing.store(false, Ordering::Relaxed);
 }

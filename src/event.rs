@@ -2,6 +2,8 @@
 //! what every sink (stdout, the MQTT uplink) consumes. Events stay typed until the
 //! uplink profile encodes them at send time; [`Stored`] is the form the queue keeps.
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use time::OffsetDateTime;
@@ -156,9 +158,9 @@ impl Event {
     /// This event with an encoded body read back into its type (data, health or a
     /// command result, by event id and JSON shape), for profiles that do not send the
     /// platform's JSON; `None` when it is none of them (a management topic, not JSON).
-    pub fn typed(&self) -> Option<Event> {
+    pub fn typed(&self) -> Option<Cow<'_, Event>> {
         let Body::Encoded { event, payload } = &self.body else {
-            return Some(self.clone());
+            return Some(Cow::Borrowed(self));
         };
         let json: Value = serde_json::from_slice(payload).ok()?;
         let d = json.get("d")?.as_object()?;
@@ -188,12 +190,12 @@ impl Event {
                 values: d.clone(),
             },
         };
-        Some(Event {
+        Some(Cow::Owned(Event {
             device_id: self.device_id.clone(),
             qos: self.qos,
             at,
             body,
-        })
+        }))
     }
 
     /// The form the queue keeps.

@@ -1,4 +1,5 @@
 use super::*;
+use std::borrow::Cow;
 use time::macros::datetime;
 
 #[test]
@@ -120,7 +121,7 @@ fn platform_json_reads_back_as_typed_events() {
             },
             ..event.clone()
         };
-        assert_eq!(encoded.typed(), Some(event));
+        assert_eq!(encoded.typed().map(Cow::into_owned), Some(event));
     }
     let management = Event::encoded(
         "b",

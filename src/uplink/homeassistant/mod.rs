@@ -108,11 +108,19 @@ impl HomeAssistantProfile {
         }
     }
 
-    fn state_message(&mut self, values: impl IntoIterator<Item = (String, Json)>) -> Message {
+    fn state_message<'a>(
+        &mut self,
+        values: impl IntoIterator<Item = (&'a String, &'a Json)>,
+    ) -> Message {
         for (name, value) in values {
-            // Bounded by the tags a device has, with room for serial-line fields.
-            if self.state.len() < MAX_REMOVED || self.state.contains_key(&name) {
-                self.state.insert(name, value);
+            let room = self.state.len() < MAX_REMOVED;
+            match self.state.get_mut(name) {
+                Some(slot) => slot.clone_from(value),
+                // Bounded by the tags a device has, with room for serial-line fields.
+                None if room => {
+                    self.state.insert(name.clone(), value.clone());
+                }
+                None => {}
             }
         }
         Message {
@@ -190,15 +198,15 @@ impl Profile for HomeAssistantProfile {
 
     fn encode(&mut self, event: &Event) -> Option<Message> {
         let event = event.typed()?;
-        match event.body {
+        match &event.body {
             Body::Data { values, .. } => Some(self.state_message(values)),
             Body::Health { online, .. } => {
-                self.online = online;
-                Some(self.availability(online))
+                self.online = *online;
+                Some(self.availability(*online))
             }
             Body::CommandResult(result) if result.rc == 200 => {
-                let value = result.readback.or(result.value)?;
-                Some(self.state_message([(result.command, value)]))
+                let value = result.readback.as_ref().or(result.value.as_ref())?;
+                Some(self.state_message([(&result.command, value)]))
             }
             Body::CommandResult(result) => {
                 tracing::warn!(device = %self.device.id, command = %result.command, rc = result.rc, "command refused: {}", result.message);
