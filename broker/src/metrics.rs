@@ -13,6 +13,7 @@ pub(crate) struct Metrics {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub messages_dropped: AtomicU64,
+    pub messages_oversized: AtomicU64,
 }
 
 /// Counts a connection keeps locally and adds to [`Metrics`] once per batch of work, so
@@ -53,6 +54,8 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Messages not queued because a session's queue was full.
     pub messages_dropped: u64,
+    /// Messages not sent to an MQTT 5 client because they exceed its Maximum Packet Size.
+    pub messages_oversized: u64,
     pub subscriptions: u64,
     pub retained_messages: u64,
     /// Transactions of the persistence database that failed: what they carried was not
@@ -70,7 +73,7 @@ impl Metrics {
 }
 
 /// The Prometheus families of [`Stats`].
-const STATS_FAMILIES: [Family<Stats>; 12] = [
+const STATS_FAMILIES: [Family<Stats>; 13] = [
     Family {
         name: "fieldbridge_broker_uptime_seconds",
         kind: "gauge",
@@ -118,6 +121,12 @@ const STATS_FAMILIES: [Family<Stats>; 12] = [
         kind: "counter",
         help: "Messages not queued because a session's queue was full.",
         read: |s| s.messages_dropped as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_messages_oversized_total",
+        kind: "counter",
+        help: "Messages not sent to a client because they exceed its Maximum Packet Size.",
+        read: |s| s.messages_oversized as f64,
     },
     Family {
         name: "fieldbridge_broker_subscriptions",
@@ -169,10 +178,11 @@ mod tests {
             bytes_received: 6,
             bytes_sent: 7,
             messages_dropped: 8,
-            subscriptions: 9,
-            retained_messages: 10,
-            persistence_write_failures: 11,
-            retained_refused: 12,
+            messages_oversized: 9,
+            subscriptions: 10,
+            retained_messages: 11,
+            persistence_write_failures: 12,
+            retained_refused: 13,
         };
         let text = stats.exposition();
         for (family, value) in STATS_FAMILIES.iter().zip(1..) {

@@ -16,7 +16,8 @@ use tokio::sync::mpsc::PermitIterator;
 
 use crate::persistence::Op;
 use crate::session::SessionState;
-use crate::subscriptions::{sparse_capacity, SubscriptionTree};
+use crate::shared_subscriptions::Subscriptions;
+use crate::subscriptions::sparse_capacity;
 
 /// Why a connection was told to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +161,14 @@ pub(crate) struct SessionInner {
     pub owner: Option<Owner>,
     /// Set when the session ended (clean session over, or replaced): nothing may be added.
     pub discarded: bool,
+    /// Seconds the session outlives its connection (Session Expiry Interval; u32::MAX:
+    /// forever; 0: it ends with the connection).
+    pub expiry: u32,
+    /// When its client left ([`crate::message::unix_now_ms`]); `None` while connected.
+    pub absent_since_ms: Option<u64>,
+    /// Connections that resumed the session: a delayed will is not published once its
+    /// client came back.
+    pub connections: u64,
 }
 
 impl SessionInner {
@@ -180,12 +189,15 @@ pub(crate) struct Session {
     pub inner: Mutex<SessionInner>,
 }
 
-pub(crate) type Tree = RwLock<SubscriptionTree<Arc<Session>>>;
+pub(crate) type Tree = RwLock<Subscriptions<Arc<Session>>>;
 
 /// A connection asking [`Registry::attach`] for its session.
 pub(crate) struct Claim {
     pub client_id: ByteString,
+    /// Clean session (3.1.1) or Clean Start (5): an existing session is not resumed.
     pub clean_session: bool,
+    /// The Session Expiry Interval granted.
+    pub expiry: u32,
     pub link: Link,
     pub username: Option<ByteString>,
     pub owner: Owner,
@@ -267,6 +279,9 @@ impl Registry {
                 username,
                 owner,
                 discarded: false,
+                expiry: u32::MAX,
+                absent_since_ms: None,
+                connections: 0,
             }),
         })
     }
@@ -286,6 +301,7 @@ impl Registry {
         let Claim {
             client_id,
             clean_session,
+            expiry,
             link,
             username,
             owner,
@@ -299,17 +315,24 @@ impl Registry {
             }
             let owned = inner.owner.as_ref().is_none_or(|known| *known == owner);
             if !clean_session && existing.persistent && owned {
+                // Present again (and perhaps with another expiry), and owned from now on
+                // if stored before owners were.
+                let claimed = inner.owner.is_none().then(|| owner.encode());
+                if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
+                    permit.send(Op::Session {
+                        client_id: client_id.clone(),
+                        owner: claimed,
+                        expiry,
+                    });
+                }
                 if inner.owner.is_none() {
-                    if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
-                        permit.send(Op::Session {
-                            client_id: client_id.clone(),
-                            owner: owner.encode(),
-                        });
-                    }
                     inner.owner = Some(owner);
                 }
+                inner.connections += 1;
                 inner.link = Some(link);
                 inner.username = username;
+                inner.expiry = expiry;
+                inner.absent_since_ms = None;
                 return Ok(Attached {
                     session: existing.clone(),
                     session_present: true,
@@ -332,7 +355,7 @@ impl Registry {
         if sessions.len() >= self.max_sessions {
             return Err(RegistryFull);
         }
-        let persistent = !clean_session;
+        let persistent = expiry > 0;
         let encoded = persistent.then(|| owner.encode());
         let session = self.new_session(
             client_id.clone(),
@@ -341,11 +364,13 @@ impl Registry {
             username,
             Some(owner),
         );
+        session.inner.lock().expiry = expiry;
         if let Some(owner) = encoded {
             if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
                 permit.send(Op::Session {
                     client_id: client_id.clone(),
-                    owner,
+                    owner: Some(owner),
+                    expiry,
                 });
             }
         }
@@ -385,6 +410,32 @@ impl Registry {
         session.inner.lock().state = state;
         self.sessions.lock().replace(ByClientId(session.clone()));
         session
+    }
+
+    /// Removes and returns the absent sessions whose expiry passed by `now_ms` (Unix ms).
+    pub fn expire_absent(&self, now_ms: u64, tree: &Tree) -> Vec<Arc<Session>> {
+        let mut ended = Vec::new();
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|ByClientId(session)| {
+                let inner = session.inner.lock();
+                let expired = inner.link.is_none()
+                    && inner.absent_since_ms.is_some_and(|since| {
+                        crate::server::session_expired(inner.expiry, since, now_ms)
+                    });
+                if expired {
+                    ended.push(session.clone());
+                }
+                !expired
+            });
+            if !ended.is_empty() {
+                shrink_if_sparse(&mut sessions);
+            }
+        }
+        for session in &ended {
+            discard(session, tree);
+        }
+        ended
     }
 
     /// Tells every connected client's connection to end.
@@ -442,6 +493,7 @@ mod tests {
         Claim {
             client_id: client_id.into(),
             clean_session: true,
+            expiry: 0,
             link: Link {
                 signal: Arc::new(ConnectionSignal::new(None, 0)),
             },

@@ -20,8 +20,9 @@ use crate::persistence::{Mark, NotDurable, Op, StoreHandle};
 use crate::registry::{Session, Tree};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Enqueued, SessionLimits};
-use crate::subscriptions::Matched;
+use crate::subscriptions::{Matched, Subscription};
 use fieldbridge_mqtt::codec::QoS;
+use fieldbridge_mqtt::topic::is_shared;
 
 /// Sessions whose queue is longer than this get their own copy of a message instead of a
 /// slice of the publisher's read buffer, which a backlog would otherwise keep alive.
@@ -51,6 +52,14 @@ pub(crate) struct Router {
     pub shared_groups: Option<crate::platform::shared::SharedGroups>,
 }
 
+/// How one session receives a message.
+struct Target {
+    qos: QoS,
+    /// The RETAIN flag it is sent with.
+    retain: bool,
+    identifiers: Vec<u32>,
+}
+
 /// Persistence state of one message being delivered: room reserved in the persistence
 /// channel, and the message's id once its body is stored.
 struct Durable<'p, 'a> {
@@ -73,7 +82,7 @@ impl Router {
         message: Arc<Message>,
         matches: &mut MatchBuffer,
         force_barrier: bool,
-    ) -> Result<(), NotDurable> {
+    ) -> Result<usize, NotDurable> {
         let since = match &self.store {
             Some(store) if force_barrier => Some(store.settled_mark()),
             _ => None,
@@ -82,22 +91,35 @@ impl Router {
     }
 
     /// [`Router::publish`] for a caller that sent writes of its own after taking `since`:
-    /// waits for those too, and fails if a transaction failed since.
+    /// waits for those too, and fails if a transaction failed since. The number of
+    /// sessions the message went to.
     pub async fn publish_since(
         &self,
         message: Arc<Message>,
         matches: &mut MatchBuffer,
         since: Option<Mark>,
-    ) -> Result<(), NotDurable> {
+    ) -> Result<usize, NotDurable> {
         let mut wait = since.is_some();
         let since = since.or_else(|| self.store.as_ref().map(StoreHandle::mark));
         if message.retain {
             wait |= self.retain(&message).await? && message.qos != QoS::AtMostOnce;
         }
-        self.subscriptions.read().matches(&message.topic, matches);
+        // A session whose lock is taken is in use: counted as present (waiting for it
+        // would invert the lock order of subscribing, session then tree).
+        self.subscriptions
+            .read()
+            .matches(&message.topic, matches, |session| {
+                session
+                    .inner
+                    .try_lock()
+                    .is_none_or(|inner| inner.link.is_some())
+            });
         if let Some(groups) = &self.shared_groups {
             groups.pick(matches);
         }
+        // No Local: not back to the session that published it.
+        matches.retain(|matched| !(matched.no_local && matched.id == message.publisher));
+        let delivered = matches.len();
         let mut detached = None;
         for chunk in matches.chunks(CHUNK) {
             let durable_count = chunk
@@ -114,12 +136,16 @@ impl Router {
             });
             for matched in chunk {
                 let qos = matched.qos.min(message.qos);
+                let retain = matched.retain_as_published && message.retain;
                 self.deliver(
                     &matched.subscriber,
                     &message,
                     &mut detached,
-                    qos,
-                    false,
+                    Target {
+                        qos,
+                        retain,
+                        identifiers: matched.identifiers.clone(),
+                    },
                     durable.as_mut(),
                 );
             }
@@ -127,9 +153,10 @@ impl Router {
         }
         matches.clear();
         match (&self.store, since) {
-            (Some(store), Some(since)) if wait => store.barrier_since(since).await,
-            _ => Ok(()),
+            (Some(store), Some(since)) if wait => store.barrier_since(since).await?,
+            _ => {}
         }
+        Ok(delivered)
     }
 
     /// Stores or clears the retained message of the topic; true if that was written to the
@@ -148,12 +175,8 @@ impl Router {
             None => None,
         };
         let mut retained = self.retained.write();
-        let op = match retained.set(stored) {
-            RetainOutcome::Stored | RetainOutcome::Replaced => Op::SetRetained {
-                topic: message.topic.clone(),
-                payload: message.payload.clone(),
-                qos: message.qos,
-            },
+        let op = match retained.set(stored.clone()) {
+            RetainOutcome::Stored | RetainOutcome::Replaced => Op::SetRetained { message: stored },
             RetainOutcome::Cleared => Op::ClearRetained {
                 topic: message.topic.clone(),
             },
@@ -170,16 +193,23 @@ impl Router {
         }
     }
 
-    /// Queues the retained messages matching a new subscription for its session.
+    /// Queues the retained messages matching a new subscription for its session (for a
+    /// shared subscription: none, as MQTT 5 section 4.8.2 says).
     pub async fn deliver_retained(
         &self,
         session: &Arc<Session>,
         filter: &str,
-        granted: QoS,
+        subscription: Subscription,
+        now_ms: u64,
     ) -> Result<(), NotDurable> {
+        if is_shared(filter) {
+            return Ok(());
+        }
+        let granted = subscription.qos;
         let since = self.store.as_ref().map(StoreHandle::mark);
         let mut found = Vec::new();
         self.retained.read().matching(filter, &mut found);
+        found.retain(|message| !message.expired(now_ms));
         let mut wait = false;
         for chunk in found.chunks(CHUNK / 2) {
             let durable_count = chunk
@@ -197,12 +227,19 @@ impl Router {
                     permits,
                     message_id: None,
                 });
+                let identifiers = match subscription.identifier {
+                    0 => Vec::new(),
+                    identifier => vec![identifier],
+                };
                 self.deliver(
                     session,
                     message,
                     &mut detached,
-                    message.qos.min(granted),
-                    true,
+                    Target {
+                        qos: message.qos.min(granted),
+                        retain: true,
+                        identifiers,
+                    },
                     durable.as_mut(),
                 );
                 wait |= durable.is_some_and(|durable| durable.message_id.is_some());
@@ -227,10 +264,14 @@ impl Router {
         session: &Session,
         message: &Arc<Message>,
         detached: &mut Option<Arc<Message>>,
-        qos: QoS,
-        retain: bool,
+        target: Target,
         durable: Option<&mut Durable<'_, '_>>,
     ) {
+        let Target {
+            qos,
+            retain,
+            identifiers,
+        } = target;
         let mut inner = session.inner.lock();
         if inner.discarded {
             return;
@@ -254,7 +295,10 @@ impl Router {
                 .clone()
         };
         let was_dropping = inner.state.is_dropping();
-        match inner.state.enqueue(body, qos, retain, online, &self.limits) {
+        match inner
+            .state
+            .enqueue(body, qos, retain, identifiers.clone(), online, &self.limits)
+        {
             Enqueued::Queued { seq, wake } => {
                 if let Some(durable) = durable.filter(|_| self.persists(session, qos)) {
                     let message_id = match durable.message_id {
@@ -268,6 +312,7 @@ impl Router {
                             message_id,
                             qos,
                             retain,
+                            identifiers,
                         });
                     }
                 }
@@ -297,14 +342,13 @@ impl Router {
         }
     }
 
-    fn store_body(&self, message: &Message, durable: &mut Durable<'_, '_>) -> Option<i64> {
+    fn store_body(&self, message: &Arc<Message>, durable: &mut Durable<'_, '_>) -> Option<i64> {
         let store = self.store.as_ref()?;
         let permit = durable.permits.next()?;
         let id = store.next_message_id();
         permit.send(Op::Message {
             id,
-            topic: message.topic.clone(),
-            payload: message.payload.clone(),
+            message: message.clone(),
         });
         durable.message_id = Some(id);
         Some(id)

@@ -31,13 +31,14 @@ fn inflight_window_and_acks() {
             message("t", payload, QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             true,
             &LIMITS,
         );
         assert!(matches!(queued, Enqueued::Queued { .. }));
     }
     let mut out = Vec::new();
-    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
     assert_eq!(
         publishes(&out),
         vec![(1, false, "1".into()), (2, false, "2".into())]
@@ -51,7 +52,7 @@ fn inflight_window_and_acks() {
     );
     assert!(session.has_sendable(&LIMITS));
     out.clear();
-    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
     assert_eq!(publishes(&out), vec![(3, false, "3".into())]);
 }
 
@@ -60,22 +61,22 @@ fn qos0_passes_the_window_and_is_not_kept_offline() {
     let mut session = SessionState::new();
     let qos0 = message("t", "zero", QoS::AtMostOnce);
     assert_eq!(
-        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, false, &LIMITS),
+        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, vec![], false, &LIMITS),
         Enqueued::Skipped
     );
     assert_eq!(
-        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, true, &LIMITS),
+        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, vec![], true, &LIMITS),
         Enqueued::Queued { seq: 1, wake: true }
     );
     assert_eq!(
-        session.enqueue(qos0, QoS::AtMostOnce, false, true, &LIMITS),
+        session.enqueue(qos0, QoS::AtMostOnce, false, vec![], true, &LIMITS),
         Enqueued::Queued {
             seq: 2,
             wake: false
         }
     );
     let mut out = Vec::new();
-    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
     assert_eq!(
         publishes(&out),
         vec![(0, false, "zero".into()), (0, false, "zero".into())]
@@ -91,6 +92,7 @@ fn queue_limits_drop_and_count() {
             message("t", "x", QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             false,
             &LIMITS,
         );
@@ -100,6 +102,7 @@ fn queue_limits_drop_and_count() {
             message("t", "x", QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             false,
             &LIMITS
         ),
@@ -115,7 +118,7 @@ fn queue_limits_drop_and_count() {
     };
     let big = Arc::new(Message::new("t", "0123456789", QoS::AtLeastOnce, false));
     assert_eq!(
-        small.enqueue(big, QoS::AtLeastOnce, false, false, &bytes),
+        small.enqueue(big, QoS::AtLeastOnce, false, vec![], false, &bytes),
         Enqueued::Dropped
     );
     assert!(matches!(
@@ -123,6 +126,7 @@ fn queue_limits_drop_and_count() {
             message("t", "123", QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             false,
             &bytes
         ),
@@ -142,6 +146,7 @@ fn resend_in_order_with_dup_and_pubrel() {
         message("t", "a", QoS::ExactlyOnce),
         QoS::ExactlyOnce,
         false,
+        vec![],
         true,
         &limits,
     );
@@ -149,6 +154,7 @@ fn resend_in_order_with_dup_and_pubrel() {
         message("t", "b", QoS::AtLeastOnce),
         QoS::AtLeastOnce,
         false,
+        vec![],
         true,
         &limits,
     );
@@ -156,24 +162,25 @@ fn resend_in_order_with_dup_and_pubrel() {
         message("t", "c", QoS::ExactlyOnce),
         QoS::ExactlyOnce,
         false,
+        vec![],
         true,
         &limits,
     );
     let mut out = Vec::new();
-    session.poll_outgoing(&limits, usize::MAX, &mut out);
-    assert_eq!(session.pubrec(1), Acked::Released { seq: 1 });
+    session.poll_outgoing(&limits, usize::MAX, 0, &mut out);
+    assert_eq!(session.pubrec(1, false), Acked::Released { seq: 1 });
     assert_eq!(
-        session.pubrec(1),
+        session.pubrec(1, false),
         Acked::Unknown,
         "PUBREC twice: PUBREL again, no change"
     );
     assert_eq!(
         session.puback(1),
-        Acked::Unknown,
+        Acked::WrongKind,
         "wrong ack type for a QoS 2 message"
     );
     out.clear();
-    session.resend(&mut out);
+    session.resend(0, &mut out);
     assert_eq!(
         out.iter()
             .map(|o| match o {
@@ -190,7 +197,16 @@ fn resend_in_order_with_dup_and_pubrel() {
         vec![(1, "PUBREL".into()), (2, "b".into()), (3, "c".into())]
     );
     assert_eq!(session.pubcomp(1), Acked::Completed { seq: 1 });
-    assert_eq!(session.pubcomp(3), Acked::Unknown, "PUBCOMP before PUBREC");
+    assert_eq!(
+        session.pubcomp(3),
+        Acked::WrongKind,
+        "PUBCOMP before PUBREC"
+    );
+    assert_eq!(
+        session.pubcomp(9),
+        Acked::Unknown,
+        "nothing in flight with that id"
+    );
 }
 
 #[test]
@@ -224,6 +240,7 @@ fn packet_ids_skip_zero_and_those_in_flight() {
             qos: QoS::AtLeastOnce,
             retain: false,
             seq: 4,
+            identifiers: vec![],
         },
         state: InflightState::AwaitingPubAck,
     });
@@ -234,6 +251,7 @@ fn packet_ids_skip_zero_and_those_in_flight() {
             qos: QoS::AtLeastOnce,
             retain: false,
             seq: 3,
+            identifiers: vec![],
         },
         state: InflightState::AwaitingPubAck,
     });
@@ -241,12 +259,13 @@ fn packet_ids_skip_zero_and_those_in_flight() {
         message("t", "new", QoS::AtLeastOnce),
         QoS::AtLeastOnce,
         false,
+        vec![],
         true,
         &limits,
     );
     assert_eq!(queued, Enqueued::Queued { seq: 5, wake: true });
     let mut out = Vec::new();
-    session.poll_outgoing(&limits, usize::MAX, &mut out);
+    session.poll_outgoing(&limits, usize::MAX, 0, &mut out);
     assert_eq!(publishes(&out), vec![(2, false, "new".into())]);
 }
 
@@ -263,14 +282,15 @@ fn budget_limits_a_batch_but_never_to_nothing() {
             message("t", "0123456789", QoS::AtMostOnce),
             QoS::AtMostOnce,
             false,
+            vec![],
             true,
             &limits,
         );
     }
     let mut out = Vec::new();
-    session.poll_outgoing(&limits, 5, &mut out);
+    session.poll_outgoing(&limits, 5, 0, &mut out);
     assert_eq!(out.len(), 1);
-    session.poll_outgoing(&limits, 22, &mut out);
+    session.poll_outgoing(&limits, 22, 0, &mut out);
     assert_eq!(out.len(), 3);
     assert_eq!(session.queued_len(), 0);
 }

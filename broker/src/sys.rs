@@ -36,6 +36,10 @@ pub(crate) fn sys_messages(stats: &Stats) -> Vec<(&'static str, String)> {
             stats.messages_dropped.to_string(),
         ),
         (
+            "$SYS/broker/messages/oversized",
+            stats.messages_oversized.to_string(),
+        ),
+        (
             "$SYS/broker/bytes/received",
             stats.bytes_received.to_string(),
         ),

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fieldbridge_mqtt::codec::{
-    ByteString, ConnAck, Connect, ConnectReturnCode, Error as CodecError, MqttCodec, Packet,
-    ProtocolVersion, PubAck, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode,
+    ByteString, ConnAck, Connect, Disconnect, Error as CodecError, MqttCodec, Packet, Properties,
+    ProtocolVersion, PubAck, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscribeReturnCode,
 };
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -172,7 +172,7 @@ impl Session {
         session.writer.write_all(&out).await?;
         match session.next_packet().await? {
             Packet::ConnAck(ConnAck {
-                code: ConnectReturnCode::Accepted,
+                code: ReasonCode::Success,
                 ..
             }) => {}
             Packet::ConnAck(ConnAck { code, .. }) => return Err(ClientError::Refused(code as u8)),
@@ -184,6 +184,7 @@ impl Session {
             let subscribe = Subscribe {
                 pkid: 1,
                 filters: vec![SubscribeFilter::new(filter, qos)],
+                properties: Properties::new(),
             };
             session
                 .codec
@@ -191,7 +192,10 @@ impl Session {
             session.writer.write_all(&out).await?;
             match session.next_packet().await? {
                 Packet::SubAck(suback)
-                    if suback.return_codes.contains(&SubscribeReturnCode::Failure) =>
+                    if suback
+                        .return_codes
+                        .iter()
+                        .any(|code| matches!(code, SubscribeReturnCode::Failure(_))) =>
                 {
                     return Err(ClientError::SubscriptionRefused)
                 }
@@ -228,6 +232,7 @@ fn connect_packet(options: &ConnectOptions, client_id: &str) -> Packet {
         will: None,
         username: options.username.as_deref().map(ByteString::from),
         password: (options.password.as_deref()).map(|p| Bytes::copy_from_slice(p.as_bytes())),
+        properties: Properties::new(),
     }))
 }
 
@@ -399,7 +404,10 @@ pub async fn publish(
 
 /// Says goodbye to the broker, giving up after a second.
 async fn disconnect(writer: &mut OwnedWriteHalf, codec: &mut MqttCodec, out: &mut BytesMut) {
-    if codec.encode(Packet::Disconnect, out).is_ok() {
+    if codec
+        .encode(Packet::Disconnect(Disconnect::default()), out)
+        .is_ok()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(out)).await;
     }
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fieldbridge_mqtt::codec::{
-    self, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish,
-    QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, UnsubAck, Unsubscribe,
+    self, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubAck, PubComp,
+    PubRec, PubRel, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscribeReturnCode,
+    Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -25,6 +26,8 @@ pub struct Client {
     /// Packets read while looking for another one, returned first by the next reads.
     stashed: VecDeque<Packet>,
     next_pkid: u16,
+    /// The version of the CONNECT sent: packets are encoded and decoded in it.
+    version: ProtocolVersion,
 }
 
 impl Client {
@@ -34,6 +37,7 @@ impl Client {
             buf: BytesMut::new(),
             stashed: VecDeque::new(),
             next_pkid: 1,
+            version: ProtocolVersion::V311,
         }
     }
 
@@ -56,6 +60,7 @@ impl Client {
 
     /// Sends CONNECT and returns the CONNACK, which must come.
     pub async fn handshake(mut self, connect: Connect) -> (Self, ConnAck) {
+        self.version = connect.protocol;
         self.send(Packet::Connect(Box::new(connect))).await;
         match self.recv().await {
             Packet::ConnAck(connack) => (self, connack),
@@ -69,7 +74,7 @@ impl Client {
     }
 
     /// The CONNACK code of a connection attempt (the client is dropped).
-    pub async fn attempt(addr: SocketAddr, connect: Connect) -> ConnectReturnCode {
+    pub async fn attempt(addr: SocketAddr, connect: Connect) -> ReasonCode {
         Self::connect_with(addr, connect).await.1.code
     }
 
@@ -95,11 +100,7 @@ impl Client {
     }
 
     fn accepted(client_id: &str, connack: &ConnAck) {
-        assert_eq!(
-            connack.code,
-            ConnectReturnCode::Accepted,
-            "{client_id} connects"
-        );
+        assert_eq!(connack.code, ReasonCode::Success, "{client_id} connects");
     }
 
     pub async fn send(&mut self, packet: Packet) {
@@ -110,7 +111,7 @@ impl Client {
     pub async fn send_all(&mut self, packets: Vec<Packet>) {
         let mut out = BytesMut::new();
         for packet in &packets {
-            codec::encode(packet, &mut out).expect("encodes");
+            codec::encode(packet, self.version, &mut out).expect("encodes");
         }
         self.write(&out).await;
     }
@@ -127,8 +128,8 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(packet) =
-                codec::decode(&mut self.buf, 1 << 24).expect("the broker sends valid packets")
+            if let Some(packet) = codec::decode(&mut self.buf, self.version, 1 << 24)
+                .expect("the broker sends valid packets")
             {
                 return Ok(packet);
             }
@@ -209,6 +210,7 @@ impl Client {
                 .iter()
                 .map(|(filter, qos)| SubscribeFilter::new(*filter, *qos))
                 .collect(),
+            properties: Properties::new(),
         }))
         .await;
         let suback = self
@@ -230,10 +232,14 @@ impl Client {
         self.send(Packet::Unsubscribe(Unsubscribe {
             pkid,
             filters: filters.iter().map(|&filter| filter.into()).collect(),
+            properties: Properties::new(),
         }))
         .await;
-        self.expect_packet(Packet::UnsubAck(UnsubAck::new(pkid)))
-            .await;
+        self.reply(
+            "UNSUBACK",
+            |packet| matches!(packet, Packet::UnsubAck(unsuback) if unsuback.pkid == pkid),
+        )
+        .await;
     }
 
     /// Publishes and completes the QoS 1 or 2 exchange as a publisher.
@@ -297,7 +303,7 @@ impl Client {
     }
 
     pub async fn disconnect(mut self) {
-        self.send(Packet::Disconnect).await;
+        self.send(Packet::Disconnect(Disconnect::default())).await;
         let _ = self.expect_closed().await;
     }
 

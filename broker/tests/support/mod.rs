@@ -18,7 +18,7 @@ use fieldbridge_broker::config::PlatformConfig;
 use fieldbridge_broker::platform::PlatformRegistry;
 use fieldbridge_broker::{Broker, Config, RunningBroker};
 use fieldbridge_mqtt::codec::{
-    Connect, LastWill, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
+    Connect, LastWill, Properties, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
 };
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -112,6 +112,7 @@ pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
         will: None,
         username: None,
         password: None,
+        properties: Properties::new(),
     }
 }
 
@@ -130,6 +131,7 @@ pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         qos,
         retain,
+        properties: Properties::new(),
     }
 }
 
@@ -141,6 +143,7 @@ pub fn publish(topic: &str, payload: impl AsRef<[u8]>, qos: QoS, pkid: u16) -> P
         topic: topic.into(),
         pkid,
         payload: Bytes::copy_from_slice(payload.as_ref()),
+        properties: Properties::new(),
     }
 }
 
