@@ -660,6 +660,34 @@ platform: { org: myorg, registry: registry.db }
     }
 
     #[test]
+    fn mqtt5_limits() {
+        let config = parse(
+            "limits: { max_session_expiry: 1d, max_packet_size: 64KiB, receive_maximum: 10, topic_alias_maximum: 0 }\nresponse_information: replies/\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.limits.max_session_expiry.map(|expiry| expiry.get()),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(config.limits.max_packet_size, Some(units::Size::kib(64)));
+        assert_eq!(config.response_information.as_deref(), Some("replies/"));
+        for (text, key) in [
+            ("limits: { receive_maximum: 0 }\n", "limits.receive_maximum"),
+            (
+                "limits: { max_packet_size: 10 }\n",
+                "limits.max_packet_size",
+            ),
+            (
+                "limits: { max_session_expiry: 200y }\n",
+                "limits.max_session_expiry",
+            ),
+        ] {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
+    }
+
+    #[test]
     fn metrics_and_log_sections() {
         let config = parse("metrics: 127.0.0.1:9465\nlog: { level: debug, target: stderr }\n")
             .expect("valid");

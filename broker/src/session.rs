@@ -353,6 +353,11 @@ impl SessionState {
         self.incoming_qos2.insert(pkid)
     }
 
+    /// Whether a QoS 2 message with this identifier awaits its PUBREL.
+    pub fn awaits_pubrel(&self, pkid: u16) -> bool {
+        self.incoming_qos2.contains(&pkid)
+    }
+
     /// QoS 2 messages received and not yet released.
     pub fn incoming_qos2_len(&self) -> usize {
         self.incoming_qos2.len()

@@ -172,3 +172,64 @@ impl<S: Clone> Subscriptions<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldbridge_mqtt::codec::QoS;
+
+    fn chosen(subscriptions: &Subscriptions<&'static str>, topic: &str) -> Vec<SubscriberId> {
+        let mut out = Vec::new();
+        subscriptions.matches(topic, &mut out, |name| !name.starts_with("away"));
+        out.iter().map(|matched| matched.id).collect()
+    }
+
+    #[test]
+    fn each_group_takes_a_message_in_turn_alongside_plain_subscribers() {
+        let mut subscriptions = Subscriptions::default();
+        subscriptions.subscribe("a/+", 1, QoS::AtMostOnce, "plain");
+        subscriptions.subscribe("$share/g/a/#", 2, QoS::AtLeastOnce, "m2");
+        subscriptions.subscribe("$share/g/a/b", 3, QoS::AtMostOnce, "m3");
+        subscriptions.subscribe("$share/h/a/b", 2, QoS::AtMostOnce, "m2");
+        assert_eq!(subscriptions.len(), 4);
+        let mut counts = HashMap::new();
+        for _ in 0..10 {
+            let ids = chosen(&subscriptions, "a/b");
+            // The plain subscriber, one of g, and h's only member.
+            assert_eq!(ids.len(), 3, "{ids:?}");
+            assert_eq!(ids[0], 1);
+            *counts.entry(ids[1]).or_insert(0) += 1;
+        }
+        assert_eq!(counts, HashMap::from([(2, 5), (3, 5)]), "turns alternate");
+        assert_eq!(chosen(&subscriptions, "x"), Vec::<SubscriberId>::new());
+    }
+
+    #[test]
+    fn connected_members_come_first() {
+        let mut subscriptions = Subscriptions::default();
+        subscriptions.subscribe("$share/g/t", 1, QoS::AtMostOnce, "away-1");
+        subscriptions.subscribe("$share/g/t", 2, QoS::AtMostOnce, "here");
+        for _ in 0..4 {
+            assert_eq!(chosen(&subscriptions, "t"), vec![2]);
+        }
+        subscriptions.unsubscribe("$share/g/t", 2);
+        // Only absent members left: they still take messages (queued for them).
+        assert_eq!(chosen(&subscriptions, "t"), vec![1]);
+    }
+
+    #[test]
+    fn memberships_and_groups_go_with_their_last_subscription() {
+        let mut subscriptions = Subscriptions::default();
+        assert!(!subscriptions.subscribe("$share/g/a", 7, QoS::AtMostOnce, "s"));
+        assert!(!subscriptions.subscribe("$share/g/b", 7, QoS::AtMostOnce, "s"));
+        assert!(subscriptions.subscribe("$share/g/b", 7, QoS::AtLeastOnce, "s"));
+        assert!(subscriptions.unsubscribe("$share/g/a", 7));
+        assert_eq!(chosen(&subscriptions, "b"), vec![7], "b is still shared");
+        assert!(!subscriptions.unsubscribe("$share/g/a", 7));
+        assert!(!subscriptions.unsubscribe("$share/other/b", 7));
+        assert!(subscriptions.unsubscribe("$share/g/b", 7));
+        assert!(subscriptions.is_empty());
+        assert!(subscriptions.members.is_empty() && subscriptions.groups.is_empty());
+        assert_eq!(chosen(&subscriptions, "b"), Vec::<SubscriberId>::new());
+    }
+}

@@ -394,6 +394,37 @@ mod tests {
     use fieldbridge_mqtt::topic;
 
     #[test]
+    fn overlapping_subscriptions_merge_their_options() {
+        let mut tree = SubscriptionTree::default();
+        let option = |qos, no_local, retain_as_published, identifier| Subscription {
+            qos,
+            no_local,
+            retain_as_published,
+            identifier,
+        };
+        tree.subscribe("a/b", 1, option(QoS::AtMostOnce, true, false, 4), "s");
+        tree.subscribe("a/+", 1, option(QoS::AtLeastOnce, true, true, 9), "s");
+        tree.subscribe("#", 1, option(QoS::AtMostOnce, false, false, 0), "s");
+        tree.subscribe("a/b", 2, option(QoS::AtMostOnce, true, false, 0), "t");
+        let mut out = Vec::new();
+        tree.matches("a/b", &mut out);
+        out.sort_by_key(|matched| matched.id);
+        assert_eq!(out.len(), 2);
+        let mut identifiers = out[0].identifiers.clone();
+        identifiers.sort_unstable();
+        assert_eq!(
+            (
+                out[0].qos,
+                out[0].no_local,
+                out[0].retain_as_published,
+                identifiers
+            ),
+            (QoS::AtLeastOnce, false, true, vec![4, 9])
+        );
+        assert!(out[1].no_local && out[1].identifiers.is_empty());
+    }
+
+    #[test]
     fn sparse_capacity_only_for_large_mostly_empty_maps() {
         assert_eq!(sparse_capacity(0, 896), None);
         assert_eq!(sparse_capacity(3_585, 28_672), None);

@@ -69,7 +69,13 @@ impl Connection {
                 return Err(error.into());
             }
         }
-        self.write_packet(&Packet::PubComp(PubComp::new(pkid)));
+        // MQTT 5 says when nothing awaited this PUBREL; 3.1.1 completes it all the same.
+        let reason = if released || !self.peer.version.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.write_packet(&Packet::PubComp(PubComp::with_reason(pkid, reason)));
         Ok(())
     }
 

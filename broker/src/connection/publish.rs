@@ -96,8 +96,10 @@ impl Connection {
             QoS::ExactlyOnce => {
                 let fresh = {
                     let mut inner = self.session.inner.lock();
-                    if inner.state.incoming_qos2_len()
-                        >= usize::from(self.ctx.limits.receive_maximum)
+                    // A copy sent again does not count twice.
+                    if !inner.state.awaits_pubrel(publish.pkid)
+                        && inner.state.incoming_qos2_len()
+                            >= usize::from(self.ctx.limits.receive_maximum)
                     {
                         return Err(End::protocol(
                             ReasonCode::ReceiveMaximumExceeded,
