@@ -14,3 +14,12 @@ ALTER TABLE retained ADD COLUMN properties BLOB;
 ALTER TABLE retained ADD COLUMN expires_at INTEGER;
 -- The Subscription Identifiers a queued delivery carries, comma-separated.
 ALTER TABLE queue ADD COLUMN identifiers TEXT;
+-- A will waiting for its delay (MQTT 5 Will Delay Interval) when its client left: the
+-- message, and when it is due (Unix ms). Cleared when the client comes back or the will
+-- is published.
+ALTER TABLE sessions ADD COLUMN will_topic TEXT;
+ALTER TABLE sessions ADD COLUMN will_payload BLOB;
+ALTER TABLE sessions ADD COLUMN will_qos INTEGER;
+ALTER TABLE sessions ADD COLUMN will_retain INTEGER;
+ALTER TABLE sessions ADD COLUMN will_properties BLOB;
+ALTER TABLE sessions ADD COLUMN will_at INTEGER;

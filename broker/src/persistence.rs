@@ -109,6 +109,16 @@ pub(crate) enum Op {
     DeleteSession {
         client_id: ByteString,
     },
+    /// A will published at `due_ms` (Unix ms) unless the client comes back first.
+    DelayWill {
+        client_id: ByteString,
+        will: Arc<Message>,
+        due_ms: u64,
+    },
+    /// The delayed will was published.
+    ClearWill {
+        client_id: ByteString,
+    },
     Subscribe {
         client_id: ByteString,
         filter: ByteString,
@@ -183,6 +193,8 @@ pub struct StoredSession {
     pub expiry: u32,
     /// When its client left (Unix ms); `None` if it was connected when the broker stopped.
     pub absent_since_ms: Option<u64>,
+    /// A will waiting for its delay, and when it is due (Unix ms).
+    pub pending_will: Option<(Message, u64)>,
     pub subscriptions: Vec<(ByteString, Subscription)>,
     pub queue: Vec<StoredDelivery>,
     pub incoming_qos2: Vec<u16>,
@@ -358,6 +370,29 @@ fn read_message_extras(row: &SqliteRow, message: &mut Message) -> Result<(), sql
     Ok(())
 }
 
+/// The `will_*` columns of a session.
+fn read_pending_will(row: &SqliteRow) -> Result<Option<(Message, u64)>, sqlx::Error> {
+    let (Some(topic), Some(payload), Some(qos), Some(due)) = (
+        row.try_get::<Option<String>, _>("will_topic")?,
+        row.try_get::<Option<Vec<u8>>, _>("will_payload")?,
+        row.try_get::<Option<i64>, _>("will_qos")?,
+        row.try_get::<Option<i64>, _>("will_at")?,
+    ) else {
+        return Ok(None);
+    };
+    let Some(qos) = qos_of(qos) else {
+        return Ok(None);
+    };
+    let retain = row
+        .try_get::<Option<bool>, _>("will_retain")?
+        .unwrap_or(false);
+    let mut will = Message::new(topic, payload, qos, retain);
+    if let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>("properties")? {
+        will.properties = Properties::from_bytes(Bytes::from(bytes)).unwrap_or_default();
+    }
+    Ok(Some((will, u64::try_from(due).unwrap_or(0))))
+}
+
 /// The `properties` and `expires_at` columns of a message.
 fn message_extras(message: &Message) -> (Option<Vec<u8>>, Option<i64>) {
     let properties =
@@ -384,9 +419,12 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
         read_message_extras(&row, &mut message)?;
         snapshot.retained.push(message);
     }
-    for row in sqlx::query("SELECT client_id, owner, expiry, absent_since FROM sessions")
-        .fetch_all(&mut *connection)
-        .await?
+    for row in sqlx::query(
+        "SELECT client_id, owner, expiry, absent_since, will_topic, will_payload, will_qos, \
+         will_retain, will_properties AS properties, will_at FROM sessions",
+    )
+    .fetch_all(&mut *connection)
+    .await?
     {
         let client_id: String = row.try_get("client_id")?;
         let session = snapshot.sessions.entry(client_id.into()).or_default();
@@ -397,6 +435,7 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
         });
         let absent: Option<i64> = row.try_get("absent_since")?;
         session.absent_since_ms = absent.and_then(|ms| u64::try_from(ms).ok());
+        session.pending_will = read_pending_will(&row)?;
     }
     for row in sqlx::query("SELECT client_id, filter, qos, options, identifier FROM subscriptions")
         .fetch_all(&mut *connection)
@@ -640,11 +679,42 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
             sqlx::query(
                 "INSERT INTO sessions (client_id, owner, expiry, absent_since) VALUES (?, ?, ?, NULL) \
                  ON CONFLICT (client_id) DO UPDATE SET owner = coalesce(excluded.owner, owner), \
-                 expiry = excluded.expiry, absent_since = NULL",
+                 expiry = excluded.expiry, absent_since = NULL, will_topic = NULL, \
+                 will_payload = NULL, will_qos = NULL, will_retain = NULL, \
+                 will_properties = NULL, will_at = NULL",
             )
             .bind(&**client_id)
             .bind(owner)
             .bind(stored_expiry(*expiry))
+            .execute(&mut *tx)
+            .await?;
+        }
+        Op::DelayWill {
+            client_id,
+            will,
+            due_ms,
+        } => {
+            let (properties, _) = message_extras(will);
+            sqlx::query(
+                "UPDATE sessions SET will_topic = ?, will_payload = ?, will_qos = ?, \
+                 will_retain = ?, will_properties = ?, will_at = ? WHERE client_id = ?",
+            )
+            .bind(&*will.topic)
+            .bind(&will.payload[..])
+            .bind(will.qos as u8)
+            .bind(will.retain)
+            .bind(properties)
+            .bind(i64::try_from(*due_ms).unwrap_or(i64::MAX))
+            .bind(&**client_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Op::ClearWill { client_id } => {
+            sqlx::query(
+                "UPDATE sessions SET will_topic = NULL, will_payload = NULL, will_qos = NULL, \
+                 will_retain = NULL, will_properties = NULL, will_at = NULL WHERE client_id = ?",
+            )
+            .bind(&**client_id)
             .execute(&mut *tx)
             .await?;
         }
@@ -992,6 +1062,59 @@ mod tests {
         let (_store, snapshot) = open(&config(&dir)).await.expect("reopens");
         assert!(snapshot.sessions.is_empty());
         assert_eq!(snapshot.retained.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_delayed_will_waits_in_its_session_until_cleared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = open(&config(&dir)).await.expect("opens");
+        let session = |id: &str| Op::Session {
+            client_id: id.into(),
+            owner: None,
+            expiry: 60,
+        };
+        let will = Arc::new(with_extras(Message::new(
+            "w/t",
+            "gone",
+            QoS::AtLeastOnce,
+            true,
+        )));
+        for op in [session("a"), session("b"), session("c")] {
+            store.send(op).await.expect("sends");
+        }
+        for id in ["a", "b", "c"] {
+            let op = Op::DelayWill {
+                client_id: id.into(),
+                will: will.clone(),
+                due_ms: 1_234,
+            };
+            store.send(op).await.expect("sends");
+        }
+        // b's client came back, c's will was published.
+        store.send(session("b")).await.expect("sends");
+        let cleared = Op::ClearWill {
+            client_id: "c".into(),
+        };
+        store.send(cleared).await.expect("sends");
+        store.close().await;
+        let (_store, snapshot) = open(&config(&dir)).await.expect("reopens");
+        let (stored, due) = snapshot.sessions["a"]
+            .pending_will
+            .clone()
+            .expect("a's will waits");
+        assert_eq!(due, 1_234);
+        assert_eq!(
+            (
+                &*stored.topic,
+                &stored.payload[..],
+                stored.qos,
+                stored.retain
+            ),
+            ("w/t", &b"gone"[..], QoS::AtLeastOnce, true)
+        );
+        assert_eq!(stored.properties, will.properties);
+        assert!(snapshot.sessions["b"].pending_will.is_none());
+        assert!(snapshot.sessions["c"].pending_will.is_none());
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, PasswordFile};
 use crate::backoff::LoginBackoff;
 use crate::config::{AnonymousPolicy, AuthConfig, Config, ConfigError};
-use crate::connection::{self, Accepted, ListenerInfo};
+use crate::connection::{self, delayed_will, Accepted, ListenerInfo};
 use crate::context::{BrokerContext, CONCURRENT_PASSWORD_CHECKS};
 use crate::metrics::{Metrics, Stats};
 use crate::persistence::{self, Op, Snapshot, StoreError};
@@ -220,7 +220,7 @@ fn load_auth(config: &Config) -> Result<Auth, BrokerError> {
 
 /// Puts the persisted state back: retained messages (as far as the limits allow; the
 /// others are deleted), sessions, their subscriptions.
-async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
+async fn restore(ctx: &Arc<BrokerContext>, snapshot: Snapshot) {
     let sessions = snapshot.sessions.len();
     let mut left_out = Vec::new();
     let retained = {
@@ -301,6 +301,16 @@ async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
             let mut inner = session.inner.lock();
             inner.expiry = stored.expiry;
             inner.absent_since_ms = Some(absent_since);
+        }
+        if let Some((will, due_ms)) = stored.pending_will {
+            let wait = Duration::from_millis(due_ms.saturating_sub(now));
+            tokio::spawn(delayed_will(
+                ctx.clone(),
+                session.clone(),
+                0,
+                wait,
+                Arc::new(will),
+            ));
         }
         let mut tree = ctx.router.subscriptions.write();
         for (filter, subscription) in stored.subscriptions {

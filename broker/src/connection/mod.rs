@@ -653,20 +653,31 @@ impl Connection {
                     tracing::warn!(client_id = %self.session.client_id, %error, "will not stored durably");
                 }
             } else {
+                let will = Arc::new(message);
+                let wait = Duration::from_secs(u64::from(wait));
+                if let Some(store) = self.ctx.router.store.as_ref() {
+                    // Lost, the will is not published if the broker restarts first.
+                    store.try_send(Op::DelayWill {
+                        client_id: self.session.client_id.clone(),
+                        will: will.clone(),
+                        due_ms: now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(0)),
+                    });
+                }
                 tokio::spawn(delayed_will(
                     self.ctx.clone(),
                     self.session.clone(),
                     connections,
-                    Duration::from_secs(u64::from(wait)),
-                    Arc::new(message),
+                    wait,
+                    will,
                 ));
             }
         }
     }
 }
 
-/// Publishes a will after its delay, unless the session's client connected again first.
-async fn delayed_will(
+/// Publishes a will after its delay, unless the session's client connected again first
+/// (`connections` counts the connections that had resumed the session when it left).
+pub(crate) async fn delayed_will(
     ctx: Arc<BrokerContext>,
     session: Arc<Session>,
     connections: u64,
@@ -684,6 +695,12 @@ async fn delayed_will(
     if due {
         if let Err(error) = publish::route(&ctx, &mut None, message, false).await {
             tracing::warn!(client_id = %session.client_id, %error, "will not stored durably");
+        }
+        if let Some(store) = ctx.router.store.as_ref().filter(|_| session.persistent) {
+            // Lost, the will is published once more after a restart.
+            store.try_send(Op::ClearWill {
+                client_id: session.client_id.clone(),
+            });
         }
     }
 }
