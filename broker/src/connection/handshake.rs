@@ -20,6 +20,7 @@ use crate::acl::Identity;
 use crate::config::AnonymousPolicy;
 use crate::context::BrokerContext;
 use crate::metrics::LocalCounters;
+use crate::persistence::StoreHandle;
 use crate::platform::status::Action;
 use crate::platform::{Admission, PlatformClient};
 use crate::registry::{Attached, Claim, ConnectionSignal, Link, Owner, SessionInner};
@@ -404,6 +405,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         signal: signal.clone(),
     };
     // A replaced session's deletion and the new session's record.
+    let since = ctx.router.store.as_ref().map(StoreHandle::mark);
     let permit = match &ctx.router.store {
         Some(store) => Some(store.reserve(2).await.map_err(|_| Refusal::Close)?),
         None => None,
@@ -427,6 +429,18 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         })?;
     if attached.replaced_foreign {
         tracing::info!(%peer, %client_id, %user, "the client id's persistent session belonged to another user: replaced by a fresh one");
+    }
+    if let (Some(store), Some(since)) = (&ctx.router.store, since) {
+        // A CONNACK promises a session that outlives a restart: its record first.
+        if attached.session.persistent && store.barrier_since(since).await.is_err() {
+            let mut inner = attached.session.inner.lock();
+            if inner.is_linked_to(&signal) {
+                inner.link = None;
+                inner.absent_since_ms = Some(crate::message::unix_now_ms());
+            }
+            tracing::info!(%peer, %client_id, "connection refused: its session could not be stored");
+            return Err(Refusal::Answer(ReasonCode::ServerUnavailable));
+        }
     }
     ctx.metrics
         .clients_connected
