@@ -80,7 +80,7 @@ fn may_read(
 /// client is told in the broker's DISCONNECT.
 #[derive(Debug)]
 enum End {
-    /// DISCONNECT from the client; `with_will` for MQTT 5's reason 0x04.
+    /// DISCONNECT from the client; `with_will` for an MQTT 5 reason other than 0x00.
     Disconnect {
         with_will: bool,
     },
@@ -365,8 +365,9 @@ impl Connection {
         result.err()
     }
 
-    /// A DISCONNECT from the client. MQTT 5's may ask for the will (0x04) and change the
-    /// session's expiry, but not from 0 (a session that ends with its connection).
+    /// A DISCONNECT from the client. MQTT 5's may keep the will due (any reason but normal
+    /// disconnection: 0x04 asks for it, errors too) and change the session's expiry, but
+    /// not from 0 (a session that ends with its connection).
     fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
         if let Some(&expiry) = disconnect.properties.session_expiry_interval() {
             let mut inner = self.session.inner.lock();
@@ -379,7 +380,7 @@ impl Connection {
             inner.expiry = expiry;
         }
         End::Disconnect {
-            with_will: disconnect.reason == ReasonCode::DisconnectWithWillMessage,
+            with_will: disconnect.reason != ReasonCode::Success,
         }
     }
 
