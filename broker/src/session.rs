@@ -297,23 +297,19 @@ impl SessionState {
     /// PUBREC for a QoS 2 message: the caller sends PUBREL unless this is `WrongKind`.
     /// `refused` (an MQTT 5 failure code) ends the exchange at once: no PUBREL follows.
     pub fn pubrec(&mut self, pkid: u16, refused: bool) -> Acked {
-        let Some(index) = self
+        if refused {
+            return self.complete(pkid, InflightState::AwaitingPubRec);
+        }
+        let Some(inflight) = self
             .inflight
-            .iter()
-            .position(|inflight| inflight.pkid == pkid)
+            .iter_mut()
+            .find(|inflight| inflight.pkid == pkid)
         else {
             return Acked::Unknown;
         };
-        match self.inflight[index].state {
+        match inflight.state {
             InflightState::AwaitingPubAck => Acked::WrongKind,
-            InflightState::AwaitingPubRec if refused => match self.inflight.remove(index) {
-                Some(inflight) => Acked::Completed {
-                    seq: inflight.delivery.seq,
-                },
-                None => Acked::Unknown,
-            },
             InflightState::AwaitingPubRec => {
-                let inflight = &mut self.inflight[index];
                 inflight.state = InflightState::AwaitingPubComp;
                 Acked::Released {
                     seq: inflight.delivery.seq,

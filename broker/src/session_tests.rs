@@ -294,3 +294,21 @@ fn budget_limits_a_batch_but_never_to_nothing() {
     assert_eq!(out.len(), 3);
     assert_eq!(session.queued_len(), 0);
 }
+
+#[test]
+fn a_refused_pubrec_ends_the_exchange() {
+    let mut session = SessionState::new();
+    session.enqueue(
+        message("t", "a", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        false,
+        vec![],
+        true,
+        &LIMITS,
+    );
+    let mut out = Vec::new();
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
+    assert_eq!(session.pubrec(1, true), Acked::Completed { seq: 1 });
+    assert_eq!(session.inflight().count(), 0, "no PUBREL is owed");
+    assert_eq!(session.pubrec(1, false), Acked::Unknown);
+}

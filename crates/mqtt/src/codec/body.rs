@@ -113,37 +113,8 @@ pub(crate) fn read(
             })
         }
         wire::PUBLISH => return read_publish(header.flags(), r, v5),
-        wire::PUBACK => {
-            let (pkid, reason, properties) = read_ack(&mut r, v5, ReasonContext::PubAck)?;
-            Packet::PubAck(PubAck {
-                pkid,
-                reason,
-                properties,
-            })
-        }
-        wire::PUBREC => {
-            let (pkid, reason, properties) = read_ack(&mut r, v5, ReasonContext::PubAck)?;
-            Packet::PubRec(PubRec {
-                pkid,
-                reason,
-                properties,
-            })
-        }
-        wire::PUBREL => {
-            let (pkid, reason, properties) = read_ack(&mut r, v5, ReasonContext::PubRel)?;
-            Packet::PubRel(PubRel {
-                pkid,
-                reason,
-                properties,
-            })
-        }
-        wire::PUBCOMP => {
-            let (pkid, reason, properties) = read_ack(&mut r, v5, ReasonContext::PubRel)?;
-            Packet::PubComp(PubComp {
-                pkid,
-                reason,
-                properties,
-            })
+        ack @ (wire::PUBACK | wire::PUBREC | wire::PUBREL | wire::PUBCOMP) => {
+            read_ack(ack, &mut r, v5)?
         }
         wire::SUBSCRIBE => Packet::Subscribe(read_subscribe(&mut r, v5)?),
         wire::SUBACK => {
@@ -226,16 +197,37 @@ fn read_properties(
     }
 }
 
-/// An acknowledgement's packet identifier, and for MQTT 5 its reason code and properties
-/// (both optional: a body of two bytes means success).
-fn read_ack(
-    r: &mut Reader,
-    v5: bool,
-    context: ReasonContext,
-) -> Result<(u16, ReasonCode, Properties), Error> {
+/// PUBACK, PUBREC, PUBREL or PUBCOMP: a packet identifier, and for MQTT 5 a reason code
+/// and properties (both optional: a body of two bytes means success).
+fn read_ack(packet_type: u8, r: &mut Reader, v5: bool) -> Result<Packet, Error> {
     let pkid = r.packet_id()?;
+    let context = match packet_type {
+        wire::PUBACK | wire::PUBREC => ReasonContext::PubAck,
+        _ => ReasonContext::PubRel,
+    };
     let (reason, properties) = read_reason(r, v5, context)?;
-    Ok((pkid, reason, properties))
+    Ok(match packet_type {
+        wire::PUBACK => Packet::PubAck(PubAck {
+            pkid,
+            reason,
+            properties,
+        }),
+        wire::PUBREC => Packet::PubRec(PubRec {
+            pkid,
+            reason,
+            properties,
+        }),
+        wire::PUBREL => Packet::PubRel(PubRel {
+            pkid,
+            reason,
+            properties,
+        }),
+        _ => Packet::PubComp(PubComp {
+            pkid,
+            reason,
+            properties,
+        }),
+    })
 }
 
 /// An optional reason code and optional properties (MQTT 5 acknowledgements, DISCONNECT,
