@@ -80,8 +80,10 @@ impl Connection {
         permit: impl FnOnce() -> Option<tokio::sync::mpsc::Permit<'p, Op>>,
     ) -> Result<Granted, ReasonCode> {
         let client_id = &self.session.client_id;
-        // Before the platform rewrites it: the limit is on what the client sent.
-        let levels = level_count(&filter.filter);
+        // Before the platform rewrites it: the limit is on what the client sent, the
+        // filter matched (without a shared subscription's `$share/<group>/`).
+        let matched = shared_subscription(&filter.filter).map_or(&*filter.filter, |s| s.1);
+        let levels = level_count(matched);
         if levels > self.ctx.limits.max_topic_levels {
             tracing::info!(%client_id, levels, max = self.ctx.limits.max_topic_levels, "subscription refused: too many topic levels");
             return Err(ReasonCode::TopicFilterInvalid);
