@@ -14,6 +14,8 @@ use serde::Deserialize;
 use fieldbridge_service::logging::LogSection;
 use fieldbridge_service::units;
 
+pub use crate::session::QueueFullPolicy;
+
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -158,6 +160,14 @@ pub struct Limits {
     pub receive_maximum: u16,
     /// Topic aliases an MQTT 5 client may set, and the most the broker sets for one.
     pub topic_alias_maximum: u16,
+    /// How long a connected client's full queue may hold publishers back (nothing taken
+    /// from it) before the client is disconnected.
+    #[serde(deserialize_with = "units::duration")]
+    pub slow_subscriber_timeout: Duration,
+    /// What a full queue of an absent client does with one more QoS 1 or 2 message:
+    /// `drop_newest`, `drop_oldest`, or `backpressure` (its publishers wait, as for a
+    /// connected client, for as long as the client stays away).
+    pub on_queue_full: QueueFullPolicy,
     /// Longest Session Expiry Interval granted to a client (MQTT 5 clients are told);
     /// also bounds the sessions of 3.1.1 clients with clean session 0. None: no limit.
     pub max_session_expiry: Option<units::Duration>,
@@ -181,6 +191,8 @@ impl Default for Limits {
             max_packet_size: None,
             receive_maximum: 1000,
             topic_alias_maximum: 64,
+            slow_subscriber_timeout: Duration::from_secs(60),
+            on_queue_full: QueueFullPolicy::DropNewest,
             max_session_expiry: None,
         }
     }
@@ -442,6 +454,12 @@ impl Config {
         }
         if limits.max_keepalive == 0 {
             return Err(invalid("limits.max_keepalive", "must be at least 1 second"));
+        }
+        if limits.slow_subscriber_timeout.is_zero() {
+            return Err(invalid(
+                "limits.slow_subscriber_timeout",
+                "must be more than 0",
+            ));
         }
         if limits.connect_timeout.is_zero() {
             return Err(invalid("limits.connect_timeout", "must be more than 0"));

@@ -69,6 +69,7 @@ impl BrokerContext {
             bytes_sent: Metrics::load(&metrics.bytes_sent),
             messages_dropped: Metrics::load(&metrics.messages_dropped),
             messages_oversized: Metrics::load(&metrics.messages_oversized),
+            slow_subscribers: Metrics::load(&metrics.slow_subscribers),
             subscriptions: self.router.subscriptions.read().len() as u64,
             retained_messages: self.router.retained.read().len() as u64,
             retained_refused: self.router.retained.read().refused(),

@@ -14,6 +14,7 @@ pub(crate) struct Metrics {
     pub bytes_sent: AtomicU64,
     pub messages_dropped: AtomicU64,
     pub messages_oversized: AtomicU64,
+    pub slow_subscribers: AtomicU64,
 }
 
 /// Counts a connection keeps locally and adds to [`Metrics`] once per batch of work, so
@@ -56,6 +57,8 @@ pub struct Stats {
     pub messages_dropped: u64,
     /// Messages not sent to an MQTT 5 client because they exceed its Maximum Packet Size.
     pub messages_oversized: u64,
+    /// Clients disconnected because their full queue held publishers back too long.
+    pub slow_subscribers: u64,
     pub subscriptions: u64,
     pub retained_messages: u64,
     /// Transactions of the persistence database that failed: what they carried was not
@@ -73,7 +76,7 @@ impl Metrics {
 }
 
 /// The Prometheus families of [`Stats`].
-const STATS_FAMILIES: [Family<Stats>; 13] = [
+const STATS_FAMILIES: [Family<Stats>; 14] = [
     Family {
         name: "fieldbridge_broker_uptime_seconds",
         kind: "gauge",
@@ -129,6 +132,12 @@ const STATS_FAMILIES: [Family<Stats>; 13] = [
         read: |s| s.messages_oversized as f64,
     },
     Family {
+        name: "fieldbridge_broker_slow_subscribers_disconnected_total",
+        kind: "counter",
+        help: "Clients disconnected because their full queue held publishers back for slow_subscriber_timeout.",
+        read: |s| s.slow_subscribers as f64,
+    },
+    Family {
         name: "fieldbridge_broker_subscriptions",
         kind: "gauge",
         help: "Subscriptions held.",
@@ -179,10 +188,11 @@ mod tests {
             bytes_sent: 7,
             messages_dropped: 8,
             messages_oversized: 9,
-            subscriptions: 10,
-            retained_messages: 11,
-            persistence_write_failures: 12,
-            retained_refused: 13,
+            slow_subscribers: 10,
+            subscriptions: 11,
+            retained_messages: 12,
+            persistence_write_failures: 13,
+            retained_refused: 14,
         };
         let text = stats.exposition();
         for (family, value) in STATS_FAMILIES.iter().zip(1..) {

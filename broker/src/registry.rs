@@ -28,14 +28,17 @@ pub(crate) enum Kick {
     Shutdown,
     /// Nothing came from the client for 1.5 times its keepalive.
     KeepaliveExpired,
+    /// Its queue stayed full for `slow_subscriber_timeout`: it holds publishers back.
+    SlowSubscriber,
 }
 
 impl Kick {
     fn bit(self) -> u8 {
         match self {
-            Kick::TakenOver => 0b0010,
-            Kick::Shutdown => 0b0100,
-            Kick::KeepaliveExpired => 0b1000,
+            Kick::TakenOver => 0b0_0010,
+            Kick::Shutdown => 0b0_0100,
+            Kick::KeepaliveExpired => 0b0_1000,
+            Kick::SlowSubscriber => 0b1_0000,
         }
     }
 }
@@ -79,9 +82,14 @@ impl ConnectionSignal {
 
     pub fn kicked(&self) -> Option<Kick> {
         let state = self.state.load(Ordering::Acquire);
-        [Kick::Shutdown, Kick::TakenOver, Kick::KeepaliveExpired]
-            .into_iter()
-            .find(|kick| state & kick.bit() != 0)
+        [
+            Kick::Shutdown,
+            Kick::TakenOver,
+            Kick::KeepaliveExpired,
+            Kick::SlowSubscriber,
+        ]
+        .into_iter()
+        .find(|kick| state & kick.bit() != 0)
     }
 
     /// Registers the task to wake, and consumes the wake-up if there was one: true if
@@ -169,6 +177,11 @@ pub(crate) struct SessionInner {
     /// Connections that resumed the session: a delayed will is not published once its
     /// client came back.
     pub connections: u64,
+    /// Publishers waiting for room in the queue, woken when it drains (one entry per
+    /// waiting connection).
+    pub room_waiters: Vec<Arc<ConnectionSignal>>,
+    /// Since when (broker clock, ms) a publisher has been waiting for room.
+    pub full_since_ms: Option<u64>,
 }
 
 impl SessionInner {
@@ -176,6 +189,27 @@ impl SessionInner {
         self.link
             .as_ref()
             .is_some_and(|link| Arc::ptr_eq(&link.signal, signal))
+    }
+
+    /// Has `signal` woken once the queue has room.
+    pub fn wait_for_room(&mut self, signal: &Arc<ConnectionSignal>, now_ms: u64) {
+        self.full_since_ms.get_or_insert(now_ms);
+        if !self
+            .room_waiters
+            .iter()
+            .any(|waiting| Arc::ptr_eq(waiting, signal))
+        {
+            self.room_waiters.push(signal.clone());
+        }
+    }
+
+    /// Wakes the publishers waiting for room: the queue drained, or its client left (the
+    /// offline rules apply now), or the session ended.
+    pub fn wake_waiters(&mut self) {
+        self.full_since_ms = None;
+        for waiting in self.room_waiters.drain(..) {
+            waiting.wake();
+        }
     }
 }
 
@@ -282,6 +316,8 @@ impl Registry {
                 expiry: u32::MAX,
                 absent_since_ms: None,
                 connections: 0,
+                room_waiters: Vec::new(),
+                full_since_ms: None,
             }),
         })
     }
@@ -438,6 +474,24 @@ impl Registry {
         ended
     }
 
+    /// Disconnects the connected clients whose queue has held publishers back for
+    /// `timeout_ms`; how many.
+    pub fn kick_slow(&self, now_ms: u64, timeout_ms: u64) -> u64 {
+        let mut kicked = 0;
+        for ByClientId(session) in self.sessions.lock().iter() {
+            let inner = session.inner.lock();
+            let slow = inner
+                .full_since_ms
+                .is_some_and(|since| now_ms.saturating_sub(since) >= timeout_ms);
+            if let Some(link) = inner.link.as_ref().filter(|_| slow) {
+                tracing::warn!(client_id = %session.client_id, "slow subscriber disconnected: its queue held publishers back for slow_subscriber_timeout");
+                link.signal.kick(Kick::SlowSubscriber);
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
     /// Tells every connected client's connection to end.
     pub fn kick_all(&self, why: Kick) {
         self.for_each_link(|signal| signal.kick(why));
@@ -474,6 +528,7 @@ fn discard(session: &Arc<Session>, tree: &Tree) {
         let mut inner = session.inner.lock();
         inner.discarded = true;
         inner.link = None;
+        inner.wake_waiters();
         inner.state.subscriptions().keys().cloned().collect()
     };
     if filters.is_empty() {

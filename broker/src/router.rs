@@ -17,7 +17,7 @@ use crate::acl::{Acl, Identity};
 use crate::message::Message;
 use crate::metrics::Metrics;
 use crate::persistence::{Mark, NotDurable, Op, StoreHandle};
-use crate::registry::{Session, Tree};
+use crate::registry::{ConnectionSignal, Session, SessionInner, Tree};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::session::{Enqueued, SessionLimits};
 use crate::subscriptions::{Matched, Subscription};
@@ -52,7 +52,23 @@ pub(crate) struct Router {
     pub shared_groups: Option<crate::platform::shared::SharedGroups>,
 }
 
+/// What routing a message did: how many sessions it went to, and the deliveries still
+/// waiting for room in a full queue.
+#[derive(Debug, Default)]
+pub(crate) struct Routed {
+    pub delivered: usize,
+    pub blocked: Vec<Blocked>,
+}
+
+/// A delivery waiting for room in its session's queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Blocked {
+    pub session: Arc<Session>,
+    target: Target,
+}
+
 /// How one session receives a message.
+#[derive(Debug, Clone)]
 struct Target {
     qos: QoS,
     /// The RETAIN flag it is sent with.
@@ -82,23 +98,29 @@ impl Router {
         message: Arc<Message>,
         matches: &mut MatchBuffer,
         force_barrier: bool,
-    ) -> Result<usize, NotDurable> {
+        waiter: Option<&Arc<ConnectionSignal>>,
+    ) -> Result<Routed, NotDurable> {
         let since = match &self.store {
             Some(store) if force_barrier => Some(store.settled_mark()),
             _ => None,
         };
-        self.publish_since(message, matches, since).await
+        self.publish_since(message, matches, since, waiter).await
     }
 
     /// [`Router::publish`] for a caller that sent writes of its own after taking `since`:
-    /// waits for those too, and fails if a transaction failed since. The number of
-    /// sessions the message went to.
+    /// waits for those too, and fails if a transaction failed since.
+    ///
+    /// A QoS 1 or 2 message for a connected session whose queue is full is not dropped:
+    /// it comes back in [`Routed::blocked`], and the session wakes `waiter` once it has
+    /// room ([`Router::retry`]). Without a waiter (a will, the broker's own messages) it is
+    /// dropped and counted.
     pub async fn publish_since(
         &self,
         message: Arc<Message>,
         matches: &mut MatchBuffer,
         since: Option<Mark>,
-    ) -> Result<usize, NotDurable> {
+        waiter: Option<&Arc<ConnectionSignal>>,
+    ) -> Result<Routed, NotDurable> {
         let mut wait = since.is_some();
         let since = since.or_else(|| self.store.as_ref().map(StoreHandle::mark));
         if message.retain {
@@ -119,44 +141,108 @@ impl Router {
         }
         // No Local: not back to the session that published it.
         matches.retain(|matched| !(matched.no_local && matched.id == message.publisher));
-        let delivered = matches.len();
+        let mut routed = Routed {
+            delivered: matches.len(),
+            blocked: Vec::new(),
+        };
         let mut detached = None;
         for chunk in matches.chunks(CHUNK) {
-            let durable_count = chunk
-                .iter()
-                .filter(|m| self.persists(&m.subscriber, m.qos.min(message.qos)))
-                .count();
-            let mut permits = match &self.store {
-                Some(store) if durable_count > 0 => Some(store.reserve(durable_count + 1).await?),
-                _ => None,
+            let target_of = |matched: &Matched<Arc<Session>>| {
+                let target = Target {
+                    qos: matched.qos.min(message.qos),
+                    retain: matched.retain_as_published && message.retain,
+                    identifiers: matched.identifiers.clone(),
+                };
+                (matched.subscriber.clone(), target)
             };
-            let mut durable = permits.as_mut().map(|permits| Durable {
-                permits,
-                message_id: None,
-            });
-            for matched in chunk {
-                let qos = matched.qos.min(message.qos);
-                let retain = matched.retain_as_published && message.retain;
-                self.deliver(
-                    &matched.subscriber,
+            wait |= self
+                .deliver_chunk(
                     &message,
+                    chunk,
+                    target_of,
                     &mut detached,
-                    Target {
-                        qos,
-                        retain,
-                        identifiers: matched.identifiers.clone(),
-                    },
-                    durable.as_mut(),
-                );
-            }
-            wait |= durable.is_some_and(|durable| durable.message_id.is_some());
+                    waiter,
+                    &mut routed.blocked,
+                )
+                .await?;
         }
         matches.clear();
         match (&self.store, since) {
             (Some(store), Some(since)) if wait => store.barrier_since(since).await?,
             _ => {}
         }
-        Ok(delivered)
+        Ok(routed)
+    }
+
+    /// Tries the deliveries that were waiting for room again; those still waiting stay
+    /// in `blocked`. Returns once what was queued is durable (as [`Router::publish`]).
+    pub async fn retry(
+        &self,
+        message: &Arc<Message>,
+        blocked: &mut Vec<Blocked>,
+        waiter: &Arc<ConnectionSignal>,
+    ) -> Result<(), NotDurable> {
+        let since = self.store.as_ref().map(StoreHandle::mark);
+        let pending = std::mem::take(blocked);
+        let mut wait = false;
+        let mut detached = None;
+        for chunk in pending.chunks(CHUNK) {
+            wait |= self
+                .deliver_chunk(
+                    message,
+                    chunk,
+                    |blocked| (blocked.session.clone(), blocked.target.clone()),
+                    &mut detached,
+                    Some(waiter),
+                    blocked,
+                )
+                .await?;
+        }
+        match (&self.store, since) {
+            (Some(store), Some(since)) if wait => store.barrier_since(since).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Queues `message` for the sessions of `chunk`, durably for persistent ones (room
+    /// reserved first); the deliveries waiting for room are added to `blocked`. True if a
+    /// durable write was sent.
+    async fn deliver_chunk<T>(
+        &self,
+        message: &Arc<Message>,
+        chunk: &[T],
+        target_of: impl Fn(&T) -> (Arc<Session>, Target),
+        detached: &mut Option<Arc<Message>>,
+        waiter: Option<&Arc<ConnectionSignal>>,
+        blocked: &mut Vec<Blocked>,
+    ) -> Result<bool, NotDurable> {
+        let durable_count = chunk
+            .iter()
+            .map(&target_of)
+            .filter(|(session, target)| self.persists(session, target.qos))
+            .count();
+        let mut permits = match &self.store {
+            Some(store) if durable_count > 0 => Some(store.reserve(durable_count + 1).await?),
+            _ => None,
+        };
+        let mut durable = permits.as_mut().map(|permits| Durable {
+            permits,
+            message_id: None,
+        });
+        for item in chunk {
+            let (session, target) = target_of(item);
+            if let Some(target) = self.deliver(
+                &session,
+                message,
+                detached,
+                target,
+                durable.as_mut(),
+                waiter,
+            ) {
+                blocked.push(Blocked { session, target });
+            }
+        }
+        Ok(durable.is_some_and(|durable| durable.message_id.is_some()))
     }
 
     /// Stores or clears the retained message of the topic; true if that was written to the
@@ -231,6 +317,7 @@ impl Router {
                     0 => Vec::new(),
                     identifier => vec![identifier],
                 };
+                // Retained messages are sent as room allows: a full queue drops them.
                 self.deliver(
                     session,
                     message,
@@ -241,6 +328,7 @@ impl Router {
                         identifiers,
                     },
                     durable.as_mut(),
+                    None,
                 );
                 wait |= durable.is_some_and(|durable| durable.message_id.is_some());
             }
@@ -266,15 +354,11 @@ impl Router {
         detached: &mut Option<Arc<Message>>,
         target: Target,
         durable: Option<&mut Durable<'_, '_>>,
-    ) {
-        let Target {
-            qos,
-            retain,
-            identifiers,
-        } = target;
+        waiter: Option<&Arc<ConnectionSignal>>,
+    ) -> Option<Target> {
         let mut inner = session.inner.lock();
         if inner.discarded {
-            return;
+            return None;
         }
         if let Some(acl) = self.acl.load().as_deref() {
             let who = Identity {
@@ -282,7 +366,7 @@ impl Router {
                 client_id: &session.client_id,
             };
             if !acl.can_read(who, &message.topic) {
-                return;
+                return None;
             }
         }
         let online = inner.link.is_some();
@@ -295,11 +379,35 @@ impl Router {
                 .clone()
         };
         let was_dropping = inner.state.is_dropping();
+        let Target {
+            qos,
+            retain,
+            ref identifiers,
+        } = target;
         match inner
             .state
             .enqueue(body, qos, retain, identifiers.clone(), online, &self.limits)
         {
-            Enqueued::Queued { seq, wake } => {
+            Enqueued::Full => {
+                if let Some(waiter) = waiter {
+                    inner.wait_for_room(waiter, crate::message::unix_now_ms());
+                    return Some(target);
+                }
+                self.count_drops(session, &inner, 1, was_dropping);
+            }
+            Enqueued::Queued { seq, wake, evicted } => {
+                if !evicted.is_empty() {
+                    self.count_drops(session, &inner, evicted.len(), was_dropping);
+                    if let Some(store) = self.store.as_ref().filter(|_| session.persistent) {
+                        // Lost, an evicted message comes back after a restart: once more.
+                        for seq in evicted {
+                            store.try_send(Op::Completed {
+                                client_id: session.client_id.clone(),
+                                seq,
+                            });
+                        }
+                    }
+                }
                 if let Some(durable) = durable.filter(|_| self.persists(session, qos)) {
                     let message_id = match durable.message_id {
                         Some(id) => Some(id),
@@ -312,7 +420,7 @@ impl Router {
                             message_id,
                             qos,
                             retain,
-                            identifiers,
+                            identifiers: identifiers.clone(),
                         });
                     }
                 }
@@ -322,23 +430,34 @@ impl Router {
                     }
                 }
             }
-            Enqueued::Dropped => {
-                let dropped = self
-                    .metrics
-                    .messages_dropped
-                    .fetch_add(1, Ordering::Relaxed)
-                    + 1;
-                if !was_dropping && self.drop_warnings.admit().is_some() {
-                    tracing::warn!(
-                        client_id = %session.client_id,
-                        queued = inner.state.queued_len(),
-                        session_dropped = inner.state.dropped(),
-                        broker_dropped = dropped,
-                        "session queue full: dropping messages (next warning in 10 s at the earliest)"
-                    );
-                }
-            }
+            Enqueued::Dropped => self.count_drops(session, &inner, 1, was_dropping),
             Enqueued::Skipped => {}
+        }
+        None
+    }
+
+    /// Counts messages a session's full queue dropped; the first of a run is logged, at
+    /// most every [`DROP_WARNING_INTERVAL`] across the broker.
+    fn count_drops(
+        &self,
+        session: &Session,
+        inner: &SessionInner,
+        count: usize,
+        was_dropping: bool,
+    ) {
+        let dropped = self
+            .metrics
+            .messages_dropped
+            .fetch_add(count as u64, Ordering::Relaxed)
+            + count as u64;
+        if !was_dropping && self.drop_warnings.admit().is_some() {
+            tracing::warn!(
+                client_id = %session.client_id,
+                queued = inner.state.queued_len(),
+                session_dropped = inner.state.dropped(),
+                broker_dropped = dropped,
+                "session queue full: dropping messages (next warning in 10 s at the earliest)"
+            );
         }
     }
 

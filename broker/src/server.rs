@@ -136,6 +136,7 @@ impl Broker {
                     max_inflight: limits.max_inflight,
                     max_queued_messages: limits.max_queued_messages,
                     max_queued_bytes: limits.max_queued_bytes,
+                    on_queue_full: limits.on_queue_full,
                 },
                 metrics: metrics.clone(),
                 drop_warnings: LogThrottle::new(crate::router::DROP_WARNING_INTERVAL),
@@ -378,6 +379,14 @@ async fn expire_silent_clients(ctx: Arc<BrokerContext>) {
         tokio::select! {
             _ = ticker.tick() => {
                 ctx.registry.expire_silent(ctx.now_ms());
+                let timeout = ctx.limits.slow_subscriber_timeout.as_millis();
+                let kicked = ctx.registry.kick_slow(
+                    crate::message::unix_now_ms(),
+                    u64::try_from(timeout).unwrap_or(u64::MAX),
+                );
+                ctx.metrics
+                    .slow_subscribers
+                    .fetch_add(kicked, std::sync::atomic::Ordering::Relaxed);
                 end_expired_sessions(&ctx).await;
             }
             () = ctx.shutdown.cancelled() => return,

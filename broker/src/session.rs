@@ -14,6 +14,21 @@ use fieldbridge_mqtt::codec::{Property, Publish, QoS};
 /// Queue capacity kept after a burst has drained; more is freed.
 const SHRINK_ABOVE: usize = 64;
 
+/// What a full queue does with one more QoS 1 or 2 message for an absent client (a
+/// connected client's publishers always wait for room).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// The new message is dropped (and counted).
+    #[default]
+    DropNewest,
+    /// The oldest queued message makes room (and is counted as dropped).
+    DropOldest,
+    /// Its publisher waits, as for a connected client: an absent client can hold
+    /// publishers back for as long as it stays away.
+    Backpressure,
+}
+
 /// Bounds of one session, from the `limits` section of the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SessionLimits {
@@ -23,6 +38,7 @@ pub struct SessionLimits {
     pub max_queued_messages: usize,
     /// Topic and payload bytes of the messages waiting to be sent.
     pub max_queued_bytes: usize,
+    pub on_queue_full: QueueFullPolicy,
 }
 
 /// One message on its way to this session's client.
@@ -71,12 +87,20 @@ pub enum Outgoing {
 }
 
 /// What [`SessionState::enqueue`] did with a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Queued at this sequence number; `wake` when the connection must be told.
-    Queued { seq: u64, wake: bool },
+    /// `evicted`: the queued messages that made room for it (drop_oldest), by sequence.
+    Queued {
+        seq: u64,
+        wake: bool,
+        evicted: Vec<u64>,
+    },
     /// Dropped: the queue is at `max_queued_messages` or `max_queued_bytes`.
     Dropped,
+    /// Not queued, and not dropped: the queue is full and the message must wait for room
+    /// (QoS 1 and 2 for a connected client, or any absent one under `Backpressure`).
+    Full,
     /// A QoS 0 message for an absent client: not kept.
     Skipped,
 }
@@ -135,14 +159,32 @@ impl SessionState {
             return Enqueued::Skipped;
         }
         let size = message.size();
-        if self.pending.len() >= limits.max_queued_messages
-            || self.pending_bytes + size > limits.max_queued_bytes
-        {
-            self.dropped += 1;
+        let mut evicted = Vec::new();
+        if !self.fits(size, limits) {
+            let waits = qos != QoS::AtMostOnce
+                && (online || limits.on_queue_full == QueueFullPolicy::Backpressure);
+            if waits {
+                return Enqueued::Full;
+            }
             self.dropping = true;
-            return Enqueued::Dropped;
+            let evicts = qos != QoS::AtMostOnce
+                && limits.on_queue_full == QueueFullPolicy::DropOldest
+                && size <= limits.max_queued_bytes;
+            if !evicts {
+                self.dropped += 1;
+                return Enqueued::Dropped;
+            }
+            while !self.fits(size, limits) {
+                let Some(oldest) = self.pending.pop_front() else {
+                    break;
+                };
+                self.pending_bytes -= oldest.message.size();
+                self.dropped += 1;
+                evicted.push(oldest.seq);
+            }
+        } else {
+            self.dropping = false;
         }
-        self.dropping = false;
         let seq = self.next_seq;
         self.next_seq += 1;
         let wake = online && self.pending.is_empty();
@@ -154,7 +196,21 @@ impl SessionState {
             seq,
             identifiers,
         });
-        Enqueued::Queued { seq, wake }
+        Enqueued::Queued { seq, wake, evicted }
+    }
+
+    /// Whether a message of `size` bytes fits in the queue now.
+    fn fits(&self, size: usize, limits: &SessionLimits) -> bool {
+        self.pending.len() < limits.max_queued_messages
+            && self.pending_bytes + size <= limits.max_queued_bytes
+    }
+
+    /// Whether the queue has drained far enough (to three quarters of its limits) that
+    /// publishers waiting for room should try again: waking them at every message taken
+    /// would have them compete for one place at a time.
+    pub fn has_room_for_waiters(&self, limits: &SessionLimits) -> bool {
+        self.pending.len() <= limits.max_queued_messages - limits.max_queued_messages / 4
+            && self.pending_bytes <= limits.max_queued_bytes - limits.max_queued_bytes / 4
     }
 
     /// Limits the QoS 1 and 2 messages in flight to what the client accepts (its MQTT 5

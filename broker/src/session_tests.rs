@@ -4,6 +4,7 @@ const LIMITS: SessionLimits = SessionLimits {
     max_inflight: 2,
     max_queued_messages: 3,
     max_queued_bytes: 1000,
+    on_queue_full: QueueFullPolicy::DropNewest,
 };
 
 fn message(topic: &str, payload: &'static str, qos: QoS) -> Arc<Message> {
@@ -66,13 +67,18 @@ fn qos0_passes_the_window_and_is_not_kept_offline() {
     );
     assert_eq!(
         session.enqueue(qos0.clone(), QoS::AtMostOnce, false, vec![], true, &LIMITS),
-        Enqueued::Queued { seq: 1, wake: true }
+        Enqueued::Queued {
+            seq: 1,
+            wake: true,
+            evicted: vec![]
+        }
     );
     assert_eq!(
         session.enqueue(qos0, QoS::AtMostOnce, false, vec![], true, &LIMITS),
         Enqueued::Queued {
             seq: 2,
-            wake: false
+            wake: false,
+            evicted: vec![]
         }
     );
     let mut out = Vec::new();
@@ -232,6 +238,7 @@ fn packet_ids_skip_zero_and_those_in_flight() {
         max_inflight: 3,
         max_queued_messages: 10,
         max_queued_bytes: 1000,
+        on_queue_full: QueueFullPolicy::DropNewest,
     };
     session.restore_inflight(Inflight {
         pkid: 65535,
@@ -263,7 +270,14 @@ fn packet_ids_skip_zero_and_those_in_flight() {
         true,
         &limits,
     );
-    assert_eq!(queued, Enqueued::Queued { seq: 5, wake: true });
+    assert_eq!(
+        queued,
+        Enqueued::Queued {
+            seq: 5,
+            wake: true,
+            evicted: vec![]
+        }
+    );
     let mut out = Vec::new();
     session.poll_outgoing(&limits, usize::MAX, 0, &mut out);
     assert_eq!(publishes(&out), vec![(2, false, "new".into())]);
@@ -276,6 +290,7 @@ fn budget_limits_a_batch_but_never_to_nothing() {
         max_inflight: 10,
         max_queued_messages: 10,
         max_queued_bytes: 1000,
+        on_queue_full: QueueFullPolicy::DropNewest,
     };
     for _ in 0..3 {
         session.enqueue(
@@ -311,4 +326,95 @@ fn a_refused_pubrec_ends_the_exchange() {
     assert_eq!(session.pubrec(1, true), Acked::Completed { seq: 1 });
     assert_eq!(session.inflight().count(), 0, "no PUBREL is owed");
     assert_eq!(session.pubrec(1, false), Acked::Unknown);
+}
+
+#[test]
+fn a_full_queue_makes_connected_publishers_wait_and_absent_ones_follow_the_policy() {
+    let full = |policy| {
+        let limits = SessionLimits {
+            on_queue_full: policy,
+            ..LIMITS
+        };
+        let mut session = SessionState::new();
+        for payload in ["1", "2", "3"] {
+            session.enqueue(
+                message("t", payload, QoS::AtLeastOnce),
+                QoS::AtLeastOnce,
+                false,
+                vec![],
+                false,
+                &limits,
+            );
+        }
+        (session, limits)
+    };
+    let one_more = |session: &mut SessionState, qos, online, limits: &SessionLimits| {
+        session.enqueue(message("t", "4", qos), qos, false, vec![], online, limits)
+    };
+    // Connected: QoS 1 and 2 wait whatever the policy, QoS 0 is dropped.
+    let (mut session, limits) = full(QueueFullPolicy::DropNewest);
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, true, &limits),
+        Enqueued::Full
+    );
+    assert_eq!(
+        one_more(&mut session, QoS::ExactlyOnce, true, &limits),
+        Enqueued::Full
+    );
+    assert_eq!(session.dropped(), 0, "waiting is not dropping");
+    assert_eq!(
+        one_more(&mut session, QoS::AtMostOnce, true, &limits),
+        Enqueued::Dropped
+    );
+    // Absent: drop_newest, drop_oldest, backpressure.
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, false, &limits),
+        Enqueued::Dropped
+    );
+    let (mut session, limits) = full(QueueFullPolicy::DropOldest);
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, false, &limits),
+        Enqueued::Queued {
+            seq: 4,
+            wake: false,
+            evicted: vec![1]
+        }
+    );
+    let payloads: Vec<_> = session
+        .queued()
+        .map(|d| d.message.payload.clone())
+        .collect();
+    assert_eq!(payloads, ["2", "3", "4"]);
+    assert_eq!(session.dropped(), 1);
+    let (mut session, limits) = full(QueueFullPolicy::Backpressure);
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, false, &limits),
+        Enqueued::Full
+    );
+}
+
+#[test]
+fn waiters_are_woken_once_a_quarter_of_the_queue_drained() {
+    let limits = SessionLimits {
+        max_queued_messages: 8,
+        max_inflight: 100,
+        ..LIMITS
+    };
+    let mut session = SessionState::new();
+    for _ in 0..8 {
+        session.enqueue(
+            message("t", "x", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            vec![],
+            true,
+            &limits,
+        );
+    }
+    assert!(!session.has_room_for_waiters(&limits));
+    let mut out = Vec::new();
+    session.poll_outgoing(&limits, 1, 0, &mut out);
+    assert!(!session.has_room_for_waiters(&limits), "7 of 8 queued");
+    session.poll_outgoing(&limits, 1, 0, &mut out);
+    assert!(session.has_room_for_waiters(&limits), "6 of 8 queued");
 }

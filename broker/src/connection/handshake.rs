@@ -181,6 +181,7 @@ async fn handshake(
         will,
         counters: LocalCounters::default(),
         matches: None,
+        held: Default::default(),
         ctx,
         _slot: slot,
         platform,

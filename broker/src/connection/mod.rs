@@ -4,6 +4,7 @@
 
 mod acknowledgements;
 mod handshake;
+mod held;
 mod peer;
 mod publish;
 mod subscribe;
@@ -38,6 +39,7 @@ use acknowledgements::AckKind;
 use fieldbridge_mqtt::codec::{
     self, Disconnect, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
+use held::HeldPublishes;
 use peer::Peer;
 
 /// Output buffered before the task stops reading from the client and taking messages from
@@ -111,6 +113,7 @@ impl End {
             End::Kicked(Kick::TakenOver) => Some(ReasonCode::SessionTakenOver),
             End::Kicked(Kick::Shutdown) => Some(ReasonCode::ServerShuttingDown),
             End::Kicked(Kick::KeepaliveExpired) => Some(ReasonCode::KeepAliveTimeout),
+            End::Kicked(Kick::SlowSubscriber) => Some(ReasonCode::QuotaExceeded),
             End::NotDurable => Some(ReasonCode::UnspecifiedError),
         }
     }
@@ -127,6 +130,9 @@ impl std::fmt::Display for End {
             End::Kicked(Kick::TakenOver) => f.write_str("taken over by a new connection"),
             End::Kicked(Kick::Shutdown) => f.write_str("broker shutdown"),
             End::Kicked(Kick::KeepaliveExpired) => f.write_str("keepalive expired"),
+            End::Kicked(Kick::SlowSubscriber) => {
+                f.write_str("slow subscriber: its queue held publishers back too long")
+            }
             End::NotDurable => f.write_str("persistence failed"),
         }
     }
@@ -193,6 +199,8 @@ struct Connection {
     counters: LocalCounters,
     /// Scratch space for routing, allocated once this client publishes.
     matches: Option<Box<MatchBuffer>>,
+    /// QoS 1 and 2 publishes waiting for room before their acknowledgement.
+    held: HeldPublishes,
     ctx: Arc<BrokerContext>,
     _slot: OwnedSemaphorePermit,
     /// Platform mode: who the client is, its topic space and status facts.
@@ -220,6 +228,15 @@ impl Connection {
                 Event::Signal => {
                     if let Some(kick) = self.signal.kicked() {
                         return End::Kicked(kick);
+                    }
+                    if !self.held.is_empty() {
+                        // Perhaps room where held publishes wait; then what was not read.
+                        if let Err(end) = Box::pin(self.advance_held()).await {
+                            return end;
+                        }
+                        if let Some(end) = Box::pin(self.process_packets()).await {
+                            return end;
+                        }
                     }
                 }
                 Event::Writable => {
@@ -262,7 +279,7 @@ impl Connection {
                 Poll::Pending => {}
             }
         }
-        if self.wbuf.len() < HIGH_WATER {
+        if self.wbuf.len() < HIGH_WATER && !self.held_full() {
             match self.stream.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
                 Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
@@ -306,7 +323,8 @@ impl Connection {
     }
 
     async fn process_packets(&mut self) -> Option<End> {
-        loop {
+        // Held publishes at their limit: the rest stays in the buffer until they move.
+        while !self.held_full() {
             match codec::decode(
                 &mut self.rbuf,
                 self.peer.version,
@@ -449,6 +467,7 @@ impl Connection {
             } = &mut *inner;
             let mut withheld = Vec::new();
             let mut oversized = 0;
+            let limits = &self.ctx.router.limits;
             // Checked again on the way out: the ACL may have been reloaded since the
             // message was queued.
             state.poll_outgoing_where(
@@ -466,6 +485,9 @@ impl Connection {
                 &mut withheld,
             );
             self.forget_withheld(&withheld);
+            if !inner.room_waiters.is_empty() && inner.state.has_room_for_waiters(limits) {
+                inner.wake_waiters();
+            }
             if oversized > 0 {
                 // Counted, not an error: the client said how much it takes.
                 self.ctx
@@ -592,6 +614,8 @@ impl Connection {
             if linked {
                 inner.link = None;
                 inner.absent_since_ms = Some(now);
+                // Publishers waiting for room go by the rules for absent clients now.
+                inner.wake_waiters();
             }
             (linked && inner.expiry == 0, inner.expiry, inner.connections)
         };

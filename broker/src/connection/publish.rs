@@ -1,13 +1,15 @@
-//! PUBLISH from the client: checks, routing, and the QoS 1 and 2 answers.
+//! PUBLISH from the client: checks, routing (QoS 1 and 2 through the held queue, see
+//! `held`), and the answers.
 
 use std::sync::Arc;
 
+use super::held::Held;
 use super::{Connection, End};
 use crate::context::BrokerContext;
 use crate::message::Message;
 use crate::persistence::{NotDurable, Op, StoreHandle};
 use crate::platform::Inbound;
-use crate::router::MatchBuffer;
+use crate::router::{MatchBuffer, Routed};
 use fieldbridge_mqtt::codec::{Packet, PubAck, PubRec, Publish, QoS, ReasonCode};
 use fieldbridge_mqtt::topic::level_count;
 
@@ -34,8 +36,13 @@ impl Connection {
             if publish.qos == QoS::AtMostOnce {
                 return Err(End::protocol(ReasonCode::PayloadFormatInvalid, what));
             }
-            self.answer(&publish, ReasonCode::PayloadFormatInvalid, what);
-            return Ok(());
+            return self
+                .hold(Held::refused(
+                    publish,
+                    ReasonCode::PayloadFormatInvalid,
+                    what,
+                ))
+                .await;
         }
         // Like an oversized payload, a topic deeper than the limit closes the connection:
         // MQTT 3.1.1 has no way to refuse one PUBLISH, and acknowledging a message that is
@@ -68,30 +75,18 @@ impl Connection {
         }
         let message = allowed.then(|| Arc::new(self.message_of(&publish)));
         match publish.qos {
-            QoS::AtMostOnce | QoS::AtLeastOnce => {
-                let routed = match message {
-                    Some(message) => route(&self.ctx, &mut self.matches, message, false).await,
-                    None => Ok(0),
-                };
-                match (routed, publish.qos) {
-                    (Ok(_), QoS::AtMostOnce) => {}
-                    (Ok(delivered), _) => self.answer(&publish, success(allowed, delivered), ""),
-                    // A 5 client is told and may send it again; 3.1.1 has no way to say it.
-                    (Err(_), QoS::AtLeastOnce) if self.peer.version.is_v5() => self.answer(
-                        &publish,
-                        ReasonCode::UnspecifiedError,
-                        "the message could not be stored",
-                    ),
-                    (Err(error), _) => return Err(error.into()),
+            QoS::AtMostOnce => {
+                if let Some(message) = message {
+                    route(&self.ctx, &mut self.matches, message, false).await?;
                 }
+                return Ok(());
             }
+            QoS::AtLeastOnce => {}
             QoS::ExactlyOnce if !allowed && self.peer.version.is_v5() => {
                 // A refusing PUBREC ends the exchange: nothing awaits a PUBREL.
-                self.answer(
-                    &publish,
-                    ReasonCode::NotAuthorized,
-                    "not allowed by the ACL",
-                );
+                let refusal =
+                    Held::refused(publish, ReasonCode::NotAuthorized, "not allowed by the ACL");
+                return self.hold(refusal).await;
             }
             QoS::ExactlyOnce => {
                 let fresh = {
@@ -108,41 +103,17 @@ impl Connection {
                     }
                     inner.state.incoming_qos2(publish.pkid)
                 };
-                let mut delivered = 1;
-                if fresh {
-                    let routed = self.route_qos2(publish.pkid, message).await;
-                    if let Ok(count) = routed {
-                        delivered = count;
+                if !fresh {
+                    // A copy sent again: answered now, unless the first one still waits
+                    // (its PUBREC answers both).
+                    if !self.held.contains(publish.pkid) {
+                        self.answer(&publish, ReasonCode::Success, "");
                     }
-                    if let Err(error) = routed {
-                        self.session
-                            .inner
-                            .lock()
-                            .state
-                            .incoming_pubrel(publish.pkid);
-                        // Its record may be stored while the message is not: after a
-                        // restart the copy sent again would pass for a duplicate.
-                        if let Some(store) = self.durable_store() {
-                            store.try_send(Op::IncomingReleased {
-                                client_id: self.session.client_id.clone(),
-                                pkid: publish.pkid,
-                            });
-                        }
-                        if self.peer.version.is_v5() {
-                            self.answer(
-                                &publish,
-                                ReasonCode::UnspecifiedError,
-                                "the message could not be stored",
-                            );
-                            return Ok(());
-                        }
-                        return Err(error.into());
-                    }
+                    return Ok(());
                 }
-                self.answer(&publish, success(allowed, delivered), "");
             }
         }
-        Ok(())
+        self.hold(Held::new(publish, message)).await
     }
 
     /// The message a PUBLISH becomes, with the properties MQTT 5 forwards.
@@ -154,7 +125,7 @@ impl Connection {
 
     /// PUBACK or PUBREC for a QoS 1 or 2 PUBLISH, with the reason code for a 5 client
     /// (a 3.1.1 client's acknowledgement carries none).
-    fn answer(&mut self, publish: &Publish, reason: ReasonCode, what: &str) {
+    pub(super) fn answer(&mut self, publish: &Publish, reason: ReasonCode, what: &str) {
         let packet = if publish.qos == QoS::ExactlyOnce {
             let mut rec = PubRec::with_reason(publish.pkid, reason);
             if reason.is_failure() {
@@ -174,11 +145,11 @@ impl Connection {
     /// Routes a new QoS 2 message, and for a persistent session records durably that its
     /// packet identifier awaits PUBREL, so that a copy sent again after a restart is not
     /// delivered twice.
-    async fn route_qos2(
+    pub(super) async fn route_qos2(
         &mut self,
         pkid: u16,
         message: Option<Arc<Message>>,
-    ) -> Result<usize, NotDurable> {
+    ) -> Result<Routed, NotDurable> {
         let since = self.durable_store().map(StoreHandle::mark);
         if let Some(store) = self.durable_store() {
             store
@@ -196,12 +167,15 @@ impl Connection {
                         message,
                         self.matches.get_or_insert_with(Box::default),
                         since,
+                        Some(&self.signal),
                     )
                     .await
             }
             None => match (self.durable_store(), since) {
-                (Some(store), Some(since)) => store.barrier_since(since).await.map(|()| 0),
-                _ => Ok(0),
+                (Some(store), Some(since)) => {
+                    store.barrier_since(since).await.map(|()| Routed::default())
+                }
+                _ => Ok(Routed::default()),
             },
         }
     }
@@ -209,7 +183,7 @@ impl Connection {
 
 /// The success code of an acknowledgement: MQTT 5 tells a publisher that no one
 /// subscribed, and that the ACL refused its message.
-fn success(allowed: bool, delivered: usize) -> ReasonCode {
+pub(super) fn success(allowed: bool, delivered: usize) -> ReasonCode {
     match (allowed, delivered) {
         (false, _) => ReasonCode::NotAuthorized,
         (true, 0) => ReasonCode::NoMatchingSubscribers,
@@ -217,20 +191,23 @@ fn success(allowed: bool, delivered: usize) -> ReasonCode {
     }
 }
 
-/// Hands a message to the router, with the connection's routing scratch space (allocated
-/// once the client publishes); `force_barrier` also waits for the client's earlier writes
-/// to be durable. The number of sessions it was delivered to.
+/// Hands a message that nothing waits on (QoS 0, a will) to the router, with the
+/// connection's routing scratch space (allocated once the client publishes);
+/// `force_barrier` also waits for the client's earlier writes to be durable. A full queue
+/// drops it.
 pub(super) async fn route(
     ctx: &BrokerContext,
     matches: &mut Option<Box<MatchBuffer>>,
     message: Arc<Message>,
     force_barrier: bool,
-) -> Result<usize, NotDurable> {
+) -> Result<(), NotDurable> {
     ctx.router
         .publish(
             message,
             matches.get_or_insert_with(Box::default),
             force_barrier,
+            None,
         )
         .await
+        .map(drop)
 }
