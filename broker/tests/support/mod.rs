@@ -18,7 +18,7 @@ use fieldbridge_broker::config::PlatformConfig;
 use fieldbridge_broker::platform::PlatformRegistry;
 use fieldbridge_broker::{Broker, Config, RunningBroker};
 use fieldbridge_mqtt::codec::{
-    Connect, LastWill, Properties, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
+    Connect, LastWill, Properties, Property, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
 };
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -113,6 +113,33 @@ pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
         username: None,
         password: None,
         properties: Properties::new(),
+    }
+}
+
+/// An MQTT 5 CONNECT without properties (Session Expiry Interval 0).
+pub fn connect5_packet(client_id: &str, clean_start: bool) -> Connect {
+    Connect {
+        protocol: ProtocolVersion::V5,
+        ..connect_packet(client_id, clean_start)
+    }
+}
+
+/// A list of properties, in order.
+pub fn props(list: impl IntoIterator<Item = Property>) -> Properties {
+    list.into_iter().collect()
+}
+
+/// A PUBLISH with these properties.
+pub fn publish_with(
+    topic: &str,
+    payload: impl AsRef<[u8]>,
+    qos: QoS,
+    pkid: u16,
+    properties: Properties,
+) -> Publish {
+    Publish {
+        properties,
+        ..publish(topic, payload, qos, pkid)
     }
 }
 
