@@ -665,8 +665,8 @@ async fn will_is_cancelled_when_the_client_reconnects_within_the_delay() {
     let addr = broker.local_addr();
     let mut watch = watcher(addr, "will/#").await;
     let delay = |seconds| props([Property::WillDelayInterval(seconds)]);
-    let returns = with_will(addr, "returns", 60, will5("will/returns", "no", delay(2))).await;
-    let reference = with_will(addr, "stays-away", 60, will5("will/away", "yes", delay(3))).await;
+    let returns = with_will(addr, "returns", 60, will5("will/returns", "no", delay(4))).await;
+    let reference = with_will(addr, "stays-away", 60, will5("will/away", "yes", delay(5))).await;
     drop(returns);
     drop(reference);
     wait_until("both are gone", || broker.stats().clients_connected == 1).await;
@@ -1675,11 +1675,12 @@ async fn acknowledgements_of_the_wrong_kind_close_the_connection() {
 async fn a_client_that_pings_within_its_keepalive_stays() {
     let broker = start(config()).await;
     let connect = Connect {
-        keep_alive: 1,
+        keep_alive: 2,
         ..connect5_packet("pinger", true)
     };
     let (mut client, _) = Client::connect_with(broker.local_addr(), connect).await;
-    let until = Instant::now() + Duration::from_millis(2500);
+    // Longer than the 3 s after which a silent client is disconnected.
+    let until = Instant::now() + Duration::from_millis(4000);
     while Instant::now() < until {
         client.ping().await;
         match client.try_recv(Duration::from_millis(400)).await {
