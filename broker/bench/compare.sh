@@ -3,13 +3,15 @@
 # installed) rumqttd on this machine, and prints a table of the figures and the ratios.
 #
 #   broker/bench/compare.sh [--quick] [--repeat N] [--duration D] [--only SCENARIO]...
+#                           [--protocols "3.1.1 5"]
 #
 # Every run gets a freshly started broker on a free loopback port; the brokers take turns
 # within each round, in a different order each round, and the table shows the median over
 # the rounds. The load generator (fieldbridge-bench) runs on the same cores as the broker.
 # Raw results (one JSON object per run) go to $RESULTS (default:
 # $CARGO_TARGET_DIR/broker-bench-results.jsonl). Scenarios: fanin-q0 fanin-q1 fanout-q0
-# latency-fanin latency-fanout idle-10k. See docs/BENCHMARKS.md.
+# latency-fanin latency-fanout idle-10k. --protocols runs every scenario in each MQTT
+# version given (default 3.1.1), in the same round. See docs/BENCHMARKS.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -19,13 +21,15 @@ repeat=3
 duration=10s
 warmup=1s
 only=()
+protocols=(3.1.1)
 while [ $# -gt 0 ]; do
     case $1 in
         --quick) repeat=1; duration=3s ;;
         --repeat) repeat=$2; shift ;;
         --duration) duration=$2; shift ;;
         --only) only+=("$2"); shift ;;
-        -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+        --protocols) read -r -a protocols <<< "$2"; shift ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
     shift
@@ -139,14 +143,14 @@ scenario_args() {
 }
 if [ ${#only[@]} -gt 0 ]; then scenarios=("${only[@]}"); fi
 
-run_one() { # broker scenario round
+run_one() { # broker scenario round protocol
     start_broker "$1"
     local args cpu_before started line status=0
     args=$(scenario_args "$2")
     cpu_before=$(broker_cpu)
     started=$(date +%s.%N)
     # shellcheck disable=SC2086
-    line=$("$bench" --port "$port" --duration "$duration" --warmup "$warmup" --drain-max 10s --json $args) || status=$?
+    line=$("$bench" --port "$port" --protocol "$4" --duration "$duration" --warmup "$warmup" --drain-max 10s --json $args) || status=$?
     local cpu wall
     cpu=$(awk -v a="$cpu_before" -v b="$(broker_cpu)" 'BEGIN { print b - a }')
     wall=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
@@ -155,25 +159,27 @@ run_one() { # broker scenario round
         echo "   $1 $2: the generator failed (exit $status)" >&2
         line='{}'
     fi
-    echo "$line" | jq -c --arg broker "$1" --arg scenario "$2" --argjson round "$3" \
+    echo "$line" | jq -c --arg broker "$1" --arg scenario "$2" --argjson round "$3" --arg protocol "$4" \
         --argjson cpu "$cpu" --argjson wall "$wall" --argjson status "$status" \
-        '. + {broker_name: $broker, scenario: $scenario, round: $round, broker_cpu_secs: $cpu, wall_secs: $wall, exit: $status}' \
+        '. + {broker_name: $broker, scenario: $scenario, round: $round, protocol: $protocol, broker_cpu_secs: $cpu, wall_secs: $wall, exit: $status}' \
         >> "$results"
-    tail -n 1 "$results" | jq -r '"   \(.broker_name) \(.scenario): " +
+    tail -n 1 "$results" | jq -r '"   \(.broker_name) \(.scenario) MQTT \(.protocol): " +
         (if .kib_per_connection then "\(.kib_per_connection | floor) KiB/conn, \(.connections_open) open"
          else "received \(.received_per_sec // 0 | floor)/s, sent \(.sent_per_sec // 0 | floor)/s, lost \(.lost_total // "?")" +
               (if .latency then ", p99 \(.latency.p99_us) µs" else "" end) end) +
         ", broker CPU \(.broker_cpu_secs)s" + (if .first_failure then ", failure: \(.first_failure)" else "" end)' >&2
 }
 
-echo "== $(nproc) cores, $(uname -r); ${#brokers[@]} brokers x ${#scenarios[@]} scenarios x $repeat rounds, $duration each" >&2
+echo "== $(nproc) cores, $(uname -r); ${#brokers[@]} brokers x ${#scenarios[@]} scenarios x MQTT ${protocols[*]} x $repeat rounds, $duration each" >&2
 for round in $(seq "$repeat"); do
     # Rotate the order of the brokers each round so neither always runs first.
     order=("${brokers[@]:$(( (round - 1) % ${#brokers[@]} ))}" "${brokers[@]:0:$(( (round - 1) % ${#brokers[@]} ))}")
     for scenario in "${scenarios[@]}"; do
-        for broker in "${order[@]}"; do
-            echo "-- round $round: $scenario on $broker" >&2
-            run_one "$broker" "$scenario" "$round"
+        for protocol in "${protocols[@]}"; do
+            for broker in "${order[@]}"; do
+                echo "-- round $round: $scenario on $broker, MQTT $protocol" >&2
+                run_one "$broker" "$scenario" "$round" "$protocol"
+            done
         done
     done
 done

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Prints the table of broker/bench/compare.sh from its JSON lines: medians over the rounds
-of each scenario and broker, and fieldbridge's ratio to Mosquitto (and rumqttd)."""
+of each scenario, MQTT version and broker, fieldbridge's ratio to Mosquitto (and rumqttd),
+and, when the runs used more than one MQTT version, each broker's MQTT 5 figure against
+its 3.1.1 one."""
 
 import json
 import statistics
@@ -77,44 +79,65 @@ def main(path):
             line = line.strip()
             if line:
                 run = json.loads(line)
-                runs[(run.get("scenario"), run.get("broker_name"))].append(run)
-    brokers = [b for b in BROKERS if any(key[1] == b for key in runs)]
+                protocol = run.get("protocol") or "3.1.1"
+                runs[(run.get("scenario"), protocol, run.get("broker_name"))].append(run)
+    protocols = sorted({key[1] for key in runs})
+    brokers = [b for b in BROKERS if any(key[2] == b for key in runs)]
     others = [b for b in brokers if b != "fieldbridge"]
     header = ["scenario", "metric", *brokers, *[f"fieldbridge / {b}" for b in others], "target", "met"]
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
     failures = []
-    for scenario, (title, metrics) in SCENARIOS.items():
-        if not any(key[0] == scenario for key in runs):
-            continue
-        for label, extract, better, target in metrics:
-            medians = {}
+    def median(scenario, protocol, broker, extract):
+        values = [v for v in map(extract, runs.get((scenario, protocol, broker), [])) if v is not None]
+        return statistics.median(values) if values else None
+
+    for scenario, (scenario_title, metrics) in SCENARIOS.items():
+        for protocol in protocols:
+            if not any(key[:2] == (scenario, protocol) for key in runs):
+                continue
+            title = scenario_title if len(protocols) == 1 else f"{scenario_title}, MQTT {protocol}"
+            for label, extract, better, target in metrics:
+                medians = {broker: median(scenario, protocol, broker, extract) for broker in brokers}
+                ratios = []
+                for other in others:
+                    a, b = medians.get("fieldbridge"), medians.get(other)
+                    ratios.append(a / b if a is not None and b else None)
+                target_text, met = "", ""
+                if target is not None:
+                    target_text = f"{'>=' if better == 'higher' else '<='} {target}x mosquitto"
+                    ratio = ratios[0] if ratios else None
+                    if ratio is None:
+                        met = "?"
+                    elif (better == "higher" and ratio >= target) or (better == "lower" and ratio <= target):
+                        met = "yes"
+                    else:
+                        met = "**no**"
+                row = [title, label, *[fmt(medians[b]) for b in brokers],
+                       *[f"{r:.2f}" if r is not None else "–" for r in ratios], target_text, met]
+                print("| " + " | ".join(row) + " |")
+                title = ""
             for broker in brokers:
-                values = [v for v in map(extract, runs.get((scenario, broker), [])) if v is not None]
-                medians[broker] = statistics.median(values) if values else None
-            ratios = []
-            for other in others:
-                a, b = medians.get("fieldbridge"), medians.get(other)
-                ratios.append(a / b if a is not None and b else None)
-            target_text, met = "", ""
-            if target is not None:
-                target_text = f"{'>=' if better == 'higher' else '<='} {target}x mosquitto"
-                ratio = ratios[0] if ratios else None
-                if ratio is None:
-                    met = "?"
-                elif (better == "higher" and ratio >= target) or (better == "lower" and ratio <= target):
-                    met = "yes"
-                else:
-                    met = "**no**"
-            row = [title, label, *[fmt(medians[b]) for b in brokers],
-                   *[f"{r:.2f}" if r is not None else "–" for r in ratios], target_text, met]
-            print("| " + " | ".join(row) + " |")
-            title = ""
-        for broker in brokers:
-            for run in runs.get((scenario, broker), []):
-                if run.get("first_failure") or run.get("exit"):
-                    failures.append(f"{scenario} on {broker}, round {run.get('round')}: exit {run.get('exit')}, "
-                                    f"{run.get('connections_failed', '?')} connection(s) failed, first: {run.get('first_failure')}")
+                for run in runs.get((scenario, protocol, broker), []):
+                    if run.get("first_failure") or run.get("exit"):
+                        failures.append(f"{scenario} MQTT {protocol} on {broker}, round {run.get('round')}: exit {run.get('exit')}, "
+                                        f"{run.get('connections_failed', '?')} connection(s) failed, first: {run.get('first_failure')}")
+    if "3.1.1" in protocols and "5" in protocols:
+        print("\nMQTT 5 against MQTT 3.1.1, same broker (5 / 3.1.1):\n")
+        header = ["scenario", "metric", *brokers]
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for scenario, (title, metrics) in SCENARIOS.items():
+            for label, extract, better, target in metrics:
+                if target is None:
+                    continue
+                cells = []
+                for broker in brokers:
+                    a = median(scenario, "5", broker, extract)
+                    b = median(scenario, "3.1.1", broker, extract)
+                    cells.append(f"{a / b:.3f}" if a is not None and b else "–")
+                if any(cell != "–" for cell in cells):
+                    print("| " + " | ".join([title, label, *cells]) + " |")
     rounds = max((len(v) for v in runs.values()), default=0)
     print(f"\nMedians over {rounds} round(s); ratios are fieldbridge's figure divided by the other broker's.")
     for failure in failures:

@@ -14,6 +14,8 @@ use serde::Deserialize;
 use fieldbridge_service::logging::LogSection;
 use fieldbridge_service::units;
 
+pub use crate::session::QueueFullPolicy;
+
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -149,6 +151,26 @@ pub struct Limits {
     /// Levels of a topic or filter (`a/b/c` has 3): a deeper subscription is refused
     /// (SUBACK 0x80), a deeper PUBLISH or will topic closes the connection.
     pub max_topic_levels: usize,
+    /// Largest packet accepted from a client, fixed header included; MQTT 5 clients are
+    /// told in CONNACK, and a larger packet closes the connection (5: DISCONNECT 0x95).
+    /// Default: `max_payload` plus room for the longest topic and its properties.
+    pub max_packet_size: Option<units::Size>,
+    /// QoS 2 messages a client may have awaiting PUBREL (MQTT 5's Receive Maximum, told
+    /// to 5 clients); one more closes the connection (5: DISCONNECT 0x93).
+    pub receive_maximum: u16,
+    /// Topic aliases an MQTT 5 client may set, and the most the broker sets for one.
+    pub topic_alias_maximum: u16,
+    /// How long a connected client's full queue may hold publishers back (nothing taken
+    /// from it) before the client is disconnected.
+    #[serde(deserialize_with = "units::duration")]
+    pub slow_subscriber_timeout: Duration,
+    /// What a full queue of an absent client does with one more QoS 1 or 2 message:
+    /// `drop_newest`, `drop_oldest`, or `backpressure` (its publishers wait, as for a
+    /// connected client, for as long as the client stays away).
+    pub on_queue_full: QueueFullPolicy,
+    /// Longest Session Expiry Interval granted to a client (MQTT 5 clients are told);
+    /// also bounds the sessions of 3.1.1 clients with clean session 0. None: no limit.
+    pub max_session_expiry: Option<units::Duration>,
 }
 
 impl Default for Limits {
@@ -166,6 +188,12 @@ impl Default for Limits {
             max_retained_messages: 100_000,
             max_retained_bytes: 64 * 1024 * 1024,
             max_topic_levels: 128,
+            max_packet_size: None,
+            receive_maximum: 1000,
+            topic_alias_maximum: 64,
+            slow_subscriber_timeout: Duration::from_secs(60),
+            on_queue_full: QueueFullPolicy::DropNewest,
+            max_session_expiry: None,
         }
     }
 }
@@ -258,6 +286,10 @@ pub struct Config {
     pub log: Option<LogSection>,
     /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9465`.
     pub metrics: Option<SocketAddr>,
+    /// MQTT 5 request/response: the Response Information given to a client that asks
+    /// for it, followed by its client id (e.g. `responses/` gives `responses/<id>/`).
+    /// None: not given.
+    pub response_information: Option<String>,
 }
 
 impl Default for Config {
@@ -272,6 +304,7 @@ impl Default for Config {
             platform: None,
             log: None,
             metrics: None,
+            response_information: None,
         }
     }
 }
@@ -380,6 +413,10 @@ impl Config {
                 limits.max_subscriptions_per_session,
             ),
             ("limits.max_topic_levels", limits.max_topic_levels),
+            (
+                "limits.receive_maximum",
+                usize::from(limits.receive_maximum),
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -398,8 +435,31 @@ impl Config {
                 "must leave room for the topic within MQTT's 256 MiB packet limit",
             ));
         }
+        if let Some(size) = limits.max_packet_size {
+            if !(64..=268_435_460).contains(&size.bytes()) {
+                return Err(invalid(
+                    "limits.max_packet_size",
+                    "must be between 64 bytes and 256 MiB (MQTT's largest packet)",
+                ));
+            }
+        }
+        if limits
+            .max_session_expiry
+            .is_some_and(|expiry| expiry.get().as_secs() >= u64::from(u32::MAX))
+        {
+            return Err(invalid(
+                "limits.max_session_expiry",
+                "must be below 136 years (leave it out for no limit)",
+            ));
+        }
         if limits.max_keepalive == 0 {
             return Err(invalid("limits.max_keepalive", "must be at least 1 second"));
+        }
+        if limits.slow_subscriber_timeout.is_zero() {
+            return Err(invalid(
+                "limits.slow_subscriber_timeout",
+                "must be more than 0",
+            ));
         }
         if limits.connect_timeout.is_zero() {
             return Err(invalid("limits.connect_timeout", "must be more than 0"));
@@ -615,6 +675,34 @@ platform: { org: myorg, registry: registry.db }
             config.effective_listeners(),
             Config::default().effective_listeners()
         );
+    }
+
+    #[test]
+    fn mqtt5_limits() {
+        let config = parse(
+            "limits: { max_session_expiry: 1d, max_packet_size: 64KiB, receive_maximum: 10, topic_alias_maximum: 0 }\nresponse_information: replies/\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            config.limits.max_session_expiry.map(|expiry| expiry.get()),
+            Some(Duration::from_secs(86_400))
+        );
+        assert_eq!(config.limits.max_packet_size, Some(units::Size::kib(64)));
+        assert_eq!(config.response_information.as_deref(), Some("replies/"));
+        for (text, key) in [
+            ("limits: { receive_maximum: 0 }\n", "limits.receive_maximum"),
+            (
+                "limits: { max_packet_size: 10 }\n",
+                "limits.max_packet_size",
+            ),
+            (
+                "limits: { max_session_expiry: 200y }\n",
+                "limits.max_session_expiry",
+            ),
+        ] {
+            let error = parse(text).expect_err(text).to_string();
+            assert!(error.contains(key), "{text}: {error}");
+        }
     }
 
     #[test]

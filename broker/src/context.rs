@@ -28,6 +28,8 @@ pub(crate) struct BrokerContext {
     pub platform: Option<Arc<crate::platform::Platform>>,
     pub anonymous: AnonymousPolicy,
     pub limits: Limits,
+    /// MQTT 5 Response Information prefix (`response_information` in the configuration).
+    pub response_information: Option<String>,
     pub metrics: Arc<Metrics>,
     pub password_checks: Semaphore,
     /// Failed logins by address and user name.
@@ -43,7 +45,11 @@ pub(crate) struct BrokerContext {
 impl BrokerContext {
     /// Largest packet accepted: a maximal payload with a maximal topic and headers.
     pub fn max_packet_size(&self) -> usize {
-        self.limits.max_payload + 5 + 2 + usize::from(u16::MAX) + 2
+        match self.limits.max_packet_size {
+            Some(size) => usize::try_from(size.bytes()).unwrap_or(usize::MAX),
+            // Fixed header, topic, packet identifier, and as much again for properties.
+            None => self.limits.max_payload + 5 + 2 * (2 + usize::from(u16::MAX)) + 2,
+        }
     }
 
     /// Milliseconds since the broker started (the clock of keepalive checks).
@@ -62,6 +68,8 @@ impl BrokerContext {
             bytes_received: Metrics::load(&metrics.bytes_received),
             bytes_sent: Metrics::load(&metrics.bytes_sent),
             messages_dropped: Metrics::load(&metrics.messages_dropped),
+            messages_oversized: Metrics::load(&metrics.messages_oversized),
+            slow_subscribers: Metrics::load(&metrics.slow_subscribers),
             subscriptions: self.router.subscriptions.read().len() as u64,
             retained_messages: self.router.retained.read().len() as u64,
             retained_refused: self.router.retained.read().refused(),

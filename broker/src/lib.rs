@@ -17,6 +17,7 @@ pub mod persistence;
 pub mod platform;
 pub mod retained;
 pub mod session;
+pub mod shared_subscriptions;
 pub mod subscriptions;
 pub mod transport;
 

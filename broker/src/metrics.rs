@@ -13,6 +13,8 @@ pub(crate) struct Metrics {
     pub bytes_received: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub messages_dropped: AtomicU64,
+    pub messages_oversized: AtomicU64,
+    pub slow_subscribers: AtomicU64,
 }
 
 /// Counts a connection keeps locally and adds to [`Metrics`] once per batch of work, so
@@ -53,6 +55,10 @@ pub struct Stats {
     pub bytes_sent: u64,
     /// Messages not queued because a session's queue was full.
     pub messages_dropped: u64,
+    /// Messages not sent to an MQTT 5 client because they exceed its Maximum Packet Size.
+    pub messages_oversized: u64,
+    /// Clients disconnected because their full queue held publishers back too long.
+    pub slow_subscribers: u64,
     pub subscriptions: u64,
     pub retained_messages: u64,
     /// Transactions of the persistence database that failed: what they carried was not
@@ -70,7 +76,7 @@ impl Metrics {
 }
 
 /// The Prometheus families of [`Stats`].
-const STATS_FAMILIES: [Family<Stats>; 12] = [
+const STATS_FAMILIES: [Family<Stats>; 14] = [
     Family {
         name: "fieldbridge_broker_uptime_seconds",
         kind: "gauge",
@@ -118,6 +124,18 @@ const STATS_FAMILIES: [Family<Stats>; 12] = [
         kind: "counter",
         help: "Messages not queued because a session's queue was full.",
         read: |s| s.messages_dropped as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_messages_oversized_total",
+        kind: "counter",
+        help: "Messages not sent to a client because they exceed its Maximum Packet Size.",
+        read: |s| s.messages_oversized as f64,
+    },
+    Family {
+        name: "fieldbridge_broker_slow_subscribers_disconnected_total",
+        kind: "counter",
+        help: "Clients disconnected because their full queue held publishers back for slow_subscriber_timeout.",
+        read: |s| s.slow_subscribers as f64,
     },
     Family {
         name: "fieldbridge_broker_subscriptions",
@@ -169,10 +187,12 @@ mod tests {
             bytes_received: 6,
             bytes_sent: 7,
             messages_dropped: 8,
-            subscriptions: 9,
-            retained_messages: 10,
-            persistence_write_failures: 11,
-            retained_refused: 12,
+            messages_oversized: 9,
+            slow_subscribers: 10,
+            subscriptions: 11,
+            retained_messages: 12,
+            persistence_write_failures: 13,
+            retained_refused: 14,
         };
         let text = stats.exposition();
         for (family, value) in STATS_FAMILIES.iter().zip(1..) {

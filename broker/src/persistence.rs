@@ -20,13 +20,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use bytestring::ByteString;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{ConnectOptions, Connection, Row};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PersistenceConfig, Synchronous};
 use crate::message::Message;
-use fieldbridge_mqtt::codec::QoS;
+use crate::subscriptions::Subscription;
+use fieldbridge_mqtt::codec::{Properties, QoS};
 use fieldbridge_sqlite::{Fault, OutageLog, ReopeningConnection};
 
 /// Ops waiting for the writer; senders wait (and so slow down) when it is full.
@@ -85,25 +88,41 @@ struct Failures {
 #[derive(Debug)]
 pub(crate) enum Op {
     SetRetained {
-        topic: ByteString,
-        payload: Bytes,
-        qos: QoS,
+        message: Arc<Message>,
     },
     ClearRetained {
         topic: ByteString,
     },
-    /// Records a persistent session and its owner (see `registry::Owner::encode`).
+    /// Records a persistent session, connected now, its owner (see
+    /// `registry::Owner::encode`; `None` keeps the one stored) and its expiry.
     Session {
         client_id: ByteString,
-        owner: String,
+        owner: Option<String>,
+        expiry: u32,
+    },
+    /// A persistent session's client left at `since_ms`; `expiry` as it stands then.
+    SessionAbsent {
+        client_id: ByteString,
+        since_ms: u64,
+        expiry: u32,
     },
     DeleteSession {
+        client_id: ByteString,
+    },
+    /// A will published at `due_ms` (Unix ms) unless the client comes back first.
+    DelayWill {
+        client_id: ByteString,
+        will: Arc<Message>,
+        due_ms: u64,
+    },
+    /// The delayed will was published.
+    ClearWill {
         client_id: ByteString,
     },
     Subscribe {
         client_id: ByteString,
         filter: ByteString,
-        qos: QoS,
+        subscription: Subscription,
     },
     Unsubscribe {
         client_id: ByteString,
@@ -111,8 +130,7 @@ pub(crate) enum Op {
     },
     Message {
         id: i64,
-        topic: ByteString,
-        payload: Bytes,
+        message: Arc<Message>,
     },
     Enqueue {
         client_id: ByteString,
@@ -120,6 +138,7 @@ pub(crate) enum Op {
         message_id: i64,
         qos: QoS,
         retain: bool,
+        identifiers: Vec<u32>,
     },
     Sent {
         client_id: ByteString,
@@ -163,13 +182,20 @@ pub struct StoredDelivery {
     pub pkid: Option<u16>,
     /// Set if its PUBREC had come (PUBREL owed).
     pub released: bool,
+    pub identifiers: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Default)]
 pub struct StoredSession {
     /// Who the session belongs to; `None` when stored before owners were recorded.
     pub owner: Option<String>,
-    pub subscriptions: Vec<(ByteString, QoS)>,
+    /// Session Expiry Interval in seconds (u32::MAX: never).
+    pub expiry: u32,
+    /// When its client left (Unix ms); `None` if it was connected when the broker stopped.
+    pub absent_since_ms: Option<u64>,
+    /// A will waiting for its delay, and when it is due (Unix ms).
+    pub pending_will: Option<(Message, u64)>,
+    pub subscriptions: Vec<(ByteString, Subscription)>,
     pub queue: Vec<StoredDelivery>,
     pub incoming_qos2: Vec<u16>,
 }
@@ -325,9 +351,61 @@ fn qos_of(value: i64) -> Option<QoS> {
         .and_then(|value| QoS::try_from(value).ok())
 }
 
+/// Subscription option bits of the `options` column.
+const NO_LOCAL: i64 = 1;
+const RETAIN_AS_PUBLISHED: i64 = 2;
+
+/// A stored message's MQTT 5 properties and expiry (columns `properties`, `expires_at`).
+fn read_message_extras(row: &SqliteRow, message: &mut Message) -> Result<(), sqlx::Error> {
+    if let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>("properties")? {
+        match Properties::from_bytes(Bytes::from(bytes)) {
+            Ok(properties) => message.properties = properties,
+            Err(error) => {
+                tracing::warn!(topic = %message.topic, %error, "stored message properties not understood: left out");
+            }
+        }
+    }
+    let expires: Option<i64> = row.try_get("expires_at")?;
+    message.expires_at_ms = expires.and_then(|ms| u64::try_from(ms).ok());
+    Ok(())
+}
+
+/// The `will_*` columns of a session.
+fn read_pending_will(row: &SqliteRow) -> Result<Option<(Message, u64)>, sqlx::Error> {
+    let (Some(topic), Some(payload), Some(qos), Some(due)) = (
+        row.try_get::<Option<String>, _>("will_topic")?,
+        row.try_get::<Option<Vec<u8>>, _>("will_payload")?,
+        row.try_get::<Option<i64>, _>("will_qos")?,
+        row.try_get::<Option<i64>, _>("will_at")?,
+    ) else {
+        return Ok(None);
+    };
+    let Some(qos) = qos_of(qos) else {
+        return Ok(None);
+    };
+    let retain = row
+        .try_get::<Option<bool>, _>("will_retain")?
+        .unwrap_or(false);
+    let mut will = Message::new(topic, payload, qos, retain);
+    if let Some(bytes) = row.try_get::<Option<Vec<u8>>, _>("properties")? {
+        will.properties = Properties::from_bytes(Bytes::from(bytes)).unwrap_or_default();
+    }
+    Ok(Some((will, u64::try_from(due).unwrap_or(0))))
+}
+
+/// The `properties` and `expires_at` columns of a message.
+fn message_extras(message: &Message) -> (Option<Vec<u8>>, Option<i64>) {
+    let properties =
+        (!message.properties.is_empty()).then(|| message.properties.to_bytes().to_vec());
+    let expires = message
+        .expires_at_ms
+        .map(|ms| i64::try_from(ms).unwrap_or(i64::MAX));
+    (properties, expires)
+}
+
 async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error> {
     let mut snapshot = Snapshot::default();
-    for row in sqlx::query("SELECT topic, payload, qos FROM retained")
+    for row in sqlx::query("SELECT topic, payload, qos, properties, expires_at FROM retained")
         .fetch_all(&mut *connection)
         .await?
     {
@@ -337,19 +415,29 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
             tracing::warn!(%topic, "skipping a stored retained message with an invalid QoS");
             continue;
         };
-        snapshot
-            .retained
-            .push(Message::new(topic, payload, qos, true));
+        let mut message = Message::new(topic, payload, qos, true);
+        read_message_extras(&row, &mut message)?;
+        snapshot.retained.push(message);
     }
-    for row in sqlx::query("SELECT client_id, owner FROM sessions")
-        .fetch_all(&mut *connection)
-        .await?
+    for row in sqlx::query(
+        "SELECT client_id, owner, expiry, absent_since, will_topic, will_payload, will_qos, \
+         will_retain, will_properties AS properties, will_at FROM sessions",
+    )
+    .fetch_all(&mut *connection)
+    .await?
     {
         let client_id: String = row.try_get("client_id")?;
-        let owner: Option<String> = row.try_get("owner")?;
-        snapshot.sessions.entry(client_id.into()).or_default().owner = owner;
+        let session = snapshot.sessions.entry(client_id.into()).or_default();
+        session.owner = row.try_get("owner")?;
+        let expiry: Option<i64> = row.try_get("expiry")?;
+        session.expiry = expiry.map_or(u32::MAX, |seconds| {
+            u32::try_from(seconds).unwrap_or(u32::MAX)
+        });
+        let absent: Option<i64> = row.try_get("absent_since")?;
+        session.absent_since_ms = absent.and_then(|ms| u64::try_from(ms).ok());
+        session.pending_will = read_pending_will(&row)?;
     }
-    for row in sqlx::query("SELECT client_id, filter, qos FROM subscriptions")
+    for row in sqlx::query("SELECT client_id, filter, qos, options, identifier FROM subscriptions")
         .fetch_all(&mut *connection)
         .await?
     {
@@ -358,13 +446,22 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
         let Some(qos) = qos_of(row.try_get("qos")?) else {
             continue;
         };
+        let options: i64 = row.try_get("options")?;
+        let identifier: i64 = row.try_get("identifier")?;
+        let subscription = Subscription {
+            qos,
+            no_local: options & NO_LOCAL != 0,
+            retain_as_published: options & RETAIN_AS_PUBLISHED != 0,
+            identifier: u32::try_from(identifier).unwrap_or(0),
+        };
         if let Some(session) = snapshot.sessions.get_mut(client_id.as_str()) {
-            session.subscriptions.push((filter.into(), qos));
+            session.subscriptions.push((filter.into(), subscription));
         }
     }
     let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
     let rows = sqlx::query(
-        "SELECT q.client_id, q.seq, q.qos, q.retain, q.pkid, q.released, m.id, m.topic, m.payload \
+        "SELECT q.client_id, q.seq, q.qos, q.retain, q.pkid, q.released, q.identifiers, \
+         m.id, m.topic, m.payload, m.properties, m.expires_at \
          FROM queue q JOIN messages m ON m.id = q.message_id ORDER BY q.client_id, q.seq",
     )
     .fetch_all(&mut *connection)
@@ -382,7 +479,9 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
             None => {
                 let topic: String = row.try_get("topic")?;
                 let payload: Vec<u8> = row.try_get("payload")?;
-                let message = Arc::new(Message::new(topic, payload, qos, false));
+                let mut message = Message::new(topic, payload, qos, false);
+                read_message_extras(&row, &mut message)?;
+                let message = Arc::new(message);
                 messages.insert(message_id, message.clone());
                 message
             }
@@ -399,6 +498,12 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
                 .and_then(|pkid| u16::try_from(pkid).ok())
                 .filter(|&pkid| pkid != 0),
             released: row.try_get::<bool, _>("released")?,
+            identifiers: row
+                .try_get::<Option<String>, _>("identifiers")?
+                .unwrap_or_default()
+                .split(',')
+                .filter_map(|id| id.parse().ok())
+                .collect(),
         });
     }
     for row in sqlx::query("SELECT client_id, pkid FROM incoming_qos2")
@@ -541,18 +646,22 @@ impl Writer {
     }
 }
 
+/// The `expiry` column: NULL for a session that never expires.
+fn stored_expiry(expiry: u32) -> Option<i64> {
+    (expiry != u32::MAX).then_some(i64::from(expiry))
+}
+
 async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error> {
     let seq = |seq: &u64| i64::try_from(*seq).unwrap_or(i64::MAX);
     match op {
-        Op::SetRetained {
-            topic,
-            payload,
-            qos,
-        } => {
-            sqlx::query("INSERT OR REPLACE INTO retained (topic, payload, qos) VALUES (?, ?, ?)")
-                .bind(&**topic)
-                .bind(&payload[..])
-                .bind(*qos as u8)
+        Op::SetRetained { message } => {
+            let (properties, expires) = message_extras(message);
+            sqlx::query("INSERT OR REPLACE INTO retained (topic, payload, qos, properties, expires_at) VALUES (?, ?, ?, ?, ?)")
+                .bind(&*message.topic)
+                .bind(&message.payload[..])
+                .bind(message.qos as u8)
+                .bind(properties)
+                .bind(expires)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -562,15 +671,64 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
                 .execute(&mut *tx)
                 .await?;
         }
-        Op::Session { client_id, owner } => {
+        Op::Session {
+            client_id,
+            owner,
+            expiry,
+        } => {
             sqlx::query(
-                "INSERT INTO sessions (client_id, owner) VALUES (?, ?) \
-                 ON CONFLICT (client_id) DO UPDATE SET owner = excluded.owner",
+                "INSERT INTO sessions (client_id, owner, expiry, absent_since) VALUES (?, ?, ?, NULL) \
+                 ON CONFLICT (client_id) DO UPDATE SET owner = coalesce(excluded.owner, owner), \
+                 expiry = excluded.expiry, absent_since = NULL, will_topic = NULL, \
+                 will_payload = NULL, will_qos = NULL, will_retain = NULL, \
+                 will_properties = NULL, will_at = NULL",
             )
             .bind(&**client_id)
             .bind(owner)
+            .bind(stored_expiry(*expiry))
             .execute(&mut *tx)
             .await?;
+        }
+        Op::DelayWill {
+            client_id,
+            will,
+            due_ms,
+        } => {
+            let (properties, _) = message_extras(will);
+            sqlx::query(
+                "UPDATE sessions SET will_topic = ?, will_payload = ?, will_qos = ?, \
+                 will_retain = ?, will_properties = ?, will_at = ? WHERE client_id = ?",
+            )
+            .bind(&*will.topic)
+            .bind(&will.payload[..])
+            .bind(will.qos as u8)
+            .bind(will.retain)
+            .bind(properties)
+            .bind(i64::try_from(*due_ms).unwrap_or(i64::MAX))
+            .bind(&**client_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Op::ClearWill { client_id } => {
+            sqlx::query(
+                "UPDATE sessions SET will_topic = NULL, will_payload = NULL, will_qos = NULL, \
+                 will_retain = NULL, will_properties = NULL, will_at = NULL WHERE client_id = ?",
+            )
+            .bind(&**client_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        Op::SessionAbsent {
+            client_id,
+            since_ms,
+            expiry,
+        } => {
+            sqlx::query("UPDATE sessions SET absent_since = ?, expiry = ? WHERE client_id = ?")
+                .bind(i64::try_from(*since_ms).unwrap_or(i64::MAX))
+                .bind(stored_expiry(*expiry))
+                .bind(&**client_id)
+                .execute(&mut *tx)
+                .await?;
         }
         Op::DeleteSession { client_id } => {
             for statement in [
@@ -591,14 +749,22 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
         Op::Subscribe {
             client_id,
             filter,
-            qos,
+            subscription,
         } => {
+            let options = if subscription.no_local { NO_LOCAL } else { 0 }
+                | if subscription.retain_as_published {
+                    RETAIN_AS_PUBLISHED
+                } else {
+                    0
+                };
             sqlx::query(
-                "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos) VALUES (?, ?, ?)",
+                "INSERT OR REPLACE INTO subscriptions (client_id, filter, qos, options, identifier) VALUES (?, ?, ?, ?, ?)",
             )
             .bind(&**client_id)
             .bind(&**filter)
-            .bind(*qos as u8)
+            .bind(subscription.qos as u8)
+            .bind(options)
+            .bind(i64::from(subscription.identifier))
             .execute(&mut *tx)
             .await?;
         }
@@ -609,11 +775,14 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
                 .execute(&mut *tx)
                 .await?;
         }
-        Op::Message { id, topic, payload } => {
-            sqlx::query("INSERT OR IGNORE INTO messages (id, topic, payload) VALUES (?, ?, ?)")
+        Op::Message { id, message } => {
+            let (properties, expires) = message_extras(message);
+            sqlx::query("INSERT OR IGNORE INTO messages (id, topic, payload, properties, expires_at) VALUES (?, ?, ?, ?, ?)")
                 .bind(*id)
-                .bind(&**topic)
-                .bind(&payload[..])
+                .bind(&*message.topic)
+                .bind(&message.payload[..])
+                .bind(properties)
+                .bind(expires)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -623,13 +792,22 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
             message_id,
             qos,
             retain,
+            identifiers,
         } => {
-            sqlx::query("INSERT OR REPLACE INTO queue (client_id, seq, message_id, qos, retain) VALUES (?, ?, ?, ?, ?)")
+            let identifiers = (!identifiers.is_empty()).then(|| {
+                identifiers
+                    .iter()
+                    .map(u32::to_string)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            });
+            sqlx::query("INSERT OR REPLACE INTO queue (client_id, seq, message_id, qos, retain, identifiers) VALUES (?, ?, ?, ?, ?, ?)")
                 .bind(&**client_id)
                 .bind(seq(position))
                 .bind(*message_id)
                 .bind(*qos as u8)
                 .bind(*retain)
+                .bind(identifiers)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -715,31 +893,38 @@ mod tests {
         let id = store.next_message_id();
         let ops = vec![
             Op::SetRetained {
-                topic: "r/1".into(),
-                payload: Bytes::from_static(b"one"),
-                qos: QoS::AtLeastOnce,
+                message: Arc::new(with_extras(Message::new(
+                    "r/1",
+                    "one",
+                    QoS::AtLeastOnce,
+                    true,
+                ))),
             },
             Op::SetRetained {
-                topic: "r/2".into(),
-                payload: Bytes::from_static(b"two"),
-                qos: QoS::AtMostOnce,
+                message: Arc::new(Message::new("r/2", "two", QoS::AtMostOnce, true)),
             },
             Op::ClearRetained {
                 topic: "r/2".into(),
             },
             Op::Session {
                 client_id: client.clone(),
-                owner: "user:alice".into(),
+                owner: Some("user:alice".into()),
+                expiry: 3600,
+            },
+            Op::SessionAbsent {
+                client_id: client.clone(),
+                since_ms: 1_000,
+                expiry: 7200,
             },
             Op::Subscribe {
                 client_id: client.clone(),
                 filter: "a/#".into(),
-                qos: QoS::ExactlyOnce,
+                subscription: subscription_a(),
             },
             Op::Subscribe {
                 client_id: client.clone(),
                 filter: "b".into(),
-                qos: QoS::AtMostOnce,
+                subscription: QoS::AtMostOnce.into(),
             },
             Op::Unsubscribe {
                 client_id: client.clone(),
@@ -747,8 +932,12 @@ mod tests {
             },
             Op::Message {
                 id,
-                topic: "a/x".into(),
-                payload: Bytes::from_static(b"hello"),
+                message: Arc::new(with_extras(Message::new(
+                    "a/x",
+                    "hello",
+                    QoS::ExactlyOnce,
+                    false,
+                ))),
             },
             Op::Enqueue {
                 client_id: client.clone(),
@@ -756,6 +945,7 @@ mod tests {
                 message_id: id,
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                identifiers: vec![],
             },
             Op::Enqueue {
                 client_id: client.clone(),
@@ -763,6 +953,7 @@ mod tests {
                 message_id: id,
                 qos: QoS::ExactlyOnce,
                 retain: false,
+                identifiers: vec![5, 268_435_455],
             },
             Op::Enqueue {
                 client_id: client.clone(),
@@ -770,6 +961,7 @@ mod tests {
                 message_id: id,
                 qos: QoS::ExactlyOnce,
                 retain: true,
+                identifiers: vec![],
             },
             Op::Sent {
                 client_id: client.clone(),
@@ -815,11 +1007,19 @@ mod tests {
         assert_eq!(snapshot.retained.len(), 1);
         assert_eq!(snapshot.retained[0].topic, "r/1");
         assert_eq!(snapshot.retained[0].qos, QoS::AtLeastOnce);
+        assert_eq!(
+            snapshot.retained[0],
+            with_extras(Message::new("r/1", "one", QoS::AtLeastOnce, true))
+        );
         let session = snapshot.sessions.get("c1").expect("session restored");
         assert_eq!(session.owner.as_deref(), Some("user:alice"));
         assert_eq!(
+            (session.expiry, session.absent_since_ms),
+            (7200, Some(1_000))
+        );
+        assert_eq!(
             session.subscriptions,
-            vec![("a/#".into(), QoS::ExactlyOnce)]
+            vec![("a/#".into(), subscription_a())]
         );
         let queue: Vec<_> = session
             .queue
@@ -834,6 +1034,16 @@ mod tests {
             ]
         );
         assert_eq!(&session.queue[0].message.payload[..], b"hello");
+        assert_eq!(
+            session.queue[0].message.properties,
+            with_extras(Message::new("", "", QoS::AtMostOnce, false)).properties
+        );
+        assert_eq!(
+            session.queue[0].message.expires_at_ms,
+            Some(1_700_000_000_000)
+        );
+        assert_eq!(session.queue[0].identifiers, vec![5, 268_435_455]);
+        assert!(session.queue[1].identifiers.is_empty());
         assert!(
             Arc::ptr_eq(&session.queue[0].message, &session.queue[1].message),
             "one body, shared"
@@ -855,6 +1065,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_delayed_will_waits_in_its_session_until_cleared() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, _) = open(&config(&dir)).await.expect("opens");
+        let session = |id: &str| Op::Session {
+            client_id: id.into(),
+            owner: None,
+            expiry: 60,
+        };
+        let will = Arc::new(with_extras(Message::new(
+            "w/t",
+            "gone",
+            QoS::AtLeastOnce,
+            true,
+        )));
+        for op in [session("a"), session("b"), session("c")] {
+            store.send(op).await.expect("sends");
+        }
+        for id in ["a", "b", "c"] {
+            let op = Op::DelayWill {
+                client_id: id.into(),
+                will: will.clone(),
+                due_ms: 1_234,
+            };
+            store.send(op).await.expect("sends");
+        }
+        // b's client came back, c's will was published.
+        store.send(session("b")).await.expect("sends");
+        let cleared = Op::ClearWill {
+            client_id: "c".into(),
+        };
+        store.send(cleared).await.expect("sends");
+        store.close().await;
+        let (_store, snapshot) = open(&config(&dir)).await.expect("reopens");
+        let (stored, due) = snapshot.sessions["a"]
+            .pending_will
+            .clone()
+            .expect("a's will waits");
+        assert_eq!(due, 1_234);
+        assert_eq!(
+            (
+                &*stored.topic,
+                &stored.payload[..],
+                stored.qos,
+                stored.retain
+            ),
+            ("w/t", &b"gone"[..], QoS::AtLeastOnce, true)
+        );
+        assert_eq!(stored.properties, will.properties);
+        assert!(snapshot.sessions["b"].pending_will.is_none());
+        assert!(snapshot.sessions["c"].pending_will.is_none());
+    }
+
+    #[tokio::test]
     async fn bodies_are_collected_when_no_queue_refers_to_them() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _) = open(&config(&dir)).await.expect("opens");
@@ -863,15 +1126,15 @@ mod tests {
         store
             .send(Op::Session {
                 client_id: client.clone(),
-                owner: "anonymous".into(),
+                owner: Some("anonymous".into()),
+                expiry: u32::MAX,
             })
             .await
             .expect("sends");
         store
             .send(Op::Message {
                 id,
-                topic: "t".into(),
-                payload: Bytes::from_static(b"x"),
+                message: Arc::new(Message::new("t", "x", QoS::AtLeastOnce, false)),
             })
             .await
             .expect("sends");
@@ -882,6 +1145,7 @@ mod tests {
                 message_id: id,
                 qos: QoS::AtLeastOnce,
                 retain: false,
+                identifiers: vec![],
             })
             .await
             .expect("sends");
@@ -914,9 +1178,30 @@ mod tests {
 
     fn retained(topic: &str, payload: Vec<u8>) -> Op {
         Op::SetRetained {
-            topic: topic.into(),
-            payload: payload.into(),
-            qos: QoS::AtLeastOnce,
+            message: Arc::new(Message::new(topic, payload, QoS::AtLeastOnce, true)),
+        }
+    }
+
+    /// `message` with MQTT 5 properties and an expiry, which must survive a restart.
+    fn with_extras(mut message: Message) -> Message {
+        message.properties = Properties::new()
+            .with(fieldbridge_mqtt::codec::Property::UserProperty((
+                "k".into(),
+                "v".into(),
+            )))
+            .with(fieldbridge_mqtt::codec::Property::CorrelationData(
+                Bytes::from_static(b"\x00\x01"),
+            ));
+        message.expires_at_ms = Some(1_700_000_000_000);
+        message
+    }
+
+    fn subscription_a() -> Subscription {
+        Subscription {
+            qos: QoS::ExactlyOnce,
+            no_local: true,
+            retain_as_published: true,
+            identifier: 42,
         }
     }
 

@@ -16,7 +16,8 @@ use tokio::sync::mpsc::PermitIterator;
 
 use crate::persistence::Op;
 use crate::session::SessionState;
-use crate::subscriptions::{sparse_capacity, SubscriptionTree};
+use crate::shared_subscriptions::Subscriptions;
+use crate::subscriptions::sparse_capacity;
 
 /// Why a connection was told to end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,14 +28,17 @@ pub(crate) enum Kick {
     Shutdown,
     /// Nothing came from the client for 1.5 times its keepalive.
     KeepaliveExpired,
+    /// Its queue stayed full for `slow_subscriber_timeout`: it holds publishers back.
+    SlowSubscriber,
 }
 
 impl Kick {
     fn bit(self) -> u8 {
         match self {
-            Kick::TakenOver => 0b0010,
-            Kick::Shutdown => 0b0100,
-            Kick::KeepaliveExpired => 0b1000,
+            Kick::TakenOver => 0b0_0010,
+            Kick::Shutdown => 0b0_0100,
+            Kick::KeepaliveExpired => 0b0_1000,
+            Kick::SlowSubscriber => 0b1_0000,
         }
     }
 }
@@ -78,9 +82,14 @@ impl ConnectionSignal {
 
     pub fn kicked(&self) -> Option<Kick> {
         let state = self.state.load(Ordering::Acquire);
-        [Kick::Shutdown, Kick::TakenOver, Kick::KeepaliveExpired]
-            .into_iter()
-            .find(|kick| state & kick.bit() != 0)
+        [
+            Kick::Shutdown,
+            Kick::TakenOver,
+            Kick::KeepaliveExpired,
+            Kick::SlowSubscriber,
+        ]
+        .into_iter()
+        .find(|kick| state & kick.bit() != 0)
     }
 
     /// Registers the task to wake, and consumes the wake-up if there was one: true if
@@ -160,6 +169,19 @@ pub(crate) struct SessionInner {
     pub owner: Option<Owner>,
     /// Set when the session ended (clean session over, or replaced): nothing may be added.
     pub discarded: bool,
+    /// Seconds the session outlives its connection (Session Expiry Interval; u32::MAX:
+    /// forever; 0: it ends with the connection).
+    pub expiry: u32,
+    /// When its client left ([`crate::message::unix_now_ms`]); `None` while connected.
+    pub absent_since_ms: Option<u64>,
+    /// Connections that resumed the session: a delayed will is not published once its
+    /// client came back.
+    pub connections: u64,
+    /// Publishers waiting for room in the queue, woken when it drains (one entry per
+    /// waiting connection).
+    pub room_waiters: Vec<Arc<ConnectionSignal>>,
+    /// Since when (broker clock, ms) a publisher has been waiting for room.
+    pub full_since_ms: Option<u64>,
 }
 
 impl SessionInner {
@@ -167,6 +189,27 @@ impl SessionInner {
         self.link
             .as_ref()
             .is_some_and(|link| Arc::ptr_eq(&link.signal, signal))
+    }
+
+    /// Has `signal` woken once the queue has room.
+    pub fn wait_for_room(&mut self, signal: &Arc<ConnectionSignal>, now_ms: u64) {
+        self.full_since_ms.get_or_insert(now_ms);
+        if !self
+            .room_waiters
+            .iter()
+            .any(|waiting| Arc::ptr_eq(waiting, signal))
+        {
+            self.room_waiters.push(signal.clone());
+        }
+    }
+
+    /// Wakes the publishers waiting for room: the queue drained, or its client left (the
+    /// offline rules apply now), or the session ended.
+    pub fn wake_waiters(&mut self) {
+        self.full_since_ms = None;
+        for waiting in self.room_waiters.drain(..) {
+            waiting.wake();
+        }
     }
 }
 
@@ -180,12 +223,15 @@ pub(crate) struct Session {
     pub inner: Mutex<SessionInner>,
 }
 
-pub(crate) type Tree = RwLock<SubscriptionTree<Arc<Session>>>;
+pub(crate) type Tree = RwLock<Subscriptions<Arc<Session>>>;
 
 /// A connection asking [`Registry::attach`] for its session.
 pub(crate) struct Claim {
     pub client_id: ByteString,
+    /// Clean session (3.1.1) or Clean Start (5): an existing session is not resumed.
     pub clean_session: bool,
+    /// The Session Expiry Interval granted.
+    pub expiry: u32,
     pub link: Link,
     pub username: Option<ByteString>,
     pub owner: Owner,
@@ -267,6 +313,11 @@ impl Registry {
                 username,
                 owner,
                 discarded: false,
+                expiry: u32::MAX,
+                absent_since_ms: None,
+                connections: 0,
+                room_waiters: Vec::new(),
+                full_since_ms: None,
             }),
         })
     }
@@ -286,6 +337,7 @@ impl Registry {
         let Claim {
             client_id,
             clean_session,
+            expiry,
             link,
             username,
             owner,
@@ -299,17 +351,24 @@ impl Registry {
             }
             let owned = inner.owner.as_ref().is_none_or(|known| *known == owner);
             if !clean_session && existing.persistent && owned {
+                // Present again (and perhaps with another expiry), and owned from now on
+                // if stored before owners were.
+                let claimed = inner.owner.is_none().then(|| owner.encode());
+                if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
+                    permit.send(Op::Session {
+                        client_id: client_id.clone(),
+                        owner: claimed,
+                        expiry,
+                    });
+                }
                 if inner.owner.is_none() {
-                    if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
-                        permit.send(Op::Session {
-                            client_id: client_id.clone(),
-                            owner: owner.encode(),
-                        });
-                    }
                     inner.owner = Some(owner);
                 }
+                inner.connections += 1;
                 inner.link = Some(link);
                 inner.username = username;
+                inner.expiry = expiry;
+                inner.absent_since_ms = None;
                 return Ok(Attached {
                     session: existing.clone(),
                     session_present: true,
@@ -332,7 +391,7 @@ impl Registry {
         if sessions.len() >= self.max_sessions {
             return Err(RegistryFull);
         }
-        let persistent = !clean_session;
+        let persistent = expiry > 0;
         let encoded = persistent.then(|| owner.encode());
         let session = self.new_session(
             client_id.clone(),
@@ -341,11 +400,13 @@ impl Registry {
             username,
             Some(owner),
         );
+        session.inner.lock().expiry = expiry;
         if let Some(owner) = encoded {
             if let Some(permit) = permit.as_mut().and_then(Iterator::next) {
                 permit.send(Op::Session {
                     client_id: client_id.clone(),
-                    owner,
+                    owner: Some(owner),
+                    expiry,
                 });
             }
         }
@@ -387,6 +448,50 @@ impl Registry {
         session
     }
 
+    /// Removes and returns the absent sessions whose expiry passed by `now_ms` (Unix ms).
+    pub fn expire_absent(&self, now_ms: u64, tree: &Tree) -> Vec<Arc<Session>> {
+        let mut ended = Vec::new();
+        {
+            let mut sessions = self.sessions.lock();
+            sessions.retain(|ByClientId(session)| {
+                let inner = session.inner.lock();
+                let expired = inner.link.is_none()
+                    && inner.absent_since_ms.is_some_and(|since| {
+                        crate::server::session_expired(inner.expiry, since, now_ms)
+                    });
+                if expired {
+                    ended.push(session.clone());
+                }
+                !expired
+            });
+            if !ended.is_empty() {
+                shrink_if_sparse(&mut sessions);
+            }
+        }
+        for session in &ended {
+            discard(session, tree);
+        }
+        ended
+    }
+
+    /// Disconnects the connected clients whose queue has held publishers back for
+    /// `timeout_ms`; how many.
+    pub fn kick_slow(&self, now_ms: u64, timeout_ms: u64) -> u64 {
+        let mut kicked = 0;
+        for ByClientId(session) in self.sessions.lock().iter() {
+            let inner = session.inner.lock();
+            let slow = inner
+                .full_since_ms
+                .is_some_and(|since| now_ms.saturating_sub(since) >= timeout_ms);
+            if let Some(link) = inner.link.as_ref().filter(|_| slow) {
+                tracing::warn!(client_id = %session.client_id, "slow subscriber disconnected: its queue held publishers back for slow_subscriber_timeout");
+                link.signal.kick(Kick::SlowSubscriber);
+                kicked += 1;
+            }
+        }
+        kicked
+    }
+
     /// Tells every connected client's connection to end.
     pub fn kick_all(&self, why: Kick) {
         self.for_each_link(|signal| signal.kick(why));
@@ -423,6 +528,7 @@ fn discard(session: &Arc<Session>, tree: &Tree) {
         let mut inner = session.inner.lock();
         inner.discarded = true;
         inner.link = None;
+        inner.wake_waiters();
         inner.state.subscriptions().keys().cloned().collect()
     };
     if filters.is_empty() {
@@ -442,6 +548,7 @@ mod tests {
         Claim {
             client_id: client_id.into(),
             clean_session: true,
+            expiry: 0,
             link: Link {
                 signal: Arc::new(ConnectionSignal::new(None, 0)),
             },

@@ -19,7 +19,7 @@ use crate::acl::{Acl, AclError};
 use crate::auth::{AuthError, PasswordFile};
 use crate::backoff::LoginBackoff;
 use crate::config::{AnonymousPolicy, AuthConfig, Config, ConfigError};
-use crate::connection::{self, Accepted, ListenerInfo};
+use crate::connection::{self, delayed_will, Accepted, ListenerInfo};
 use crate::context::{BrokerContext, CONCURRENT_PASSWORD_CHECKS};
 use crate::metrics::{Metrics, Stats};
 use crate::persistence::{self, Op, Snapshot, StoreError};
@@ -28,7 +28,7 @@ use crate::registry::{Kick, Owner, Registry};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::Router;
 use crate::session::{Delivery, Inflight, InflightState, SessionLimits, SessionState};
-use crate::subscriptions::SubscriptionTree;
+use crate::shared_subscriptions::Subscriptions;
 use crate::transport::{TransportError, Upgrade};
 
 /// Least time between two log lines about refused clients (logins during a backoff,
@@ -125,7 +125,7 @@ impl Broker {
         let metrics = Arc::new(Metrics::default());
         let ctx = Arc::new(BrokerContext {
             router: Router {
-                subscriptions: RwLock::new(SubscriptionTree::default()),
+                subscriptions: RwLock::new(Subscriptions::default()),
                 retained: RwLock::new(RetainedStore::new(
                     limits.max_retained_messages,
                     limits.max_retained_bytes,
@@ -136,6 +136,7 @@ impl Broker {
                     max_inflight: limits.max_inflight,
                     max_queued_messages: limits.max_queued_messages,
                     max_queued_bytes: limits.max_queued_bytes,
+                    on_queue_full: limits.on_queue_full,
                 },
                 metrics: metrics.clone(),
                 drop_warnings: LogThrottle::new(crate::router::DROP_WARNING_INTERVAL),
@@ -153,6 +154,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             started: Instant::now(),
             limits,
+            response_information: config.response_information.clone(),
         });
         restore(&ctx, snapshot).await;
 
@@ -219,7 +221,7 @@ fn load_auth(config: &Config) -> Result<Auth, BrokerError> {
 
 /// Puts the persisted state back: retained messages (as far as the limits allow; the
 /// others are deleted), sessions, their subscriptions.
-async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
+async fn restore(ctx: &Arc<BrokerContext>, snapshot: Snapshot) {
     let sessions = snapshot.sessions.len();
     let mut left_out = Vec::new();
     let retained = {
@@ -245,7 +247,19 @@ async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
             }
         }
     }
+    let now = crate::message::unix_now_ms();
     for (client_id, stored) in snapshot.sessions {
+        // A session connected when the broker stopped is counted as absent from now.
+        let absent_since = stored.absent_since_ms.unwrap_or(now);
+        if session_expired(stored.expiry, absent_since, now) {
+            tracing::debug!(%client_id, "stored session expired while the broker was down");
+            if let Some(store) = &ctx.router.store {
+                if store.send(Op::DeleteSession { client_id }).await.is_err() {
+                    break;
+                }
+            }
+            continue;
+        }
         let mut state = SessionState::new();
         for item in stored.queue {
             let delivery = Delivery {
@@ -253,6 +267,7 @@ async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
                 qos: item.qos,
                 retain: item.retain,
                 seq: item.seq,
+                identifiers: item.identifiers,
             };
             match item.pkid {
                 Some(pkid) => state.restore_inflight(Inflight {
@@ -272,8 +287,8 @@ async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
         for pkid in stored.incoming_qos2 {
             state.restore_incoming_qos2(pkid);
         }
-        for (filter, qos) in &stored.subscriptions {
-            state.add_subscription(filter.clone(), *qos);
+        for (filter, subscription) in &stored.subscriptions {
+            state.add_subscription(filter.clone(), *subscription);
         }
         let owner = stored.owner.as_deref().and_then(|text| {
             let owner = Owner::decode(text);
@@ -283,14 +298,35 @@ async fn restore(ctx: &BrokerContext, snapshot: Snapshot) {
             owner
         });
         let session = ctx.registry.restore(client_id, state, owner);
+        {
+            let mut inner = session.inner.lock();
+            inner.expiry = stored.expiry;
+            inner.absent_since_ms = Some(absent_since);
+        }
+        if let Some((will, due_ms)) = stored.pending_will {
+            let wait = Duration::from_millis(due_ms.saturating_sub(now));
+            tokio::spawn(delayed_will(
+                ctx.clone(),
+                session.clone(),
+                0,
+                wait,
+                Arc::new(will),
+            ));
+        }
         let mut tree = ctx.router.subscriptions.write();
-        for (filter, qos) in stored.subscriptions {
-            tree.subscribe(&filter, session.id, qos, session.clone());
+        for (filter, subscription) in stored.subscriptions {
+            tree.subscribe(&filter, session.id, subscription, session.clone());
         }
     }
     if sessions + retained > 0 {
         tracing::info!(sessions, retained, "restored persisted state");
     }
+}
+
+/// Whether a session absent since `absent_since` (Unix ms) with `expiry` seconds has
+/// ended by `now`.
+pub(crate) fn session_expired(expiry: u32, absent_since: u64, now: u64) -> bool {
+    expiry != u32::MAX && now.saturating_sub(absent_since) >= u64::from(expiry) * 1000
 }
 
 async fn accept_loop(
@@ -341,8 +377,39 @@ async fn expire_silent_clients(ctx: Arc<BrokerContext>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = ticker.tick() => ctx.registry.expire_silent(ctx.now_ms()),
+            _ = ticker.tick() => {
+                ctx.registry.expire_silent(ctx.now_ms());
+                let timeout = ctx.limits.slow_subscriber_timeout.as_millis();
+                let kicked = ctx.registry.kick_slow(
+                    crate::message::unix_now_ms(),
+                    u64::try_from(timeout).unwrap_or(u64::MAX),
+                );
+                ctx.metrics
+                    .slow_subscribers
+                    .fetch_add(kicked, std::sync::atomic::Ordering::Relaxed);
+                end_expired_sessions(&ctx).await;
+            }
             () = ctx.shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Removes the sessions whose client has been away longer than their expiry interval,
+/// from the database too.
+async fn end_expired_sessions(ctx: &BrokerContext) {
+    let ended = ctx
+        .registry
+        .expire_absent(crate::message::unix_now_ms(), &ctx.router.subscriptions);
+    for session in ended {
+        tracing::debug!(client_id = %session.client_id, "session expired");
+        if let Some(store) = ctx.router.store.as_ref().filter(|_| session.persistent) {
+            let op = Op::DeleteSession {
+                client_id: session.client_id.clone(),
+            };
+            if store.send(op).await.is_err() {
+                // Expired again after a restart: the stored record says when it left.
+                return;
+            }
         }
     }
 }

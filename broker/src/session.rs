@@ -8,10 +8,26 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::message::Message;
-use fieldbridge_mqtt::codec::{Publish, QoS};
+use crate::subscriptions::Subscription;
+use fieldbridge_mqtt::codec::{Property, Publish, QoS};
 
 /// Queue capacity kept after a burst has drained; more is freed.
 const SHRINK_ABOVE: usize = 64;
+
+/// What a full queue does with one more QoS 1 or 2 message for an absent client (a
+/// connected client's publishers always wait for room).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueFullPolicy {
+    /// The new message is dropped (and counted).
+    #[default]
+    DropNewest,
+    /// The oldest queued message makes room (and is counted as dropped).
+    DropOldest,
+    /// Its publisher waits, as for a connected client: an absent client can hold
+    /// publishers back for as long as it stays away.
+    Backpressure,
+}
 
 /// Bounds of one session, from the `limits` section of the configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +38,7 @@ pub struct SessionLimits {
     pub max_queued_messages: usize,
     /// Topic and payload bytes of the messages waiting to be sent.
     pub max_queued_bytes: usize,
+    pub on_queue_full: QueueFullPolicy,
 }
 
 /// One message on its way to this session's client.
@@ -30,10 +47,13 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// min(published QoS, granted QoS).
     pub qos: QoS,
-    /// Set when the message is sent because it was retained (on subscribe), not live.
+    /// The RETAIN flag it is sent with: set for retained messages sent on subscribe, and
+    /// for live ones to a Retain As Published subscription.
     pub retain: bool,
     /// Position in this session's queue; names the message in persistent storage.
     pub seq: u64,
+    /// Subscription Identifiers of the matching subscriptions (MQTT 5).
+    pub identifiers: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,12 +87,20 @@ pub enum Outgoing {
 }
 
 /// What [`SessionState::enqueue`] did with a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enqueued {
     /// Queued at this sequence number; `wake` when the connection must be told.
-    Queued { seq: u64, wake: bool },
+    /// `evicted`: the queued messages that made room for it (drop_oldest), by sequence.
+    Queued {
+        seq: u64,
+        wake: bool,
+        evicted: Vec<u64>,
+    },
     /// Dropped: the queue is at `max_queued_messages` or `max_queued_bytes`.
     Dropped,
+    /// Not queued, and not dropped: the queue is full and the message must wait for room
+    /// (QoS 1 and 2 for a connected client, or any absent one under `Backpressure`).
+    Full,
     /// A QoS 0 message for an absent client: not kept.
     Skipped,
 }
@@ -86,6 +114,9 @@ pub enum Acked {
     Released { seq: u64 },
     /// No message in flight with this packet identifier and state.
     Unknown,
+    /// The packet identifier is in flight, but the acknowledgement is of the wrong kind
+    /// (PUBREC for a QoS 1 message, PUBACK for a QoS 2 one, PUBCOMP before PUBREL).
+    WrongKind,
 }
 
 #[derive(Debug, Default)]
@@ -97,7 +128,9 @@ pub struct SessionState {
     next_seq: u64,
     // B-trees: no hasher state and no allocation while empty, in every session.
     incoming_qos2: BTreeSet<u16>,
-    subscriptions: BTreeMap<ByteString, QoS>,
+    subscriptions: BTreeMap<ByteString, Subscription>,
+    /// The client's Receive Maximum (MQTT 5), when below `max_inflight`.
+    receive_maximum: Option<usize>,
     dropped: u64,
     /// Whether the last enqueue was dropped (to log the first drop of a run only).
     dropping: bool,
@@ -118,6 +151,7 @@ impl SessionState {
         message: Arc<Message>,
         qos: QoS,
         retain: bool,
+        identifiers: Vec<u32>,
         online: bool,
         limits: &SessionLimits,
     ) -> Enqueued {
@@ -125,14 +159,32 @@ impl SessionState {
             return Enqueued::Skipped;
         }
         let size = message.size();
-        if self.pending.len() >= limits.max_queued_messages
-            || self.pending_bytes + size > limits.max_queued_bytes
-        {
-            self.dropped += 1;
+        let mut evicted = Vec::new();
+        if !self.fits(size, limits) {
+            let waits = qos != QoS::AtMostOnce
+                && (online || limits.on_queue_full == QueueFullPolicy::Backpressure);
+            if waits {
+                return Enqueued::Full;
+            }
             self.dropping = true;
-            return Enqueued::Dropped;
+            let evicts = qos != QoS::AtMostOnce
+                && limits.on_queue_full == QueueFullPolicy::DropOldest
+                && size <= limits.max_queued_bytes;
+            if !evicts {
+                self.dropped += 1;
+                return Enqueued::Dropped;
+            }
+            while !self.fits(size, limits) {
+                let Some(oldest) = self.pending.pop_front() else {
+                    break;
+                };
+                self.pending_bytes -= oldest.message.size();
+                self.dropped += 1;
+                evicted.push(oldest.seq);
+            }
+        } else {
+            self.dropping = false;
         }
-        self.dropping = false;
         let seq = self.next_seq;
         self.next_seq += 1;
         let wake = online && self.pending.is_empty();
@@ -142,35 +194,67 @@ impl SessionState {
             qos,
             retain,
             seq,
+            identifiers,
         });
-        Enqueued::Queued { seq, wake }
+        Enqueued::Queued { seq, wake, evicted }
+    }
+
+    /// Whether a message of `size` bytes fits in the queue now.
+    fn fits(&self, size: usize, limits: &SessionLimits) -> bool {
+        self.pending.len() < limits.max_queued_messages
+            && self.pending_bytes + size <= limits.max_queued_bytes
+    }
+
+    /// Whether the queue has drained far enough (to three quarters of its limits) that
+    /// publishers waiting for room should try again: waking them at every message taken
+    /// would have them compete for one place at a time.
+    pub fn has_room_for_waiters(&self, limits: &SessionLimits) -> bool {
+        self.pending.len() <= limits.max_queued_messages - limits.max_queued_messages / 4
+            && self.pending_bytes <= limits.max_queued_bytes - limits.max_queued_bytes / 4
+    }
+
+    /// Limits the QoS 1 and 2 messages in flight to what the client accepts (its MQTT 5
+    /// Receive Maximum); `None` for the configured window alone.
+    pub fn set_receive_maximum(&mut self, receive_maximum: Option<u16>) {
+        self.receive_maximum = receive_maximum.map(usize::from);
+    }
+
+    /// The in-flight window: `max_inflight`, or less if the client asked for less.
+    fn window(&self, limits: &SessionLimits) -> usize {
+        self.receive_maximum
+            .map_or(limits.max_inflight, |max| max.min(limits.max_inflight))
     }
 
     /// Moves queued messages into flight, as far as the in-flight window and `budget`
     /// (bytes of payload the connection is ready to buffer) allow, and appends the PUBLISH
-    /// packets to send. QoS 0 messages leave the session once handed out.
+    /// packets to send. QoS 0 messages leave the session once handed out. `now_ms` is the
+    /// broker clock: expired messages are not sent.
     pub fn poll_outgoing(
         &mut self,
         limits: &SessionLimits,
         budget: usize,
+        now_ms: u64,
         out: &mut Vec<Outgoing>,
     ) {
-        self.poll_outgoing_where(limits, budget, out, |_| true, &mut Vec::new());
+        self.poll_outgoing_where(limits, budget, now_ms, out, |_| true, &mut Vec::new());
     }
 
-    /// [`SessionState::poll_outgoing`], sending only the messages `allowed` accepts now:
-    /// the others leave the queue, and their sequence numbers are appended to `withheld`.
+    /// [`SessionState::poll_outgoing`], sending only the messages `allowed` accepts now
+    /// (and that have not expired): the others leave the queue, and their sequence numbers
+    /// are appended to `withheld`.
     pub fn poll_outgoing_where(
         &mut self,
         limits: &SessionLimits,
         budget: usize,
+        now_ms: u64,
         out: &mut Vec<Outgoing>,
         mut allowed: impl FnMut(&Message) -> bool,
         withheld: &mut Vec<u64>,
     ) {
         let mut taken = 0;
+        let window = self.window(limits);
         while let Some(front) = self.pending.front() {
-            if !allowed(&front.message) {
+            if front.message.expired(now_ms) || !allowed(&front.message) {
                 if let Some(dropped) = self.pending.pop_front() {
                     self.pending_bytes -= dropped.message.size();
                     withheld.push(dropped.seq);
@@ -180,7 +264,7 @@ impl SessionState {
             if taken > 0 && taken + front.message.size() > budget {
                 break;
             }
-            if front.qos != QoS::AtMostOnce && self.inflight.len() >= limits.max_inflight {
+            if front.qos != QoS::AtMostOnce && self.inflight.len() >= window {
                 break;
             }
             let Some(delivery) = self.pending.pop_front() else {
@@ -191,14 +275,14 @@ impl SessionState {
             self.pending_bytes -= size;
             if delivery.qos == QoS::AtMostOnce {
                 out.push(Outgoing::Publish {
-                    publish: to_publish(&delivery, 0, false),
+                    publish: to_publish(&delivery, 0, false, now_ms),
                     seq: delivery.seq,
                 });
                 continue;
             }
             let pkid = self.allocate_pkid();
             out.push(Outgoing::Publish {
-                publish: to_publish(&delivery, pkid, false),
+                publish: to_publish(&delivery, pkid, false, now_ms),
                 seq: delivery.seq,
             });
             let state = if delivery.qos == QoS::AtLeastOnce {
@@ -221,14 +305,14 @@ impl SessionState {
     /// Whether queued messages wait that the in-flight window lets out now.
     pub fn has_sendable(&self, limits: &SessionLimits) -> bool {
         self.pending.front().is_some_and(|front| {
-            front.qos == QoS::AtMostOnce || self.inflight.len() < limits.max_inflight
+            front.qos == QoS::AtMostOnce || self.inflight.len() < self.window(limits)
         })
     }
 
     /// Everything in flight again, in the order first sent, for a client that reconnected:
     /// PUBLISH with DUP set, or PUBREL where that is owed.
-    pub fn resend(&mut self, out: &mut Vec<Outgoing>) {
-        self.resend_where(out, |_| true, &mut Vec::new());
+    pub fn resend(&mut self, now_ms: u64, out: &mut Vec<Outgoing>) {
+        self.resend_where(now_ms, out, |_| true, &mut Vec::new());
     }
 
     /// [`SessionState::resend`], sending again only the messages `allowed` accepts now: the
@@ -236,6 +320,7 @@ impl SessionState {
     /// their sequence numbers are appended to `withheld`.
     pub fn resend_where(
         &mut self,
+        now_ms: u64,
         out: &mut Vec<Outgoing>,
         mut allowed: impl FnMut(&Message) -> bool,
         withheld: &mut Vec<u64>,
@@ -254,7 +339,7 @@ impl SessionState {
                     pkid: inflight.pkid,
                 },
                 _ => Outgoing::Publish {
-                    publish: to_publish(&inflight.delivery, inflight.pkid, true),
+                    publish: to_publish(&inflight.delivery, inflight.pkid, true, now_ms),
                     seq: inflight.delivery.seq,
                 },
             });
@@ -265,20 +350,29 @@ impl SessionState {
         self.complete(pkid, InflightState::AwaitingPubAck)
     }
 
-    /// PUBREC for a QoS 2 message: the caller sends PUBREL whatever this returns.
-    pub fn pubrec(&mut self, pkid: u16) -> Acked {
-        match self.inflight.iter_mut().find(|inflight| {
-            inflight.pkid == pkid && inflight.state != InflightState::AwaitingPubAck
-        }) {
-            Some(inflight) if inflight.state == InflightState::AwaitingPubRec => {
+    /// PUBREC for a QoS 2 message: the caller sends PUBREL unless this is `WrongKind`.
+    /// `refused` (an MQTT 5 failure code) ends the exchange at once: no PUBREL follows.
+    pub fn pubrec(&mut self, pkid: u16, refused: bool) -> Acked {
+        if refused {
+            return self.complete(pkid, InflightState::AwaitingPubRec);
+        }
+        let Some(inflight) = self
+            .inflight
+            .iter_mut()
+            .find(|inflight| inflight.pkid == pkid)
+        else {
+            return Acked::Unknown;
+        };
+        match inflight.state {
+            InflightState::AwaitingPubAck => Acked::WrongKind,
+            InflightState::AwaitingPubRec => {
                 inflight.state = InflightState::AwaitingPubComp;
                 Acked::Released {
                     seq: inflight.delivery.seq,
                 }
             }
             // A repeated PUBREC: PUBREL is owed again, nothing changes.
-            Some(_) => Acked::Unknown,
-            None => Acked::Unknown,
+            InflightState::AwaitingPubComp => Acked::Unknown,
         }
     }
 
@@ -287,16 +381,19 @@ impl SessionState {
     }
 
     fn complete(&mut self, pkid: u16, expected: InflightState) -> Acked {
-        match self
+        let Some(index) = self
             .inflight
             .iter()
-            .position(|inflight| inflight.pkid == pkid && inflight.state == expected)
-        {
-            Some(index) => match self.inflight.remove(index) {
-                Some(inflight) => Acked::Completed {
-                    seq: inflight.delivery.seq,
-                },
-                None => Acked::Unknown,
+            .position(|inflight| inflight.pkid == pkid)
+        else {
+            return Acked::Unknown;
+        };
+        if self.inflight[index].state != expected {
+            return Acked::WrongKind;
+        }
+        match self.inflight.remove(index) {
+            Some(inflight) => Acked::Completed {
+                seq: inflight.delivery.seq,
             },
             None => Acked::Unknown,
         }
@@ -306,6 +403,11 @@ impl SessionState {
     /// repeats one whose PUBREL has not come yet (answered with PUBREC, not routed again).
     pub fn incoming_qos2(&mut self, pkid: u16) -> bool {
         self.incoming_qos2.insert(pkid)
+    }
+
+    /// Whether a QoS 2 message with this identifier awaits its PUBREL.
+    pub fn awaits_pubrel(&self, pkid: u16) -> bool {
+        self.incoming_qos2.contains(&pkid)
     }
 
     /// QoS 2 messages received and not yet released.
@@ -333,13 +435,19 @@ impl SessionState {
         }
     }
 
-    pub fn subscriptions(&self) -> &BTreeMap<ByteString, QoS> {
+    pub fn subscriptions(&self) -> &BTreeMap<ByteString, Subscription> {
         &self.subscriptions
     }
 
     /// Records a subscription; true if it replaced one to the same filter.
-    pub fn add_subscription(&mut self, filter: ByteString, qos: QoS) -> bool {
-        self.subscriptions.insert(filter, qos).is_some()
+    pub fn add_subscription(
+        &mut self,
+        filter: ByteString,
+        subscription: impl Into<Subscription>,
+    ) -> bool {
+        self.subscriptions
+            .insert(filter, subscription.into())
+            .is_some()
     }
 
     pub fn remove_subscription(&mut self, filter: &str) -> bool {
@@ -392,14 +500,26 @@ impl SessionState {
     }
 }
 
-fn to_publish(delivery: &Delivery, pkid: u16, dup: bool) -> Publish {
+/// The PUBLISH of a delivery at `now_ms`: the message's properties, the time it has left
+/// and the identifiers of the subscriptions it matched (all dropped for a 3.1.1 client by
+/// the encoder).
+fn to_publish(delivery: &Delivery, pkid: u16, dup: bool, now_ms: u64) -> Publish {
+    let message = &delivery.message;
+    let mut properties = message.properties.clone();
+    if let Some(left) = message.expiry_left(now_ms) {
+        properties.push(Property::MessageExpiryInterval(left));
+    }
+    for &identifier in &delivery.identifiers {
+        properties.push(Property::SubscriptionIdentifier(identifier));
+    }
     Publish {
         dup,
         qos: delivery.qos,
         retain: delivery.retain,
-        topic: delivery.message.topic.clone(),
+        topic: message.topic.clone(),
         pkid,
-        payload: delivery.message.payload.clone(),
+        payload: message.payload.clone(),
+        properties,
     }
 }
 

@@ -4,6 +4,7 @@ const LIMITS: SessionLimits = SessionLimits {
     max_inflight: 2,
     max_queued_messages: 3,
     max_queued_bytes: 1000,
+    on_queue_full: QueueFullPolicy::DropNewest,
 };
 
 fn message(topic: &str, payload: &'static str, qos: QoS) -> Arc<Message> {
@@ -31,13 +32,14 @@ fn inflight_window_and_acks() {
             message("t", payload, QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             true,
             &LIMITS,
         );
         assert!(matches!(queued, Enqueued::Queued { .. }));
     }
     let mut out = Vec::new();
-    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
     assert_eq!(
         publishes(&out),
         vec![(1, false, "1".into()), (2, false, "2".into())]
@@ -51,7 +53,7 @@ fn inflight_window_and_acks() {
     );
     assert!(session.has_sendable(&LIMITS));
     out.clear();
-    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
     assert_eq!(publishes(&out), vec![(3, false, "3".into())]);
 }
 
@@ -60,22 +62,27 @@ fn qos0_passes_the_window_and_is_not_kept_offline() {
     let mut session = SessionState::new();
     let qos0 = message("t", "zero", QoS::AtMostOnce);
     assert_eq!(
-        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, false, &LIMITS),
+        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, vec![], false, &LIMITS),
         Enqueued::Skipped
     );
     assert_eq!(
-        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, true, &LIMITS),
-        Enqueued::Queued { seq: 1, wake: true }
+        session.enqueue(qos0.clone(), QoS::AtMostOnce, false, vec![], true, &LIMITS),
+        Enqueued::Queued {
+            seq: 1,
+            wake: true,
+            evicted: vec![]
+        }
     );
     assert_eq!(
-        session.enqueue(qos0, QoS::AtMostOnce, false, true, &LIMITS),
+        session.enqueue(qos0, QoS::AtMostOnce, false, vec![], true, &LIMITS),
         Enqueued::Queued {
             seq: 2,
-            wake: false
+            wake: false,
+            evicted: vec![]
         }
     );
     let mut out = Vec::new();
-    session.poll_outgoing(&LIMITS, usize::MAX, &mut out);
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
     assert_eq!(
         publishes(&out),
         vec![(0, false, "zero".into()), (0, false, "zero".into())]
@@ -91,6 +98,7 @@ fn queue_limits_drop_and_count() {
             message("t", "x", QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             false,
             &LIMITS,
         );
@@ -100,6 +108,7 @@ fn queue_limits_drop_and_count() {
             message("t", "x", QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             false,
             &LIMITS
         ),
@@ -115,7 +124,7 @@ fn queue_limits_drop_and_count() {
     };
     let big = Arc::new(Message::new("t", "0123456789", QoS::AtLeastOnce, false));
     assert_eq!(
-        small.enqueue(big, QoS::AtLeastOnce, false, false, &bytes),
+        small.enqueue(big, QoS::AtLeastOnce, false, vec![], false, &bytes),
         Enqueued::Dropped
     );
     assert!(matches!(
@@ -123,6 +132,7 @@ fn queue_limits_drop_and_count() {
             message("t", "123", QoS::AtLeastOnce),
             QoS::AtLeastOnce,
             false,
+            vec![],
             false,
             &bytes
         ),
@@ -142,6 +152,7 @@ fn resend_in_order_with_dup_and_pubrel() {
         message("t", "a", QoS::ExactlyOnce),
         QoS::ExactlyOnce,
         false,
+        vec![],
         true,
         &limits,
     );
@@ -149,6 +160,7 @@ fn resend_in_order_with_dup_and_pubrel() {
         message("t", "b", QoS::AtLeastOnce),
         QoS::AtLeastOnce,
         false,
+        vec![],
         true,
         &limits,
     );
@@ -156,24 +168,25 @@ fn resend_in_order_with_dup_and_pubrel() {
         message("t", "c", QoS::ExactlyOnce),
         QoS::ExactlyOnce,
         false,
+        vec![],
         true,
         &limits,
     );
     let mut out = Vec::new();
-    session.poll_outgoing(&limits, usize::MAX, &mut out);
-    assert_eq!(session.pubrec(1), Acked::Released { seq: 1 });
+    session.poll_outgoing(&limits, usize::MAX, 0, &mut out);
+    assert_eq!(session.pubrec(1, false), Acked::Released { seq: 1 });
     assert_eq!(
-        session.pubrec(1),
+        session.pubrec(1, false),
         Acked::Unknown,
         "PUBREC twice: PUBREL again, no change"
     );
     assert_eq!(
         session.puback(1),
-        Acked::Unknown,
+        Acked::WrongKind,
         "wrong ack type for a QoS 2 message"
     );
     out.clear();
-    session.resend(&mut out);
+    session.resend(0, &mut out);
     assert_eq!(
         out.iter()
             .map(|o| match o {
@@ -190,7 +203,16 @@ fn resend_in_order_with_dup_and_pubrel() {
         vec![(1, "PUBREL".into()), (2, "b".into()), (3, "c".into())]
     );
     assert_eq!(session.pubcomp(1), Acked::Completed { seq: 1 });
-    assert_eq!(session.pubcomp(3), Acked::Unknown, "PUBCOMP before PUBREC");
+    assert_eq!(
+        session.pubcomp(3),
+        Acked::WrongKind,
+        "PUBCOMP before PUBREC"
+    );
+    assert_eq!(
+        session.pubcomp(9),
+        Acked::Unknown,
+        "nothing in flight with that id"
+    );
 }
 
 #[test]
@@ -216,6 +238,7 @@ fn packet_ids_skip_zero_and_those_in_flight() {
         max_inflight: 3,
         max_queued_messages: 10,
         max_queued_bytes: 1000,
+        on_queue_full: QueueFullPolicy::DropNewest,
     };
     session.restore_inflight(Inflight {
         pkid: 65535,
@@ -224,6 +247,7 @@ fn packet_ids_skip_zero_and_those_in_flight() {
             qos: QoS::AtLeastOnce,
             retain: false,
             seq: 4,
+            identifiers: vec![],
         },
         state: InflightState::AwaitingPubAck,
     });
@@ -234,6 +258,7 @@ fn packet_ids_skip_zero_and_those_in_flight() {
             qos: QoS::AtLeastOnce,
             retain: false,
             seq: 3,
+            identifiers: vec![],
         },
         state: InflightState::AwaitingPubAck,
     });
@@ -241,12 +266,20 @@ fn packet_ids_skip_zero_and_those_in_flight() {
         message("t", "new", QoS::AtLeastOnce),
         QoS::AtLeastOnce,
         false,
+        vec![],
         true,
         &limits,
     );
-    assert_eq!(queued, Enqueued::Queued { seq: 5, wake: true });
+    assert_eq!(
+        queued,
+        Enqueued::Queued {
+            seq: 5,
+            wake: true,
+            evicted: vec![]
+        }
+    );
     let mut out = Vec::new();
-    session.poll_outgoing(&limits, usize::MAX, &mut out);
+    session.poll_outgoing(&limits, usize::MAX, 0, &mut out);
     assert_eq!(publishes(&out), vec![(2, false, "new".into())]);
 }
 
@@ -257,20 +290,131 @@ fn budget_limits_a_batch_but_never_to_nothing() {
         max_inflight: 10,
         max_queued_messages: 10,
         max_queued_bytes: 1000,
+        on_queue_full: QueueFullPolicy::DropNewest,
     };
     for _ in 0..3 {
         session.enqueue(
             message("t", "0123456789", QoS::AtMostOnce),
             QoS::AtMostOnce,
             false,
+            vec![],
             true,
             &limits,
         );
     }
     let mut out = Vec::new();
-    session.poll_outgoing(&limits, 5, &mut out);
+    session.poll_outgoing(&limits, 5, 0, &mut out);
     assert_eq!(out.len(), 1);
-    session.poll_outgoing(&limits, 22, &mut out);
+    session.poll_outgoing(&limits, 22, 0, &mut out);
     assert_eq!(out.len(), 3);
     assert_eq!(session.queued_len(), 0);
+}
+
+#[test]
+fn a_refused_pubrec_ends_the_exchange() {
+    let mut session = SessionState::new();
+    session.enqueue(
+        message("t", "a", QoS::ExactlyOnce),
+        QoS::ExactlyOnce,
+        false,
+        vec![],
+        true,
+        &LIMITS,
+    );
+    let mut out = Vec::new();
+    session.poll_outgoing(&LIMITS, usize::MAX, 0, &mut out);
+    assert_eq!(session.pubrec(1, true), Acked::Completed { seq: 1 });
+    assert_eq!(session.inflight().count(), 0, "no PUBREL is owed");
+    assert_eq!(session.pubrec(1, false), Acked::Unknown);
+}
+
+#[test]
+fn a_full_queue_makes_connected_publishers_wait_and_absent_ones_follow_the_policy() {
+    let full = |policy| {
+        let limits = SessionLimits {
+            on_queue_full: policy,
+            ..LIMITS
+        };
+        let mut session = SessionState::new();
+        for payload in ["1", "2", "3"] {
+            session.enqueue(
+                message("t", payload, QoS::AtLeastOnce),
+                QoS::AtLeastOnce,
+                false,
+                vec![],
+                false,
+                &limits,
+            );
+        }
+        (session, limits)
+    };
+    let one_more = |session: &mut SessionState, qos, online, limits: &SessionLimits| {
+        session.enqueue(message("t", "4", qos), qos, false, vec![], online, limits)
+    };
+    // Connected: QoS 1 and 2 wait whatever the policy, QoS 0 is dropped.
+    let (mut session, limits) = full(QueueFullPolicy::DropNewest);
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, true, &limits),
+        Enqueued::Full
+    );
+    assert_eq!(
+        one_more(&mut session, QoS::ExactlyOnce, true, &limits),
+        Enqueued::Full
+    );
+    assert_eq!(session.dropped(), 0, "waiting is not dropping");
+    assert_eq!(
+        one_more(&mut session, QoS::AtMostOnce, true, &limits),
+        Enqueued::Dropped
+    );
+    // Absent: drop_newest, drop_oldest, backpressure.
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, false, &limits),
+        Enqueued::Dropped
+    );
+    let (mut session, limits) = full(QueueFullPolicy::DropOldest);
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, false, &limits),
+        Enqueued::Queued {
+            seq: 4,
+            wake: false,
+            evicted: vec![1]
+        }
+    );
+    let payloads: Vec<_> = session
+        .queued()
+        .map(|d| d.message.payload.clone())
+        .collect();
+    assert_eq!(payloads, ["2", "3", "4"]);
+    assert_eq!(session.dropped(), 1);
+    let (mut session, limits) = full(QueueFullPolicy::Backpressure);
+    assert_eq!(
+        one_more(&mut session, QoS::AtLeastOnce, false, &limits),
+        Enqueued::Full
+    );
+}
+
+#[test]
+fn waiters_are_woken_once_a_quarter_of_the_queue_drained() {
+    let limits = SessionLimits {
+        max_queued_messages: 8,
+        max_inflight: 100,
+        ..LIMITS
+    };
+    let mut session = SessionState::new();
+    for _ in 0..8 {
+        session.enqueue(
+            message("t", "x", QoS::AtLeastOnce),
+            QoS::AtLeastOnce,
+            false,
+            vec![],
+            true,
+            &limits,
+        );
+    }
+    assert!(!session.has_room_for_waiters(&limits));
+    let mut out = Vec::new();
+    session.poll_outgoing(&limits, 1, 0, &mut out);
+    assert!(!session.has_room_for_waiters(&limits), "7 of 8 queued");
+    session.poll_outgoing(&limits, 1, 0, &mut out);
+    assert!(session.has_room_for_waiters(&limits), "6 of 8 queued");
 }

@@ -31,10 +31,34 @@ fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
     }
 }
 
-/// One subscriber of a filter: its granted QoS and what routing hands back for it.
+/// What a session asked of one subscription: granted QoS, and MQTT 5's options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub qos: QoS,
+    /// Not sent messages its own session published.
+    pub no_local: bool,
+    /// Live messages keep their RETAIN flag.
+    pub retain_as_published: bool,
+    /// Its Subscription Identifier (1 to 268,435,455), 0 for none.
+    pub identifier: u32,
+}
+
+impl From<QoS> for Subscription {
+    /// A subscription as MQTT 3.1.1 knows them.
+    fn from(qos: QoS) -> Self {
+        Self {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            identifier: 0,
+        }
+    }
+}
+
+/// One subscriber of a filter: its subscription and what routing hands back for it.
 #[derive(Debug, Clone)]
 struct Entry<S> {
-    qos: QoS,
+    subscription: Subscription,
     subscriber: S,
 }
 
@@ -130,12 +154,42 @@ impl<S> fmt::Debug for SubscriptionTree<S> {
     }
 }
 
-/// A subscriber a topic matched, at the highest QoS of its matching filters.
+/// A subscriber a topic matched, once, whatever the number of its matching filters: at
+/// the highest QoS among them, keeping the RETAIN flag if one of them does, skipped for its
+/// own messages only if all of them are No Local, and with every identifier they carry.
 #[derive(Debug, Clone)]
 pub struct Matched<S> {
     pub id: SubscriberId,
     pub qos: QoS,
     pub subscriber: S,
+    pub retain_as_published: bool,
+    pub no_local: bool,
+    /// Subscription Identifiers, in no particular order; empty for most subscriptions.
+    pub identifiers: Vec<u32>,
+}
+
+impl<S> Matched<S> {
+    fn new(id: SubscriberId, subscription: Subscription, subscriber: S) -> Self {
+        Self {
+            id,
+            qos: subscription.qos,
+            subscriber,
+            retain_as_published: subscription.retain_as_published,
+            no_local: subscription.no_local,
+            identifiers: match subscription.identifier {
+                0 => Vec::new(),
+                identifier => vec![identifier],
+            },
+        }
+    }
+
+    /// Folds in another matching subscription of the same subscriber.
+    fn merge(&mut self, other: Matched<S>) {
+        self.qos = self.qos.max(other.qos);
+        self.retain_as_published |= other.retain_as_published;
+        self.no_local &= other.no_local;
+        self.identifiers.extend(other.identifiers);
+    }
 }
 
 impl<S: Clone> SubscriptionTree<S> {
@@ -149,7 +203,14 @@ impl<S: Clone> SubscriptionTree<S> {
     }
 
     /// Adds or replaces the subscription of `id` to `filter`; true if it replaced one.
-    pub fn subscribe(&mut self, filter: &str, id: SubscriberId, qos: QoS, subscriber: S) -> bool {
+    pub fn subscribe(
+        &mut self,
+        filter: &str,
+        id: SubscriberId,
+        subscription: impl Into<Subscription>,
+        subscriber: S,
+    ) -> bool {
+        let subscription = subscription.into();
         let mut node = &mut self.root;
         let mut rest = Some(filter);
         let mut multi = false;
@@ -170,7 +231,15 @@ impl<S: Clone> SubscriptionTree<S> {
         } else {
             &mut node.exact
         };
-        let replaced = map.insert(id, Entry { qos, subscriber }).is_some();
+        let replaced = map
+            .insert(
+                id,
+                Entry {
+                    subscription,
+                    subscriber,
+                },
+            )
+            .is_some();
         if !replaced {
             self.count += 1;
         }
@@ -250,8 +319,8 @@ impl<S: Clone> SubscriptionTree<S> {
         true
     }
 
-    /// Appends every subscriber whose filters match `topic` to `out`, once each, at the
-    /// highest granted QoS among its matching filters. `out` is cleared first.
+    /// Appends every subscriber whose filters match `topic` to `out`, once each (see
+    /// [`Matched`]). `out` is cleared first.
     pub fn matches(&self, topic: &str, out: &mut Vec<Matched<S>>) {
         out.clear();
         let mut contributing = 0;
@@ -286,8 +355,8 @@ impl<S: Clone> SubscriptionTree<S> {
             }
         }
         if contributing > 1 {
-            out.sort_unstable_by(|a, b| a.id.cmp(&b.id).then(b.qos.cmp(&a.qos)));
-            out.dedup_by_key(|matched| matched.id);
+            out.sort_unstable_by_key(|matched| matched.id);
+            merge_duplicates(out);
         }
     }
 
@@ -300,18 +369,60 @@ impl<S: Clone> SubscriptionTree<S> {
             return;
         }
         *contributing += 1;
-        out.extend(map.iter().map(|(&id, entry)| Matched {
-            id,
-            qos: entry.qos,
-            subscriber: entry.subscriber.clone(),
-        }));
+        out.extend(
+            map.iter()
+                .map(|(&id, entry)| Matched::new(id, entry.subscription, entry.subscriber.clone())),
+        );
     }
+}
+
+/// Merges the runs of one subscriber in a list sorted by subscriber.
+fn merge_duplicates<S>(sorted: &mut Vec<Matched<S>>) {
+    let mut kept: Vec<Matched<S>> = Vec::with_capacity(sorted.len());
+    for matched in sorted.drain(..) {
+        match kept.last_mut() {
+            Some(last) if last.id == matched.id => last.merge(matched),
+            _ => kept.push(matched),
+        }
+    }
+    *sorted = kept;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use fieldbridge_mqtt::topic;
+
+    #[test]
+    fn overlapping_subscriptions_merge_their_options() {
+        let mut tree = SubscriptionTree::default();
+        let option = |qos, no_local, retain_as_published, identifier| Subscription {
+            qos,
+            no_local,
+            retain_as_published,
+            identifier,
+        };
+        tree.subscribe("a/b", 1, option(QoS::AtMostOnce, true, false, 4), "s");
+        tree.subscribe("a/+", 1, option(QoS::AtLeastOnce, true, true, 9), "s");
+        tree.subscribe("#", 1, option(QoS::AtMostOnce, false, false, 0), "s");
+        tree.subscribe("a/b", 2, option(QoS::AtMostOnce, true, false, 0), "t");
+        let mut out = Vec::new();
+        tree.matches("a/b", &mut out);
+        out.sort_by_key(|matched| matched.id);
+        assert_eq!(out.len(), 2);
+        let mut identifiers = out[0].identifiers.clone();
+        identifiers.sort_unstable();
+        assert_eq!(
+            (
+                out[0].qos,
+                out[0].no_local,
+                out[0].retain_as_published,
+                identifiers
+            ),
+            (QoS::AtLeastOnce, false, true, vec![4, 9])
+        );
+        assert!(out[1].no_local && out[1].identifiers.is_empty());
+    }
 
     #[test]
     fn sparse_capacity_only_for_large_mostly_empty_maps() {

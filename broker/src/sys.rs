@@ -36,6 +36,14 @@ pub(crate) fn sys_messages(stats: &Stats) -> Vec<(&'static str, String)> {
             stats.messages_dropped.to_string(),
         ),
         (
+            "$SYS/broker/messages/oversized",
+            stats.messages_oversized.to_string(),
+        ),
+        (
+            "$SYS/broker/clients/slow disconnected",
+            stats.slow_subscribers.to_string(),
+        ),
+        (
             "$SYS/broker/bytes/received",
             stats.bytes_received.to_string(),
         ),
@@ -68,7 +76,7 @@ pub(crate) async fn run(ctx: Arc<BrokerContext>, interval: Duration) {
         for (topic, value) in sys_messages(&ctx.stats()) {
             let message = Arc::new(Message::new(topic, value, QoS::AtMostOnce, true));
             // QoS 0 and not persisted: this cannot fail.
-            let _ = ctx.router.publish(message, &mut matches, false).await;
+            let _ = ctx.router.publish(message, &mut matches, false, None).await;
         }
     }
 }

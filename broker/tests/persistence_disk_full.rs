@@ -1,5 +1,6 @@
 //! Persistence on a file system that fills up: QoS 1 and 2 messages that cannot be stored
-//! are not acknowledged (the client is disconnected, at once), the failures are counted and
+//! are not acknowledged (the client is disconnected at once; an MQTT 5 client is told with
+//! PUBACK 0x80 instead), new persistent sessions are refused, the failures are counted and
 //! logged, writes work again as soon as there is space, and after a restart everything
 //! that was acknowledged is there and nothing that was refused.
 //! Needs a real small file system: a tmpfs mounted over the database's directory (root).
@@ -13,10 +14,12 @@ use std::time::{Duration, Instant};
 
 use fieldbridge_broker::config::{PersistenceConfig, Synchronous};
 use fieldbridge_broker::{Config, RunningBroker};
-use fieldbridge_mqtt::codec::{Packet, PubComp, PubRec, PubRel, Publish, QoS};
+use fieldbridge_mqtt::codec::{
+    Connect, Packet, ProtocolVersion, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
+};
 use fieldbridge_testkit::{fill_file_system, CapturedLogs, Need, Suite, Tmpfs};
 use sqlx::{ConnectOptions as _, Connection as _};
-use support::{config, payload, publish, start, Client, Silence, DEADLINE};
+use support::{config, connect_packet, payload, publish, start, Client, Silence, DEADLINE};
 
 /// What "at once" means on a loaded 2-core machine.
 const FAIL_FAST: Duration = Duration::from_secs(2);
@@ -176,6 +179,31 @@ async fn a_full_disk_refuses_unstorable_messages_and_loses_nothing_acknowledged(
         timings[timings.len() - 1] < FAIL_FAST,
         "refusals must not wait: {timings:?}"
     );
+
+    // An MQTT 5 publisher is told instead (PUBACK 0x80), and stays connected.
+    let v5 = Connect {
+        protocol: ProtocolVersion::V5,
+        ..connect_packet("full-v5", true)
+    };
+    let (mut told, connack) = Client::connect_with(addr, v5).await;
+    assert_eq!(connack.code, ReasonCode::Success);
+    told.send(Packet::Publish(publish(
+        "d/m",
+        "refused-v5",
+        QoS::AtLeastOnce,
+        1,
+    )))
+    .await;
+    match told.recv().await {
+        Packet::PubAck(ack) => {
+            assert_eq!((ack.pkid, ack.reason), (1, ReasonCode::UnspecifiedError))
+        }
+        other => panic!("expected PUBACK 0x80, got {other:?}"),
+    }
+    told.ping().await;
+    // A new persistent session cannot be stored: refused, not promised.
+    let (_, connack) = Client::connect_with(addr, connect_packet("newcomer", false)).await;
+    assert_eq!(connack.code, ReasonCode::ServerUnavailable);
 
     // Space again: the next messages are stored and acknowledged.
     std::fs::remove_file(&filler).unwrap();

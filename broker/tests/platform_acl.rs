@@ -5,7 +5,7 @@
 mod support;
 
 use fieldbridge_broker::{Config, RunningBroker};
-use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use fieldbridge_mqtt::codec::{QoS, ReasonCode, SubscribeReturnCode};
 use support::{granted, login_packet, text, will, Client, Silence, DEADLINE};
 
 const ORG: &str = "acme";
@@ -102,7 +102,7 @@ async fn devices_are_isolated_and_applications_see_the_org() {
             ("iotdevice-1/#", QoS::AtMostOnce),
         ])
         .await,
-        vec![SubscribeReturnCode::Failure; 6]
+        vec![SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError); 6]
     );
     assert_eq!(
         app.subscribe(&[
@@ -115,7 +115,7 @@ async fn devices_are_isolated_and_applications_see_the_org() {
     assert_eq!(
         app.subscribe(&[("$SYS/#", QoS::AtMostOnce), ("other/#", QoS::AtMostOnce)])
             .await,
-        vec![SubscribeReturnCode::Failure; 2]
+        vec![SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError); 2]
     );
 
     // Events of both devices reach the application on the full topic.
@@ -261,67 +261,67 @@ async fn every_authentication_refusal() {
         (
             "bad token",
             device("b1", Some("use-token-auth"), Some("not-the-token")),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "another device's token",
             device("b1", Some("use-token-auth"), Some(&p.b2)),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "no token",
             device("b1", None, None),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "wrong user name",
             device("b1", Some("b1"), Some(&p.b1)),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "unknown device, answered like a bad token",
             device("b3", Some("use-token-auth"), Some(&p.b1)),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "wrong org",
             login_packet("d:other:boiler:b1", Some("use-token-auth"), Some(&p.b1)),
-            ConnectReturnCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
         ),
         (
             "malformed id",
             login_packet("boiler-b1", Some("use-token-auth"), Some(&p.b1)),
-            ConnectReturnCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
         ),
         (
             "malformed device id",
             login_packet("d:acme:boiler:b/1", Some("use-token-auth"), Some(&p.b1)),
-            ConnectReturnCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
         ),
         (
             "application with a bad token",
             login_packet("a:acme:dash", Some(&p.dash.0), Some("wrong")),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "application with an unknown key",
             login_packet("a:acme:dash", Some("a-acme-nosuchkey"), Some(&p.dash.1)),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "application with another application's key",
             login_packet("a:acme:dash", Some(&p.other_app.0), Some(&p.other_app.1)),
-            ConnectReturnCode::BadUserNameOrPassword,
+            ReasonCode::BadUserNameOrPassword,
         ),
         (
             "application of another org",
             login_packet("a:other:dash", Some(&p.dash.0), Some(&p.dash.1)),
-            ConnectReturnCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
         ),
         (
             "anonymous plain client",
             login_packet("plain", None, None),
-            ConnectReturnCode::NotAuthorized,
+            ReasonCode::NotAuthorized,
         ),
     ];
     for (what, connect, expected) in cases {
@@ -337,7 +337,7 @@ async fn every_authentication_refusal() {
     ));
     assert_eq!(
         Client::attempt(addr, connect).await,
-        ConnectReturnCode::NotAuthorized,
+        ReasonCode::NotAuthorized,
         "will as another device"
     );
     // The right credentials still work after all that (and again, from the cache).
@@ -375,11 +375,7 @@ async fn unknown_devices_take_as_long_as_bad_tokens() {
                 Some("guess"),
             ))
             .await;
-        assert_eq!(
-            connack.code,
-            ConnectReturnCode::BadUserNameOrPassword,
-            "{id}"
-        );
+        assert_eq!(connack.code, ReasonCode::BadUserNameOrPassword, "{id}");
         started.elapsed()
     };
     attempt("nosuch").await;
@@ -426,7 +422,7 @@ async fn failed_logins_back_off() {
                 .code
         }
     };
-    use ConnectReturnCode::{Accepted, BadUserNameOrPassword};
+    use ReasonCode::{BadUserNameOrPassword, Success as Accepted};
     assert_eq!(code(2, &b1, "guess-1").await, BadUserNameOrPassword);
     assert_eq!(code(2, &b1, "guess-2").await, BadUserNameOrPassword);
     assert_eq!(
@@ -605,6 +601,7 @@ async fn scalable_applications_share_the_load_round_robin() {
             fieldbridge_mqtt::codec::Unsubscribe {
                 pkid: 9,
                 filters: vec!["iot-2/type/+/id/+/evt/+/fmt/+".into()],
+                properties: Default::default(),
             },
         ))
         .await;
@@ -643,8 +640,8 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
         .await,
         [
             granted(QoS::AtMostOnce),
-            SubscribeReturnCode::Failure,
-            SubscribeReturnCode::Failure
+            SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError),
+            SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError)
         ]
     );
     let mut device = Client::log_in(addr, "d:quickstart:sensor:s1", None, None).await;
@@ -655,7 +652,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
                 ("iotdm-1/#", QoS::AtMostOnce)
             ])
             .await,
-        vec![SubscribeReturnCode::Failure; 2]
+        vec![SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError); 2]
     );
     // A burst: the first event passes, the others within the second are dropped.
     let burst = (0..5)
@@ -714,7 +711,7 @@ async fn quickstart_needs_no_registration_and_limits_devices() {
     // Another org is not served.
     assert_eq!(
         Client::attempt(addr, login_packet("d:acme:sensor:s1", None, None)).await,
-        ConnectReturnCode::NotAuthorized
+        ReasonCode::NotAuthorized
     );
 }
 
@@ -732,11 +729,11 @@ async fn anonymous_quickstart_only_on_loopback_listeners_by_default() {
     let quick = || login_packet("d:quickstart:sensor:s1", None, None);
     assert_eq!(
         Client::attempt(loopback, quick()).await,
-        ConnectReturnCode::Accepted
+        ReasonCode::Success
     );
     assert_eq!(
         Client::attempt(open, quick()).await,
-        ConnectReturnCode::NotAuthorized,
+        ReasonCode::NotAuthorized,
         "anonymous on a listener not bound to loopback"
     );
 
@@ -778,7 +775,7 @@ async fn wills_and_offline_commands_in_the_device_view() {
         true,
     ));
     let (device, connack) = Client::connect_with(addr, connect).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     drop(device);
     let gone = app.next_publish().await;
     assert_eq!(&*gone.topic, "iot-2/type/boiler/id/b1/evt/gone/fmt/json");
@@ -803,7 +800,7 @@ async fn wills_and_offline_commands_in_the_device_view() {
     let mut durable = login_packet("d:acme:boiler:b2", Some("use-token-auth"), Some(&p.b2));
     durable.clean_session = false;
     let (mut device, connack) = Client::connect_with(addr, durable.clone()).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     device
         .subscribe(&[("iot-2/cmd/+/fmt/json", QoS::AtLeastOnce)])
         .await;
@@ -816,7 +813,7 @@ async fn wills_and_offline_commands_in_the_device_view() {
     )
     .await;
     let (mut device, connack) = Client::connect_with(addr, durable).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     let command = device.next_publish().await;
     assert_eq!(&*command.topic, "iot-2/cmd/setpoint/fmt/json");
     assert_eq!(text(&command), "{\"d\":{\"value\":7}}");
@@ -826,6 +823,7 @@ async fn wills_and_offline_commands_in_the_device_view() {
             fieldbridge_mqtt::codec::Unsubscribe {
                 pkid: 3,
                 filters: vec!["iot-2/cmd/+/fmt/json".into()],
+                properties: Default::default(),
             },
         ))
         .await;
@@ -860,7 +858,7 @@ async fn deep_device_management_filters() {
     let mut b1 = p.device("b1").await;
     assert_eq!(
         b1.subscribe(&[(&filter, QoS::AtLeastOnce)]).await,
-        [SubscribeReturnCode::Failure]
+        [SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError)]
     );
     b1.unsubscribe(&[&filter]).await;
     b1.ping().await;

@@ -6,7 +6,7 @@ mod support;
 use std::process::{Command, Output, Stdio};
 
 use fieldbridge_broker::Config;
-use fieldbridge_mqtt::codec::ConnectReturnCode;
+use fieldbridge_mqtt::codec::ReasonCode;
 use support::{login_packet, Client};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge-broker");
@@ -139,7 +139,7 @@ async fn devices_and_applications_from_the_command_line() {
             login_packet("d:acme:boiler:b1", Some("use-token-auth"), Some(&token))
         )
         .await,
-        ConnectReturnCode::BadUserNameOrPassword,
+        ReasonCode::BadUserNameOrPassword,
         "an unknown device is answered like a bad token"
     );
     assert_eq!(
@@ -148,6 +148,6 @@ async fn devices_and_applications_from_the_command_line() {
             login_packet("a:acme:dash", Some(api_key), Some(app_token))
         )
         .await,
-        ConnectReturnCode::BadUserNameOrPassword
+        ReasonCode::BadUserNameOrPassword
     );
 }

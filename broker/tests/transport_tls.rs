@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
-use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS};
+use fieldbridge_mqtt::codec::{QoS, ReasonCode};
 use fieldbridge_testkit::{Need, Suite};
 use support::pki::{connect, Ca, ClientTls, Leaf, Validity};
 use support::{granted, login_packet, text, Client, DEADLINE};
@@ -46,7 +46,7 @@ async fn mqtt_over_tls(addr: SocketAddr, tls: &ClientTls<'_>, client_id: &str) -
     let (client, connack) = Client::over(stream)
         .handshake(login_packet(client_id, None, None))
         .await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted, "{client_id}");
+    assert_eq!(connack.code, ReasonCode::Success, "{client_id}");
     client
 }
 
@@ -163,7 +163,7 @@ async fn client_certificates_from_the_ca_authenticate() {
     // The plain listener still refuses anonymous clients.
     assert_eq!(
         Client::attempt(broker.local_addrs()[1], login_packet("anon", None, None)).await,
-        ConnectReturnCode::NotAuthorized
+        ReasonCode::NotAuthorized
     );
 }
 

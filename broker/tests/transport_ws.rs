@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use fieldbridge_broker::config::{ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
-use fieldbridge_mqtt::codec::{ConnectReturnCode, Packet, QoS};
+use fieldbridge_mqtt::codec::{Disconnect, Packet, QoS, ReasonCode};
 use futures::{SinkExt, StreamExt};
 use support::pki::{Ca, ClientTls, Validity};
 use support::{granted, login_packet, text, Client, DEADLINE};
@@ -134,7 +134,7 @@ async fn ws_clients_publish_and_subscribe() {
         let (mut client, connack) = Client::over(bridge(ws, 7))
             .handshake(login_packet(&format!("ws-{expected}"), None, None))
             .await;
-        assert_eq!(connack.code, ConnectReturnCode::Accepted);
+        assert_eq!(connack.code, ReasonCode::Success);
         assert_eq!(
             client.subscribe(&[("to-ws/#", QoS::AtLeastOnce)]).await,
             [granted(QoS::AtLeastOnce)]
@@ -227,7 +227,7 @@ async fn wss_with_a_test_ca_and_platform_status() {
             Some(&tokens[0]),
         ))
         .await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     let status = app.next_publish().await;
     let status: serde_json::Value = serde_json::from_slice(&status.payload).expect("JSON");
     assert_eq!(status["Action"], "Connect");
@@ -244,7 +244,7 @@ async fn wss_with_a_test_ca_and_platform_status() {
         .await;
     let event = app.next_publish().await;
     assert_eq!(&*event.topic, "iot-2/type/gw/id/g1/evt/status/fmt/json");
-    device.send(Packet::Disconnect).await;
+    device.send(Packet::Disconnect(Disconnect::default())).await;
     let status = app.next_publish().await;
     let status: serde_json::Value = serde_json::from_slice(&status.payload).expect("JSON");
     assert_eq!(status["Action"], "Disconnect");

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use fieldbridge_mqtt::codec::{
-    ByteString, ConnAck, Connect, ConnectReturnCode, Error as CodecError, MqttCodec, Packet,
-    ProtocolVersion, PubAck, QoS, Subscribe, SubscribeFilter, SubscribeReturnCode,
+    ByteString, ConnAck, Connect, Disconnect, Error as CodecError, MqttCodec, Packet, Properties,
+    ProtocolVersion, PubAck, QoS, ReasonCode, Subscribe, SubscribeFilter, SubscribeReturnCode,
 };
 use hdrhistogram::Histogram;
 use parking_lot::Mutex;
@@ -42,6 +42,8 @@ pub enum ClientError {
     SubscriptionRefused,
     #[error("unexpected {0} from the broker")]
     Unexpected(&'static str),
+    #[error("disconnected by the broker: {0}")]
+    Disconnected(ReasonCode),
     #[error("connection closed by the broker")]
     Closed,
     #[error("no answer from the broker within {0:?}")]
@@ -74,6 +76,8 @@ impl Clock {
 #[derive(Debug, Clone)]
 pub struct ConnectOptions {
     pub address: String,
+    /// MQTT 3.1.1 or 5 for every connection.
+    pub protocol: ProtocolVersion,
     pub username: Option<String>,
     pub password: Option<String>,
     pub keepalive: Duration,
@@ -172,7 +176,7 @@ impl Session {
         session.writer.write_all(&out).await?;
         match session.next_packet().await? {
             Packet::ConnAck(ConnAck {
-                code: ConnectReturnCode::Accepted,
+                code: ReasonCode::Success,
                 ..
             }) => {}
             Packet::ConnAck(ConnAck { code, .. }) => return Err(ClientError::Refused(code as u8)),
@@ -184,6 +188,7 @@ impl Session {
             let subscribe = Subscribe {
                 pkid: 1,
                 filters: vec![SubscribeFilter::new(filter, qos)],
+                properties: Properties::new(),
             };
             session
                 .codec
@@ -191,7 +196,10 @@ impl Session {
             session.writer.write_all(&out).await?;
             match session.next_packet().await? {
                 Packet::SubAck(suback)
-                    if suback.return_codes.contains(&SubscribeReturnCode::Failure) =>
+                    if suback
+                        .return_codes
+                        .iter()
+                        .any(|code| matches!(code, SubscribeReturnCode::Failure(_))) =>
                 {
                     return Err(ClientError::SubscriptionRefused)
                 }
@@ -218,16 +226,18 @@ impl Session {
     }
 }
 
-/// The CONNECT of every connection: MQTT 3.1.1, clean session.
+/// The CONNECT of every connection: clean session (MQTT 5: Clean Start, and a session
+/// that ends with the connection), no properties.
 fn connect_packet(options: &ConnectOptions, client_id: &str) -> Packet {
     Packet::Connect(Box::new(Connect {
-        protocol: ProtocolVersion::V311,
+        protocol: options.protocol,
         clean_session: true,
         keep_alive: u16::try_from(options.keepalive.as_secs()).unwrap_or(u16::MAX),
         client_id: ByteString::from(client_id),
         will: None,
         username: options.username.as_deref().map(ByteString::from),
         password: (options.password.as_deref()).map(|p| Bytes::copy_from_slice(p.as_bytes())),
+        properties: Properties::new(),
     }))
 }
 
@@ -399,7 +409,10 @@ pub async fn publish(
 
 /// Says goodbye to the broker, giving up after a second.
 async fn disconnect(writer: &mut OwnedWriteHalf, codec: &mut MqttCodec, out: &mut BytesMut) {
-    if codec.encode(Packet::Disconnect, out).is_ok() {
+    if codec
+        .encode(Packet::Disconnect(Disconnect::default()), out)
+        .is_ok()
+    {
         let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_all(out)).await;
     }
 }
@@ -465,6 +478,9 @@ async fn read_acks(
                         window.add_permits(1);
                     }
                     Packet::PingResp => {}
+                    Packet::Disconnect(disconnect) => {
+                        return Err(ClientError::Disconnected(disconnect.reason))
+                    }
                     other => return Err(ClientError::Unexpected(other.name())),
                 }
             }
@@ -569,6 +585,9 @@ pub async fn subscribe(
                         record(&mut report, &publish.payload, now, latency_window);
                     }
                     Packet::PingResp | Packet::PubAck(_) => {}
+                    Packet::Disconnect(disconnect) => {
+                        return Err(ClientError::Disconnected(disconnect.reason))
+                    }
                     other => return Err(ClientError::Unexpected(other.name())),
                 }
             }
@@ -665,6 +684,7 @@ mod tests {
     fn connect_matches_the_specification_example() {
         let options = ConnectOptions {
             address: "127.0.0.1:1883".into(),
+            protocol: ProtocolVersion::V311,
             username: Some("u".into()),
             password: Some("p".into()),
             keepalive: Duration::from_secs(60),
@@ -683,5 +703,48 @@ mod tests {
                 1, b'p'
             ]
         );
+    }
+
+    #[test]
+    fn mqtt5_connect_and_the_packets_after_it_carry_properties() {
+        let options = ConnectOptions {
+            address: "127.0.0.1:1883".into(),
+            protocol: ProtocolVersion::V5,
+            username: Some("u".into()),
+            password: Some("p".into()),
+            keepalive: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            max_packet: 1 << 20,
+            send_buffer: None,
+        };
+        let mut codec = MqttCodec::new(options.max_packet);
+        let mut out = BytesMut::new();
+        codec
+            .encode(connect_packet(&options, "c"), &mut out)
+            .unwrap();
+        assert_eq!(
+            &out[..],
+            &[
+                0x10, 20, 0, 4, b'M', b'Q', b'T', b'T', 5, 0xC2, 0, 60, 0, 0, 1, b'c', 0, 1, b'u',
+                0, 1, b'p'
+            ]
+        );
+        out.clear();
+        let mut message = StampedPublish::new("t", QoS::AtLeastOnce, 20);
+        let stamp = Stamp {
+            publisher: 1,
+            sequence: 2,
+            sent_nanos: 3,
+        };
+        message.encode(9, stamp, &mut codec, &mut out).unwrap();
+        assert_eq!(
+            &out[..8],
+            &[0x32, 26, 0, 1, b't', 0, 9, 0],
+            "property length 0"
+        );
+        let Some(Packet::Publish(publish)) = codec.decode(&mut out).unwrap() else {
+            panic!("a PUBLISH");
+        };
+        assert_eq!(Stamp::read(&publish.payload), Some(stamp));
     }
 }

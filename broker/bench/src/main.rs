@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use fieldbridge_mqtt::codec::QoS;
+use fieldbridge_mqtt::codec::{ProtocolVersion, QoS};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 
@@ -30,7 +30,7 @@ const MAX_STRING: usize = u16::MAX as usize;
 #[command(
     name = "fieldbridge-bench",
     version,
-    about = "MQTT 3.1.1 load generator: throughput, latency, losses and memory per connection",
+    about = "MQTT 3.1.1 and 5 load generator: throughput, latency, losses and memory per connection",
     after_help = "Publisher i publishes on PREFIX/RUN/i; every subscriber subscribes to PREFIX/RUN/# and so \
                   receives every message. Latency is measured only with --rate (a flat-out run's \
                   latency is queueing)."
@@ -42,6 +42,9 @@ struct Cli {
     /// The broker's plain MQTT port.
     #[arg(long, default_value_t = 1883)]
     port: u16,
+    /// MQTT version of every connection: 3.1.1 (also `4`) or 5.
+    #[arg(long, default_value = "3.1.1", value_parser = parse_protocol)]
+    protocol: ProtocolVersion,
     /// Publishing connections.
     #[arg(long, default_value_t = 1)]
     publishers: usize,
@@ -169,6 +172,7 @@ impl Cli {
     fn connect_options(&self) -> ConnectOptions {
         ConnectOptions {
             address: format!("{}:{}", self.host, self.port),
+            protocol: self.protocol,
             username: self.username.clone(),
             password: self.password.clone(),
             keepalive: self.keepalive,
@@ -183,6 +187,21 @@ impl Cli {
         self.deadline.unwrap_or(
             self.warmup + self.duration + self.drain + self.drain_max + Duration::from_secs(120),
         )
+    }
+}
+
+fn parse_protocol(text: &str) -> Result<ProtocolVersion, String> {
+    match text {
+        "3.1.1" | "4" => Ok(ProtocolVersion::V311),
+        "5" | "5.0" => Ok(ProtocolVersion::V5),
+        other => Err(format!("{other:?}: 3.1.1 or 5")),
+    }
+}
+
+fn protocol_name(version: ProtocolVersion) -> &'static str {
+    match version {
+        ProtocolVersion::V5 => "5",
+        _ => "3.1.1",
     }
 }
 
@@ -441,6 +460,7 @@ async fn run_load(cli: &Cli) -> anyhow::Result<LoadReport> {
         broker: options.address.clone(),
         publishers: cli.publishers,
         subscribers: cli.subscribers,
+        protocol: protocol_name(cli.protocol).to_owned(),
         qos: cli.qos,
         payload_bytes: cli.payload,
         rate_per_publisher: cli.rate,
@@ -602,6 +622,7 @@ async fn run_idle(cli: &Cli, count: usize) -> anyhow::Result<IdleReport> {
     };
     let report = IdleReport {
         broker: options.address.clone(),
+        protocol: protocol_name(options.protocol).to_owned(),
         connections_requested: count,
         connections_open: open,
         connect_secs,

@@ -34,6 +34,8 @@ pub struct LoadReport {
     pub broker: String,
     pub publishers: usize,
     pub subscribers: usize,
+    /// MQTT version of every connection ("3.1.1" or "5").
+    pub protocol: String,
     pub qos: u8,
     pub payload_bytes: usize,
     /// Messages per second per publisher; `None` is flat out.
@@ -84,8 +86,9 @@ impl LoadReport {
         };
         let _ = writeln!(
             text,
-            "fieldbridge-bench: {}: {} publisher(s) -> {} subscriber(s), QoS {}, {} B payload, {pace}, {:.1} s measured after {:.1} s warm-up",
+            "fieldbridge-bench: {}: MQTT {}, {} publisher(s) -> {} subscriber(s), QoS {}, {} B payload, {pace}, {:.1} s measured after {:.1} s warm-up",
             self.broker,
+            self.protocol,
             self.publishers,
             self.subscribers,
             self.qos,
@@ -185,6 +188,8 @@ impl LoadReport {
 #[derive(Debug, Serialize)]
 pub struct IdleReport {
     pub broker: String,
+    /// MQTT version of the connections ("3.1.1" or "5").
+    pub protocol: String,
     pub connections_requested: usize,
     pub connections_open: usize,
     pub connect_secs: f64,
@@ -203,10 +208,11 @@ impl IdleReport {
         let mut text = String::new();
         let _ = writeln!(
             text,
-            "fieldbridge-bench: {}: {} of {} idle connections open in {:.2} s; {} dropped while held",
+            "fieldbridge-bench: {}: {} of {} idle MQTT {} connections open in {:.2} s; {} dropped while held",
             self.broker,
             group(self.connections_open as u64),
             group(self.connections_requested as u64),
+            self.protocol,
             self.connect_secs,
             self.dropped_while_held
         );

@@ -2,7 +2,9 @@
 //! the PUBLISH that carries it, encoded without allocating per message.
 
 use bytes::{Buf, Bytes, BytesMut};
-use fieldbridge_mqtt::codec::{ByteString, Error as CodecError, MqttCodec, Packet, Publish, QoS};
+use fieldbridge_mqtt::codec::{
+    ByteString, Error as CodecError, MqttCodec, Packet, Properties, Publish, QoS,
+};
 use tokio_util::codec::Encoder;
 
 /// Bytes at the start of every benchmark payload: publisher index (u32), sequence number
@@ -58,6 +60,7 @@ impl StampedPublish {
                 topic: ByteString::from(topic),
                 pkid: 0,
                 payload: Bytes::from(vec![0; payload_len]),
+                properties: Properties::new(),
             }),
             payload_len,
         }

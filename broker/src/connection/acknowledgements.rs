@@ -6,15 +6,15 @@ use std::future::Future;
 use super::{Connection, End};
 use crate::persistence::{NotDurable, Op};
 use crate::session::Acked;
-use fieldbridge_mqtt::codec::{Packet, PubComp, PubRel};
+use fieldbridge_mqtt::codec::{Packet, PubComp, PubRel, ReasonCode};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 /// Which acknowledgement of an outgoing QoS 1 or 2 message arrived.
 pub(super) enum AckKind {
     /// PUBACK
     Ack,
-    /// PUBREC
-    Rec,
+    /// PUBREC; `refused` when an MQTT 5 client refused the message (the exchange ends).
+    Rec { refused: bool },
     /// PUBCOMP
     Comp,
 }
@@ -29,7 +29,7 @@ impl Connection {
             }
             let acked = match kind {
                 AckKind::Ack => inner.state.puback(pkid),
-                AckKind::Rec => inner.state.pubrec(pkid),
+                AckKind::Rec { refused } => inner.state.pubrec(pkid, refused),
                 AckKind::Comp => inner.state.pubcomp(pkid),
             };
             let client_id = self.session.client_id.clone();
@@ -40,13 +40,19 @@ impl Connection {
                     tracing::debug!(client_id = %self.session.client_id, pkid, ?kind, "acknowledgement of nothing in flight");
                     None
                 }
+                Acked::WrongKind => {
+                    return Err(End::protocol(
+                        ReasonCode::ProtocolError,
+                        format!("acknowledgement of the wrong kind for packet {pkid}"),
+                    ))
+                }
             };
             if let (Some(op), Some(permit)) = (op, permit.as_mut().and_then(Iterator::next)) {
                 permit.send(op);
             }
         }
         drop(permit);
-        if kind == AckKind::Rec {
+        if kind == (AckKind::Rec { refused: false }) {
             self.write_packet(&Packet::PubRel(PubRel::new(pkid)));
         }
         Ok(())
@@ -63,7 +69,13 @@ impl Connection {
                 return Err(error.into());
             }
         }
-        self.write_packet(&Packet::PubComp(PubComp::new(pkid)));
+        // MQTT 5 says when nothing awaited this PUBREL; 3.1.1 completes it all the same.
+        let reason = if released || !self.peer.version.is_v5() {
+            ReasonCode::Success
+        } else {
+            ReasonCode::PacketIdentifierNotFound
+        };
+        self.write_packet(&Packet::PubComp(PubComp::with_reason(pkid, reason)));
         Ok(())
     }
 

@@ -14,16 +14,20 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::timeout;
 
+use super::peer::Peer;
 use super::{Accepted, Connection, ListenerInfo, LINGER};
 use crate::acl::Identity;
 use crate::config::AnonymousPolicy;
 use crate::context::BrokerContext;
 use crate::metrics::LocalCounters;
+use crate::persistence::StoreHandle;
 use crate::platform::status::Action;
 use crate::platform::{Admission, PlatformClient};
 use crate::registry::{Attached, Claim, ConnectionSignal, Link, Owner, SessionInner};
 use crate::transport::{ClientStream, Transport};
-use fieldbridge_mqtt::codec::{self, ConnAck, Connect, ConnectReturnCode, LastWill, Packet};
+use fieldbridge_mqtt::codec::{
+    self, ConnAck, Connect, LastWill, Packet, Properties, Property, ProtocolVersion, ReasonCode,
+};
 use fieldbridge_mqtt::topic::level_count;
 
 /// Reads the CONNECT (within `connect_timeout`) and hands it to [`handshake`].
@@ -54,7 +58,7 @@ pub(super) async fn open(accepted: Box<Accepted>) -> Option<Connection> {
         Ok(Err(FirstPacketError::Codec(error))) => {
             tracing::info!(%peer, %error, "malformed first packet");
             if let Some(code) = error.connack_code() {
-                refuse(&mut stream, code).await;
+                refuse(&mut stream, code, ProtocolVersion::V311).await;
             }
             return None;
         }
@@ -82,7 +86,9 @@ async fn read_first_packet(
     max: usize,
 ) -> Result<Packet, FirstPacketError> {
     loop {
-        if let Some(packet) = codec::decode(rbuf, max).map_err(FirstPacketError::Codec)? {
+        // A CONNECT is read whatever version it names.
+        let first = codec::decode(rbuf, ProtocolVersion::V311, max);
+        if let Some(packet) = first.map_err(FirstPacketError::Codec)? {
             return Ok(packet);
         }
         rbuf.reserve(256);
@@ -94,13 +100,10 @@ async fn read_first_packet(
     }
 }
 
-async fn refuse(stream: &mut ClientStream, code: ConnectReturnCode) {
+async fn refuse(stream: &mut ClientStream, code: ReasonCode, version: ProtocolVersion) {
     let mut buf = BytesMut::new();
-    let connack = Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    });
-    if codec::encode(&connack, &mut buf).is_ok() {
+    let connack = Packet::ConnAck(ConnAck::new(false, code));
+    if codec::encode(&connack, version, &mut buf).is_ok() {
         let _ = timeout(LINGER, async {
             stream.write_all(&buf).await?;
             stream.flush().await
@@ -112,7 +115,7 @@ async fn refuse(stream: &mut ClientStream, code: ConnectReturnCode) {
 /// Why a CONNECT is not accepted.
 enum Refusal {
     /// Answered with a CONNACK carrying this return code.
-    Answer(ConnectReturnCode),
+    Answer(ReasonCode),
     /// Closed without an answer.
     Close,
 }
@@ -132,6 +135,8 @@ struct Admitted {
     signal: Arc<ConnectionSignal>,
     will: Option<Box<LastWill>>,
     platform: Option<Box<PlatformClient>>,
+    /// MQTT 5: what CONNACK tells the client beyond the defaults.
+    connack_properties: Properties,
 }
 
 /// Checks a CONNECT and attaches the client to its session; `None` when refused.
@@ -150,10 +155,11 @@ async fn handshake(
         transport: stream.transport(),
         verified: stream.client_verified(),
     };
+    let peer = Peer::from_connect(&connect, ctx.limits.topic_alias_maximum);
     let admitted = match admit(client, &ctx, connect).await {
         Ok(admitted) => admitted,
         Err(Refusal::Answer(code)) => {
-            refuse(&mut stream, code).await;
+            refuse(&mut stream, code, peer.version).await;
             return None;
         }
         Err(Refusal::Close) => return None,
@@ -163,8 +169,10 @@ async fn handshake(
         signal,
         will,
         platform,
+        connack_properties,
     } = admitted;
     let mut connection = Connection {
+        peer,
         stream,
         rbuf,
         wbuf: BytesMut::new(),
@@ -173,6 +181,7 @@ async fn handshake(
         will,
         counters: LocalCounters::default(),
         matches: None,
+        held: Default::default(),
         ctx,
         _slot: slot,
         platform,
@@ -181,10 +190,9 @@ async fn handshake(
         crate::platform::status::publish(&connection.ctx, client, Action::Connect, None, true)
             .await;
     }
-    connection.write_packet(&Packet::ConnAck(ConnAck {
-        session_present: attached.session_present,
-        code: ConnectReturnCode::Accepted,
-    }));
+    let mut connack = ConnAck::new(attached.session_present, ReasonCode::Success);
+    connack.properties = connack_properties;
+    connection.write_packet(&Packet::ConnAck(connack));
     if attached.session_present {
         let mut resend = Vec::new();
         let acl = connection.ctx.router.acl.load();
@@ -195,6 +203,7 @@ async fn handshake(
             } = &mut *inner;
             let mut withheld = Vec::new();
             state.resend_where(
+                crate::message::unix_now_ms(),
                 &mut resend,
                 |message| {
                     super::may_read(
@@ -223,29 +232,53 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         mut verified,
     } = client;
     let Connect {
+        protocol,
         clean_session,
         keep_alive,
         client_id,
         will,
         username,
         password,
-        ..
+        properties,
     } = connect;
-    let client_id = if client_id.is_empty() {
-        if !clean_session {
+    let v5 = protocol.is_v5();
+    if properties.authentication_method().is_some() {
+        tracing::info!(%peer, %client_id, "enhanced authentication is not supported");
+        return Err(Refusal::Answer(ReasonCode::BadAuthenticationMethod));
+    }
+    let mut connack_properties = Properties::new();
+    let assigned = client_id.is_empty();
+    let client_id = if assigned {
+        // MQTT 5 lets any session have a broker-assigned id (it says which one), 3.1.1
+        // only one that ends with its connection.
+        if !clean_session && !v5 {
             tracing::info!(%peer, "empty client id with clean session 0 refused");
-            return Err(Refusal::Answer(ConnectReturnCode::IdentifierRejected));
+            return Err(Refusal::Answer(ReasonCode::ClientIdentifierNotValid));
         }
-        ByteString::from(format!("auto-{:016x}", rand::thread_rng().gen::<u64>()))
+        let id = ByteString::from(format!("auto-{:016x}", rand::thread_rng().gen::<u64>()));
+        if v5 {
+            connack_properties.push(Property::AssignedClientIdentifier(id.clone()));
+        }
+        id
     } else {
         // Kept for the session's life: not as a slice pinning the CONNECT's read buffer.
         ByteString::from(&*client_id)
     };
+    let expiry = session_expiry(
+        v5,
+        clean_session,
+        &properties,
+        ctx.limits.max_session_expiry,
+    );
+    if v5 && properties.session_expiry_interval().copied().unwrap_or(0) != expiry {
+        connack_properties.push(Property::SessionExpiryInterval(expiry));
+    }
     let username = username.map(|name| ByteString::from(&*name));
     let will = will.map(|will| {
         Box::new(LastWill {
             topic: ByteString::from(&*will.topic),
             payload: bytes::Bytes::copy_from_slice(&will.payload),
+            properties: crate::message::detached_properties(&will.properties),
             ..will
         })
     });
@@ -271,7 +304,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
             if let Some(held_back) = ctx.login_refusals.admit() {
                 tracing::warn!(%peer, %client_id, user = %key, retry_in = ?wait, held_back, "login refused without a check: too many failed logins from this address or for this user name");
             }
-            return Err(Refusal::Answer(ConnectReturnCode::BadUserNameOrPassword));
+            return Err(Refusal::Answer(ReasonCode::BadUserNameOrPassword));
         }
     }
     let mut platform = None;
@@ -311,7 +344,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
                 Err(refused) => {
                     if let Some(key) = login_key
                         .as_deref()
-                        .filter(|_| refused.code == ConnectReturnCode::BadUserNameOrPassword)
+                        .filter(|_| refused.code == ReasonCode::BadUserNameOrPassword)
                     {
                         ctx.logins.failed(peer.ip(), key, Instant::now());
                     }
@@ -327,7 +360,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
             if !check_password(ctx, passwords, user.clone(), password.unwrap_or_default()).await {
                 ctx.logins.failed(peer.ip(), user, Instant::now());
                 tracing::info!(%peer, %client_id, user = %user, "bad user name or password");
-                return Err(Refusal::Answer(ConnectReturnCode::BadUserNameOrPassword));
+                return Err(Refusal::Answer(ReasonCode::BadUserNameOrPassword));
             }
             ctx.logins.succeeded(user);
             true
@@ -341,7 +374,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
     };
     if !verified && !authenticated && !anonymous_allowed {
         tracing::info!(%peer, %client_id, listener = %listener.local, "anonymous client refused");
-        return Err(Refusal::Answer(ConnectReturnCode::NotAuthorized));
+        return Err(Refusal::Answer(ReasonCode::NotAuthorized));
     }
     if let (Some(acl), Some(will)) = (ctx.router.acl.load().as_deref(), &will) {
         let who = Identity {
@@ -350,7 +383,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         };
         if !acl.can_publish(who, &will.topic) {
             tracing::info!(%peer, %client_id, topic = %will.topic, "will topic not allowed by the ACL");
-            return Err(Refusal::Answer(ConnectReturnCode::NotAuthorized));
+            return Err(Refusal::Answer(ReasonCode::NotAuthorized));
         }
     }
     if will
@@ -361,6 +394,10 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         return Err(Refusal::Close);
     }
 
+    let granted_keep_alive = granted_keepalive(keep_alive, ctx.limits.max_keepalive);
+    if v5 && granted_keep_alive != keep_alive {
+        connack_properties.push(Property::ServerKeepAlive(granted_keep_alive));
+    }
     let signal = Arc::new(ConnectionSignal::new(
         keepalive_timeout(keep_alive, ctx.limits.max_keepalive),
         ctx.now_ms(),
@@ -369,6 +406,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         signal: signal.clone(),
     };
     // A replaced session's deletion and the new session's record.
+    let since = ctx.router.store.as_ref().map(StoreHandle::mark);
     let permit = match &ctx.router.store {
         Some(store) => Some(store.reserve(2).await.map_err(|_| Refusal::Close)?),
         None => None,
@@ -378,6 +416,7 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
     let claim = Claim {
         client_id: client_id.clone(),
         clean_session,
+        expiry,
         link,
         username,
         owner,
@@ -387,33 +426,110 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         .attach(claim, &ctx.router.subscriptions, permit)
         .map_err(|error| {
             tracing::warn!(%peer, %client_id, %error, "connection refused");
-            Refusal::Answer(ConnectReturnCode::ServerUnavailable)
+            Refusal::Answer(ReasonCode::ServerUnavailable)
         })?;
     if attached.replaced_foreign {
         tracing::info!(%peer, %client_id, %user, "the client id's persistent session belonged to another user: replaced by a fresh one");
     }
+    if let (Some(store), Some(since)) = (&ctx.router.store, since) {
+        // A CONNACK promises a session that outlives a restart: its record first.
+        if attached.session.persistent && store.barrier_since(since).await.is_err() {
+            let mut inner = attached.session.inner.lock();
+            if inner.is_linked_to(&signal) {
+                inner.link = None;
+                inner.absent_since_ms = Some(crate::message::unix_now_ms());
+            }
+            tracing::info!(%peer, %client_id, "connection refused: its session could not be stored");
+            return Err(Refusal::Answer(ReasonCode::ServerUnavailable));
+        }
+    }
     ctx.metrics
         .clients_connected
         .fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(%peer, %client_id, clean_session, keep_alive, %user, session_present = attached.session_present, "client connected");
+    attached
+        .session
+        .inner
+        .lock()
+        .state
+        .set_receive_maximum(properties.receive_maximum().copied());
+    if v5 {
+        server_properties(ctx, &properties, &client_id, &mut connack_properties);
+    }
+    tracing::debug!(%peer, %client_id, ?protocol, clean_session, keep_alive, expiry, %user, session_present = attached.session_present, "client connected");
     Ok(Admitted {
         attached,
         signal,
         will,
         platform,
+        connack_properties,
     })
+}
+
+/// The Session Expiry Interval granted, in seconds: MQTT 5's as asked, 3.1.1's clean
+/// session as 0 (ends with the connection) or forever; capped by `max_session_expiry`.
+fn session_expiry(
+    v5: bool,
+    clean_session: bool,
+    properties: &Properties,
+    max: Option<fieldbridge_service::units::Duration>,
+) -> u32 {
+    let asked = match (v5, clean_session) {
+        (true, _) => properties.session_expiry_interval().copied().unwrap_or(0),
+        (false, true) => 0,
+        (false, false) => u32::MAX,
+    };
+    let cap = max.map_or(u32::MAX, |max| {
+        u32::try_from(max.get().as_secs()).unwrap_or(u32::MAX)
+    });
+    asked.min(cap)
+}
+
+/// What CONNACK tells an MQTT 5 client about the broker: its limits, and what it
+/// supports (all of the optional features, said outright).
+fn server_properties(
+    ctx: &BrokerContext,
+    asked: &Properties,
+    client_id: &str,
+    out: &mut Properties,
+) {
+    let limits = &ctx.limits;
+    out.push(Property::ReceiveMaximum(limits.receive_maximum));
+    out.push(Property::MaximumPacketSize(
+        u32::try_from(ctx.max_packet_size()).unwrap_or(u32::MAX),
+    ));
+    out.push(Property::TopicAliasMaximum(limits.topic_alias_maximum));
+    out.push(Property::RetainAvailable(1));
+    out.push(Property::WildcardSubscriptionAvailable(1));
+    out.push(Property::SubscriptionIdentifierAvailable(1));
+    out.push(Property::SharedSubscriptionAvailable(1));
+    if let (Some(1), Some(prefix)) = (
+        asked.request_response_information(),
+        &ctx.response_information,
+    ) {
+        out.push(Property::ResponseInformation(ByteString::from(format!(
+            "{prefix}{client_id}/"
+        ))));
+    }
+}
+
+/// The keepalive the broker holds a client to, in seconds: what it asked, up to
+/// `max_keepalive` (which also replaces 0 when it is below the protocol's maximum).
+fn granted_keepalive(requested: u16, max: u16) -> u16 {
+    match requested {
+        0 if max == u16::MAX => 0,
+        0 => max,
+        requested => requested.min(max),
+    }
 }
 
 /// When a silent client is dropped: 1.5 times its keepalive, capped by `max_keepalive`
 /// (which also applies to clients asking for none when it is configured below the
 /// protocol maximum). `None`: never.
 fn keepalive_timeout(requested: u16, max: u16) -> Option<Duration> {
-    let seconds = match requested {
-        0 if max == u16::MAX => return None,
-        0 => max,
-        requested => requested.min(max),
-    };
-    Some(Duration::from_millis(u64::from(seconds) * 1500))
+    match granted_keepalive(requested, max) {
+        0 => None,
+        seconds => Some(Duration::from_millis(u64::from(seconds) * 1500)),
+    }
 }
 
 async fn check_password(

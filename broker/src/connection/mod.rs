@@ -4,6 +4,8 @@
 
 mod acknowledgements;
 mod handshake;
+mod held;
+mod peer;
 mod publish;
 mod subscribe;
 
@@ -35,8 +37,10 @@ use crate::session::Outgoing;
 use crate::transport::{ClientStream, Upgrade};
 use acknowledgements::AckKind;
 use fieldbridge_mqtt::codec::{
-    self, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS,
+    self, Disconnect, LastWill, Packet, PubAck, PubComp, PubRec, PubRel, Publish, QoS, ReasonCode,
 };
+use held::HeldPublishes;
+use peer::Peer;
 
 /// Output buffered before the task stops reading from the client and taking messages from
 /// its session: a client that does not read costs at most about this much.
@@ -74,27 +78,61 @@ fn may_read(
     })
 }
 
-/// Why a connection ended; decides whether the will is published.
+/// Why a connection ended; decides whether the will is published, and what an MQTT 5
+/// client is told in the broker's DISCONNECT.
 #[derive(Debug)]
 enum End {
-    Disconnect,
+    /// DISCONNECT from the client; `with_will` for an MQTT 5 reason other than 0x00.
+    Disconnect {
+        with_will: bool,
+    },
     Closed,
     Io(io::Error),
-    Protocol(String),
+    /// The client broke a rule: `reason` is what a 5 client is told.
+    Protocol {
+        reason: ReasonCode,
+        what: String,
+    },
     Kicked(Kick),
     NotDurable,
+}
+
+impl End {
+    fn protocol(reason: ReasonCode, what: impl Into<String>) -> Self {
+        End::Protocol {
+            reason,
+            what: what.into(),
+        }
+    }
+
+    /// The reason of the DISCONNECT an MQTT 5 client gets before the close, if any.
+    fn disconnect_reason(&self) -> Option<ReasonCode> {
+        match self {
+            End::Disconnect { .. } | End::Closed | End::Io(_) => None,
+            End::Protocol { reason, .. } => Some(*reason),
+            End::Kicked(Kick::TakenOver) => Some(ReasonCode::SessionTakenOver),
+            End::Kicked(Kick::Shutdown) => Some(ReasonCode::ServerShuttingDown),
+            End::Kicked(Kick::KeepaliveExpired) => Some(ReasonCode::KeepAliveTimeout),
+            End::Kicked(Kick::SlowSubscriber) => Some(ReasonCode::QuotaExceeded),
+            End::NotDurable => Some(ReasonCode::UnspecifiedError),
+        }
+    }
 }
 
 impl std::fmt::Display for End {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            End::Disconnect => f.write_str("DISCONNECT"),
+            End::Disconnect { with_will: false } => f.write_str("DISCONNECT"),
+            End::Disconnect { with_will: true } => f.write_str("DISCONNECT with will"),
             End::Closed => f.write_str("closed by the client"),
             End::Io(error) => write!(f, "I/O error: {error}"),
-            End::Protocol(what) => write!(f, "protocol error: {what}"),
+            End::Protocol { reason, what } => write!(f, "protocol error: {what} ({reason})"),
             End::Kicked(Kick::TakenOver) => f.write_str("taken over by a new connection"),
             End::Kicked(Kick::Shutdown) => f.write_str("broker shutdown"),
             End::Kicked(Kick::KeepaliveExpired) => f.write_str("keepalive expired"),
+            End::Kicked(Kick::SlowSubscriber) => {
+                f.write_str("slow subscriber: its queue held publishers back too long")
+            }
             End::NotDurable => f.write_str("persistence failed"),
         }
     }
@@ -110,7 +148,10 @@ enum Event {
 
 impl End {
     fn publishes_will(&self) -> bool {
-        !matches!(self, End::Disconnect | End::Kicked(Kick::Shutdown))
+        !matches!(
+            self,
+            End::Disconnect { with_will: false } | End::Kicked(Kick::Shutdown)
+        )
     }
 }
 
@@ -147,6 +188,8 @@ pub(crate) async fn serve(accepted: Box<Accepted>) {
 
 /// An accepted client. Kept small: every idle connection holds one.
 struct Connection {
+    /// What the client speaks, and asked of what it is sent.
+    peer: Peer,
     stream: ClientStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -156,6 +199,8 @@ struct Connection {
     counters: LocalCounters,
     /// Scratch space for routing, allocated once this client publishes.
     matches: Option<Box<MatchBuffer>>,
+    /// QoS 1 and 2 publishes waiting for room before their acknowledgement.
+    held: HeldPublishes,
     ctx: Arc<BrokerContext>,
     _slot: OwnedSemaphorePermit,
     /// Platform mode: who the client is, its topic space and status facts.
@@ -183,6 +228,15 @@ impl Connection {
                 Event::Signal => {
                     if let Some(kick) = self.signal.kicked() {
                         return End::Kicked(kick);
+                    }
+                    if !self.held.is_empty() {
+                        // Perhaps room where held publishes wait; then what was not read.
+                        if let Err(end) = Box::pin(self.advance_held()).await {
+                            return end;
+                        }
+                        if let Some(end) = Box::pin(self.process_packets()).await {
+                            return end;
+                        }
                     }
                 }
                 Event::Writable => {
@@ -225,7 +279,7 @@ impl Connection {
                 Poll::Pending => {}
             }
         }
-        if self.wbuf.len() < HIGH_WATER {
+        if self.wbuf.len() < HIGH_WATER && !self.held_full() {
             match self.stream.poll_read_ready(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
                 Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
@@ -269,15 +323,22 @@ impl Connection {
     }
 
     async fn process_packets(&mut self) -> Option<End> {
-        loop {
-            match codec::decode(&mut self.rbuf, self.ctx.max_packet_size()) {
+        // Held publishes at their limit: the rest stays in the buffer until they move.
+        while !self.held_full() {
+            match codec::decode(
+                &mut self.rbuf,
+                self.peer.version,
+                self.ctx.max_packet_size(),
+            ) {
                 Ok(Some(packet)) => {
                     if let Some(end) = self.handle(packet).await {
                         return Some(end);
                     }
                 }
                 Ok(None) => break,
-                Err(error) => return Some(End::Protocol(error.to_string())),
+                Err(error) => {
+                    return Some(End::protocol(error.disconnect_reason(), error.to_string()))
+                }
             }
         }
         if self.rbuf.is_empty() {
@@ -290,24 +351,55 @@ impl Connection {
     async fn handle(&mut self, packet: Packet) -> Option<End> {
         let result = match packet {
             Packet::Publish(publish) => self.on_publish(publish).await,
-            Packet::PubAck(PubAck { pkid }) => self.on_ack(pkid, AckKind::Ack).await,
-            Packet::PubRec(PubRec { pkid }) => self.on_ack(pkid, AckKind::Rec).await,
-            Packet::PubComp(PubComp { pkid }) => self.on_ack(pkid, AckKind::Comp).await,
-            Packet::PubRel(PubRel { pkid }) => self.on_pubrel(pkid).await,
+            Packet::PubAck(PubAck { pkid, .. }) => self.on_ack(pkid, AckKind::Ack).await,
+            Packet::PubRec(PubRec { pkid, reason, .. }) => {
+                self.on_ack(
+                    pkid,
+                    AckKind::Rec {
+                        refused: reason.is_failure(),
+                    },
+                )
+                .await
+            }
+            Packet::PubComp(PubComp { pkid, .. }) => self.on_ack(pkid, AckKind::Comp).await,
+            Packet::PubRel(PubRel { pkid, .. }) => self.on_pubrel(pkid).await,
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe).await,
             Packet::PingReq => {
                 self.write_packet(&Packet::PingResp);
                 Ok(())
             }
-            Packet::Disconnect => Err(End::Disconnect),
-            Packet::Connect(_) => Err(End::Protocol("second CONNECT".into())),
-            other => Err(End::Protocol(format!(
-                "{} is not sent by clients",
-                other.name()
-            ))),
+            Packet::Disconnect(disconnect) => Err(self.on_disconnect(disconnect)),
+            Packet::Auth(_) => Err(End::protocol(
+                ReasonCode::ProtocolError,
+                "AUTH without an authentication method",
+            )),
+            Packet::Connect(_) => Err(End::protocol(ReasonCode::ProtocolError, "second CONNECT")),
+            other => Err(End::protocol(
+                ReasonCode::ProtocolError,
+                format!("{} is not sent by clients", other.name()),
+            )),
         };
         result.err()
+    }
+
+    /// A DISCONNECT from the client. MQTT 5's may keep the will due (any reason but normal
+    /// disconnection: 0x04 asks for it, errors too) and change the session's expiry, but
+    /// not from 0 (a session that ends with its connection).
+    fn on_disconnect(&mut self, disconnect: Disconnect) -> End {
+        if let Some(&expiry) = disconnect.properties.session_expiry_interval() {
+            let mut inner = self.session.inner.lock();
+            if inner.expiry == 0 && expiry != 0 {
+                return End::protocol(
+                    ReasonCode::ProtocolError,
+                    "session expiry set at DISCONNECT for a session that ends with it",
+                );
+            }
+            inner.expiry = expiry;
+        }
+        End::Disconnect {
+            with_will: disconnect.reason != ReasonCode::Success,
+        }
     }
 
     /// Whether the ACL (if any) lets this client do what `check` asks.
@@ -374,16 +466,35 @@ impl Connection {
                 state, username, ..
             } = &mut *inner;
             let mut withheld = Vec::new();
+            let mut oversized = 0;
+            let limits = &self.ctx.router.limits;
             // Checked again on the way out: the ACL may have been reloaded since the
             // message was queued.
             state.poll_outgoing_where(
                 &self.ctx.router.limits,
                 budget,
+                crate::message::unix_now_ms(),
                 &mut outgoing,
-                |message| may_read(acl.as_deref(), username.as_deref(), &self.session, message),
+                |message| {
+                    if !self.peer.may_take(message) {
+                        oversized += 1;
+                        return false;
+                    }
+                    may_read(acl.as_deref(), username.as_deref(), &self.session, message)
+                },
                 &mut withheld,
             );
             self.forget_withheld(&withheld);
+            if !inner.room_waiters.is_empty() && inner.state.has_room_for_waiters(limits) {
+                inner.wake_waiters();
+            }
+            if oversized > 0 {
+                // Counted, not an error: the client said how much it takes.
+                self.ctx
+                    .metrics
+                    .messages_oversized
+                    .fetch_add(oversized, Ordering::Relaxed);
+            }
             if let Some(store) = self.durable_store() {
                 // Packet identifiers only matter after a crash; a full channel skips them.
                 for item in &outgoing {
@@ -445,16 +556,17 @@ impl Connection {
     }
 
     fn write_publish(&mut self, publish: &Publish) {
-        if let Some(view) = self.platform.as_deref().and_then(|c| c.outbound(publish)) {
-            self.write_packet(&Packet::Publish(view));
-            return;
-        }
         // Cloning a Publish clones reference counts only.
-        self.write_packet(&Packet::Publish(publish.clone()));
+        let mut publish = match self.platform.as_deref().and_then(|c| c.outbound(publish)) {
+            Some(view) => view,
+            None => publish.clone(),
+        };
+        self.peer.alias_outgoing(&mut publish);
+        self.write_packet(&Packet::Publish(publish));
     }
 
     fn write_packet(&mut self, packet: &Packet) {
-        if let Err(error) = codec::encode(packet, &mut self.wbuf) {
+        if let Err(error) = codec::encode(packet, self.peer.version, &mut self.wbuf) {
             tracing::warn!(client_id = %self.session.client_id, %error, packet = packet.name(), "cannot encode packet");
         }
     }
@@ -465,8 +577,20 @@ impl Connection {
             client.count(&self.counters);
         }
         self.counters.flush(&self.ctx.metrics);
+        if let Some(reason) = end
+            .disconnect_reason()
+            .filter(|_| self.peer.version.is_v5())
+        {
+            let mut disconnect = Disconnect::new(reason);
+            if let End::Protocol { what, .. } = &end {
+                self.peer.explain(&mut disconnect.properties, what);
+            }
+            self.write_packet(&Packet::Disconnect(disconnect));
+        }
         match &end {
-            End::Disconnect | End::Closed | End::Kicked(Kick::TakenOver | Kick::Shutdown) => {
+            End::Disconnect { .. }
+            | End::Closed
+            | End::Kicked(Kick::TakenOver | Kick::Shutdown) => {
                 tracing::debug!(client_id = %self.session.client_id, reason = %end, "connection ended")
             }
             End::NotDurable => {
@@ -483,16 +607,42 @@ impl Connection {
         }
         let _ = self.stream.shutdown().await;
         drop(self.stream);
-        {
+        let now = crate::message::unix_now_ms();
+        let (ends, expiry, connections) = {
             let mut inner = self.session.inner.lock();
-            if inner.is_linked_to(&self.signal) {
+            let linked = inner.is_linked_to(&self.signal);
+            if linked {
                 inner.link = None;
+                inner.absent_since_ms = Some(now);
+                // Publishers waiting for room go by the rules for absent clients now.
+                inner.wake_waiters();
             }
-        }
-        if !self.session.persistent {
+            (linked && inner.expiry == 0, inner.expiry, inner.connections)
+        };
+        if ends || !self.session.persistent {
             self.ctx
                 .registry
                 .remove_clean(&self.session, &self.ctx.router.subscriptions);
+        }
+        if let Some(store) = self
+            .ctx
+            .router
+            .store
+            .as_ref()
+            .filter(|_| self.session.persistent)
+        {
+            // Lost, the record only makes the session count as absent from the next start.
+            store.try_send(if ends {
+                Op::DeleteSession {
+                    client_id: self.session.client_id.clone(),
+                }
+            } else {
+                Op::SessionAbsent {
+                    client_id: self.session.client_id.clone(),
+                    since_ms: now,
+                    expiry,
+                }
+            });
         }
         self.ctx
             .metrics
@@ -512,15 +662,70 @@ impl Connection {
             .await;
         }
         if let Some(will) = self.will.take().filter(|_| end.publishes_will()) {
-            let message = Arc::new(Message::new(
-                will.topic,
-                will.payload,
-                will.qos,
-                will.retain,
-            ));
-            if let Err(error) = publish::route(&self.ctx, &mut self.matches, message, false).await {
-                tracing::warn!(client_id = %self.session.client_id, %error, "will not stored durably");
+            let mut message = Message::new(will.topic, will.payload, will.qos, will.retain);
+            message.set_properties(&will.properties, now);
+            let delay = will.properties.will_delay_interval().copied().unwrap_or(0);
+            // Published when the delay is over or the session ends, whichever is first.
+            let wait = if ends || !self.session.persistent {
+                0
+            } else {
+                delay.min(expiry)
+            };
+            if wait == 0 {
+                let routed =
+                    publish::route(&self.ctx, &mut self.matches, Arc::new(message), false).await;
+                if let Err(error) = routed {
+                    tracing::warn!(client_id = %self.session.client_id, %error, "will not stored durably");
+                }
+            } else {
+                let will = Arc::new(message);
+                let wait = Duration::from_secs(u64::from(wait));
+                if let Some(store) = self.ctx.router.store.as_ref() {
+                    // Lost, the will is not published if the broker restarts first.
+                    store.try_send(Op::DelayWill {
+                        client_id: self.session.client_id.clone(),
+                        will: will.clone(),
+                        due_ms: now.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(0)),
+                    });
+                }
+                tokio::spawn(delayed_will(
+                    self.ctx.clone(),
+                    self.session.clone(),
+                    connections,
+                    wait,
+                    will,
+                ));
             }
+        }
+    }
+}
+
+/// Publishes a will after its delay, unless the session's client connected again first
+/// (`connections` counts the connections that had resumed the session when it left).
+pub(crate) async fn delayed_will(
+    ctx: Arc<BrokerContext>,
+    session: Arc<Session>,
+    connections: u64,
+    wait: Duration,
+    message: Arc<Message>,
+) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = ctx.shutdown.cancelled() => return,
+    }
+    let due = {
+        let inner = session.inner.lock();
+        inner.discarded || (inner.link.is_none() && inner.connections == connections)
+    };
+    if due {
+        if let Err(error) = publish::route(&ctx, &mut None, message, false).await {
+            tracing::warn!(client_id = %session.client_id, %error, "will not stored durably");
+        }
+        if let Some(store) = ctx.router.store.as_ref().filter(|_| session.persistent) {
+            // Lost, the will is published once more after a restart.
+            store.try_send(Op::ClearWill {
+                client_id: session.client_id.clone(),
+            });
         }
     }
 }

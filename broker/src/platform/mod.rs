@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::metrics::LocalCounters;
 use crate::transport::Transport;
-use fieldbridge_mqtt::codec::{ConnectReturnCode, LastWill, Publish, QoS, SubscribeFilter};
+use fieldbridge_mqtt::codec::{LastWill, Publish, QoS, ReasonCode, SubscribeFilter};
 use fieldbridge_mqtt::platform::{valid_name, ClientIdentity, ClientKind};
 pub use fieldbridge_mqtt::platform::{DEVICE_USERNAME, MAX_PAYLOAD};
 pub use registry::{PlatformRegistry, RegistryError};
@@ -169,11 +169,11 @@ pub(crate) struct Admitted {
 /// Why a CONNECT was refused: the CONNACK code, and a reason to log (never the token).
 #[derive(Debug)]
 pub(crate) struct Refused {
-    pub code: ConnectReturnCode,
+    pub code: ReasonCode,
     pub reason: String,
 }
 
-fn refused(code: ConnectReturnCode, reason: impl Into<String>) -> Refused {
+fn refused(code: ReasonCode, reason: impl Into<String>) -> Refused {
     Refused {
         code,
         reason: reason.into(),
@@ -209,7 +209,7 @@ impl Platform {
 
     /// Authenticates a CONNECT by its client id form and credentials.
     pub async fn admit(&self, admission: Admission<'_>) -> Result<Admitted, Refused> {
-        use ConnectReturnCode::{BadUserNameOrPassword, NotAuthorized};
+        use ReasonCode::{BadUserNameOrPassword, NotAuthorized};
         let identity = ClientIdentity::parse(admission.client_id)
             .map_err(|error| refused(NotAuthorized, format!("malformed client id: {error}")))?;
         if identity.org != self.org {
@@ -284,7 +284,7 @@ impl Platform {
         username: &str,
         token: &[u8],
     ) -> Result<(), Refused> {
-        use ConnectReturnCode::{BadUserNameOrPassword, NotAuthorized, ServerUnavailable};
+        use ReasonCode::{BadUserNameOrPassword, NotAuthorized, ServerUnavailable};
         let Some(registry) = &self.registry else {
             return Err(refused(NotAuthorized, "no registry"));
         };
@@ -444,6 +444,7 @@ impl PlatformClient {
         Ok(SubscribeFilter {
             filter: mapped,
             qos,
+            ..filter.clone()
         })
     }
 

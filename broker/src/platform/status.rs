@@ -83,7 +83,11 @@ pub(crate) async fn publish(
         QoS::AtMostOnce,
         retain,
     ));
-    if let Err(error) = ctx.router.publish(message, &mut Vec::new(), false).await {
+    if let Err(error) = ctx
+        .router
+        .publish(message, &mut Vec::new(), false, None)
+        .await
+    {
         tracing::warn!(client = %client.identity, %error, "status message not stored durably");
     }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use fieldbridge_broker::auth::set_password;
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig};
 use fieldbridge_broker::Config;
-use fieldbridge_mqtt::codec::{Connect, ConnectReturnCode, QoS, SubscribeReturnCode};
+use fieldbridge_mqtt::codec::{Connect, QoS, ReasonCode, SubscribeReturnCode};
 
 use crate::support::{
     config, connect_packet, granted, login_packet, payload, publish, start, wait_until, write_file,
@@ -20,7 +20,7 @@ async fn login(
     client_id: &str,
     user: Option<&str>,
     password: Option<&str>,
-) -> (Client, ConnectReturnCode) {
+) -> (Client, ReasonCode) {
     let (client, connack) =
         Client::connect_with(addr, login_packet(client_id, user, password)).await;
     (client, connack.code)
@@ -38,17 +38,17 @@ async fn password_file_authenticates() {
     let addr = broker.local_addr();
 
     let (mut alice, code) = login(addr, "a", Some("alice"), Some("wonderland")).await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
+    assert_eq!(code, ReasonCode::Success);
     alice.ping().await;
     let (mut wrong, code) = login(addr, "w", Some("alice"), Some("looking-glass")).await;
-    assert_eq!(code, ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
     wrong.expect_closed().await;
     let (_, code) = login(addr, "u", Some("mallory"), Some("wonderland")).await;
-    assert_eq!(code, ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
     let (_, code) = login(addr, "n", Some("alice"), None).await;
-    assert_eq!(code, ConnectReturnCode::BadUserNameOrPassword);
+    assert_eq!(code, ReasonCode::BadUserNameOrPassword);
     let (mut anonymous, code) = login(addr, "anon", None, None).await;
-    assert_eq!(code, ConnectReturnCode::NotAuthorized);
+    assert_eq!(code, ReasonCode::NotAuthorized);
     anonymous.expect_closed().await;
 }
 
@@ -61,12 +61,12 @@ async fn anonymous_clients_only_on_loopback_listeners_by_default() {
     let loopback = broker.local_addrs()[0];
     let wildcard_port = broker.local_addrs()[1].port();
     let (mut on_loopback, code) = login(loopback, "here", None, None).await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
+    assert_eq!(code, ReasonCode::Success);
     on_loopback.ping().await;
     // The same machine, through a listener that is not bound to loopback.
     let other = SocketAddr::from(([127, 0, 0, 1], wildcard_port));
     let (mut refused, code) = login(other, "there", None, None).await;
-    assert_eq!(code, ConnectReturnCode::NotAuthorized);
+    assert_eq!(code, ReasonCode::NotAuthorized);
     refused.expect_closed().await;
 }
 
@@ -78,7 +78,7 @@ async fn anonymous_everywhere_when_allowed() {
     let broker = start(cfg).await;
     let addr = SocketAddr::from(([127, 0, 0, 1], broker.local_addr().port()));
     let (_, code) = login(addr, "anyone", None, None).await;
-    assert_eq!(code, ConnectReturnCode::Accepted);
+    assert_eq!(code, ReasonCode::Success);
 }
 
 const ACL: &str = "\
@@ -118,7 +118,7 @@ async fn acl_refuses_subscriptions_and_drops_publishes() {
         codes,
         vec![
             SubscribeReturnCode::Success(QoS::AtLeastOnce),
-            SubscribeReturnCode::Failure,
+            SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError),
             SubscribeReturnCode::Success(QoS::AtMostOnce)
         ]
     );
@@ -126,7 +126,7 @@ async fn acl_refuses_subscriptions_and_drops_publishes() {
     let (mut bob, _) = login(addr, "bob-1", Some("bob"), Some("x")).await;
     assert_eq!(
         bob.subscribe(&[("sensors/alice", QoS::AtMostOnce)]).await,
-        vec![SubscribeReturnCode::Failure]
+        vec![SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError)]
     );
     // Refused: dropped without a word (the PUBACK still comes), then an allowed one.
     bob.publish(publish("sensors/alice/x", "forbidden", QoS::AtLeastOnce, 1))
@@ -156,7 +156,7 @@ async fn acl_refuses_subscriptions_and_drops_publishes() {
     );
     assert_eq!(
         anonymous.subscribe(&[("sensors/#", QoS::AtMostOnce)]).await,
-        vec![SubscribeReturnCode::Failure]
+        vec![SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError)]
     );
 }
 
@@ -175,7 +175,7 @@ async fn will_topic_must_be_writable() {
         false,
     ));
     let (_, connack) = Client::connect_with(broker.local_addr(), connect).await;
-    assert_eq!(connack.code, ConnectReturnCode::NotAuthorized);
+    assert_eq!(connack.code, ReasonCode::NotAuthorized);
 }
 
 /// A clean session 0 CONNECT with credentials.
@@ -231,7 +231,7 @@ async fn another_user_does_not_resume_a_persistent_session() {
 
     let (mut alice, connack) =
         Client::connect_with(addr, persistent_login("phone", "alice", "wonderland")).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     assert_eq!(
         alice
             .subscribe(&[("private/alice/#", QoS::AtLeastOnce)])
@@ -253,7 +253,7 @@ async fn another_user_does_not_resume_a_persistent_session() {
     // Bob, with his own password and alice's client id: a fresh session of his own.
     let (mut bob, connack) =
         Client::connect_with(addr, persistent_login("phone", "bob", "builder")).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     assert!(
         !connack.session_present,
         "bob does not resume alice's session"
@@ -269,7 +269,7 @@ async fn another_user_does_not_resume_a_persistent_session() {
     // starts afresh, and what was queued for her went with her session.
     let (mut alice, connack) =
         Client::connect_with(addr, persistent_login("phone", "alice", "wonderland")).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     assert!(
         !connack.session_present,
         "bob's session is not alice's either"
@@ -371,7 +371,7 @@ async fn unknown_users_take_as_long_as_known_ones() {
         let (_, connack) = client
             .handshake(login_packet("probe", Some(user), Some("guess")))
             .await;
-        assert_eq!(connack.code, ConnectReturnCode::BadUserNameOrPassword);
+        assert_eq!(connack.code, ReasonCode::BadUserNameOrPassword);
         started.elapsed()
     };
     // The first unknown user also makes the dummy hash.
@@ -395,12 +395,7 @@ async fn unknown_users_take_as_long_as_known_ones() {
 }
 
 /// The CONNACK code of a login from `local`.
-async fn login_from(
-    local: [u8; 4],
-    addr: SocketAddr,
-    user: &str,
-    password: &str,
-) -> ConnectReturnCode {
+async fn login_from(local: [u8; 4], addr: SocketAddr, user: &str, password: &str) -> ReasonCode {
     let local = IpAddr::V4(Ipv4Addr::from(local));
     let client = Client::tcp_from(local, addr).await;
     let (_, connack) = client
@@ -425,7 +420,7 @@ async fn failed_logins_back_off_per_address_and_per_user() {
     backoff.max_delay = Duration::from_secs(120);
     let broker = start(cfg).await;
     let addr = broker.local_addr();
-    use ConnectReturnCode::{Accepted, BadUserNameOrPassword};
+    use ReasonCode::{BadUserNameOrPassword, Success as Accepted};
 
     // Guesses from 127.0.0.2, two of them for a user that does not exist.
     for (user, guess) in [("mallory", "1"), ("alice", "2"), ("mallory", "3")] {

@@ -8,6 +8,7 @@ mod auth;
 mod deep_topics;
 mod malformed;
 mod metrics;
+mod mqtt5;
 mod persistence;
 mod process;
 mod qos;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use fieldbridge_mqtt::codec::{ConnAck, ConnectReturnCode, Packet, QoS};
+use fieldbridge_mqtt::codec::{ConnAck, Packet, ProtocolVersion, QoS, ReasonCode};
 
 use crate::support::{config, connect_packet, payload, start, will, Client};
 
@@ -73,11 +73,8 @@ async fn after_connect(addr: SocketAddr, bytes: &[u8]) {
     assert!(before.is_empty(), "nothing answered: {before:?}");
 }
 
-fn refused(code: ConnectReturnCode) -> Vec<Packet> {
-    vec![Packet::ConnAck(ConnAck {
-        session_present: false,
-        code,
-    })]
+fn refused(code: ReasonCode) -> Vec<Packet> {
+    vec![Packet::ConnAck(ConnAck::new(false, code))]
 }
 
 #[tokio::test]
@@ -122,17 +119,19 @@ async fn reserved_flags() {
     still_serving(addr).await;
 }
 
+/// An unknown level gets CONNACK 1; a protocol name that is not MQTT's, nothing at all.
 #[tokio::test]
-async fn wrong_protocol_name_or_level_gets_connack_1() {
+async fn wrong_protocol_name_or_level() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
-    let unacceptable = refused(ConnectReturnCode::UnacceptableProtocolVersion);
+    let unacceptable = refused(ReasonCode::UnsupportedProtocolVersion);
     assert_eq!(
         first_bytes(addr, &connect_bytes(b"MQTX", 4, 0x02, b"x")).await,
-        unacceptable
+        vec![],
+        "not MQTT: closed without an answer"
     );
     assert_eq!(
-        first_bytes(addr, &connect_bytes(b"MQTT", 5, 0x02, b"x")).await,
+        first_bytes(addr, &connect_bytes(b"MQTT", 6, 0x02, b"x")).await,
         unacceptable
     );
     assert_eq!(
@@ -141,7 +140,7 @@ async fn wrong_protocol_name_or_level_gets_connack_1() {
     );
     // MQTT 3.1 is spoken.
     let accepted = first_connack(addr, &connect_bytes(b"MQIsdp", 3, 0x02, b"old")).await;
-    assert_eq!(accepted.code, ConnectReturnCode::Accepted);
+    assert_eq!(accepted.code, ReasonCode::Success);
     still_serving(addr).await;
 }
 
@@ -261,10 +260,11 @@ async fn pipelined_packets_after_connect() {
                 "e",
                 QoS::AtMostOnce,
             )],
+            properties: Default::default(),
         }),
         Packet::PingReq,
     ] {
-        fieldbridge_mqtt::codec::encode(&packet, &mut out).expect("encodes");
+        fieldbridge_mqtt::codec::encode(&packet, ProtocolVersion::V311, &mut out).expect("encodes");
     }
     bytes.extend_from_slice(&out);
     let mut raw = Client::tcp(broker.local_addr()).await;

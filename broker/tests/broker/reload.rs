@@ -1,7 +1,7 @@
 //! SIGHUP: the binary reads its configuration again and applies the password file and
 //! the ACL; a broken file leaves the running ones in place.
 
-use fieldbridge_mqtt::codec::{ConnectReturnCode, QoS, SubscribeReturnCode};
+use fieldbridge_mqtt::codec::{QoS, ReasonCode, SubscribeReturnCode};
 
 use crate::support::{granted, login_packet, run, write_file, Client, Process, DEADLINE};
 
@@ -25,7 +25,7 @@ async fn wait_login(process: &Process, user: &str, password: &str, accepted: boo
             login_packet(&format!("{user}-probe"), Some(user), Some(password)),
         )
         .await;
-        if (code == ConnectReturnCode::Accepted) == accepted {
+        if (code == ReasonCode::Success) == accepted {
             return;
         }
         assert!(
@@ -58,7 +58,7 @@ async fn sighup_applies_new_users_and_acl_and_keeps_them_on_errors() {
     wait_login(&process, "bob", "pw-b", false).await;
     assert_eq!(
         subscribe_shared(&process).await,
-        SubscribeReturnCode::Failure
+        SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError)
     );
 
     add_user(&passwd, "bob", "pw-b").await;

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use fieldbridge_mqtt::codec::{ConnectReturnCode, Packet, QoS, SubscribeReturnCode};
+use fieldbridge_mqtt::codec::{Packet, QoS, ReasonCode, SubscribeReturnCode};
 
 use crate::support::{
     config, connect_packet, payload, publish, start, wait_until, will, Client, Silence,
@@ -148,10 +148,10 @@ async fn zero_length_client_id() {
     let broker = start(config()).await;
     let addr = broker.local_addr();
     let (mut anonymous, connack) = Client::connect_with(addr, connect_packet("", true)).await;
-    assert_eq!(connack.code, ConnectReturnCode::Accepted);
+    assert_eq!(connack.code, ReasonCode::Success);
     anonymous.ping().await;
     let (mut refused, connack) = Client::connect_with(addr, connect_packet("", false)).await;
-    assert_eq!(connack.code, ConnectReturnCode::IdentifierRejected);
+    assert_eq!(connack.code, ReasonCode::ClientIdentifierNotValid);
     assert!(!connack.session_present);
     refused.expect_closed().await;
 }
@@ -294,7 +294,7 @@ async fn max_connections() {
             .await;
         match four.try_recv(Duration::from_secs(5)).await {
             Ok(Packet::ConnAck(connack)) => {
-                assert_eq!(connack.code, ConnectReturnCode::Accepted);
+                assert_eq!(connack.code, ReasonCode::Success);
                 break;
             }
             Err(Silence::Closed) if attempts < 100 => {
@@ -324,7 +324,7 @@ async fn session_and_subscription_limits() {
         vec![
             granted(QoS::AtMostOnce),
             granted(QoS::AtMostOnce),
-            SubscribeReturnCode::Failure
+            SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError)
         ]
     );
     assert_eq!(
@@ -337,7 +337,7 @@ async fn session_and_subscription_limits() {
     let (mut three, connack) = Client::connect_with(addr, connect_packet("three", true)).await;
     assert_eq!(
         connack.code,
-        ConnectReturnCode::ServerUnavailable,
+        ReasonCode::ServerUnavailable,
         "the absent persistent session counts"
     );
     three.expect_closed().await;

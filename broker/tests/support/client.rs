@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use fieldbridge_mqtt::codec::{
-    self, ConnAck, Connect, ConnectReturnCode, Packet, PubAck, PubComp, PubRec, PubRel, Publish,
-    QoS, Subscribe, SubscribeFilter, SubscribeReturnCode, UnsubAck, Unsubscribe,
+    self, ConnAck, Connect, Disconnect, Packet, Properties, ProtocolVersion, PubAck, PubComp,
+    PubRec, PubRel, Publish, QoS, ReasonCode, SubAck, Subscribe, SubscribeFilter,
+    SubscribeReturnCode, UnsubAck, Unsubscribe,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-use super::{connect_packet, login_packet, publish, Silence, DEADLINE};
+use super::{connect5_packet, connect_packet, login_packet, publish, Silence, DEADLINE};
 
 pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
@@ -25,6 +26,8 @@ pub struct Client {
     /// Packets read while looking for another one, returned first by the next reads.
     stashed: VecDeque<Packet>,
     next_pkid: u16,
+    /// The version of the CONNECT sent: packets are encoded and decoded in it.
+    version: ProtocolVersion,
 }
 
 impl Client {
@@ -34,6 +37,7 @@ impl Client {
             buf: BytesMut::new(),
             stashed: VecDeque::new(),
             next_pkid: 1,
+            version: ProtocolVersion::V311,
         }
     }
 
@@ -56,6 +60,7 @@ impl Client {
 
     /// Sends CONNECT and returns the CONNACK, which must come.
     pub async fn handshake(mut self, connect: Connect) -> (Self, ConnAck) {
+        self.version = connect.protocol;
         self.send(Packet::Connect(Box::new(connect))).await;
         match self.recv().await {
             Packet::ConnAck(connack) => (self, connack),
@@ -69,7 +74,7 @@ impl Client {
     }
 
     /// The CONNACK code of a connection attempt (the client is dropped).
-    pub async fn attempt(addr: SocketAddr, connect: Connect) -> ConnectReturnCode {
+    pub async fn attempt(addr: SocketAddr, connect: Connect) -> ReasonCode {
         Self::connect_with(addr, connect).await.1.code
     }
 
@@ -94,12 +99,33 @@ impl Client {
         client
     }
 
+    /// Connects as an MQTT 5 client with these CONNECT properties; asserts the broker
+    /// accepted and returns the CONNACK.
+    pub async fn connect5(
+        addr: SocketAddr,
+        client_id: &str,
+        clean_start: bool,
+        properties: Properties,
+    ) -> (Self, ConnAck) {
+        let (client, connack) = Self::connect_with(
+            addr,
+            Connect {
+                properties,
+                ..connect5_packet(client_id, clean_start)
+            },
+        )
+        .await;
+        Self::accepted(client_id, &connack);
+        (client, connack)
+    }
+
+    /// The version packets are encoded and decoded in.
+    pub fn version(&self) -> ProtocolVersion {
+        self.version
+    }
+
     fn accepted(client_id: &str, connack: &ConnAck) {
-        assert_eq!(
-            connack.code,
-            ConnectReturnCode::Accepted,
-            "{client_id} connects"
-        );
+        assert_eq!(connack.code, ReasonCode::Success, "{client_id} connects");
     }
 
     pub async fn send(&mut self, packet: Packet) {
@@ -110,7 +136,7 @@ impl Client {
     pub async fn send_all(&mut self, packets: Vec<Packet>) {
         let mut out = BytesMut::new();
         for packet in &packets {
-            codec::encode(packet, &mut out).expect("encodes");
+            codec::encode(packet, self.version, &mut out).expect("encodes");
         }
         self.write(&out).await;
     }
@@ -127,8 +153,8 @@ impl Client {
         }
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(packet) =
-                codec::decode(&mut self.buf, 1 << 24).expect("the broker sends valid packets")
+            if let Some(packet) = codec::decode(&mut self.buf, self.version, 1 << 24)
+                .expect("the broker sends valid packets")
             {
                 return Ok(packet);
             }
@@ -201,14 +227,52 @@ impl Client {
         }
     }
 
+    /// Asserts the broker sends DISCONNECT (PUBLISH packets before it are skipped) and
+    /// then closes the connection; returns the DISCONNECT.
+    pub async fn expect_disconnect(&mut self) -> Disconnect {
+        let disconnect = loop {
+            match self.try_recv(DEADLINE).await {
+                Ok(Packet::Disconnect(disconnect)) => break disconnect,
+                Ok(Packet::Publish(_) | Packet::PingResp) => {}
+                Ok(other) => panic!("expected DISCONNECT, got {other:?}"),
+                Err(silence) => panic!("expected DISCONNECT, got {silence:?}"),
+            }
+        };
+        let after = self.expect_closed().await;
+        assert!(after.is_empty(), "packets after DISCONNECT: {after:?}");
+        disconnect
+    }
+
+    /// The reason of the DISCONNECT the broker must send before closing.
+    pub async fn disconnect_reason(&mut self) -> ReasonCode {
+        self.expect_disconnect().await.reason
+    }
+
     pub async fn subscribe(&mut self, filters: &[(&str, QoS)]) -> Vec<SubscribeReturnCode> {
-        let pkid = self.pkid();
-        self.send(Packet::Subscribe(Subscribe {
-            pkid,
-            filters: filters
+        self.subscribe_with(
+            filters
                 .iter()
                 .map(|(filter, qos)| SubscribeFilter::new(*filter, *qos))
                 .collect(),
+            Properties::new(),
+        )
+        .await
+        .return_codes
+    }
+
+    /// Subscribes with these filters (options included) and SUBSCRIBE properties (a
+    /// Subscription Identifier); returns the SUBACK. PUBLISH packets that come first are
+    /// kept for later reads.
+    pub async fn subscribe_with(
+        &mut self,
+        filters: Vec<SubscribeFilter>,
+        properties: Properties,
+    ) -> SubAck {
+        let pkid = self.pkid();
+        self.send(Packet::Subscribe(Subscribe {
+            pkid,
+            filters,
+            properties,
         }))
         .await;
         let suback = self
@@ -218,36 +282,87 @@ impl Client {
             )
             .await;
         match suback {
-            Packet::SubAck(suback) => suback.return_codes,
+            Packet::SubAck(suback) => suback,
             other => unreachable!("{other:?} is not a SUBACK"),
         }
     }
 
     /// Sends UNSUBSCRIBE and waits for its UNSUBACK; PUBLISH packets that come first are
     /// kept for later reads.
-    pub async fn unsubscribe(&mut self, filters: &[&str]) {
+    pub async fn unsubscribe(&mut self, filters: &[&str]) -> UnsubAck {
         let pkid = self.pkid();
         self.send(Packet::Unsubscribe(Unsubscribe {
             pkid,
             filters: filters.iter().map(|&filter| filter.into()).collect(),
+            properties: Properties::new(),
         }))
         .await;
-        self.expect_packet(Packet::UnsubAck(UnsubAck::new(pkid)))
-            .await;
+        match self
+            .reply(
+                "UNSUBACK",
+                |packet| matches!(packet, Packet::UnsubAck(unsuback) if unsuback.pkid == pkid),
+            )
+            .await
+        {
+            Packet::UnsubAck(unsuback) => unsuback,
+            other => unreachable!("{other:?} is not an UNSUBACK"),
+        }
     }
 
-    /// Publishes and completes the QoS 1 or 2 exchange as a publisher.
+    /// Publishes and completes the QoS 1 or 2 exchange as a publisher; the broker must
+    /// accept the message (for an MQTT 5 client: any success code, 0x10 included).
     pub async fn publish(&mut self, publish: Publish) {
+        let reason = self.publish_acked(publish).await;
+        assert!(
+            !reason.is_failure(),
+            "the broker refused the message: {reason}"
+        );
+    }
+
+    /// Publishes and returns the reason code of the PUBACK (QoS 1) or PUBREC (QoS 2),
+    /// Success for QoS 0; a QoS 2 exchange the broker accepted is completed (PUBREL,
+    /// PUBCOMP). PUBLISH packets that come first are kept for later reads.
+    pub async fn publish_acked(&mut self, publish: Publish) -> ReasonCode {
+        self.publish_answer(publish)
+            .await
+            .map_or(ReasonCode::Success, |(reason, _)| reason)
+    }
+
+    /// Like [`Client::publish_acked`], with the acknowledgement's properties (None for QoS 0).
+    pub async fn publish_answer(&mut self, publish: Publish) -> Option<(ReasonCode, Properties)> {
         let (qos, pkid) = (publish.qos, publish.pkid);
         self.send(Packet::Publish(publish)).await;
         match qos {
-            QoS::AtMostOnce => {}
-            QoS::AtLeastOnce => self.expect_packet(Packet::PubAck(PubAck::new(pkid))).await,
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => {
+                match self
+                    .reply(
+                        "PUBACK",
+                        |packet| matches!(packet, Packet::PubAck(ack) if ack.pkid == pkid),
+                    )
+                    .await
+                {
+                    Packet::PubAck(ack) => Some((ack.reason, ack.properties)),
+                    other => unreachable!("{other:?} is not a PUBACK"),
+                }
+            }
             QoS::ExactlyOnce => {
-                self.expect_packet(Packet::PubRec(PubRec::new(pkid))).await;
-                self.send(Packet::PubRel(PubRel::new(pkid))).await;
-                self.expect_packet(Packet::PubComp(PubComp::new(pkid)))
-                    .await;
+                let rec = match self
+                    .reply(
+                        "PUBREC",
+                        |packet| matches!(packet, Packet::PubRec(rec) if rec.pkid == pkid),
+                    )
+                    .await
+                {
+                    Packet::PubRec(rec) => rec,
+                    other => unreachable!("{other:?} is not a PUBREC"),
+                };
+                if !rec.reason.is_failure() {
+                    self.send(Packet::PubRel(PubRel::new(pkid))).await;
+                    self.expect_packet(Packet::PubComp(PubComp::new(pkid)))
+                        .await;
+                }
+                Some((rec.reason, rec.properties))
             }
         }
     }
@@ -296,12 +411,18 @@ impl Client {
         self.expect_packet(Packet::PingResp).await;
     }
 
-    pub async fn disconnect(mut self) {
-        self.send(Packet::Disconnect).await;
+    pub async fn disconnect(self) {
+        self.disconnect_with(Disconnect::default()).await;
+    }
+
+    /// Sends this DISCONNECT (a reason, a Session Expiry Interval) and waits for the close.
+    pub async fn disconnect_with(mut self, disconnect: Disconnect) {
+        self.send(Packet::Disconnect(disconnect)).await;
         let _ = self.expect_closed().await;
     }
 
-    fn pkid(&mut self) -> u16 {
+    /// The next packet identifier (for packets built by the test).
+    pub fn pkid(&mut self) -> u16 {
         let pkid = self.next_pkid;
         self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
         pkid

@@ -18,7 +18,7 @@ use fieldbridge_broker::config::PlatformConfig;
 use fieldbridge_broker::platform::PlatformRegistry;
 use fieldbridge_broker::{Broker, Config, RunningBroker};
 use fieldbridge_mqtt::codec::{
-    Connect, LastWill, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
+    Connect, LastWill, Properties, Property, ProtocolVersion, Publish, QoS, SubscribeReturnCode,
 };
 use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -112,6 +112,34 @@ pub fn connect_packet(client_id: &str, clean_session: bool) -> Connect {
         will: None,
         username: None,
         password: None,
+        properties: Properties::new(),
+    }
+}
+
+/// An MQTT 5 CONNECT without properties (Session Expiry Interval 0).
+pub fn connect5_packet(client_id: &str, clean_start: bool) -> Connect {
+    Connect {
+        protocol: ProtocolVersion::V5,
+        ..connect_packet(client_id, clean_start)
+    }
+}
+
+/// A list of properties, in order.
+pub fn props(list: impl IntoIterator<Item = Property>) -> Properties {
+    list.into_iter().collect()
+}
+
+/// A PUBLISH with these properties.
+pub fn publish_with(
+    topic: &str,
+    payload: impl AsRef<[u8]>,
+    qos: QoS,
+    pkid: u16,
+    properties: Properties,
+) -> Publish {
+    Publish {
+        properties,
+        ..publish(topic, payload, qos, pkid)
     }
 }
 
@@ -130,6 +158,7 @@ pub fn will(topic: &str, payload: &str, qos: QoS, retain: bool) -> LastWill {
         payload: Bytes::copy_from_slice(payload.as_bytes()),
         qos,
         retain,
+        properties: Properties::new(),
     }
 }
 
@@ -141,6 +170,7 @@ pub fn publish(topic: &str, payload: impl AsRef<[u8]>, qos: QoS, pkid: u16) -> P
         topic: topic.into(),
         pkid,
         payload: Bytes::copy_from_slice(payload.as_ref()),
+        properties: Properties::new(),
     }
 }
 

@@ -33,6 +33,20 @@ pub fn valid_topic_filter(filter: &str) -> bool {
     true
 }
 
+/// A shared subscription's group and filter: `Some(("g", "a/#"))` for `$share/g/a/#`.
+/// `None` for an ordinary filter, and for one that starts with `$share/` but has no valid
+/// group name (non-empty, without `+` or `#`) or no filter after it: those are refused.
+pub fn shared_subscription(filter: &str) -> Option<(&str, &str)> {
+    let (group, inner) = filter.strip_prefix("$share/")?.split_once('/')?;
+    let valid = !group.is_empty() && !group.contains(['+', '#']) && !inner.is_empty();
+    valid.then_some((group, inner))
+}
+
+/// Whether a filter names a shared subscription (`$share/...`), well-formed or not.
+pub fn is_shared(filter: &str) -> bool {
+    filter.starts_with("$share/")
+}
+
 /// Number of levels of a topic name or filter: `a/b` has 2, `/` has 2 (both empty),
 /// `a/#` has 2.
 pub fn level_count(topic: &str) -> usize {

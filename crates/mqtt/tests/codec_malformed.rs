@@ -6,7 +6,9 @@ mod codec_packets;
 
 use bytes::BytesMut;
 use codec_packets::{expect_rejected, malformed_cases, Expect, MalformedCase, CONNACK_ACCEPTED};
-use fieldbridge_mqtt::codec::{self, Error, MqttCodec, Packet};
+use fieldbridge_mqtt::codec::{
+    self, ConnAck, Error, MqttCodec, Packet, ProtocolVersion, ReasonCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
@@ -23,6 +25,14 @@ fn variant(error: &Error) -> String {
         .to_owned()
 }
 
+/// The CONNACK refusing a 3.1.1 client with `code`, as the codec writes it.
+fn v311_connack(code: ReasonCode) -> BytesMut {
+    let mut out = BytesMut::new();
+    let connack = Packet::ConnAck(ConnAck::new(false, code));
+    codec::encode(&connack, ProtocolVersion::V311, &mut out).expect("encodes");
+    out
+}
+
 fn expected_connack(case: &MalformedCase) -> Option<u8> {
     match case.expect {
         Expect::Close => None,
@@ -36,11 +46,14 @@ fn every_case_gets_the_codec_verdict_it_claims() {
     assert!(cases.len() >= 40, "only {} cases", cases.len());
     for case in cases {
         let mut buf = BytesMut::from(&case.bytes[..]);
-        match (case.codec_error, codec::decode(&mut buf, MAX_PACKET_SIZE)) {
+        match (
+            case.codec_error,
+            codec::decode(&mut buf, ProtocolVersion::V311, MAX_PACKET_SIZE),
+        ) {
             (Some(expected), Err(error)) => {
                 assert_eq!(variant(&error), expected, "{}: {error}", case.name);
                 assert_eq!(
-                    error.connack_code().map(|code| code as u8),
+                    error.connack_code().map(|code| v311_connack(code)[3]),
                     expected_connack(&case),
                     "{}",
                     case.name
@@ -86,7 +99,7 @@ async fn codec_driven_connection(mut stream: TcpStream) -> std::io::Result<()> {
             }
             Err(error) => {
                 if let Some(code) = error.connack_code() {
-                    stream.write_all(&[0x20, 0x02, 0x00, code as u8]).await?;
+                    stream.write_all(&v311_connack(code)).await?;
                 }
                 return Ok(());
             }

@@ -1,48 +1,55 @@
-//! MQTT 3.1 / 3.1.1 packet codec: bytes in, [`Packet`]s out, and back. No I/O.
+//! MQTT 3.1, 3.1.1 and 5.0 packet codec: bytes in, [`Packet`]s out, and back. No I/O.
 //!
 //! # Why our own codec
 //! - **Strictness is ours to decide.** The broker must refuse every malformed packet the
-//!   OASIS 3.1.1 specification describes (reserved flags, non-minimal remaining lengths,
-//!   U+0000 in strings, wildcards in a PUBLISH topic, trailing bytes, ...) and tell the server
-//!   which refusals need a CONNACK first ([`Error::connack_code`]). General-purpose codecs are
-//!   lenient in different places, and their leniency would become our broker's behaviour.
+//!   OASIS specifications describe (reserved flags, non-minimal remaining lengths, U+0000
+//!   in strings, wildcards in a PUBLISH topic, trailing bytes, properties a packet may not
+//!   carry or carries twice, ...), tell the server which refusals need a CONNACK first
+//!   ([`Error::connack_code`]) and which reason an MQTT 5 peer is told
+//!   ([`Error::disconnect_reason`]). General-purpose codecs are lenient in different
+//!   places, and their leniency would become our broker's behaviour.
 //! - **Bounded before buffered.** [`check`] reads only the fixed header, so a packet above
 //!   the configured size is refused before any of its body is buffered.
 //! - **No allocation per packet beyond the payload.** A decoded packet's strings
-//!   ([`ByteString`]) and payload ([`Bytes`]) are slices of the one buffer the packet arrived
-//!   in, so forwarding a PUBLISH to many subscribers clones reference counts, not bytes
-//!   (SUBSCRIBE and UNSUBSCRIBE add their one `Vec` of filters).
+//!   ([`ByteString`]) and payload ([`Bytes`](bytes::Bytes)) are slices of the one buffer
+//!   the packet arrived in, so forwarding a PUBLISH to many subscribers clones reference
+//!   counts, not bytes (SUBSCRIBE and UNSUBSCRIBE add their one `Vec` of filters, MQTT 5
+//!   packets with properties one `Vec` of them).
 //!
-//! # Where MQTT 5 goes
-//! Everything version-independent lives in `wire` (fixed header, remaining length, strings,
-//! [`check`]). The protocol version is decoder state ([`MqttCodec`] learns it from CONNECT),
-//! and `read_packet` / `write_packet` below dispatch on [`ProtocolVersion`]: MQTT 5 adds a
-//! `ProtocolVersion::V5`, a `v5` module beside `v311` with the same four functions, its
-//! reason codes and `properties` as new fields of the packet structs in `packet`, and the
-//! AUTH packet (type 15, refused by `wire` today). CONNECT's protocol name and level are read
-//! before the dispatch, so one decoder serves every version.
+//! # Versions
+//! One set of packet types serves every version: MQTT 5's reason codes and properties are
+//! fields of the same structs, written only when the connection speaks 5 (`body`). What
+//! every version shares (fixed header, remaining length, strings, [`check`]) lives in
+//! `wire`. The version is decoder state ([`MqttCodec`] learns it from CONNECT); CONNECT's
+//! protocol name and level are read before anything else, so one decoder serves all.
 //!
 //! # Limits
 //! `max_packet_size` bounds a whole packet, fixed header included.
 
+mod body;
 mod error;
 mod packet;
-mod v311;
+mod properties;
+mod reason;
 mod wire;
 
 #[cfg(test)]
 mod malformed_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod v5_tests;
 
 pub use crate::topic::{valid_topic_filter, valid_topic_name};
 pub use bytestring::ByteString;
 pub use error::Error;
 pub use packet::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, Packet, ProtocolVersion, PubAck, PubComp,
-    PubRec, PubRel, Publish, QoS, SubAck, Subscribe, SubscribeFilter, SubscribeReturnCode,
+    Auth, ConnAck, Connect, Disconnect, LastWill, Packet, ProtocolVersion, PubAck, PubComp, PubRec,
+    PubRel, Publish, QoS, RetainHandling, SubAck, Subscribe, SubscribeFilter, SubscribeReturnCode,
     UnsubAck, Unsubscribe,
 };
+pub use properties::{Properties, Property};
+pub use reason::ReasonCode;
 pub(crate) use wire::MAX_FIELD_LENGTH;
 
 use bytes::BytesMut;
@@ -59,25 +66,10 @@ pub fn check(buf: &[u8], max_packet_size: usize) -> Result<Option<usize>, Error>
         .filter(|&total| buf.len() >= total))
 }
 
-/// Takes one MQTT 3.1.1 packet off the front of `buf`, or returns `Ok(None)` (consuming
-/// nothing, but reserving room for the rest of the packet) while it is incomplete.
-/// A stream that negotiated another version is read through [`MqttCodec`].
-pub fn decode(buf: &mut BytesMut, max_packet_size: usize) -> Result<Option<Packet>, Error> {
-    decode_as(buf, ProtocolVersion::V311, max_packet_size)
-}
-
-/// Appends the MQTT 3.1.1 encoding of `packet` to `buf`; on error `buf` is left as it was.
-pub fn encode(packet: &Packet, buf: &mut BytesMut) -> Result<(), Error> {
-    encode_as(packet, ProtocolVersion::V311, buf)
-}
-
-/// Bytes [`encode`] writes for `packet`, fixed header included.
-pub fn encoded_len(packet: &Packet) -> usize {
-    let body = v311::body_len(packet);
-    1 + wire::remaining_length_len(body) + body
-}
-
-fn decode_as(
+/// Takes one packet of a connection speaking `version` off the front of `buf` (a CONNECT
+/// is read whatever its version), or returns `Ok(None)` (consuming nothing, but reserving
+/// room for the rest of the packet) while it is incomplete.
+pub fn decode(
     buf: &mut BytesMut,
     version: ProtocolVersion,
     max_packet_size: usize,
@@ -95,6 +87,23 @@ fn decode_as(
     read_packet(header, Reader::new(body), version).map(Some)
 }
 
+/// Appends the encoding of `packet` for a connection speaking `version` to `buf`; on
+/// error `buf` is left as it was.
+pub fn encode(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), Error> {
+    let start = buf.len();
+    let written = write_packet(packet, version, buf);
+    if written.is_err() {
+        buf.truncate(start);
+    }
+    written
+}
+
+/// Bytes [`encode`] writes for `packet`, fixed header included.
+pub fn encoded_len(packet: &Packet, version: ProtocolVersion) -> usize {
+    let body = body::body_len(packet, version);
+    1 + wire::remaining_length_len(body) + body
+}
+
 fn read_packet(
     header: FixedHeader,
     mut body: Reader,
@@ -102,48 +111,40 @@ fn read_packet(
 ) -> Result<Packet, Error> {
     if header.packet_type() == wire::CONNECT {
         let protocol = read_protocol(&mut body)?;
-        return match protocol {
-            ProtocolVersion::V31 | ProtocolVersion::V311 => v311::read_connect(protocol, body),
-        };
+        return body::read_connect(protocol, body);
     }
-    match version {
-        ProtocolVersion::V31 | ProtocolVersion::V311 => v311::read(header, body),
-    }
+    body::read(header, body, version)
 }
 
 /// CONNECT's protocol name and level, common to every version.
 fn read_protocol(body: &mut Reader) -> Result<ProtocolVersion, Error> {
     let name = body.binary()?;
-    let expected = match &name[..] {
-        b"MQTT" => ProtocolVersion::V311,
-        b"MQIsdp" => ProtocolVersion::V31,
+    let level = match &name[..] {
+        b"MQTT" | b"MQIsdp" => body.u8()?,
         _ => return Err(Error::InvalidProtocolName),
     };
-    match body.u8()? {
-        level if level == expected.level() => Ok(expected),
-        level => Err(Error::UnsupportedProtocolLevel(level)),
-    }
+    [
+        ProtocolVersion::V31,
+        ProtocolVersion::V311,
+        ProtocolVersion::V5,
+    ]
+    .into_iter()
+    .find(|version| version.protocol_name().as_bytes() == &name[..] && version.level() == level)
+    .ok_or(Error::UnsupportedProtocolLevel(level))
 }
 
-fn encode_as(packet: &Packet, version: ProtocolVersion, buf: &mut BytesMut) -> Result<(), Error> {
-    let start = buf.len();
-    let written = match version {
-        ProtocolVersion::V31 | ProtocolVersion::V311 => write_v311(packet, buf),
-    };
-    if written.is_err() {
-        buf.truncate(start);
-    }
-    written
-}
-
-fn write_v311(packet: &Packet, buf: &mut BytesMut) -> Result<(), Error> {
-    let body_len = v311::body_len(packet);
+fn write_packet(
+    packet: &Packet,
+    version: ProtocolVersion,
+    buf: &mut BytesMut,
+) -> Result<(), Error> {
+    let body_len = body::body_len(packet, version);
     if body_len > MAX_REMAINING_LENGTH {
         return Err(Error::Unencodable("packet larger than the protocol allows"));
     }
     buf.reserve(1 + wire::remaining_length_len(body_len) + body_len);
-    wire::put_fixed_header(buf, v311::header_byte(packet), body_len);
-    v311::write_body(packet, buf)
+    wire::put_fixed_header(buf, body::header_byte(packet), body_len);
+    body::write_body(packet, version, buf)
 }
 
 /// Stateful codec for `tokio_util::codec::Framed`: bounds packets to `max_packet_size` and
@@ -179,7 +180,7 @@ impl Decoder for MqttCodec {
     type Error = Error;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, Error> {
-        let packet = decode_as(src, self.version, self.max_packet_size)?;
+        let packet = decode(src, self.version, self.max_packet_size)?;
         if let Some(Packet::Connect(connect)) = &packet {
             self.version = connect.protocol;
         }
@@ -194,7 +195,7 @@ impl Encoder<&Packet> for MqttCodec {
         if let Packet::Connect(connect) = packet {
             self.version = connect.protocol;
         }
-        encode_as(packet, self.version, dst)
+        encode(packet, self.version, dst)
     }
 }
 

@@ -1,13 +1,12 @@
-//! The packets of MQTT 3.1 / 3.1.1 as plain data.
-//!
-//! Each packet with fields is its own struct so that MQTT 5 can add its reason codes and
-//! `properties` as new fields of the same structs instead of a second set of types. Acks are
-//! built with `new(pkid)` so that callers keep compiling when those fields arrive.
+//! The packets of MQTT 3.1, 3.1.1 and 5.0 as plain data: one set of types for every
+//! version. MQTT 5's reason codes and properties are fields of the same structs; a 3.1.1
+//! connection leaves them at their defaults (success, no properties) and the encoder does
+//! not write them.
 
 use bytes::Bytes;
 use bytestring::ByteString;
 
-use super::Error;
+use super::{Error, Properties, ReasonCode};
 
 /// Quality of service of a message or a subscription. Ordered, so the delivery QoS of a
 /// message is `publish.qos.min(granted)`.
@@ -33,15 +32,14 @@ impl TryFrom<u8> for QoS {
 }
 
 /// The protocol a client speaks, chosen by its CONNECT (protocol name and level).
-///
-/// MQTT 5 is added here as `V5` (name "MQTT", level 5); every `match` on this enum is a place
-/// that then has to learn about it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProtocolVersion {
     /// MQTT 3.1: protocol name "MQIsdp", level 3.
     V31,
     /// MQTT 3.1.1: protocol name "MQTT", level 4.
     V311,
+    /// MQTT 5.0: protocol name "MQTT", level 5.
+    V5,
 }
 
 impl ProtocolVersion {
@@ -49,7 +47,7 @@ impl ProtocolVersion {
     pub fn protocol_name(self) -> &'static str {
         match self {
             ProtocolVersion::V31 => "MQIsdp",
-            ProtocolVersion::V311 => "MQTT",
+            ProtocolVersion::V311 | ProtocolVersion::V5 => "MQTT",
         }
     }
 
@@ -58,7 +56,13 @@ impl ProtocolVersion {
         match self {
             ProtocolVersion::V31 => 3,
             ProtocolVersion::V311 => 4,
+            ProtocolVersion::V5 => 5,
         }
+    }
+
+    /// Whether packets carry reason codes and properties.
+    pub fn is_v5(self) -> bool {
+        self == ProtocolVersion::V5
     }
 }
 
@@ -80,7 +84,9 @@ pub enum Packet {
     UnsubAck(UnsubAck),
     PingReq,
     PingResp,
-    Disconnect,
+    Disconnect(Disconnect),
+    /// MQTT 5 only.
+    Auth(Auth),
 }
 
 impl Packet {
@@ -100,7 +106,8 @@ impl Packet {
             Packet::UnsubAck(_) => "UNSUBACK",
             Packet::PingReq => "PINGREQ",
             Packet::PingResp => "PINGRESP",
-            Packet::Disconnect => "DISCONNECT",
+            Packet::Disconnect(_) => "DISCONNECT",
+            Packet::Auth(_) => "AUTH",
         }
     }
 }
@@ -109,6 +116,7 @@ impl Packet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Connect {
     pub protocol: ProtocolVersion,
+    /// Clean Session in 3.1.1, Clean Start in 5.
     pub clean_session: bool,
     /// Seconds; 0 disables the keepalive.
     pub keep_alive: u16,
@@ -116,8 +124,9 @@ pub struct Connect {
     pub client_id: ByteString,
     pub will: Option<LastWill>,
     pub username: Option<ByteString>,
-    /// Only present together with `username`.
+    /// Only present together with `username` before MQTT 5.
     pub password: Option<Bytes>,
+    pub properties: Properties,
 }
 
 /// The will message of a CONNECT, published when the client goes away abnormally.
@@ -128,42 +137,28 @@ pub struct LastWill {
     pub payload: Bytes,
     pub qos: QoS,
     pub retain: bool,
-}
-
-/// CONNACK return codes of MQTT 3.1.1.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[repr(u8)]
-pub enum ConnectReturnCode {
-    Accepted = 0,
-    UnacceptableProtocolVersion = 1,
-    IdentifierRejected = 2,
-    ServerUnavailable = 3,
-    BadUserNameOrPassword = 4,
-    NotAuthorized = 5,
-}
-
-impl TryFrom<u8> for ConnectReturnCode {
-    type Error = Error;
-
-    fn try_from(value: u8) -> Result<Self, Error> {
-        Ok(match value {
-            0 => ConnectReturnCode::Accepted,
-            1 => ConnectReturnCode::UnacceptableProtocolVersion,
-            2 => ConnectReturnCode::IdentifierRejected,
-            3 => ConnectReturnCode::ServerUnavailable,
-            4 => ConnectReturnCode::BadUserNameOrPassword,
-            5 => ConnectReturnCode::NotAuthorized,
-            _ => return Err(Error::Malformed("unknown CONNACK return code")),
-        })
-    }
+    /// MQTT 5: the will's properties (Will Delay Interval and message properties).
+    pub properties: Properties,
 }
 
 /// CONNACK: the server's answer to CONNECT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConnAck {
-    /// Must be false unless `code` is `Accepted`.
+    /// Must be false unless `code` is success.
     pub session_present: bool,
-    pub code: ConnectReturnCode,
+    /// 3.1.1 encodes it as the closest of its six return codes.
+    pub code: ReasonCode,
+    pub properties: Properties,
+}
+
+impl ConnAck {
+    pub fn new(session_present: bool, code: ReasonCode) -> Self {
+        Self {
+            session_present,
+            code,
+            properties: Properties::new(),
+        }
+    }
 }
 
 /// PUBLISH: an application message.
@@ -178,21 +173,33 @@ pub struct Publish {
     /// Packet identifier: non-zero for QoS 1 and 2; 0 (and not encoded) for QoS 0.
     pub pkid: u16,
     pub payload: Bytes,
+    pub properties: Properties,
 }
 
 macro_rules! ack_packet {
     ($(#[$doc:meta] $name:ident),* $(,)?) => {
         $(
             #[$doc]
-            #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+            #[derive(Debug, Clone, PartialEq, Eq)]
             pub struct $name {
                 /// Packet identifier of the packet acknowledged; never 0.
                 pub pkid: u16,
+                /// MQTT 5 only; success is not written when there are no properties.
+                pub reason: ReasonCode,
+                pub properties: Properties,
             }
 
             impl $name {
                 pub fn new(pkid: u16) -> Self {
-                    Self { pkid }
+                    Self::with_reason(pkid, ReasonCode::Success)
+                }
+
+                pub fn with_reason(pkid: u16, reason: ReasonCode) -> Self {
+                    Self {
+                        pkid,
+                        reason,
+                        properties: Properties::new(),
+                    }
                 }
             }
         )*
@@ -208,16 +215,31 @@ ack_packet! {
     PubRel,
     /// PUBCOMP: answer to PUBREL, ends a QoS 2 exchange.
     PubComp,
-    /// UNSUBACK: acknowledges an UNSUBSCRIBE.
-    UnsubAck,
 }
 
-/// One topic filter of a SUBSCRIBE and the QoS asked for it (MQTT 5 adds its options here).
+/// What a subscription does with retained messages when it is made (MQTT 5).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum RetainHandling {
+    /// Send them (3.1.1's only behaviour).
+    #[default]
+    OnSubscribe = 0,
+    /// Send them only if the subscription did not exist already.
+    OnNewSubscription = 1,
+    /// Never send them.
+    Never = 2,
+}
+
+/// One topic filter of a SUBSCRIBE, the QoS asked for it and (MQTT 5) its options.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SubscribeFilter {
     /// A valid topic filter, checked when decoded.
     pub filter: ByteString,
     pub qos: QoS,
+    /// Messages the subscriber itself publishes are not sent back to it.
+    pub no_local: bool,
+    /// Forwarded messages keep their RETAIN flag (otherwise it is cleared).
+    pub retain_as_published: bool,
+    pub retain_handling: RetainHandling,
 }
 
 impl SubscribeFilter {
@@ -225,6 +247,9 @@ impl SubscribeFilter {
         Self {
             filter: filter.into(),
             qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::OnSubscribe,
         }
     }
 }
@@ -234,6 +259,8 @@ impl SubscribeFilter {
 pub struct Subscribe {
     pub pkid: u16,
     pub filters: Vec<SubscribeFilter>,
+    /// MQTT 5: a Subscription Identifier and user properties.
+    pub properties: Properties,
 }
 
 /// The answer to one filter of a SUBSCRIBE.
@@ -241,27 +268,8 @@ pub struct Subscribe {
 pub enum SubscribeReturnCode {
     /// Granted, at this maximum QoS.
     Success(QoS),
-    /// Refused (0x80), e.g. by the ACL.
-    Failure,
-}
-
-impl SubscribeReturnCode {
-    pub(crate) const FAILURE: u8 = 0x80;
-
-    pub(crate) fn to_byte(self) -> u8 {
-        match self {
-            SubscribeReturnCode::Success(qos) => qos as u8,
-            SubscribeReturnCode::Failure => Self::FAILURE,
-        }
-    }
-
-    pub(crate) fn from_byte(byte: u8) -> Result<Self, Error> {
-        match byte {
-            Self::FAILURE => Ok(SubscribeReturnCode::Failure),
-            0..=2 => QoS::try_from(byte).map(SubscribeReturnCode::Success),
-            _ => Err(Error::Malformed("unknown SUBACK return code")),
-        }
-    }
+    /// Refused for this reason (3.1.1 writes every refusal as 0x80).
+    Failure(ReasonCode),
 }
 
 /// SUBACK: one return code per filter of the SUBSCRIBE, in order.
@@ -269,6 +277,7 @@ impl SubscribeReturnCode {
 pub struct SubAck {
     pub pkid: u16,
     pub return_codes: Vec<SubscribeReturnCode>,
+    pub properties: Properties,
 }
 
 /// UNSUBSCRIBE: at least one filter.
@@ -276,4 +285,47 @@ pub struct SubAck {
 pub struct Unsubscribe {
     pub pkid: u16,
     pub filters: Vec<ByteString>,
+    pub properties: Properties,
+}
+
+/// UNSUBACK: acknowledges an UNSUBSCRIBE; MQTT 5 adds one reason code per filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnsubAck {
+    pub pkid: u16,
+    /// Empty for 3.1.1; one per filter, in order, for 5.
+    pub reason_codes: Vec<ReasonCode>,
+    pub properties: Properties,
+}
+
+impl UnsubAck {
+    pub fn new(pkid: u16, reason_codes: Vec<ReasonCode>) -> Self {
+        Self {
+            pkid,
+            reason_codes,
+            properties: Properties::new(),
+        }
+    }
+}
+
+/// DISCONNECT: the end of a connection, from either side. 3.1.1's has no fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Disconnect {
+    pub reason: ReasonCode,
+    pub properties: Properties,
+}
+
+impl Disconnect {
+    pub fn new(reason: ReasonCode) -> Self {
+        Self {
+            reason,
+            properties: Properties::new(),
+        }
+    }
+}
+
+/// AUTH: a step of MQTT 5's enhanced authentication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Auth {
+    pub reason: ReasonCode,
+    pub properties: Properties,
 }

@@ -7,19 +7,26 @@ use super::*;
 
 const MAX: usize = 16 * 1024 * 1024;
 
-/// Encodes, checks the length three ways, and decodes back; also fed one byte at a time.
+const V311: ProtocolVersion = ProtocolVersion::V311;
+
+/// [`round_trip_as`] for MQTT 3.1.1.
 fn round_trip(packet: Packet) -> Vec<u8> {
+    round_trip_as(V311, packet)
+}
+
+/// Encodes, checks the length three ways, and decodes back; also fed one byte at a time.
+pub(super) fn round_trip_as(version: ProtocolVersion, packet: Packet) -> Vec<u8> {
     let mut buf = BytesMut::new();
-    encode(&packet, &mut buf).expect("encodes");
+    encode(&packet, version, &mut buf).expect("encodes");
     let bytes = buf.to_vec();
     assert_eq!(
         bytes.len(),
-        encoded_len(&packet),
+        encoded_len(&packet, version),
         "encoded_len of {packet:?}"
     );
     assert_eq!(check(&bytes, MAX).expect("checks"), Some(bytes.len()));
     assert_eq!(
-        decode(&mut buf, MAX).expect("decodes"),
+        decode(&mut buf, version, MAX).expect("decodes"),
         Some(packet.clone())
     );
     assert!(buf.is_empty(), "decode consumed the whole packet");
@@ -27,15 +34,21 @@ fn round_trip(packet: Packet) -> Vec<u8> {
     let mut partial = BytesMut::new();
     for (index, &byte) in bytes.iter().enumerate() {
         assert_eq!(check(&partial, MAX).expect("prefix checks"), None);
-        assert_eq!(decode(&mut partial, MAX).expect("prefix decodes"), None);
+        assert_eq!(
+            decode(&mut partial, version, MAX).expect("prefix decodes"),
+            None
+        );
         assert_eq!(partial.len(), index, "an incomplete packet is not consumed");
         partial.put_u8(byte);
     }
-    assert_eq!(decode(&mut partial, MAX).expect("decodes"), Some(packet));
+    assert_eq!(
+        decode(&mut partial, version, MAX).expect("decodes"),
+        Some(packet)
+    );
     bytes
 }
 
-fn full_connect() -> Connect {
+pub(super) fn full_connect() -> Connect {
     Connect {
         protocol: ProtocolVersion::V311,
         clean_session: false,
@@ -46,13 +59,15 @@ fn full_connect() -> Connect {
             payload: Bytes::from_static(b"{\"d\":{\"online\":false}}"),
             qos: QoS::AtLeastOnce,
             retain: true,
+            properties: Properties::new(),
         }),
         username: Some("use-token-auth".into()),
         password: Some(Bytes::from_static(b"s3cr\xffet")),
+        properties: Properties::new(),
     }
 }
 
-fn publish(qos: QoS, pkid: u16, dup: bool, retain: bool) -> Publish {
+pub(super) fn publish(qos: QoS, pkid: u16, dup: bool, retain: bool) -> Publish {
     Publish {
         dup,
         qos,
@@ -60,6 +75,7 @@ fn publish(qos: QoS, pkid: u16, dup: bool, retain: bool) -> Publish {
         topic: "iot-2/evt/status/fmt/json".into(),
         pkid,
         payload: Bytes::from_static(b"{\"d\":{\"temperature\":21.5}}"),
+        properties: Properties::new(),
     }
 }
 
@@ -74,6 +90,7 @@ fn connect_round_trips() {
         will: None,
         username: None,
         password: None,
+        properties: Properties::new(),
     })));
     round_trip(Packet::Connect(Box::new(Connect {
         will: Some(LastWill {
@@ -81,6 +98,7 @@ fn connect_round_trips() {
             payload: Bytes::new(),
             qos: QoS::ExactlyOnce,
             retain: false,
+            properties: Properties::new(),
         }),
         password: None,
         ..full_connect()
@@ -90,22 +108,16 @@ fn connect_round_trips() {
 #[test]
 fn connack_round_trips() {
     for code in [
-        ConnectReturnCode::Accepted,
-        ConnectReturnCode::UnacceptableProtocolVersion,
-        ConnectReturnCode::IdentifierRejected,
-        ConnectReturnCode::ServerUnavailable,
-        ConnectReturnCode::BadUserNameOrPassword,
-        ConnectReturnCode::NotAuthorized,
+        ReasonCode::Success,
+        ReasonCode::UnsupportedProtocolVersion,
+        ReasonCode::ClientIdentifierNotValid,
+        ReasonCode::ServerUnavailable,
+        ReasonCode::BadUserNameOrPassword,
+        ReasonCode::NotAuthorized,
     ] {
-        round_trip(Packet::ConnAck(ConnAck {
-            session_present: false,
-            code,
-        }));
+        round_trip(Packet::ConnAck(ConnAck::new(false, code)));
     }
-    round_trip(Packet::ConnAck(ConnAck {
-        session_present: true,
-        code: ConnectReturnCode::Accepted,
-    }));
+    round_trip(Packet::ConnAck(ConnAck::new(true, ReasonCode::Success)));
 }
 
 #[test]
@@ -131,7 +143,7 @@ fn acks_round_trip() {
     round_trip(Packet::PubRec(PubRec::new(2)));
     round_trip(Packet::PubRel(PubRel::new(3)));
     round_trip(Packet::PubComp(PubComp::new(u16::MAX)));
-    round_trip(Packet::UnsubAck(UnsubAck::new(4)));
+    round_trip(Packet::UnsubAck(UnsubAck::new(4, vec![])));
 }
 
 #[test]
@@ -143,19 +155,22 @@ fn subscriptions_round_trip() {
             SubscribeFilter::new("iotdm-1/#", QoS::ExactlyOnce),
             SubscribeFilter::new("#", QoS::AtMostOnce),
         ],
+        properties: Properties::new(),
     }));
     round_trip(Packet::SubAck(SubAck {
         pkid: 9,
         return_codes: vec![
             SubscribeReturnCode::Success(QoS::AtLeastOnce),
-            SubscribeReturnCode::Failure,
+            SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError),
             SubscribeReturnCode::Success(QoS::AtMostOnce),
             SubscribeReturnCode::Success(QoS::ExactlyOnce),
         ],
+        properties: Properties::new(),
     }));
     round_trip(Packet::Unsubscribe(Unsubscribe {
         pkid: 10,
         filters: vec!["a/+".into(), "b/#".into()],
+        properties: Properties::new(),
     }));
 }
 
@@ -163,7 +178,10 @@ fn subscriptions_round_trip() {
 fn empty_packets_round_trip() {
     assert_eq!(round_trip(Packet::PingReq), [0xc0, 0x00]);
     assert_eq!(round_trip(Packet::PingResp), [0xd0, 0x00]);
-    assert_eq!(round_trip(Packet::Disconnect), [0xe0, 0x00]);
+    assert_eq!(
+        round_trip(Packet::Disconnect(Disconnect::default())),
+        [0xe0, 0x00]
+    );
 }
 
 /// The CONNECT of the 3.1.1 specification's example (protocol "MQTT", level 4, flags 0xCE:
@@ -189,13 +207,15 @@ fn connect_vector_from_the_specification() {
             payload: Bytes::from_static(b"bye"),
             qos: QoS::AtLeastOnce,
             retain: false,
+            properties: Properties::new(),
         }),
         username: Some("user".into()),
         password: Some(Bytes::from_static(b"pw")),
+        properties: Properties::new(),
     }));
     assert_eq!(round_trip(expected.clone()), bytes);
     let mut buf = BytesMut::from(&bytes[..]);
-    assert_eq!(decode(&mut buf, MAX).unwrap(), Some(expected));
+    assert_eq!(decode(&mut buf, V311, MAX).unwrap(), Some(expected));
 }
 
 #[test]
@@ -210,6 +230,7 @@ fn publish_qos1_vector() {
         topic: "a/b".into(),
         pkid: 10,
         payload: Bytes::from_static(b"hello"),
+        properties: Properties::new(),
     });
     assert_eq!(round_trip(packet), bytes);
 }
@@ -227,6 +248,7 @@ fn subscribe_and_suback_vectors() {
             SubscribeFilter::new("a/b", QoS::AtLeastOnce),
             SubscribeFilter::new("c/d", QoS::ExactlyOnce),
         ],
+        properties: Properties::new(),
     });
     assert_eq!(round_trip(packet), subscribe);
 
@@ -234,25 +256,23 @@ fn subscribe_and_suback_vectors() {
         pkid: 10,
         return_codes: vec![
             SubscribeReturnCode::Success(QoS::AtLeastOnce),
-            SubscribeReturnCode::Failure,
+            SubscribeReturnCode::Failure(ReasonCode::UnspecifiedError),
         ],
+        properties: Properties::new(),
     });
     assert_eq!(round_trip(suback), [0x90, 0x04, 0x00, 0x0a, 0x01, 0x80]);
 }
 
 #[test]
 fn small_fixed_vectors() {
-    let refused = Packet::ConnAck(ConnAck {
-        session_present: false,
-        code: ConnectReturnCode::UnacceptableProtocolVersion,
-    });
+    let refused = Packet::ConnAck(ConnAck::new(false, ReasonCode::UnsupportedProtocolVersion));
     assert_eq!(round_trip(refused), [0x20, 0x02, 0x00, 0x01]);
     assert_eq!(
         round_trip(Packet::PubRel(PubRel::new(0x1234))),
         [0x62, 0x02, 0x12, 0x34]
     );
     assert_eq!(
-        round_trip(Packet::UnsubAck(UnsubAck::new(5))),
+        round_trip(Packet::UnsubAck(UnsubAck::new(5, vec![]))),
         [0xb0, 0x02, 0x00, 0x05]
     );
 }
@@ -276,12 +296,13 @@ fn remaining_length_boundaries() {
             topic: "t".into(),
             pkid: 0,
             payload: Bytes::from(vec![0x5a; remaining - 3]),
+            properties: Properties::new(),
         });
         let mut buf = BytesMut::new();
-        encode(&packet, &mut buf).unwrap();
+        encode(&packet, V311, &mut buf).unwrap();
         assert_eq!(buf.len(), header_len + remaining);
         assert_eq!(check(&buf, MAX).unwrap(), Some(buf.len()));
-        assert_eq!(decode(&mut buf, MAX).unwrap(), Some(packet));
+        assert_eq!(decode(&mut buf, V311, MAX).unwrap(), Some(packet));
     }
 }
 
@@ -292,18 +313,18 @@ fn consecutive_packets_decode_in_order() {
         Packet::Publish(publish(QoS::ExactlyOnce, 3, false, false)),
         Packet::PubRel(PubRel::new(3)),
         Packet::PingReq,
-        Packet::Disconnect,
+        Packet::Disconnect(Disconnect::default()),
     ];
     let mut buf = BytesMut::new();
     for packet in &packets {
-        encode(packet, &mut buf).unwrap();
+        encode(packet, V311, &mut buf).unwrap();
     }
     // A partial packet after the whole ones stays in the buffer.
     buf.put_slice(&[0x30, 0x05, 0x00]);
     for packet in packets {
-        assert_eq!(decode(&mut buf, MAX).unwrap(), Some(packet));
+        assert_eq!(decode(&mut buf, V311, MAX).unwrap(), Some(packet));
     }
-    assert_eq!(decode(&mut buf, MAX).unwrap(), None);
+    assert_eq!(decode(&mut buf, V311, MAX).unwrap(), None);
     assert_eq!(&buf[..], &[0x30, 0x05, 0x00]);
 }
 
@@ -312,11 +333,12 @@ fn decoded_strings_and_payload_share_the_packet_buffer() {
     let mut buf = BytesMut::new();
     encode(
         &Packet::Publish(publish(QoS::AtLeastOnce, 1, false, false)),
+        V311,
         &mut buf,
     )
     .unwrap();
     let range = buf.as_ptr_range();
-    let Some(Packet::Publish(decoded)) = decode(&mut buf, MAX).unwrap() else {
+    let Some(Packet::Publish(decoded)) = decode(&mut buf, V311, MAX).unwrap() else {
         panic!("expected a PUBLISH");
     };
     assert!(range.contains(&decoded.topic.as_ptr()));
@@ -363,6 +385,7 @@ fn codec_enforces_its_packet_size() {
             payload: Bytes::from(vec![0; 40]),
             ..publish(QoS::AtMostOnce, 0, false, false)
         }),
+        V311,
         &mut header_only,
     )
     .unwrap();
@@ -379,27 +402,27 @@ fn encode_refuses_packets_a_peer_would_reject() {
         Packet::Publish(publish(QoS::AtLeastOnce, 0, false, false)),
         Packet::Publish(publish(QoS::AtMostOnce, 0, true, false)),
         Packet::PubAck(PubAck::new(0)),
-        Packet::UnsubAck(UnsubAck::new(0)),
+        Packet::UnsubAck(UnsubAck::new(0, vec![])),
         Packet::Subscribe(Subscribe {
             pkid: 1,
             filters: vec![],
+            properties: Properties::new(),
         }),
         Packet::SubAck(SubAck {
             pkid: 1,
             return_codes: vec![],
+            properties: Properties::new(),
         }),
         Packet::Unsubscribe(Unsubscribe {
             pkid: 1,
             filters: vec![],
+            properties: Properties::new(),
         }),
         Packet::Connect(Box::new(Connect {
             username: None,
             ..full_connect()
         })),
-        Packet::ConnAck(ConnAck {
-            session_present: true,
-            code: ConnectReturnCode::NotAuthorized,
-        }),
+        Packet::ConnAck(ConnAck::new(true, ReasonCode::NotAuthorized)),
         Packet::Publish(Publish {
             topic: "t".repeat(65_536).into(),
             ..publish(QoS::AtMostOnce, 0, false, false)
@@ -407,7 +430,7 @@ fn encode_refuses_packets_a_peer_would_reject() {
     ];
     for packet in cases {
         let mut buf = BytesMut::from(&b"kept"[..]);
-        let result = encode(&packet, &mut buf);
+        let result = encode(&packet, V311, &mut buf);
         assert!(
             matches!(result, Err(Error::Unencodable(_))),
             "{}: {result:?}",

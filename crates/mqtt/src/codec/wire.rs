@@ -26,6 +26,8 @@ pub(crate) const UNSUBACK: u8 = 11;
 pub(crate) const PINGREQ: u8 = 12;
 pub(crate) const PINGRESP: u8 = 13;
 pub(crate) const DISCONNECT: u8 = 14;
+/// MQTT 5 only.
+pub(crate) const AUTH: u8 = 15;
 
 /// The fixed header of a packet whose first byte and remaining length have been read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,7 +96,7 @@ fn check_type_and_flags(byte1: u8) -> Result<(), Error> {
     let flags = byte1 & 0x0f;
     let required = match packet_type {
         CONNECT | CONNACK | PUBACK | PUBREC | PUBCOMP | SUBACK | UNSUBACK | PINGREQ | PINGRESP
-        | DISCONNECT => 0,
+        | DISCONNECT | AUTH => 0,
         PUBREL | SUBSCRIBE | UNSUBSCRIBE => 0b0010,
         PUBLISH => {
             let qos = (flags >> 1) & 0b11;
@@ -106,7 +108,7 @@ fn check_type_and_flags(byte1: u8) -> Result<(), Error> {
             }
             return Ok(());
         }
-        // 0 is reserved; 15 is reserved in 3.1.1 (AUTH in MQTT 5).
+        // 0 is reserved (15, AUTH, is refused for 3.1.1 once the version is known).
         _ => return Err(Error::InvalidPacketType(packet_type)),
     };
     if flags == required {
@@ -129,7 +131,11 @@ pub(crate) fn remaining_length_len(len: usize) -> usize {
 /// Writes the fixed header; `remaining_len` must be at most [`MAX_REMAINING_LENGTH`].
 pub(crate) fn put_fixed_header(buf: &mut BytesMut, byte1: u8, remaining_len: usize) {
     buf.put_u8(byte1);
-    let mut value = remaining_len;
+    put_var_int(buf, remaining_len);
+}
+
+/// Writes a Variable Byte Integer (at most [`MAX_REMAINING_LENGTH`]).
+pub(crate) fn put_var_int(buf: &mut BytesMut, mut value: usize) {
     loop {
         // Truncation is the point: the low seven bits of what is left.
         let mut byte = (value & 0x7f) as u8;
@@ -173,6 +179,39 @@ impl Reader {
         Ok(self.buf.get_u16())
     }
 
+    pub fn u32(&mut self) -> Result<u32, Error> {
+        if self.buf.len() < 4 {
+            return Err(Error::Malformed("packet ends inside a field"));
+        }
+        Ok(self.buf.get_u32())
+    }
+
+    /// A Variable Byte Integer: at most four bytes, in the fewest bytes needed.
+    pub fn var_int(&mut self) -> Result<u32, Error> {
+        let mut value = 0u32;
+        for index in 0..4 {
+            let byte = self.u8()?;
+            value |= u32::from(byte & 0x7f) << (7 * index);
+            if byte & 0x80 == 0 {
+                if byte == 0 && index > 0 {
+                    return Err(Error::Malformed("variable byte integer longer than needed"));
+                }
+                return Ok(value);
+            }
+        }
+        Err(Error::Malformed(
+            "variable byte integer of more than four bytes",
+        ))
+    }
+
+    /// The next `len` bytes as a reader of their own (a property list).
+    pub fn split(&mut self, len: usize) -> Result<Reader, Error> {
+        if self.buf.len() < len {
+            return Err(Error::Malformed("property length beyond the packet"));
+        }
+        Ok(Reader::new(self.buf.split_to(len)))
+    }
+
     /// A packet identifier, which is never 0.
     pub fn packet_id(&mut self) -> Result<u16, Error> {
         match self.u16()? {
@@ -196,6 +235,16 @@ impl Reader {
         let string = ByteString::try_from(bytes).map_err(|_| Error::InvalidUtf8)?;
         if string.contains('\0') {
             return Err(Error::NullCharacter);
+        }
+        Ok(string)
+    }
+
+    /// A string that names something (client id, user name, topic, filter): no control
+    /// characters either.
+    pub fn name(&mut self) -> Result<ByteString, Error> {
+        let string = self.string()?;
+        if string.chars().any(char::is_control) {
+            return Err(Error::ControlCharacter);
         }
         Ok(string)
     }
