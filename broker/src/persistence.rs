@@ -28,6 +28,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{PersistenceConfig, Synchronous};
 use crate::message::Message;
+use crate::session::Delivery;
 use crate::subscriptions::Subscription;
 use fieldbridge_mqtt::codec::{Properties, QoS};
 use fieldbridge_sqlite::{Fault, OutageLog, ReopeningConnection};
@@ -167,6 +168,13 @@ pub(crate) enum Op {
         since: Mark,
         done: oneshot::Sender<Result<(), NotDurable>>,
     },
+    /// Reads back a session's queued (not yet sent) messages up to `through`, once the
+    /// ops sent before it are committed.
+    ReadQueue {
+        client_id: ByteString,
+        through: u64,
+        done: oneshot::Sender<Result<Vec<StoredDelivery>, NotDurable>>,
+    },
     /// Commits what came before and stops the writer.
     Close(oneshot::Sender<()>),
 }
@@ -185,6 +193,18 @@ pub struct StoredDelivery {
     pub identifiers: Vec<u32>,
 }
 
+impl StoredDelivery {
+    pub fn into_delivery(self) -> Delivery {
+        Delivery {
+            message: self.message,
+            qos: self.qos,
+            retain: self.retain,
+            seq: self.seq,
+            identifiers: self.identifiers,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct StoredSession {
     /// Who the session belongs to; `None` when stored before owners were recorded.
@@ -196,7 +216,11 @@ pub struct StoredSession {
     /// A will waiting for its delay, and when it is due (Unix ms).
     pub pending_will: Option<(Message, u64)>,
     pub subscriptions: Vec<(ByteString, Subscription)>,
-    pub queue: Vec<StoredDelivery>,
+    /// The messages that were in flight, with their bodies.
+    pub inflight: Vec<StoredDelivery>,
+    /// The messages queued and not yet sent, by sequence number and size: their bodies
+    /// are read when the client comes back (see [`StoreHandle::read_queue`]).
+    pub queued: Vec<(u64, usize)>,
     pub incoming_qos2: Vec<u16>,
 }
 
@@ -251,6 +275,23 @@ impl StoreHandle {
     pub async fn barrier_since(&self, since: Mark) -> Result<(), NotDurable> {
         let (done, wait) = oneshot::channel();
         self.send(Op::Barrier { since, done }).await?;
+        wait.await.map_err(|_| NotDurable)?
+    }
+
+    /// A session's queued messages up to `through` (in sequence order), as stored once
+    /// everything sent before is committed.
+    pub async fn read_queue(
+        &self,
+        client_id: ByteString,
+        through: u64,
+    ) -> Result<Vec<StoredDelivery>, NotDurable> {
+        let (done, wait) = oneshot::channel();
+        self.send(Op::ReadQueue {
+            client_id,
+            through,
+            done,
+        })
+        .await?;
         wait.await.map_err(|_| NotDurable)?
     }
 
@@ -403,6 +444,74 @@ fn message_extras(message: &Message) -> (Option<Vec<u8>>, Option<i64>) {
     (properties, expires)
 }
 
+/// The rows of the queue with their messages (add the conditions).
+const QUEUE_ROWS: &str = "SELECT q.client_id, q.seq, q.qos, q.retain, q.pkid, q.released, \
+     q.identifiers, m.id, m.topic, m.payload, m.properties, m.expires_at \
+     FROM queue q JOIN messages m ON m.id = q.message_id";
+
+/// A row of [`QUEUE_ROWS`]; `messages` shares the body of a message queued for several
+/// sessions. `None` for a row with an invalid QoS or sequence number.
+fn stored_delivery(
+    row: &SqliteRow,
+    messages: &mut HashMap<i64, Arc<Message>>,
+) -> Result<Option<StoredDelivery>, sqlx::Error> {
+    let seq: i64 = row.try_get("seq")?;
+    let pkid: Option<i64> = row.try_get("pkid")?;
+    let (Some(qos), Ok(seq)) = (qos_of(row.try_get("qos")?), u64::try_from(seq)) else {
+        return Ok(None);
+    };
+    let message_id: i64 = row.try_get("id")?;
+    let message = match messages.get(&message_id) {
+        Some(message) => message.clone(),
+        None => {
+            let topic: String = row.try_get("topic")?;
+            let payload: Vec<u8> = row.try_get("payload")?;
+            let mut message = Message::new(topic, payload, qos, false);
+            read_message_extras(row, &mut message)?;
+            let message = Arc::new(message);
+            messages.insert(message_id, message.clone());
+            message
+        }
+    };
+    Ok(Some(StoredDelivery {
+        seq,
+        message,
+        qos,
+        retain: row.try_get::<bool, _>("retain")?,
+        pkid: pkid
+            .and_then(|pkid| u16::try_from(pkid).ok())
+            .filter(|&pkid| pkid != 0),
+        released: row.try_get::<bool, _>("released")?,
+        identifiers: row
+            .try_get::<Option<String>, _>("identifiers")?
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|id| id.parse().ok())
+            .collect(),
+    }))
+}
+
+/// A session's queued, not yet sent, messages up to `through`.
+async fn read_queue(
+    connection: &mut SqliteConnection,
+    client_id: &str,
+    through: u64,
+) -> Result<Vec<StoredDelivery>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "{QUEUE_ROWS} WHERE q.client_id = ? AND q.seq <= ? AND q.pkid IS NULL ORDER BY q.seq"
+    ))
+    .bind(client_id)
+    .bind(i64::try_from(through).unwrap_or(i64::MAX))
+    .fetch_all(&mut *connection)
+    .await?;
+    let mut messages = HashMap::new();
+    let mut read = Vec::with_capacity(rows.len());
+    for row in rows {
+        read.extend(stored_delivery(&row, &mut messages)?);
+    }
+    Ok(read)
+}
+
 async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error> {
     let mut snapshot = Snapshot::default();
     for row in sqlx::query("SELECT topic, payload, qos, properties, expires_at FROM retained")
@@ -458,53 +567,39 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
             session.subscriptions.push((filter.into(), subscription));
         }
     }
-    let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
-    let rows = sqlx::query(
-        "SELECT q.client_id, q.seq, q.qos, q.retain, q.pkid, q.released, q.identifiers, \
-         m.id, m.topic, m.payload, m.properties, m.expires_at \
-         FROM queue q JOIN messages m ON m.id = q.message_id ORDER BY q.client_id, q.seq",
-    )
+    let mut messages = HashMap::new();
+    let rows = sqlx::query(&format!(
+        "{QUEUE_ROWS} WHERE q.pkid IS NOT NULL ORDER BY q.client_id, q.seq"
+    ))
     .fetch_all(&mut *connection)
     .await?;
     for row in rows {
         let client_id: String = row.try_get("client_id")?;
-        let seq: i64 = row.try_get("seq")?;
-        let pkid: Option<i64> = row.try_get("pkid")?;
-        let (Some(qos), Ok(seq)) = (qos_of(row.try_get("qos")?), u64::try_from(seq)) else {
+        if let (Some(session), Some(delivery)) = (
+            snapshot.sessions.get_mut(client_id.as_str()),
+            stored_delivery(&row, &mut messages)?,
+        ) {
+            session.inflight.push(delivery);
+        }
+    }
+    for row in sqlx::query(
+        "SELECT q.client_id, q.seq, length(CAST(m.topic AS BLOB)) + length(m.payload) AS size \
+         FROM queue q JOIN messages m ON m.id = q.message_id WHERE q.pkid IS NULL \
+         ORDER BY q.client_id, q.seq",
+    )
+    .fetch_all(&mut *connection)
+    .await?
+    {
+        let client_id: String = row.try_get("client_id")?;
+        let (Ok(seq), Ok(size)) = (
+            u64::try_from(row.try_get::<i64, _>("seq")?),
+            usize::try_from(row.try_get::<i64, _>("size")?),
+        ) else {
             continue;
         };
-        let message_id: i64 = row.try_get("id")?;
-        let message = match messages.get(&message_id) {
-            Some(message) => message.clone(),
-            None => {
-                let topic: String = row.try_get("topic")?;
-                let payload: Vec<u8> = row.try_get("payload")?;
-                let mut message = Message::new(topic, payload, qos, false);
-                read_message_extras(&row, &mut message)?;
-                let message = Arc::new(message);
-                messages.insert(message_id, message.clone());
-                message
-            }
-        };
-        let Some(session) = snapshot.sessions.get_mut(client_id.as_str()) else {
-            continue;
-        };
-        session.queue.push(StoredDelivery {
-            seq,
-            message,
-            qos,
-            retain: row.try_get::<bool, _>("retain")?,
-            pkid: pkid
-                .and_then(|pkid| u16::try_from(pkid).ok())
-                .filter(|&pkid| pkid != 0),
-            released: row.try_get::<bool, _>("released")?,
-            identifiers: row
-                .try_get::<Option<String>, _>("identifiers")?
-                .unwrap_or_default()
-                .split(',')
-                .filter_map(|id| id.parse().ok())
-                .collect(),
-        });
+        if let Some(session) = snapshot.sessions.get_mut(client_id.as_str()) {
+            session.queued.push((seq, size));
+        }
     }
     for row in sqlx::query("SELECT client_id, pkid FROM incoming_qos2")
         .fetch_all(&mut *connection)
@@ -525,7 +620,10 @@ async fn load(connection: &mut SqliteConnection) -> Result<Snapshot, sqlx::Error
 impl Op {
     /// Whether the op changes the database (barriers and `Close` do not).
     fn changes(&self) -> bool {
-        !matches!(self, Op::Barrier { .. } | Op::Close(_))
+        !matches!(
+            self,
+            Op::Barrier { .. } | Op::ReadQueue { .. } | Op::Close(_)
+        )
     }
 }
 
@@ -584,6 +682,20 @@ impl Writer {
             match op {
                 Op::Barrier { since, done } => {
                     let _ = done.send(since.verdict(self.failed));
+                }
+                Op::ReadQueue {
+                    client_id,
+                    through,
+                    done,
+                } => {
+                    let read = match self.connection.get().await {
+                        Ok(connection) => read_queue(connection, &client_id, through).await,
+                        Err(error) => Err(error),
+                    };
+                    let _ = done.send(read.map_err(|error| {
+                        tracing::error!(%client_id, "reading a queue back from the persistence database: {error}");
+                        NotDurable
+                    }));
                 }
                 Op::Close(done) => close = Some(done),
                 _ => {}
@@ -866,7 +978,7 @@ async fn apply_one(tx: &mut SqliteConnection, op: &Op) -> Result<(), sqlx::Error
                 .execute(&mut *tx)
                 .await?;
         }
-        Op::Barrier { .. } | Op::Close(_) => {}
+        Op::Barrier { .. } | Op::ReadQueue { .. } | Op::Close(_) => {}
     }
     Ok(())
 }
@@ -963,6 +1075,14 @@ mod tests {
                 retain: true,
                 identifiers: vec![],
             },
+            Op::Enqueue {
+                client_id: client.clone(),
+                seq: 4,
+                message_id: id,
+                qos: QoS::AtLeastOnce,
+                retain: false,
+                identifiers: vec![9],
+            },
             Op::Sent {
                 client_id: client.clone(),
                 seq: 1,
@@ -1021,31 +1141,34 @@ mod tests {
             session.subscriptions,
             vec![("a/#".into(), subscription_a())]
         );
-        let queue: Vec<_> = session
-            .queue
+        let inflight: Vec<_> = session
+            .inflight
             .iter()
             .map(|d| (d.seq, d.qos, d.retain, d.pkid, d.released))
             .collect();
+        assert_eq!(inflight, vec![(2, QoS::ExactlyOnce, false, Some(11), true)]);
+        let body = &session.inflight[0].message;
+        assert_eq!(&body.payload[..], b"hello");
         assert_eq!(
-            queue,
-            vec![
-                (2, QoS::ExactlyOnce, false, Some(11), true),
-                (3, QoS::ExactlyOnce, true, None, false)
-            ]
-        );
-        assert_eq!(&session.queue[0].message.payload[..], b"hello");
-        assert_eq!(
-            session.queue[0].message.properties,
+            body.properties,
             with_extras(Message::new("", "", QoS::AtMostOnce, false)).properties
         );
-        assert_eq!(
-            session.queue[0].message.expires_at_ms,
-            Some(1_700_000_000_000)
-        );
-        assert_eq!(session.queue[0].identifiers, vec![5, 268_435_455]);
-        assert!(session.queue[1].identifiers.is_empty());
+        assert_eq!(body.expires_at_ms, Some(1_700_000_000_000));
+        assert_eq!(session.inflight[0].identifiers, vec![5, 268_435_455]);
+        // Not sent yet: only counted at start ("a/x" and "hello"), read when asked for.
+        assert_eq!(session.queued, vec![(3, 8), (4, 8)]);
+        let read = store.read_queue(client.clone(), 3).await.expect("reads");
+        let read: Vec<_> = read
+            .iter()
+            .map(|d| (d.seq, d.qos, d.retain, d.pkid, d.identifiers.clone()))
+            .collect();
+        assert_eq!(read, vec![(3, QoS::ExactlyOnce, true, None, vec![])]);
+        let read = store.read_queue(client.clone(), 4).await.expect("reads");
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[1].identifiers, vec![9]);
+        assert_eq!(read[1].message.expires_at_ms, Some(1_700_000_000_000));
         assert!(
-            Arc::ptr_eq(&session.queue[0].message, &session.queue[1].message),
+            Arc::ptr_eq(&read[0].message, &read[1].message),
             "one body, shared"
         );
         assert_eq!(session.incoming_qos2, vec![8]);

@@ -185,6 +185,18 @@ pub(crate) struct SessionInner {
 }
 
 impl SessionInner {
+    /// The connection of `signal` is gone: the session is absent from `now_ms` on, its
+    /// queue kept in the database only when `spill` (persistent, with persistence on).
+    pub fn leave(&mut self, signal: &Arc<ConnectionSignal>, now_ms: u64, spill: bool) {
+        if self.is_linked_to(signal) {
+            self.link = None;
+            self.absent_since_ms = Some(now_ms);
+            if spill {
+                self.state.spill();
+            }
+        }
+    }
+
     pub fn is_linked_to(&self, signal: &Arc<ConnectionSignal>) -> bool {
         self.link
             .as_ref()

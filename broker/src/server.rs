@@ -27,7 +27,7 @@ use crate::platform::{Platform, RegistryError};
 use crate::registry::{Kick, Owner, Registry};
 use crate::retained::{RetainOutcome, RetainedStore};
 use crate::router::Router;
-use crate::session::{Delivery, Inflight, InflightState, SessionLimits, SessionState};
+use crate::session::{Inflight, InflightState, SessionLimits, SessionState};
 use crate::shared_subscriptions::Subscriptions;
 use crate::transport::{TransportError, Upgrade};
 
@@ -261,28 +261,22 @@ async fn restore(ctx: &Arc<BrokerContext>, snapshot: Snapshot) {
             continue;
         }
         let mut state = SessionState::new();
-        for item in stored.queue {
-            let delivery = Delivery {
-                message: item.message,
-                qos: item.qos,
-                retain: item.retain,
-                seq: item.seq,
-                identifiers: item.identifiers,
+        for item in stored.inflight {
+            let state_of = match (item.released, item.qos) {
+                (true, _) => InflightState::AwaitingPubComp,
+                (false, fieldbridge_mqtt::codec::QoS::ExactlyOnce) => InflightState::AwaitingPubRec,
+                (false, _) => InflightState::AwaitingPubAck,
             };
-            match item.pkid {
-                Some(pkid) => state.restore_inflight(Inflight {
+            if let Some(pkid) = item.pkid {
+                state.restore_inflight(Inflight {
                     pkid,
-                    state: match (item.released, item.qos) {
-                        (true, _) => InflightState::AwaitingPubComp,
-                        (false, fieldbridge_mqtt::codec::QoS::ExactlyOnce) => {
-                            InflightState::AwaitingPubRec
-                        }
-                        (false, _) => InflightState::AwaitingPubAck,
-                    },
-                    delivery,
-                }),
-                None => state.restore_queued(delivery),
+                    state: state_of,
+                    delivery: item.into_delivery(),
+                });
             }
+        }
+        for (seq, size) in stored.queued {
+            state.restore_spilled(seq, size);
         }
         for pkid in stored.incoming_qos2 {
             state.restore_incoming_qos2(pkid);

@@ -119,9 +119,23 @@ pub enum Acked {
     WrongKind,
 }
 
+/// A queued message of an absent session that lives in the persistence database only:
+/// its place in the queue and its size, so that the queue's limits still count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Spilled {
+    seq: u64,
+    size: usize,
+}
+
 #[derive(Debug, Default)]
 pub struct SessionState {
+    /// The oldest part of the queue while its client is away and persistence is on (the
+    /// message bodies stay in the database, out of memory), before `pending`.
+    spilled: VecDeque<Spilled>,
+    /// Whether messages queued while the client is away are spilled.
+    spilling: bool,
     pending: VecDeque<Delivery>,
+    /// Bytes of the whole queue, spilled part included.
     pending_bytes: usize,
     inflight: VecDeque<Inflight>,
     last_pkid: u16,
@@ -158,6 +172,7 @@ impl SessionState {
         if !online && qos == QoS::AtMostOnce {
             return Enqueued::Skipped;
         }
+        let spills = self.spilling && !online;
         let size = message.size();
         let mut evicted = Vec::new();
         if !self.fits(size, limits) {
@@ -175,10 +190,17 @@ impl SessionState {
                 return Enqueued::Dropped;
             }
             while !self.fits(size, limits) {
-                let Some(oldest) = self.pending.pop_front() else {
-                    break;
+                let oldest = match self.spilled.pop_front() {
+                    Some(spilled) => spilled,
+                    None => match self.pending.pop_front() {
+                        Some(delivery) => Spilled {
+                            seq: delivery.seq,
+                            size: delivery.message.size(),
+                        },
+                        None => break,
+                    },
                 };
-                self.pending_bytes -= oldest.message.size();
+                self.pending_bytes -= oldest.size;
                 self.dropped += 1;
                 evicted.push(oldest.seq);
             }
@@ -189,6 +211,10 @@ impl SessionState {
         self.next_seq += 1;
         let wake = online && self.pending.is_empty();
         self.pending_bytes += size;
+        if spills {
+            self.spilled.push_back(Spilled { seq, size });
+            return Enqueued::Queued { seq, wake, evicted };
+        }
         self.pending.push_back(Delivery {
             message,
             qos,
@@ -201,7 +227,7 @@ impl SessionState {
 
     /// Whether a message of `size` bytes fits in the queue now.
     fn fits(&self, size: usize, limits: &SessionLimits) -> bool {
-        self.pending.len() < limits.max_queued_messages
+        self.queued_len() < limits.max_queued_messages
             && self.pending_bytes + size <= limits.max_queued_bytes
     }
 
@@ -209,7 +235,7 @@ impl SessionState {
     /// publishers waiting for room should try again: waking them at every message taken
     /// would have them compete for one place at a time.
     pub fn has_room_for_waiters(&self, limits: &SessionLimits) -> bool {
-        self.pending.len() <= limits.max_queued_messages - limits.max_queued_messages / 4
+        self.queued_len() <= limits.max_queued_messages - limits.max_queued_messages / 4
             && self.pending_bytes <= limits.max_queued_bytes - limits.max_queued_bytes / 4
     }
 
@@ -253,7 +279,8 @@ impl SessionState {
     ) {
         let mut taken = 0;
         let window = self.window(limits);
-        while let Some(front) = self.pending.front() {
+        // Nothing overtakes a spilled message: its body must be read back first.
+        while let Some(front) = self.pending.front().filter(|_| self.spilled.is_empty()) {
             if front.message.expired(now_ms) || !allowed(&front.message) {
                 if let Some(dropped) = self.pending.pop_front() {
                     self.pending_bytes -= dropped.message.size();
@@ -304,9 +331,10 @@ impl SessionState {
 
     /// Whether queued messages wait that the in-flight window lets out now.
     pub fn has_sendable(&self, limits: &SessionLimits) -> bool {
-        self.pending.front().is_some_and(|front| {
-            front.qos == QoS::AtMostOnce || self.inflight.len() < self.window(limits)
-        })
+        self.spilled.is_empty()
+            && self.pending.front().is_some_and(|front| {
+                front.qos == QoS::AtMostOnce || self.inflight.len() < self.window(limits)
+            })
     }
 
     /// Everything in flight again, in the order first sent, for a client that reconnected:
@@ -454,8 +482,9 @@ impl SessionState {
         self.subscriptions.remove(filter).is_some()
     }
 
+    /// Messages waiting to be sent, spilled ones included.
     pub fn queued_len(&self) -> usize {
-        self.pending.len()
+        self.spilled.len() + self.pending.len()
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -466,8 +495,64 @@ impl SessionState {
         self.inflight.iter()
     }
 
+    /// The queued messages held in memory (not the spilled ones).
     pub fn queued(&self) -> impl Iterator<Item = &Delivery> {
         self.pending.iter()
+    }
+
+    /// From now on while the client is away, queued messages live in the persistence
+    /// database only: the ones in memory now are let go too (the caller stored every one
+    /// of them, as it does for each message of a persistent session).
+    pub fn spill(&mut self) {
+        self.spilling = true;
+        for delivery in self.pending.drain(..) {
+            self.spilled.push_back(Spilled {
+                seq: delivery.seq,
+                size: delivery.message.size(),
+            });
+        }
+        self.pending.shrink_to(0);
+    }
+
+    /// The sequence number up to which the queue must be read back from the database
+    /// before anything queued can be sent; `None` when nothing is spilled.
+    pub fn spilled_through(&self) -> Option<u64> {
+        self.spilled.back().map(|spilled| spilled.seq)
+    }
+
+    /// Puts the messages read back from the database, up to `through`, in the place of the
+    /// spilled ones (`read` in sequence order; rows no longer spilled are ignored). Returns
+    /// how many spilled messages were not in `read` (lost with a failed write) and so leave
+    /// the queue; `None`, changing nothing, when more was spilled since `through` was
+    /// taken (read again).
+    pub fn unspill(&mut self, through: u64, read: Vec<Delivery>) -> Option<usize> {
+        if self.spilled_through().is_some_and(|last| last > through) {
+            return None;
+        }
+        let mut read = read.into_iter().peekable();
+        let mut restored = VecDeque::with_capacity(self.spilled.len() + self.pending.len());
+        let mut missing = 0;
+        for spilled in self.spilled.drain(..) {
+            while read
+                .next_if(|delivery| delivery.seq < spilled.seq)
+                .is_some()
+            {}
+            match read.next_if(|delivery| delivery.seq == spilled.seq) {
+                Some(delivery) => {
+                    self.pending_bytes =
+                        self.pending_bytes - spilled.size + delivery.message.size();
+                    restored.push_back(delivery);
+                }
+                None => {
+                    self.pending_bytes -= spilled.size;
+                    missing += 1;
+                }
+            }
+        }
+        restored.append(&mut self.pending);
+        self.pending = restored;
+        self.spilling = false;
+        Some(missing)
     }
 
     /// Messages dropped because the queue was full, since the session began.
@@ -487,12 +572,13 @@ impl SessionState {
         self.inflight.push_back(inflight);
     }
 
-    /// Restores a message that was queued when the broker stopped (limits do not apply:
-    /// the message was accepted under them).
-    pub fn restore_queued(&mut self, delivery: Delivery) {
-        self.next_seq = self.next_seq.max(delivery.seq + 1);
-        self.pending_bytes += delivery.message.size();
-        self.pending.push_back(delivery);
+    /// Restores a message that was queued when the broker stopped and stays in the
+    /// database until its client comes back (see [`SessionState::spill`]).
+    pub fn restore_spilled(&mut self, seq: u64, size: usize) {
+        self.next_seq = self.next_seq.max(seq + 1);
+        self.pending_bytes += size;
+        self.spilling = true;
+        self.spilled.push_back(Spilled { seq, size });
     }
 
     pub fn restore_incoming_qos2(&mut self, pkid: u16) {

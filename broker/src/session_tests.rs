@@ -418,3 +418,150 @@ fn waiters_are_woken_once_a_quarter_of_the_queue_drained() {
     session.poll_outgoing(&limits, 1, 0, &mut out);
     assert!(session.has_room_for_waiters(&limits), "6 of 8 queued");
 }
+
+fn spill_limits() -> SessionLimits {
+    SessionLimits {
+        max_inflight: 2,
+        max_queued_messages: 4,
+        max_queued_bytes: 1000,
+        on_queue_full: QueueFullPolicy::DropOldest,
+    }
+}
+
+fn queue_one(session: &mut SessionState, payload: &str, online: bool) -> Enqueued {
+    session.enqueue(
+        Arc::new(Message::new(
+            "t",
+            payload.to_owned(),
+            QoS::AtLeastOnce,
+            false,
+        )),
+        QoS::AtLeastOnce,
+        false,
+        Vec::new(),
+        online,
+        &spill_limits(),
+    )
+}
+
+fn delivery(seq: u64, payload: &str) -> Delivery {
+    Delivery {
+        message: Arc::new(Message::new(
+            "t",
+            payload.to_owned(),
+            QoS::AtLeastOnce,
+            false,
+        )),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        seq,
+        identifiers: Vec::new(),
+    }
+}
+
+fn sent_payloads(session: &mut SessionState) -> Vec<String> {
+    let mut out = Vec::new();
+    session.poll_outgoing(&spill_limits(), usize::MAX, 0, &mut out);
+    out.iter()
+        .map(|outgoing| match outgoing {
+            Outgoing::Publish { publish, .. } => {
+                String::from_utf8_lossy(&publish.payload).into_owned()
+            }
+            Outgoing::PubRel { pkid } => panic!("PUBREL {pkid}"),
+        })
+        .collect()
+}
+
+#[test]
+fn a_spilled_queue_keeps_its_place_and_limits_and_sends_nothing_until_read_back() {
+    let mut session = SessionState::new();
+    queue_one(&mut session, "a", true);
+    session.spill();
+    assert_eq!(session.queued().count(), 0, "nothing of it in memory");
+    assert_eq!((session.queued_len(), session.queued_bytes()), (1, 2));
+    queue_one(&mut session, "b", false);
+    assert_eq!(
+        session.queued().count(),
+        0,
+        "queued while away: spilled too"
+    );
+    assert_eq!(session.spilled_through(), Some(2));
+    // The client is back; a message routed before the read back comes after the others.
+    queue_one(&mut session, "c", true);
+    assert!(!session.has_sendable(&spill_limits()));
+    assert!(sent_payloads(&mut session).is_empty());
+    assert_eq!(
+        session.unspill(2, vec![delivery(1, "a"), delivery(2, "b")]),
+        Some(0)
+    );
+    assert_eq!(session.spilled_through(), None);
+    assert_eq!((session.queued_len(), session.queued_bytes()), (3, 6));
+    let limits = SessionLimits {
+        max_inflight: 3,
+        ..spill_limits()
+    };
+    let mut out = Vec::new();
+    session.poll_outgoing(&limits, usize::MAX, 0, &mut out);
+    let seqs: Vec<u64> = out
+        .iter()
+        .map(|outgoing| match outgoing {
+            Outgoing::Publish { seq, .. } => *seq,
+            Outgoing::PubRel { pkid } => panic!("PUBREL {pkid}"),
+        })
+        .collect();
+    assert_eq!(seqs, [1, 2, 3]);
+}
+
+#[test]
+fn a_full_spilled_queue_evicts_its_oldest_and_reads_back_skip_what_is_gone() {
+    let mut session = SessionState::new();
+    session.spill();
+    for payload in ["1", "2", "3", "4"] {
+        queue_one(&mut session, payload, false);
+    }
+    match queue_one(&mut session, "5", false) {
+        Enqueued::Queued { seq, evicted, .. } => assert_eq!((seq, evicted), (5, vec![1])),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(session.queued_len(), 4);
+    // Row 3 was lost with a failed write; row 1 was evicted (its delete not yet applied).
+    let read = vec![
+        delivery(1, "1"),
+        delivery(2, "2"),
+        delivery(4, "4"),
+        delivery(5, "5"),
+    ];
+    assert_eq!(session.unspill(5, read), Some(1));
+    assert_eq!((session.queued_len(), session.queued_bytes()), (3, 6));
+    assert_eq!(sent_payloads(&mut session), ["2", "4"]);
+}
+
+#[test]
+fn a_read_back_older_than_the_spill_changes_nothing() {
+    let mut session = SessionState::new();
+    session.spill();
+    queue_one(&mut session, "1", false);
+    queue_one(&mut session, "2", false);
+    assert_eq!(session.unspill(1, vec![delivery(1, "1")]), None);
+    assert_eq!(session.spilled_through(), Some(2));
+    assert!(sent_payloads(&mut session).is_empty());
+    assert_eq!(
+        session.unspill(2, vec![delivery(1, "1"), delivery(2, "2")]),
+        Some(0)
+    );
+    assert_eq!(sent_payloads(&mut session), ["1", "2"]);
+}
+
+#[test]
+fn a_restored_queue_is_spilled_until_read_back() {
+    let mut session = SessionState::new();
+    session.restore_spilled(7, 5);
+    session.restore_spilled(9, 5);
+    assert_eq!((session.queued_len(), session.queued_bytes()), (2, 10));
+    assert_eq!(session.spilled_through(), Some(9));
+    match queue_one(&mut session, "x", false) {
+        Enqueued::Queued { seq, .. } => assert_eq!(seq, 10, "numbering goes on"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(session.spilled_through(), Some(10));
+}

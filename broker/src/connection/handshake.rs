@@ -20,7 +20,7 @@ use crate::acl::Identity;
 use crate::config::AnonymousPolicy;
 use crate::context::BrokerContext;
 use crate::metrics::LocalCounters;
-use crate::persistence::StoreHandle;
+use crate::persistence::{NotDurable, StoreHandle, StoredDelivery};
 use crate::platform::status::Action;
 use crate::platform::{Admission, PlatformClient};
 use crate::registry::{Attached, Claim, ConnectionSignal, Link, Owner, SessionInner};
@@ -434,12 +434,21 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
     if let (Some(store), Some(since)) = (&ctx.router.store, since) {
         // A CONNACK promises a session that outlives a restart: its record first.
         if attached.session.persistent && store.barrier_since(since).await.is_err() {
-            let mut inner = attached.session.inner.lock();
-            if inner.is_linked_to(&signal) {
-                inner.link = None;
-                inner.absent_since_ms = Some(crate::message::unix_now_ms());
-            }
+            attached.session.inner.lock().leave(
+                &signal,
+                crate::message::unix_now_ms(),
+                attached.session.persistent,
+            );
             tracing::info!(%peer, %client_id, "connection refused: its session could not be stored");
+            return Err(Refusal::Answer(ReasonCode::ServerUnavailable));
+        }
+        if read_back_queue(store, &attached, &signal).await.is_err() {
+            attached.session.inner.lock().leave(
+                &signal,
+                crate::message::unix_now_ms(),
+                attached.session.persistent,
+            );
+            tracing::info!(%peer, %client_id, "connection refused: its queued messages could not be read");
             return Err(Refusal::Answer(ReasonCode::ServerUnavailable));
         }
     }
@@ -463,6 +472,39 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         platform,
         connack_properties,
     })
+}
+
+/// Reads the messages a resumed session queued while its client was away back from the
+/// database (they were kept there, not in memory), before anything is sent to the client.
+async fn read_back_queue(
+    store: &StoreHandle,
+    attached: &Attached,
+    signal: &Arc<ConnectionSignal>,
+) -> Result<(), NotDurable> {
+    let session = &attached.session;
+    // Messages spilled while this read was under way (the client came and went again
+    // meanwhile) need another.
+    loop {
+        let Some(through) = session.inner.lock().state.spilled_through() else {
+            return Ok(());
+        };
+        let read = store.read_queue(session.client_id.clone(), through).await?;
+        let read = read
+            .into_iter()
+            .map(StoredDelivery::into_delivery)
+            .collect();
+        let mut inner = session.inner.lock();
+        if !inner.is_linked_to(signal) {
+            // Taken over: the connection that has it now reads it.
+            return Ok(());
+        }
+        if let Some(missing) = inner.state.unspill(through, read) {
+            if missing > 0 {
+                tracing::warn!(client_id = %session.client_id, missing, "queued messages missing from the persistence database (a write had failed): not sent");
+            }
+            return Ok(());
+        }
+    }
 }
 
 /// The Session Expiry Interval granted, in seconds: MQTT 5's as asked, 3.1.1's clean

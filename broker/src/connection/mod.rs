@@ -612,8 +612,8 @@ impl Connection {
             let mut inner = self.session.inner.lock();
             let linked = inner.is_linked_to(&self.signal);
             if linked {
-                inner.link = None;
-                inner.absent_since_ms = Some(now);
+                let spill = self.session.persistent && self.ctx.router.store.is_some();
+                inner.leave(&self.signal, now, spill);
                 // Publishers waiting for room go by the rules for absent clients now.
                 inner.wake_waiters();
             }
