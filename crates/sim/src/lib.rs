@@ -23,6 +23,8 @@ struct Tables {
     discrete: Vec<bool>,
     holding: Vec<u16>,
     input: Vec<u16>,
+    /// An input register that counts the reads of it (see [`SimSlave::count_reads`]).
+    read_counter: Option<u16>,
 }
 
 /// One simulated slave: its four tables and a request counter. Cloning shares it.
@@ -45,6 +47,7 @@ impl Default for SimSlave {
                 discrete: vec![false; TABLE_SIZE],
                 holding: vec![0; TABLE_SIZE],
                 input: vec![0; TABLE_SIZE],
+                read_counter: None,
             })),
             requests: Arc::new(AtomicU64::new(0)),
             silent: Arc::new(AtomicBool::new(false)),
@@ -79,6 +82,18 @@ impl SimSlave {
     pub fn holding(&self, address: u16, count: u16) -> Vec<u16> {
         let t = self.tables.lock().expect("simulator lock");
         t.holding[address as usize..(address + count) as usize].to_vec()
+    }
+
+    /// The input register at `address` counts the reads that include it: each one
+    /// answers the count so far, then adds one. Every reading of it is a distinct, next
+    /// number, so a consumer can tell whether any was lost.
+    pub fn count_reads(&self, address: u16) {
+        self.tables.lock().expect("simulator lock").read_counter = Some(address);
+    }
+
+    /// The input register at `address`.
+    pub fn input(&self, address: u16) -> u16 {
+        self.tables.lock().expect("simulator lock").input[address as usize]
     }
 
     pub fn coil(&self, address: u16) -> bool {
@@ -156,7 +171,13 @@ fn apply(t: &mut Tables, request: Request<'_>) -> Result<Response, ExceptionCode
             Response::ReadHoldingRegisters(t.holding[range(a, n.into())?].to_vec())
         }
         Request::ReadInputRegisters(a, n) => {
-            Response::ReadInputRegisters(t.input[range(a, n.into())?].to_vec())
+            let read = range(a, n.into())?;
+            let response = Response::ReadInputRegisters(t.input[read.clone()].to_vec());
+            if let Some(counter) = t.read_counter.filter(|&c| read.contains(&usize::from(c))) {
+                let count = &mut t.input[usize::from(counter)];
+                *count = count.wrapping_add(1);
+            }
+            response
         }
         Request::WriteSingleCoil(a, v) => {
             t.coils[range(a, 1)?.start] = v;
