@@ -10,7 +10,9 @@
 # the rounds. The load generator (fieldbridge-bench) runs on the same cores as the broker.
 # Raw results (one JSON object per run) go to $RESULTS (default:
 # $CARGO_TARGET_DIR/broker-bench-results.jsonl). Scenarios: fanin-q0 fanin-q1 fanout-q0
-# latency-fanin latency-fanout idle-10k. --protocols runs every scenario in each MQTT
+# latency-fanin latency-fanout idle-10k, and with each broker's default limits
+# fanin-q1-defaults and rate-q1 (QoS 1 fan-in at rising rates until a step loses a
+# message or its p99 reaches 10 ms). --protocols runs every scenario in each MQTT
 # version given (default 3.1.1), in the same round. See docs/BENCHMARKS.md.
 set -euo pipefail
 
@@ -70,11 +72,23 @@ free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# start_broker NAME: starts it on a free port; sets broker_pid and port.
+# The scenarios run with the brokers' default queue and in-flight limits.
+with_defaults() { [[ $1 == *-defaults || $1 == rate-q1* ]]; }
+
+# start_broker NAME SCENARIO: starts it on a free port; sets broker_pid and port.
 start_broker() {
     port=$(free_port)
     case $1 in
-        fieldbridge)
+        fieldbridge) if with_defaults "$2"; then
+            cat > "$work/broker.yaml" <<YAML
+listeners:
+  - bind: 127.0.0.1:$port
+allow_anonymous: true
+limits:
+  max_connections: 100000
+  max_sessions: 100000
+YAML
+        else
             cat > "$work/broker.yaml" <<YAML
 listeners:
   - bind: 127.0.0.1:$port
@@ -86,9 +100,21 @@ limits:
   max_queued_messages: 100000
   max_queued_bytes: 1GiB
 YAML
+        fi
             "$fieldbridge" --config "$work/broker.yaml" 2> "$work/broker.log" &
             ;;
-        mosquitto)
+        mosquitto) if with_defaults "$2"; then
+            cat > "$work/mosquitto.conf" <<CONF
+listener $port 127.0.0.1
+allow_anonymous true
+persistence false
+max_connections -1
+set_tcp_nodelay true
+connection_messages false
+log_dest stderr
+log_type error
+CONF
+        else
             cat > "$work/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
@@ -101,6 +127,7 @@ connection_messages false
 log_dest stderr
 log_type error
 CONF
+        fi
             "$mosquitto" -c "$work/mosquitto.conf" 2> "$work/broker.log" &
             ;;
         rumqttd)
@@ -125,12 +152,19 @@ stop_broker() {
     broker_pid=
 }
 
+# Peak resident memory of the broker so far, KiB.
+broker_peak_rss() {
+    awk '/^VmHWM:/ { print $2 }' "/proc/$broker_pid/status"
+}
+
 # CPU seconds (user + system) the broker has used so far.
 broker_cpu() {
     awk -v tck="$(getconf CLK_TCK)" '{ print ($14 + $15) / tck }' "/proc/$broker_pid/stat"
 }
 
-scenarios=(fanin-q0 fanin-q1 fanout-q0 latency-fanin latency-fanout idle-10k)
+scenarios=(fanin-q0 fanin-q1 fanout-q0 latency-fanin latency-fanout idle-10k fanin-q1-defaults rate-q1)
+# Total publish rates (msg/s over 100 publishers) of rate-q1's steps.
+rate_steps=(10000 14000 20000 28000 40000 56000 80000 112000 160000 224000)
 scenario_args() {
     case $1 in
         fanin-q0) echo "--publishers 100 --subscribers 1 --qos 0" ;;
@@ -139,12 +173,14 @@ scenario_args() {
         latency-fanin) echo "--publishers 10 --subscribers 1 --qos 0 --rate 1000" ;;
         latency-fanout) echo "--publishers 1 --subscribers 1000 --qos 0 --rate 20" ;;
         idle-10k) echo "--connections-only 10000 --rss-pid $broker_pid" ;;
+        fanin-q1-defaults) echo "--publishers 100 --subscribers 1 --qos 1 --inflight 32" ;;
+        rate-q1-*) echo "--publishers 100 --subscribers 1 --qos 1 --inflight 32 --rate $(( ${1#rate-q1-} / 100 ))" ;;
     esac
 }
 if [ ${#only[@]} -gt 0 ]; then scenarios=("${only[@]}"); fi
 
 run_one() { # broker scenario round protocol
-    start_broker "$1"
+    start_broker "$1" "$2"
     local args cpu_before started line status=0
     args=$(scenario_args "$2")
     cpu_before=$(broker_cpu)
@@ -153,6 +189,8 @@ run_one() { # broker scenario round protocol
     line=$("$bench" --port "$port" --protocol "$4" --duration "$duration" --warmup "$warmup" --drain-max 10s --json $args) || status=$?
     local cpu wall
     cpu=$(awk -v a="$cpu_before" -v b="$(broker_cpu)" 'BEGIN { print b - a }')
+    local peak_rss
+    peak_rss=$(broker_peak_rss)
     wall=$(awk -v a="$started" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
     stop_broker
     if [ -z "$line" ]; then
@@ -160,8 +198,8 @@ run_one() { # broker scenario round protocol
         line='{}'
     fi
     echo "$line" | jq -c --arg broker "$1" --arg scenario "$2" --argjson round "$3" --arg protocol "$4" \
-        --argjson cpu "$cpu" --argjson wall "$wall" --argjson status "$status" \
-        '. + {broker_name: $broker, scenario: $scenario, round: $round, protocol: $protocol, broker_cpu_secs: $cpu, wall_secs: $wall, exit: $status}' \
+        --argjson cpu "$cpu" --argjson wall "$wall" --argjson status "$status" --argjson rss "$peak_rss" \
+        '. + {broker_name: $broker, scenario: $scenario, round: $round, protocol: $protocol, broker_cpu_secs: $cpu, broker_peak_rss_kib: $rss, wall_secs: $wall, exit: $status}' \
         >> "$results"
     tail -n 1 "$results" | jq -r '"   \(.broker_name) \(.scenario) MQTT \(.protocol): " +
         (if .kib_per_connection then "\(.kib_per_connection | floor) KiB/conn, \(.connections_open) open"
@@ -178,7 +216,16 @@ for round in $(seq "$repeat"); do
         for protocol in "${protocols[@]}"; do
             for broker in "${order[@]}"; do
                 echo "-- round $round: $scenario on $broker, MQTT $protocol" >&2
-                run_one "$broker" "$scenario" "$round" "$protocol"
+                if [ "$scenario" != rate-q1 ]; then
+                    run_one "$broker" "$scenario" "$round" "$protocol"
+                    continue
+                fi
+                # Up the rate until a step loses a message or its p99 reaches 10 ms.
+                for rate in "${rate_steps[@]}"; do
+                    run_one "$broker" "rate-q1-$rate" "$round" "$protocol"
+                    tail -n 1 "$results" | jq -e '(.lost_total // 1) + (.undelivered_total // 1) == 0
+                        and (.latency.p99_us // 1e9) < 10000 and .exit == 0' > /dev/null || break
+                done
             done
         done
     done

@@ -46,6 +46,18 @@ LATENCY = [
     ("lost %", lost_pct, "lower", None),
     ("broker CPU µs/delivery", cpu_per_delivery, "lower", None),
 ]
+def peak_rss_mib(run):
+    kib = run.get("broker_peak_rss_kib")
+    return kib / 1024 if kib else None
+
+
+BACKPRESSURE = [
+    ("received msg/s", received, "higher", None),
+    ("delivered msg/s, to the last delivery", lambda run: run.get("delivered_per_sec_overall"), "higher", 5.0),
+    ("lost %", lost_pct, "lower", None),
+    ("broker peak RSS MiB", peak_rss_mib, "lower", None),
+    ("broker CPU µs/delivery", cpu_per_delivery, "lower", None),
+]
 SCENARIOS = {
     "fanin-q0": ("fan-in 100 -> 1, QoS 0, flat out", THROUGHPUT),
     "fanin-q1": ("fan-in 100 -> 1, QoS 1, flat out (32 in flight per publisher)", THROUGHPUT),
@@ -59,7 +71,51 @@ SCENARIOS = {
             ("connections open", lambda run: run.get("connections_open"), "higher", None),
         ],
     ),
+    "fanin-q1-defaults": ("fan-in 100 -> 1, QoS 1, flat out, default limits", BACKPRESSURE),
 }
+RATE_PREFIX = "rate-q1-"
+P99_LIMIT_US = 10_000
+
+
+def passes_rate_step(run):
+    """No message lost or left undelivered, p99 under the limit, a clean exit."""
+    p99 = (run.get("latency") or {}).get("p99_us")
+    return (run.get("exit") == 0 and p99 is not None and p99 < P99_LIMIT_US
+            and run.get("lost_total", 1) == 0 and run.get("undelivered_total", 1) == 0)
+
+
+def rate_sweep(runs, protocols, brokers):
+    """The highest total rate of rate-q1 that each broker passed, per round (steps run in
+    rising order until one fails); the median over rounds."""
+    print("\nHighest QoS 1 fan-in rate (100 publishers -> 1, default limits) with nothing lost "
+          f"and p99 < {P99_LIMIT_US // 1000} ms, msg/s:\n")
+    header = ["MQTT", *brokers, *[f"fieldbridge / {b}" for b in brokers if b != "fieldbridge"], "target", "met"]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for protocol in protocols:
+        best = {}
+        for broker in brokers:
+            per_round = defaultdict(int)
+            for (scenario, proto, name), items in runs.items():
+                if proto != protocol or name != broker or not scenario.startswith(RATE_PREFIX):
+                    continue
+                rate = int(scenario[len(RATE_PREFIX):])
+                for run in items:
+                    round_ = run.get("round")
+                    per_round.setdefault(round_, 0)
+                    if passes_rate_step(run):
+                        per_round[round_] = max(per_round[round_], rate)
+            best[broker] = statistics.median(per_round.values()) if per_round else None
+        ratios = []
+        for other in brokers:
+            if other == "fieldbridge":
+                continue
+            a, b = best.get("fieldbridge"), best.get(other)
+            ratios.append(f"{a / b:.2f}" if a is not None and b else "–")
+        met = "?"
+        if best.get("fieldbridge") is not None and best.get("mosquitto"):
+            met = "yes" if best["fieldbridge"] >= 2 * best["mosquitto"] else "**no**"
+        print("| " + " | ".join([protocol, *[fmt(best[b]) for b in brokers], *ratios, ">= 2x mosquitto", met]) + " |")
 
 
 def fmt(value):
@@ -85,8 +141,9 @@ def main(path):
     brokers = [b for b in BROKERS if any(key[2] == b for key in runs)]
     others = [b for b in brokers if b != "fieldbridge"]
     header = ["scenario", "metric", *brokers, *[f"fieldbridge / {b}" for b in others], "target", "met"]
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
+    if any(key[0] in SCENARIOS for key in runs):
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
     failures = []
     def median(scenario, protocol, broker, extract):
         values = [v for v in map(extract, runs.get((scenario, protocol, broker), [])) if v is not None]
@@ -138,6 +195,8 @@ def main(path):
                     cells.append(f"{a / b:.3f}" if a is not None and b else "–")
                 if any(cell != "–" for cell in cells):
                     print("| " + " | ".join([title, label, *cells]) + " |")
+    if any(key[0].startswith(RATE_PREFIX) for key in runs):
+        rate_sweep(runs, protocols, brokers)
     rounds = max((len(v) for v in runs.values()), default=0)
     print(f"\nMedians over {rounds} round(s); ratios are fieldbridge's figure divided by the other broker's.")
     for failure in failures:
