@@ -13,7 +13,9 @@
 # latency-fanin latency-fanout idle-10k, and with each broker's default limits
 # fanin-q1-defaults and rate-q1 (QoS 1 fan-in at rising rates until a step loses a
 # message or its p99 reaches 10 ms). --protocols runs every scenario in each MQTT
-# version given (default 3.1.1), in the same round. See docs/BENCHMARKS.md.
+# version given (default 3.1.1), in the same round. BASELINE=PATH adds another
+# fieldbridge-broker binary (an earlier build) as the broker "baseline", configured alike,
+# to tell a regression from the machine's noise. See docs/BENCHMARKS.md.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -45,6 +47,10 @@ mosquitto=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 rumqttd=$(command -v rumqttd || echo "$HOME/.cargo/bin/rumqttd")
 [ -x "$mosquitto" ] || { echo "compare.sh: mosquitto not found (apt-get install -y mosquitto)" >&2; exit 1; }
 brokers=(fieldbridge mosquitto)
+if [ -n "${BASELINE:-}" ]; then
+    [ -x "$BASELINE" ] || { echo "compare.sh: BASELINE=$BASELINE is not an executable" >&2; exit 1; }
+    brokers+=(baseline)
+fi
 if [ -x "$rumqttd" ]; then
     brokers+=(rumqttd)
 else
@@ -79,7 +85,7 @@ with_defaults() { [[ $1 == *-defaults || $1 == rate-q1* ]]; }
 start_broker() {
     port=$(free_port)
     case $1 in
-        fieldbridge) if with_defaults "$2"; then
+        fieldbridge|baseline) if with_defaults "$2"; then
             cat > "$work/broker.yaml" <<YAML
 listeners:
   - bind: 127.0.0.1:$port
@@ -101,7 +107,9 @@ limits:
   max_queued_bytes: 1GiB
 YAML
         fi
-            "$fieldbridge" --config "$work/broker.yaml" 2> "$work/broker.log" &
+            binary=$fieldbridge
+            if [ "$1" = baseline ]; then binary=$BASELINE; fi
+            "$binary" --config "$work/broker.yaml" 2> "$work/broker.log" &
             ;;
         mosquitto) if with_defaults "$2"; then
             cat > "$work/mosquitto.conf" <<CONF

@@ -9,7 +9,7 @@ import statistics
 import sys
 from collections import defaultdict
 
-BROKERS = ["fieldbridge", "mosquitto", "rumqttd"]
+BROKERS = ["fieldbridge", "mosquitto", "rumqttd", "baseline"]
 
 # scenario -> (title, [(metric label, extractor, unit, better, target ratio vs Mosquitto)])
 def received(run):
