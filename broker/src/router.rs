@@ -147,19 +147,11 @@ impl Router {
         };
         let mut detached = None;
         for chunk in matches.chunks(CHUNK) {
-            let target_of = |matched: &Matched<Arc<Session>>| {
-                let target = Target {
-                    qos: matched.qos.min(message.qos),
-                    retain: matched.retain_as_published && message.retain,
-                    identifiers: matched.identifiers.clone(),
-                };
-                (matched.subscriber.clone(), target)
-            };
             wait |= self
                 .deliver_chunk(
                     &message,
                     chunk,
-                    target_of,
+                    match_target,
                     &mut detached,
                     waiter,
                     &mut routed.blocked,
@@ -191,7 +183,7 @@ impl Router {
                 .deliver_chunk(
                     message,
                     chunk,
-                    |blocked| (blocked.session.clone(), blocked.target.clone()),
+                    |blocked, _| (&blocked.session, blocked.target.clone()),
                     &mut detached,
                     Some(waiter),
                     blocked,
@@ -211,35 +203,38 @@ impl Router {
         &self,
         message: &Arc<Message>,
         chunk: &[T],
-        target_of: impl Fn(&T) -> (Arc<Session>, Target),
+        target_of: for<'a> fn(&'a T, &Message) -> (&'a Arc<Session>, Target),
         detached: &mut Option<Arc<Message>>,
         waiter: Option<&Arc<ConnectionSignal>>,
         blocked: &mut Vec<Blocked>,
     ) -> Result<bool, NotDurable> {
-        let durable_count = chunk
-            .iter()
-            .map(&target_of)
-            .filter(|(session, target)| self.persists(session, target.qos))
-            .count();
         let mut permits = match &self.store {
-            Some(store) if durable_count > 0 => Some(store.reserve(durable_count + 1).await?),
-            _ => None,
+            Some(store) => {
+                let durable_count = chunk
+                    .iter()
+                    .map(|item| target_of(item, message))
+                    .filter(|(session, target)| self.persists(session, target.qos))
+                    .count();
+                match durable_count {
+                    0 => None,
+                    count => Some(store.reserve(count + 1).await?),
+                }
+            }
+            None => None,
         };
         let mut durable = permits.as_mut().map(|permits| Durable {
             permits,
             message_id: None,
         });
         for item in chunk {
-            let (session, target) = target_of(item);
-            if let Some(target) = self.deliver(
-                &session,
-                message,
-                detached,
-                target,
-                durable.as_mut(),
-                waiter,
-            ) {
-                blocked.push(Blocked { session, target });
+            let (session, target) = target_of(item, message);
+            if let Some(target) =
+                self.deliver(session, message, detached, target, durable.as_mut(), waiter)
+            {
+                blocked.push(Blocked {
+                    session: session.clone(),
+                    target,
+                });
             }
         }
         Ok(durable.is_some_and(|durable| durable.message_id.is_some()))
@@ -472,4 +467,17 @@ impl Router {
         durable.message_id = Some(id);
         Some(id)
     }
+}
+
+/// Where a matching subscription sends `message`, and how.
+fn match_target<'a>(
+    matched: &'a Matched<Arc<Session>>,
+    message: &Message,
+) -> (&'a Arc<Session>, Target) {
+    let target = Target {
+        qos: matched.qos.min(message.qos),
+        retain: matched.retain_as_published && message.retain,
+        identifiers: matched.identifiers.clone(),
+    };
+    (&matched.subscriber, target)
 }
