@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use fieldbridge_broker::config::{AnonymousPolicy, ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
-use fieldbridge_mqtt::codec::{QoS, ReasonCode};
+use fieldbridge_mqtt::codec::{Property, QoS, ReasonCode};
 use fieldbridge_testkit::{Need, Suite};
 use support::pki::{connect, Ca, ClientTls, Leaf, Validity};
-use support::{granted, login_packet, text, Client, DEADLINE};
+use support::{
+    connect5_packet, granted, login_packet, props, publish_with, text, Client, DEADLINE,
+};
 use tokio_rustls::rustls::{version, SupportedProtocolVersion};
 
 fn tls_listener(server: &Leaf, client_ca: Option<&Path>) -> ListenerConfig {
@@ -164,6 +166,31 @@ async fn client_certificates_from_the_ca_authenticate() {
     assert_eq!(
         Client::attempt(broker.local_addrs()[1], login_packet("anon", None, None)).await,
         ReasonCode::NotAuthorized
+    );
+    // An MQTT 5 client with the certificate: CONNACK and a round trip in 5.
+    let stream = connect(addr, &with(Some(&device))).await.expect("TLS");
+    let (mut client, connack) = Client::over(stream)
+        .handshake(connect5_packet("device-1", true))
+        .await;
+    assert_eq!(connack.code, ReasonCode::Success);
+    client.subscribe(&[("devices/1/#", QoS::AtLeastOnce)]).await;
+    let message = publish_with(
+        "devices/1/t",
+        "21.5",
+        QoS::AtLeastOnce,
+        1,
+        props([Property::PayloadFormatIndicator(1)]),
+    );
+    assert_eq!(client.publish_acked(message).await, ReasonCode::Success);
+    let got = client.next_publish().await;
+    assert_eq!(got.properties.payload_format_indicator(), Some(&1));
+    client.disconnect().await;
+    // An MQTT 5 client without one gets no session at all.
+    assert!(
+        tls_connect_works(addr, &ClientTls::trusting(&ca.ca_file))
+            .await
+            .is_err(),
+        "no certificate accepted"
     );
 }
 

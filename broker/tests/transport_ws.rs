@@ -1,7 +1,7 @@
 //! MQTT over WebSocket (`ws`, `wss`) with a tokio-tungstenite client: subprotocol
 //! negotiation, publishing and subscribing both ways with plain TCP clients, MQTT packets
-//! split across frames, text frames refused, and the platform's status naming the
-//! transport.
+//! split across frames, text frames refused, the platform's status naming the transport,
+//! and MQTT 5 clients over WebSocket.
 
 mod support;
 
@@ -11,10 +11,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use fieldbridge_broker::config::{ListenerConfig, ListenerProtocol};
 use fieldbridge_broker::{Config, RunningBroker};
-use fieldbridge_mqtt::codec::{Disconnect, Packet, QoS, ReasonCode};
+use fieldbridge_mqtt::codec::{Disconnect, Packet, Property, QoS, ReasonCode, SubscribeFilter};
 use futures::{SinkExt, StreamExt};
 use support::pki::{Ca, ClientTls, Validity};
-use support::{granted, login_packet, text, Client, DEADLINE};
+use support::{
+    connect5_packet, granted, login_packet, props, publish_with, text, Client, DEADLINE,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -248,4 +250,90 @@ async fn wss_with_a_test_ca_and_platform_status() {
     let status = app.next_publish().await;
     let status: serde_json::Value = serde_json::from_slice(&status.payload).expect("JSON");
     assert_eq!(status["Action"], "Disconnect");
+}
+
+/// An MQTT 5 client over WebSocket (packets split across 5-byte frames): its CONNACK
+/// carries the broker's properties, and its properties, topic aliases and subscription
+/// identifiers work as over TCP, with a plain TCP MQTT 5 client on the other side.
+#[tokio::test]
+async fn mqtt5_over_websocket() {
+    let broker = broker(ws_listener(), None).await;
+    let ws_addr = broker.local_addrs()[0];
+    let plain_addr = broker.local_addrs()[1];
+    let stream = TcpStream::connect(ws_addr).await.expect("connect");
+    let (ws, chosen) = open_ws(stream, "ws", ws_addr, "mqtt")
+        .await
+        .expect("handshake");
+    assert_eq!(chosen.as_deref(), Some("mqtt"));
+    let (mut client, connack) = Client::over(bridge(ws, 5))
+        .handshake(connect5_packet("ws-5", true))
+        .await;
+    assert_eq!(connack.code, ReasonCode::Success);
+    assert!(
+        connack
+            .properties
+            .topic_alias_maximum()
+            .is_some_and(|&max| max > 0),
+        "{connack:?}"
+    );
+    let suback = client
+        .subscribe_with(
+            vec![SubscribeFilter::new("to-ws/#", QoS::AtLeastOnce)],
+            props([Property::SubscriptionIdentifier(7)]),
+        )
+        .await;
+    assert_eq!(suback.return_codes, [granted(QoS::AtLeastOnce)]);
+
+    let (mut plain, _) = Client::connect_with(plain_addr, connect5_packet("plain-5", true)).await;
+    plain
+        .subscribe_with(
+            vec![SubscribeFilter::new("from-ws/#", QoS::AtLeastOnce)],
+            Default::default(),
+        )
+        .await;
+    plain
+        .publish(publish_with(
+            "to-ws/a",
+            "to the browser",
+            QoS::AtLeastOnce,
+            1,
+            props([Property::UserProperty(("k".into(), "v".into()))]),
+        ))
+        .await;
+    let got = client.next_publish().await;
+    assert_eq!((&*got.topic, text(&got)), ("to-ws/a", "to the browser"));
+    assert_eq!(
+        got.properties.user_properties().collect::<Vec<_>>(),
+        [&("k".into(), "v".into())]
+    );
+    assert_eq!(
+        got.properties
+            .subscription_identifiers()
+            .collect::<Vec<_>>(),
+        [7]
+    );
+    // A topic alias set by the WebSocket client, then used alone.
+    for (topic, payload) in [("from-ws/b", "first"), ("", "second")] {
+        let pkid = client.pkid();
+        client
+            .publish(publish_with(
+                topic,
+                payload,
+                QoS::AtLeastOnce,
+                pkid,
+                props([
+                    Property::TopicAlias(3),
+                    Property::ContentType("text/plain".into()),
+                ]),
+            ))
+            .await;
+        let got = plain.next_publish().await;
+        assert_eq!((&*got.topic, text(&got)), ("from-ws/b", payload));
+        assert_eq!(
+            got.properties.content_type().map(|c| &**c),
+            Some("text/plain")
+        );
+    }
+    client.disconnect().await;
+    plain.disconnect().await;
 }
