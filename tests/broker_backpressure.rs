@@ -9,14 +9,12 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{broker_binary, DEADLINE};
+use common::{spawn_broker, KillOnDrop, DEADLINE};
 use fieldbridge::store::read_stats;
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -31,44 +29,6 @@ const APPLICATION_PACE: Duration = Duration::from_millis(100);
 const PRODUCING: Duration = Duration::from_secs(3);
 /// Drain time allowed beyond the application's pace.
 const DRAIN_DEADLINE: Duration = Duration::from_secs(90);
-
-/// Kills the child process when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts `fieldbridge-broker --config CONFIG`; returns it and the address it listens on.
-fn start_broker(config: &Path) -> (Process, SocketAddr) {
-    let mut child = Command::new(broker_binary())
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("broker starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let process = Process(child);
-    let (found, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = found.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = lines
-        .recv_timeout(DEADLINE)
-        .expect("the broker prints its address")
-        .parse()
-        .expect("an address");
-    (process, addr)
-}
 
 /// A QoS 1 subscriber that takes [`APPLICATION_PACE`] over every message (its
 /// acknowledgement goes out only when it asks for the next one); returns the counter
@@ -122,7 +82,7 @@ async fn a_slow_application_holds_the_gateway_back_and_loses_nothing() {
          limits: { max_inflight: 4, max_queued_messages: 16 }\n",
     )
     .expect("write");
-    let (_broker, addr) = start_broker(&broker_config);
+    let (_broker, addr) = spawn_broker(&broker_config);
     let (subscribed, ready) = tokio::sync::oneshot::channel();
     let received = slow_application(addr, subscribed).await;
     tokio::time::timeout(DEADLINE, ready)
@@ -165,7 +125,7 @@ devices:
     )
     .expect("write");
     let log = dir.path().join("gateway.log");
-    let _gateway = Process(
+    let _gateway = KillOnDrop(
         Command::new(GATEWAY)
             .args(["run", "--config"])
             .arg(&gateway_config)

@@ -8,28 +8,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker_binary, Subscriber, SubscriberConfig, DEADLINE};
+use common::{broker_binary, spawn_broker, KillOnDrop, Subscriber, SubscriberConfig, DEADLINE};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
 
 const GATEWAY: &str = env!("CARGO_BIN_EXE_fieldbridge");
-
-/// Kills the child process when dropped.
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Runs `fieldbridge-broker ARGS` to completion; returns its standard output's last line.
 fn cli(binary: &Path, args: &[&str]) -> String {
@@ -76,35 +64,6 @@ async fn register(config: &Path) -> (String, (String, String), (String, String))
     (token, dash, ops)
 }
 
-/// Starts the broker on a free loopback port; returns it and its address.
-async fn start_broker(config: &Path) -> (Process, SocketAddr) {
-    let mut child = Command::new(broker_binary())
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("broker starts");
-    let stderr = child.stderr.take().expect("stderr");
-    let process = Process(child);
-    // "listening on ADDR" is the broker's stable start-up line.
-    let (found, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.strip_prefix("listening on ") {
-                let _ = found.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = lines
-        .recv_timeout(DEADLINE)
-        .expect("the broker prints its address")
-        .parse()
-        .expect("an address");
-    (process, addr)
-}
-
 fn write(dir: &Path, name: &str, text: String) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("write");
@@ -125,7 +84,7 @@ async fn gateway_against_the_platform_broker() {
         "listeners: [{ bind: \"127.0.0.1:0\" }]\nsys_interval: 0\nplatform: { org: acme, registry: registry.db }\n".into(),
     );
     let (token, dash, ops) = register(&broker_config).await;
-    let (_broker, addr) = start_broker(&broker_config).await;
+    let (_broker, addr) = spawn_broker(&broker_config);
 
     let plc = SimSlave::default();
     plc.set_holding(0, &f32_words(21.5));
@@ -173,7 +132,7 @@ devices:
         ),
     );
     let log = dir.path().join("gateway.log");
-    let _gateway = Process(
+    let _gateway = KillOnDrop(
         Command::new(GATEWAY)
             .args(["run", "--config"])
             .arg(&gateway_config)

@@ -85,7 +85,7 @@ with_defaults() { [[ $1 == *-defaults || $1 == rate-q1* ]]; }
 start_broker() {
     port=$(free_port)
     case $1 in
-        fieldbridge|baseline) if with_defaults "$2"; then
+        fieldbridge|baseline)
             cat > "$work/broker.yaml" <<YAML
 listeners:
   - bind: 127.0.0.1:$port
@@ -94,24 +94,18 @@ limits:
   max_connections: 100000
   max_sessions: 100000
 YAML
-        else
-            cat > "$work/broker.yaml" <<YAML
-listeners:
-  - bind: 127.0.0.1:$port
-allow_anonymous: true
-limits:
-  max_connections: 100000
-  max_sessions: 100000
+            if ! with_defaults "$2"; then
+                cat >> "$work/broker.yaml" <<YAML
   max_inflight: 100
   max_queued_messages: 100000
   max_queued_bytes: 1GiB
 YAML
-        fi
+            fi
             binary=$fieldbridge
             if [ "$1" = baseline ]; then binary=$BASELINE; fi
             "$binary" --config "$work/broker.yaml" 2> "$work/broker.log" &
             ;;
-        mosquitto) if with_defaults "$2"; then
+        mosquitto)
             cat > "$work/mosquitto.conf" <<CONF
 listener $port 127.0.0.1
 allow_anonymous true
@@ -122,20 +116,9 @@ connection_messages false
 log_dest stderr
 log_type error
 CONF
-        else
-            cat > "$work/mosquitto.conf" <<CONF
-listener $port 127.0.0.1
-allow_anonymous true
-persistence false
-max_connections -1
-max_inflight_messages 100
-max_queued_messages 100000
-set_tcp_nodelay true
-connection_messages false
-log_dest stderr
-log_type error
-CONF
-        fi
+            if ! with_defaults "$2"; then
+                printf 'max_inflight_messages 100\nmax_queued_messages 100000\n' >> "$work/mosquitto.conf"
+            fi
             "$mosquitto" -c "$work/mosquitto.conf" 2> "$work/broker.log" &
             ;;
         rumqttd)

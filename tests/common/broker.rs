@@ -4,14 +4,15 @@
 //! (connections, disconnects) is parsed out of each broker's own log.
 
 use std::fs::{File, OpenOptions};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldbridge_testkit::{Need, Suite};
 
-use super::{free_port, signal, wait_exit, DEADLINE};
+use super::{free_port, signal, wait_exit, KillOnDrop, DEADLINE};
 
 /// Which broker a test runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +73,35 @@ pub fn broker_binary() -> PathBuf {
         binary.display()
     );
     binary
+}
+
+/// Runs `fieldbridge-broker --config CONFIG` (listeners on port 0) and returns it with
+/// the address of its first listener, read from its `listening on ADDR` start-up line.
+pub fn spawn_broker(config: &Path) -> (KillOnDrop, SocketAddr) {
+    let mut child = Command::new(broker_binary())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("broker starts");
+    let stderr = child.stderr.take().expect("stderr");
+    let process = KillOnDrop(child);
+    let (found, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on ") {
+                let _ = found.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = lines
+        .recv_timeout(DEADLINE)
+        .expect("the broker prints its address")
+        .parse()
+        .expect("an address");
+    (process, addr)
 }
 
 /// A TLS listener that requires client certificates from `ca_file`'s CA on the broker's

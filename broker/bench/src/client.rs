@@ -680,18 +680,23 @@ pub async fn hold_idle(
 mod tests {
     use super::*;
 
-    #[test]
-    fn connect_matches_the_specification_example() {
-        let options = ConnectOptions {
+    /// User u, password p, keepalive 60 s.
+    fn options(protocol: ProtocolVersion) -> ConnectOptions {
+        ConnectOptions {
             address: "127.0.0.1:1883".into(),
-            protocol: ProtocolVersion::V311,
+            protocol,
             username: Some("u".into()),
             password: Some("p".into()),
             keepalive: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
             max_packet: 1 << 20,
             send_buffer: None,
-        };
+        }
+    }
+
+    #[test]
+    fn connect_matches_the_specification_example() {
+        let options = options(ProtocolVersion::V311);
         let mut out = BytesMut::new();
         MqttCodec::new(options.max_packet)
             .encode(connect_packet(&options, "c"), &mut out)
@@ -707,16 +712,7 @@ mod tests {
 
     #[test]
     fn mqtt5_connect_and_the_packets_after_it_carry_properties() {
-        let options = ConnectOptions {
-            address: "127.0.0.1:1883".into(),
-            protocol: ProtocolVersion::V5,
-            username: Some("u".into()),
-            password: Some("p".into()),
-            keepalive: Duration::from_secs(60),
-            timeout: Duration::from_secs(10),
-            max_packet: 1 << 20,
-            send_buffer: None,
-        };
+        let options = options(ProtocolVersion::V5);
         let mut codec = MqttCodec::new(options.max_packet);
         let mut out = BytesMut::new();
         codec
