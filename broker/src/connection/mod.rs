@@ -544,22 +544,23 @@ impl Connection {
             })
             .sum();
         self.wbuf.reserve(estimate);
-        for item in &outgoing {
+        for item in outgoing {
             match item {
                 Outgoing::Publish { publish, .. } => {
                     self.counters.messages_sent += 1;
                     self.write_publish(publish);
                 }
-                Outgoing::PubRel { pkid } => self.write_packet(&Packet::PubRel(PubRel::new(*pkid))),
+                Outgoing::PubRel { pkid } => self.write_packet(&Packet::PubRel(PubRel::new(pkid))),
             }
         }
     }
 
-    fn write_publish(&mut self, publish: &Publish) {
-        // Cloning a Publish clones reference counts only.
-        let mut publish = match self.platform.as_deref().and_then(|c| c.outbound(publish)) {
+    fn write_publish(&mut self, publish: Publish) {
+        // Taken, not cloned: the topic and payload are shared by every subscriber of the
+        // message, and each clone and drop is an atomic operation on their counts.
+        let mut publish = match self.platform.as_deref().and_then(|c| c.outbound(&publish)) {
             Some(view) => view,
-            None => publish.clone(),
+            None => publish,
         };
         self.peer.alias_outgoing(&mut publish);
         self.write_packet(&Packet::Publish(publish));
