@@ -10,17 +10,15 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{spawn_broker, KillOnDrop, DEADLINE};
+use common::{spawn_broker, spawn_gateway, DEADLINE};
 use fieldbridge::store::read_stats;
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-const GATEWAY: &str = env!("CARGO_BIN_EXE_fieldbridge");
 /// The application takes this long over each message: 10 a second at most, against the
 /// gateway's 50 readings a second.
 const APPLICATION_PACE: Duration = Duration::from_millis(100);
@@ -125,16 +123,7 @@ devices:
     )
     .expect("write");
     let log = dir.path().join("gateway.log");
-    let _gateway = KillOnDrop(
-        Command::new(GATEWAY)
-            .args(["run", "--config"])
-            .arg(&gateway_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("gateway starts"),
-    );
+    let _gateway = spawn_gateway(&gateway_config, &log);
     let gateway_log = || std::fs::read_to_string(&log).unwrap_or_default();
     let depth = || async {
         read_stats(&data_dir)

@@ -10,13 +10,12 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{wait_until, BrokerConfig, BrokerKind, KillOnDrop, TestBroker};
+use common::{spawn_gateway, wait_until, BrokerConfig, BrokerKind, TestBroker};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use fieldbridge_testkit::{Need, Suite};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::Value;
 
-const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
 const CHECK: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/tests/homeassistant/check_discovery.py"
@@ -179,18 +178,6 @@ devices:
     path
 }
 
-fn gateway(config: &Path, log: &Path) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 const CONFIG: &str = "homeassistant/device/boiler-1/config";
 const STATE: &str = "fieldbridge/boiler-1/state";
 const AVAILABILITY: &str = "fieldbridge/boiler-1/availability";
@@ -208,7 +195,7 @@ async fn discovery_state_commands_and_availability(kind: BrokerKind) {
     let watcher = Watcher::start(broker.port, "watcher").await;
     let config_path = config(dir.path(), &broker, modbus, true);
     let log = dir.path().join("gateway.log");
-    let mut gw = gateway(&config_path, &log);
+    let mut gw = spawn_gateway(&config_path, &log);
 
     // Discovery and availability are retained: a client that comes later gets them.
     watcher
@@ -327,7 +314,7 @@ async fn discovery_state_commands_and_availability(kind: BrokerKind) {
 
     // A device dropped from the configuration is removed (empty retained config).
     let config_path = config(dir.path(), &broker, modbus, false);
-    gw = gateway(&config_path, &log);
+    gw = spawn_gateway(&config_path, &log);
     watcher
         .wait_on("homeassistant/device/pump-2/config", "the removal", |g| {
             g.last().is_some_and(|g| g.payload.is_empty())

@@ -12,12 +12,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker_binary, spawn_broker, KillOnDrop, Subscriber, SubscriberConfig, DEADLINE};
+use common::{broker_binary, spawn_broker, spawn_gateway, Subscriber, SubscriberConfig, DEADLINE};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
-
-const GATEWAY: &str = env!("CARGO_BIN_EXE_fieldbridge");
 
 /// Runs `fieldbridge-broker ARGS` to completion; returns its standard output's last line.
 fn cli(binary: &Path, args: &[&str]) -> String {
@@ -132,16 +130,7 @@ devices:
         ),
     );
     let log = dir.path().join("gateway.log");
-    let _gateway = KillOnDrop(
-        Command::new(GATEWAY)
-            .args(["run", "--config"])
-            .arg(&gateway_config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("log file"))
-            .spawn()
-            .expect("gateway starts"),
-    );
+    let _gateway = spawn_gateway(&gateway_config, &log);
     let gateway_log = || std::fs::read_to_string(&log).unwrap_or_default();
 
     // Events arrive on the application's full topic.

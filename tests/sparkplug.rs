@@ -11,7 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    wait_until, BrokerConfig, BrokerKind, KillOnDrop, Received, Subscriber, SubscriberConfig,
+    spawn_gateway, wait_until, BrokerConfig, BrokerKind, Received, Subscriber, SubscriberConfig,
     TestBroker,
 };
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
@@ -19,7 +19,6 @@ use fieldbridge_testkit::{Need, Suite};
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use serde_json::{json, Value};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
 const TAHU: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sparkplug/tahu.py");
 
 fn python_sparkplug() -> Need {
@@ -137,18 +136,6 @@ devices:
     path
 }
 
-fn gateway(config: &Path, log: &Path) -> KillOnDrop {
-    KillOnDrop(
-        Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(config)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(log).unwrap())
-            .spawn()
-            .unwrap(),
-    )
-}
-
 async fn plc() -> (SimSlave, SimSlave, u16) {
     let (boiler, pump) = (SimSlave::default(), SimSlave::default());
     boiler.set_holding(0, &[40]);
@@ -236,7 +223,7 @@ async fn edge_node_end_to_end(kind_: BrokerKind) {
     let sub = subscriber(broker.port, "watcher").await;
     let config = config(dir.path(), &broker, modbus, "");
     let log = dir.path().join("gateway.log");
-    let mut gw = gateway(&config, &log);
+    let mut gw = spawn_gateway(&config, &log);
 
     // Births: NBIRTH with bdSeq and Rebirth, a DBIRTH per device with aliases, types
     // and units; then DDATA by alias.
@@ -417,7 +404,7 @@ async fn edge_node_end_to_end(kind_: BrokerKind) {
     })
     .await;
     let deaths = messages.iter().filter(|m| kind(m) == "NDEATH").count();
-    gw = gateway(&config, &log);
+    gw = spawn_gateway(&config, &log);
     let messages = wait_decoded(&sub, "births after the restart", |m| {
         m.iter().filter(|m| kind(m) == "NBIRTH").count() > 3
             && m.iter().rev().take_while(|m| kind(m) != "NBIRTH").count() >= 2
@@ -441,7 +428,7 @@ async fn births_wait_for_the_primary_host(kind_: BrokerKind) {
     let (boiler, _pump, modbus) = plc().await;
     let sub = subscriber(broker.port, "watcher").await;
     let config = config(dir.path(), &broker, modbus, ", primary_host_id: scada");
-    let _gw = gateway(&config, &dir.path().join("gateway.log"));
+    let _gw = spawn_gateway(&config, &dir.path().join("gateway.log"));
     let host = host(broker.port).await;
 
     // Polling goes on, but nothing is born before the host says it is online.

@@ -54,6 +54,20 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// `fieldbridge run --config CONFIG` with its log (stderr) in `log`.
+pub fn spawn_gateway(config: &Path, log: &Path) -> KillOnDrop {
+    KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).expect("log file"))
+            .spawn()
+            .expect("gateway starts"),
+    )
+}
+
 pub fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")
         .arg(format!("-{name}"))
