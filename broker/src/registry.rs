@@ -54,8 +54,8 @@ pub(crate) struct ConnectionSignal {
     state: AtomicU8,
     /// Milliseconds since the broker started, at the client's last bytes.
     last_heard_ms: AtomicU64,
-    /// 0: no keepalive.
-    timeout_ms: u64,
+    /// 0: no keepalive (1.5 times the longest keepalive MQTT allows fits in 32 bits).
+    timeout_ms: u32,
 }
 
 impl ConnectionSignal {
@@ -65,7 +65,7 @@ impl ConnectionSignal {
             state: AtomicU8::new(0),
             last_heard_ms: AtomicU64::new(now_ms),
             timeout_ms: timeout.map_or(0, |timeout| {
-                u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)
+                u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX)
             }),
         }
     }
@@ -106,7 +106,8 @@ impl ConnectionSignal {
 
     pub fn expired(&self, now_ms: u64) -> bool {
         self.timeout_ms != 0
-            && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed)) >= self.timeout_ms
+            && now_ms.saturating_sub(self.last_heard_ms.load(Ordering::Relaxed))
+                >= u64::from(self.timeout_ms)
     }
 }
 
@@ -150,9 +151,9 @@ impl Owner {
     }
 
     /// The user name the owner connects with, for ACL checks while it is away.
-    fn username(&self) -> Option<ByteString> {
+    fn username(&self) -> Option<Box<str>> {
         match self {
-            Owner::User(name) => Some(name.clone()),
+            Owner::User(name) => Some(Box::from(&**name)),
             Owner::Anonymous | Owner::Client(_) => None,
         }
     }
@@ -163,25 +164,33 @@ pub(crate) struct SessionInner {
     pub state: SessionState,
     pub link: Option<Link>,
     /// The user name of the connection (for ACL checks on delivery).
-    pub username: Option<ByteString>,
+    pub username: Option<Box<str>>,
     /// `None` for a session stored before owners were recorded: the first client to
     /// resume it becomes its owner.
-    pub owner: Option<Owner>,
+    pub owner: Option<Box<Owner>>,
     /// Set when the session ended (clean session over, or replaced): nothing may be added.
     pub discarded: bool,
     /// Seconds the session outlives its connection (Session Expiry Interval; u32::MAX:
     /// forever; 0: it ends with the connection).
     pub expiry: u32,
-    /// When its client left ([`crate::message::unix_now_ms`]); `None` while connected.
-    pub absent_since_ms: Option<u64>,
+    /// When its client left ([`crate::message::unix_now_ms`]); meaningful while `link` is
+    /// `None`.
+    pub absent_since_ms: u64,
     /// Connections that resumed the session: a delayed will is not published once its
     /// client came back.
-    pub connections: u64,
-    /// Publishers waiting for room in the queue, woken when it drains (one entry per
-    /// waiting connection).
-    pub room_waiters: Vec<Arc<ConnectionSignal>>,
-    /// Since when (broker clock, ms) a publisher has been waiting for room.
-    pub full_since_ms: Option<u64>,
+    pub connections: u32,
+    /// Publishers waiting for room in the queue; allocated by the first (most sessions
+    /// never make a publisher wait).
+    room_waiters: Option<Box<RoomWaiters>>,
+}
+
+/// The publishers waiting for room in a session's queue, woken when it drains (one entry
+/// per waiting connection).
+#[derive(Debug)]
+struct RoomWaiters {
+    signals: Vec<Arc<ConnectionSignal>>,
+    /// Since when (broker clock, ms) a publisher has been waiting.
+    since_ms: u64,
 }
 
 impl SessionInner {
@@ -190,7 +199,7 @@ impl SessionInner {
     pub fn leave(&mut self, signal: &Arc<ConnectionSignal>, now_ms: u64, spill: bool) {
         if self.is_linked_to(signal) {
             self.link = None;
-            self.absent_since_ms = Some(now_ms);
+            self.absent_since_ms = now_ms;
             if spill {
                 self.state.spill();
             }
@@ -205,21 +214,35 @@ impl SessionInner {
 
     /// Has `signal` woken once the queue has room.
     pub fn wait_for_room(&mut self, signal: &Arc<ConnectionSignal>, now_ms: u64) {
-        self.full_since_ms.get_or_insert(now_ms);
-        if !self
-            .room_waiters
+        let waiters = self.room_waiters.get_or_insert_with(|| {
+            Box::new(RoomWaiters {
+                signals: Vec::new(),
+                since_ms: now_ms,
+            })
+        });
+        if !waiters
+            .signals
             .iter()
             .any(|waiting| Arc::ptr_eq(waiting, signal))
         {
-            self.room_waiters.push(signal.clone());
+            waiters.signals.push(signal.clone());
         }
+    }
+
+    /// Whether publishers wait for room in the queue.
+    pub fn has_room_waiters(&self) -> bool {
+        self.room_waiters.is_some()
+    }
+
+    /// Since when (broker clock, ms) a publisher has been waiting for room, if one is.
+    pub fn full_since_ms(&self) -> Option<u64> {
+        self.room_waiters.as_ref().map(|waiters| waiters.since_ms)
     }
 
     /// Wakes the publishers waiting for room: the queue drained, or its client left (the
     /// offline rules apply now), or the session ended.
     pub fn wake_waiters(&mut self) {
-        self.full_since_ms = None;
-        for waiting in self.room_waiters.drain(..) {
+        for waiting in self.room_waiters.take().into_iter().flat_map(|w| w.signals) {
             waiting.wake();
         }
     }
@@ -312,7 +335,7 @@ impl Registry {
         client_id: ByteString,
         persistent: bool,
         link: Option<Link>,
-        username: Option<ByteString>,
+        username: Option<Box<str>>,
         owner: Option<Owner>,
     ) -> Arc<Session> {
         Arc::new(Session {
@@ -323,13 +346,12 @@ impl Registry {
                 state: SessionState::new(),
                 link,
                 username,
-                owner,
+                owner: owner.map(Box::new),
                 discarded: false,
                 expiry: u32::MAX,
-                absent_since_ms: None,
+                absent_since_ms: 0,
                 connections: 0,
-                room_waiters: Vec::new(),
-                full_since_ms: None,
+                room_waiters: None,
             }),
         })
     }
@@ -361,7 +383,7 @@ impl Registry {
             if let Some(old) = inner.link.take() {
                 old.signal.kick(Kick::TakenOver);
             }
-            let owned = inner.owner.as_ref().is_none_or(|known| *known == owner);
+            let owned = inner.owner.as_deref().is_none_or(|known| *known == owner);
             if !clean_session && existing.persistent && owned {
                 // Present again (and perhaps with another expiry), and owned from now on
                 // if stored before owners were.
@@ -374,13 +396,12 @@ impl Registry {
                     });
                 }
                 if inner.owner.is_none() {
-                    inner.owner = Some(owner);
+                    inner.owner = Some(Box::new(owner));
                 }
                 inner.connections += 1;
                 inner.link = Some(link);
-                inner.username = username;
+                inner.username = username.as_deref().map(Box::from);
                 inner.expiry = expiry;
-                inner.absent_since_ms = None;
                 return Ok(Attached {
                     session: existing.clone(),
                     session_present: true,
@@ -409,7 +430,7 @@ impl Registry {
             client_id.clone(),
             persistent,
             Some(link),
-            username,
+            username.as_deref().map(Box::from),
             Some(owner),
         );
         session.inner.lock().expiry = expiry;
@@ -468,9 +489,7 @@ impl Registry {
             sessions.retain(|ByClientId(session)| {
                 let inner = session.inner.lock();
                 let expired = inner.link.is_none()
-                    && inner.absent_since_ms.is_some_and(|since| {
-                        crate::server::session_expired(inner.expiry, since, now_ms)
-                    });
+                    && crate::server::session_expired(inner.expiry, inner.absent_since_ms, now_ms);
                 if expired {
                     ended.push(session.clone());
                 }
@@ -493,7 +512,7 @@ impl Registry {
         for ByClientId(session) in self.sessions.lock().iter() {
             let inner = session.inner.lock();
             let slow = inner
-                .full_since_ms
+                .full_since_ms()
                 .is_some_and(|since| now_ms.saturating_sub(since) >= timeout_ms);
             if let Some(link) = inner.link.as_ref().filter(|_| slow) {
                 tracing::warn!(client_id = %session.client_id, "slow subscriber disconnected: its queue held publishers back for slow_subscriber_timeout");

@@ -295,7 +295,7 @@ async fn restore(ctx: &Arc<BrokerContext>, snapshot: Snapshot) {
         {
             let mut inner = session.inner.lock();
             inner.expiry = stored.expiry;
-            inner.absent_since_ms = Some(absent_since);
+            inner.absent_since_ms = absent_since;
         }
         if let Some((will, due_ms)) = stored.pending_will {
             let wait = Duration::from_millis(due_ms.saturating_sub(now));

@@ -144,7 +144,7 @@ pub struct SessionState {
     incoming_qos2: BTreeSet<u16>,
     subscriptions: BTreeMap<ByteString, Subscription>,
     /// The client's Receive Maximum (MQTT 5), when below `max_inflight`.
-    receive_maximum: Option<usize>,
+    receive_maximum: Option<u16>,
     dropped: u64,
     /// Whether the last enqueue was dropped (to log the first drop of a run only).
     dropping: bool,
@@ -242,13 +242,14 @@ impl SessionState {
     /// Limits the QoS 1 and 2 messages in flight to what the client accepts (its MQTT 5
     /// Receive Maximum); `None` for the configured window alone.
     pub fn set_receive_maximum(&mut self, receive_maximum: Option<u16>) {
-        self.receive_maximum = receive_maximum.map(usize::from);
+        self.receive_maximum = receive_maximum;
     }
 
     /// The in-flight window: `max_inflight`, or less if the client asked for less.
     fn window(&self, limits: &SessionLimits) -> usize {
-        self.receive_maximum
-            .map_or(limits.max_inflight, |max| max.min(limits.max_inflight))
+        self.receive_maximum.map_or(limits.max_inflight, |max| {
+            usize::from(max).min(limits.max_inflight)
+        })
     }
 
     /// Moves queued messages into flight, as far as the in-flight window and `budget`

@@ -58,42 +58,58 @@ impl Held {
 /// The held publishes of one connection, oldest first.
 #[derive(Default)]
 pub(super) struct HeldPublishes {
-    queue: VecDeque<Held>,
+    /// Allocated by the first held publish: most connections never hold one.
+    queue: Option<Box<HeldQueue>>,
+}
+
+#[derive(Default)]
+struct HeldQueue {
+    held: VecDeque<Held>,
     bytes: usize,
 }
 
 impl HeldPublishes {
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue
+            .as_ref()
+            .is_none_or(|queue| queue.held.is_empty())
     }
 
     /// Whether a QoS 2 publish with this identifier waits here.
     pub fn contains(&self, pkid: u16) -> bool {
-        self.queue
-            .iter()
-            .any(|held| held.publish.qos == QoS::ExactlyOnce && held.publish.pkid == pkid)
+        self.queue.as_ref().is_some_and(|queue| {
+            queue
+                .held
+                .iter()
+                .any(|held| held.publish.qos == QoS::ExactlyOnce && held.publish.pkid == pkid)
+        })
     }
 
     /// Whether no more publishes may be read: `max_count` held, or `max_bytes`.
     pub fn is_full(&self, max_count: usize, max_bytes: usize) -> bool {
-        self.queue.len() >= max_count || self.bytes >= max_bytes
+        self.queue
+            .as_ref()
+            .is_some_and(|queue| queue.held.len() >= max_count || queue.bytes >= max_bytes)
     }
 
     fn push_back(&mut self, held: Held) {
-        self.bytes += held.bytes();
-        self.queue.push_back(held);
+        let queue = self.queue.get_or_insert_with(Box::default);
+        queue.bytes += held.bytes();
+        queue.held.push_back(held);
     }
 
     fn push_front(&mut self, held: Held) {
-        self.bytes += held.bytes();
-        self.queue.push_front(held);
+        let queue = self.queue.get_or_insert_with(Box::default);
+        queue.bytes += held.bytes();
+        queue.held.push_front(held);
     }
 
     fn pop_front(&mut self) -> Option<Held> {
-        let held = self.queue.pop_front()?;
-        self.bytes -= held.bytes();
-        if self.queue.is_empty() && self.queue.capacity() > 64 {
-            self.queue = VecDeque::new();
+        let queue = self.queue.as_mut()?;
+        let held = queue.held.pop_front()?;
+        queue.bytes -= held.bytes();
+        if queue.held.is_empty() && queue.held.capacity() > 64 {
+            self.queue = None;
         }
         Some(held)
     }

@@ -138,12 +138,13 @@ impl std::fmt::Display for End {
     }
 }
 
-/// What woke the connection task.
+/// What woke the connection task. No data: it lives across the awaits of handling it, in
+/// every idle connection's task.
+#[derive(Clone, Copy)]
 enum Event {
     Signal,
     Readable,
     Writable,
-    Failed(io::Error),
 }
 
 impl End {
@@ -224,7 +225,11 @@ impl Connection {
                 client.count(&self.counters);
             }
             self.counters.flush(&self.ctx.metrics);
-            match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+            let event = match std::future::poll_fn(|cx| self.poll_event(cx)).await {
+                Ok(event) => event,
+                Err(error) => return End::Io(error),
+            };
+            match event {
                 Event::Signal => {
                     if let Some(kick) = self.signal.kicked() {
                         return End::Kicked(kick);
@@ -260,7 +265,6 @@ impl Connection {
                         tokio::task::yield_now().await;
                     }
                 }
-                Event::Failed(error) => return End::Io(error),
             }
         }
     }
@@ -268,22 +272,18 @@ impl Connection {
     /// What the connection has to do next. Polled in place (no stored futures), so that a
     /// waiting connection costs little memory. Writing comes before reading: a client
     /// that floods us must still get its acknowledgements.
-    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<Event> {
+    fn poll_event(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Event>> {
         if self.signal.poll_woken(cx) {
-            return Poll::Ready(Event::Signal);
+            return Poll::Ready(Ok(Event::Signal));
         }
         if !self.wbuf.is_empty() {
-            match self.stream.poll_write_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Event::Writable),
-                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
-                Poll::Pending => {}
+            if let Poll::Ready(ready) = self.stream.poll_write_ready(cx) {
+                return Poll::Ready(ready.map(|()| Event::Writable));
             }
         }
         if self.wbuf.len() < HIGH_WATER && !self.held_full() {
-            match self.stream.poll_read_ready(cx) {
-                Poll::Ready(Ok(())) => return Poll::Ready(Event::Readable),
-                Poll::Ready(Err(error)) => return Poll::Ready(Event::Failed(error)),
-                Poll::Pending => {}
+            if let Poll::Ready(ready) = self.stream.poll_read_ready(cx) {
+                return Poll::Ready(ready.map(|()| Event::Readable));
             }
         }
         Poll::Pending
@@ -297,7 +297,10 @@ impl Connection {
         match self.stream.try_read_buf(&mut self.rbuf) {
             Ok(0) => Ok(false),
             Ok(read) => {
-                self.counters.bytes_received += read as u64;
+                self.counters.bytes_received = self
+                    .counters
+                    .bytes_received
+                    .saturating_add(u32::try_from(read).unwrap_or(u32::MAX));
                 self.signal.heard(self.ctx.now_ms());
                 Ok(true)
             }
@@ -309,7 +312,10 @@ impl Connection {
     fn write(&mut self) -> io::Result<()> {
         match self.stream.try_write(&self.wbuf) {
             Ok(written) => {
-                self.counters.bytes_sent += written as u64;
+                self.counters.bytes_sent = self
+                    .counters
+                    .bytes_sent
+                    .saturating_add(u32::try_from(written).unwrap_or(u32::MAX));
                 self.wbuf.advance(written);
                 if self.wbuf.is_empty() {
                     // Idle connections keep no buffer.
@@ -485,7 +491,7 @@ impl Connection {
                 &mut withheld,
             );
             self.forget_withheld(&withheld);
-            if !inner.room_waiters.is_empty() && inner.state.has_room_for_waiters(limits) {
+            if inner.has_room_waiters() && inner.state.has_room_for_waiters(limits) {
                 inner.wake_waiters();
             }
             if oversized > 0 {
@@ -706,7 +712,7 @@ impl Connection {
 pub(crate) async fn delayed_will(
     ctx: Arc<BrokerContext>,
     session: Arc<Session>,
-    connections: u64,
+    connections: u32,
     wait: Duration,
     message: Arc<Message>,
 ) {

@@ -485,10 +485,10 @@ impl PlatformClient {
 
     /// Adds a batch of the connection's counters to its totals.
     pub fn count(&mut self, counters: &LocalCounters) {
-        self.totals.read_bytes += counters.bytes_received;
-        self.totals.read_messages += counters.messages_received;
-        self.totals.write_bytes += counters.bytes_sent;
-        self.totals.write_messages += counters.messages_sent;
+        self.totals.read_bytes += u64::from(counters.bytes_received);
+        self.totals.read_messages += u64::from(counters.messages_received);
+        self.totals.write_bytes += u64::from(counters.bytes_sent);
+        self.totals.write_messages += u64::from(counters.messages_sent);
     }
 
     pub fn dropped_events(&self) -> u64 {

@@ -403,10 +403,12 @@ pub(crate) async fn establish(
     let Some(upgrade) = upgrade else {
         return Some(ClientStream::Tcp(stream));
     };
+    // Boxed: a TLS or WebSocket handshake is large, and a plain connection's task would
+    // otherwise reserve its room too.
     let upgraded = tokio::select! {
         upgraded = tokio::time::timeout(
             ctx.limits.connect_timeout,
-            upgrade.upgrade(stream, peer, ctx.max_packet_size()),
+            Box::pin(upgrade.upgrade(stream, peer, ctx.max_packet_size())),
         ) => upgraded,
         () = ctx.shutdown.cancelled() => return None,
     };
