@@ -69,6 +69,7 @@ async fn through_uplink(dir: &Path, synchronous: Synchronous) -> f64 {
             id: format!("dev-{i:02}"),
             device_type: "bench".into(),
             token: None,
+            tls: None,
         })
         .collect();
     let (sender, receiver) = mpsc::channel(1024);

@@ -35,6 +35,7 @@ fn device(index: usize) -> DeviceIdentity {
         id: format!("dev-{index:04}"),
         device_type: "bench".into(),
         token: None,
+        tls: None,
     }
 }
 

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use rand::Rng;
 
-/// Delays that double from `initial` up to `max`; `next_delay()` adds up to 25 % random
-/// jitter so that many clients that lost a link together do not retry in lockstep.
+/// Delays that double from `initial` up to `max`, each spread at random over half to one
+/// and a half times its value: many clients that lost a link together do not retry in
+/// lockstep, not even once they all reached `max` (so a delay may reach 1.5 x `max`).
 #[derive(Debug, Clone)]
 pub struct Backoff {
     initial: Duration,
@@ -27,8 +28,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let base = self.current;
         self.current = (self.current * 2).min(self.max);
-        let jitter = rand::thread_rng().gen_range(0.0..0.25);
-        base.mul_f64(1.0 + jitter).min(self.max)
+        base.mul_f64(rand::thread_rng().gen_range(0.5..1.5))
     }
 
     /// Back to the initial delay, after a success.
@@ -41,18 +41,34 @@ impl Backoff {
 mod tests {
     use super::*;
 
+    fn within(delay: Duration, low_ms: u64, high_ms: u64) -> bool {
+        delay >= Duration::from_millis(low_ms) && delay < Duration::from_millis(high_ms)
+    }
+
     #[test]
     fn doubles_up_to_the_cap_and_resets() {
         let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(1));
-        let first = b.next_delay();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(125));
-        let second = b.next_delay();
-        assert!(second >= Duration::from_millis(200) && second <= Duration::from_millis(250));
+        assert!(within(b.next_delay(), 50, 150));
+        assert!(within(b.next_delay(), 100, 300));
         for _ in 0..10 {
-            assert!(b.next_delay() <= Duration::from_secs(1));
+            assert!(b.next_delay() < Duration::from_millis(1500));
         }
-        assert!(b.next_delay() >= Duration::from_secs(1));
         b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(125));
+        assert!(within(b.next_delay(), 50, 150));
+    }
+
+    /// Clients that reached the cap together spread their attempts over the whole
+    /// second-wide range instead of retrying at the same instant.
+    #[test]
+    fn delays_at_the_cap_are_spread() {
+        let mut b = Backoff::new(Duration::from_secs(2), Duration::from_secs(2));
+        let delays: Vec<Duration> = (0..1000).map(|_| b.next_delay()).collect();
+        assert!(delays.iter().all(|d| within(*d, 1000, 3000)));
+        let early = delays
+            .iter()
+            .filter(|d| **d < Duration::from_secs(2))
+            .count();
+        // 1000 draws of a fair split: far outside 350..650 only if the spread is broken.
+        assert!((350..650).contains(&early), "{early} of 1000 below the cap");
     }
 }

@@ -777,3 +777,102 @@ fn homeassistant_topics() {
         &["unknown variant `average`", "total_increasing"],
     );
 }
+
+/// A self-signed certificate for `name` ending in `days` days (negative: ended), and
+/// its key, as PEM files in `dir`.
+fn certificate_pair(dir: &Path, name: &str, days: i64) -> (PathBuf, PathBuf) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(400);
+    params.not_after = now + time::Duration::days(days);
+    let cert = params.self_signed(&key).unwrap();
+    let (cert_file, key_file) = (
+        dir.join(format!("{name}.pem")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
+}
+
+/// `BASE` below an upstream at `url` (with `extra` upstream lines), its devices with
+/// tokens and boiler-1 with the device certificate `tls`, which lands on line 13 plus
+/// `extra`'s lines.
+fn with_device_tls(url: &str, extra: &str, tls: &str) -> String {
+    let devices = insert_before(9, &format!("    token: secret\n    tls: {tls}"))
+        .replace("    type: gps\n", "    type: gps\n    token: secret\n");
+    format!("upstream:\n  url: {url}\n  org: myorg\n{extra}{devices}")
+}
+
+#[test]
+fn device_certificates_need_mqtts_and_a_session_per_device() {
+    let tls = "{ cert_file: /etc/d.pem, key_file: /etc/d.key }";
+    let text = with_device_tls("mqtt://127.0.0.1", "", tls);
+    expect_error(&text, 13, "devices[0].tls", &["needs an mqtts:// url"]);
+    let sparkplug =
+        "  topic_scheme: sparkplug\n  sparkplug: { group_id: plant, edge_node_id: gw1 }\n";
+    let text = with_device_tls("mqtts://broker.example", sparkplug, tls);
+    expect_error(
+        &text,
+        15,
+        "devices[0].tls",
+        &["edge node has one session", "upstream.tls"],
+    );
+    let text = with_device_tls("mqtts://broker.example", "", "{ cert_file: /etc/d.pem }");
+    expect_error(&text, 13, "devices[0].tls", &["missing field `key_file`"]);
+}
+
+#[test]
+fn device_certificates_are_checked_when_the_file_is_loaded() {
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = certificate_pair(certs.path(), "pump", 365);
+    let (_, other_key) = certificate_pair(certs.path(), "other", 365);
+    let (old_cert, old_key) = certificate_pair(certs.path(), "old", -1);
+    let (soon_cert, soon_key) = certificate_pair(certs.path(), "soon", 10);
+    let tls = |cert: &Path, key: &Path| {
+        format!(
+            "{{ cert_file: {}, key_file: {} }}",
+            cert.display(),
+            key.display()
+        )
+    };
+    let url = "mqtts://broker.example";
+    let text = with_device_tls(url, "", &tls(&cert, &other_key));
+    expect_error(
+        &text,
+        13,
+        "devices[0].tls.cert_file",
+        &[
+            "other.key",
+            "does not belong to the certificate in",
+            "pump.pem",
+        ],
+    );
+    let text = with_device_tls(url, "", &tls(&old_cert, &old_key));
+    expect_error(
+        &text,
+        13,
+        "devices[0].tls.cert_file",
+        &["old.pem", "expired on"],
+    );
+    let missing = certs.path().join("missing.pem");
+    let text = with_device_tls(url, "", &tls(&missing, &key));
+    expect_error(
+        &text,
+        13,
+        "devices[0].tls.cert_file",
+        &["cannot read", "missing.pem"],
+    );
+
+    let (_dir, loaded) = load(&with_device_tls(url, "", &tls(&cert, &key)));
+    assert_eq!(loaded.unwrap().warnings, Vec::<String>::new());
+    let (_dir, loaded) = load(&with_device_tls(url, "", &tls(&soon_cert, &soon_key)));
+    let warnings = loaded.unwrap().warnings;
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].starts_with("devices[0].tls.cert_file: the certificate in")
+            && warnings[0].contains("soon.pem expires on"),
+        "{warnings:?}"
+    );
+}

@@ -308,6 +308,48 @@ async fn events_queued_during_a_broker_outage_all_arrive_in_order(kind: BrokerKi
     uplink.shutdown().await;
 }
 
+/// With the default reconnect delays, sessions come back within seconds of the broker's
+/// return after an outage long enough that a doubling backoff would wait far longer
+/// (its attempts 7.5 and 15.5 s after the loss).
+async fn sessions_are_back_within_seconds_of_the_end_of_an_outage(kind: BrokerKind) {
+    const OUTAGE: Duration = Duration::from_secs(8);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut broker = TestBroker::start(kind, tmp.path(), BrokerConfig::default());
+    let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
+    let ids: Vec<String> = (0..6).map(|i| format!("pump-{i}")).collect();
+    let devices = ids
+        .iter()
+        .map(|id| device_identity(id, "pump", None))
+        .collect();
+    let mut settings = uplink_settings(broker.url());
+    let defaults = UplinkSettings::new(broker.url().parse().unwrap(), "myorg");
+    settings.reconnect_min = defaults.reconnect_min;
+    settings.reconnect_max = defaults.reconnect_max;
+    let (uplink, _sender) = start(settings, &store, devices);
+    for id in &ids {
+        wait_status(&uplink, id, "connected", |s| s.connected).await;
+    }
+    broker.stop();
+    for id in &ids {
+        wait_status(&uplink, id, "disconnected", |s| !s.connected).await;
+    }
+    tokio::time::sleep(OUTAGE).await;
+    broker.restart();
+    let back = std::time::Instant::now();
+    let mut waits = Vec::new();
+    for id in &ids {
+        wait_status(&uplink, id, "connected again", |s| s.connected).await;
+        waits.push(back.elapsed());
+    }
+    // Attempts are at most 3 s apart; a doubling backoff would be 7 s late or more.
+    let last = waits.last().copied().unwrap_or_default();
+    assert!(
+        last < Duration::from_secs(5),
+        "sessions back {waits:?} after the broker"
+    );
+    uplink.shutdown().await;
+}
+
 async fn a_broker_that_lost_the_session_gets_unacknowledged_events_again(kind: BrokerKind) {
     let tmp = tempfile::tempdir().unwrap();
     let gateway = ("use-token-auth", "token-9");
@@ -456,6 +498,7 @@ fn main() -> std::process::ExitCode {
         events_of_several_devices_reach_a_subscriber_with_their_identities,
         custom_templates_name_client_ids_users_and_topics,
         events_queued_during_a_broker_outage_all_arrive_in_order,
+        sessions_are_back_within_seconds_of_the_end_of_an_outage,
         a_broker_that_lost_the_session_gets_unacknowledged_events_again,
         a_full_queue_drops_the_oldest_events_and_counts_them,
         a_full_queue_drops_new_events_with_drop_newest,

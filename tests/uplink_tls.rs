@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
-use fieldbridge::uplink::{TlsSettings, Uplink};
+use fieldbridge::uplink::{ClientCertificate, DeviceIdentity, TlsSettings, Uplink};
 use fieldbridge_testkit::Suite;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::sync::mpsc;
@@ -164,11 +164,79 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure(kind: BrokerKi
     uplink.shutdown().await;
 }
 
+/// Devices with certificates of their own, the upstream settings giving none, and a
+/// broker that requires client certificates: the device whose certificate the broker's
+/// CA signed is let in and its events arrive; the one signed by another CA is refused
+/// and its events stay queued.
+async fn each_device_presents_its_own_certificate(kind: BrokerKind) {
+    let tmp = tempfile::tempdir().unwrap();
+    let pki = make_pki(tmp.path(), "own");
+    let stranger = make_pki(tmp.path(), "stranger");
+    let plain_port = free_port();
+    let broker = tls_broker(kind, tmp.path(), &pki, plain_port);
+    let subscriber = Subscriber::start(SubscriberConfig {
+        port: plain_port,
+        client_id: "device-cert-reader",
+        filter: "iot-2/#",
+        persistent: false,
+        credentials: None,
+    })
+    .await;
+    let store = Store::open(StoreSettings::new(tmp.path().join("data")))
+        .await
+        .unwrap();
+    let mut settings = uplink_settings(format!("mqtts://127.0.0.1:{}", broker.port));
+    settings.tls = TlsSettings {
+        ca_file: Some(pki.ca.clone()),
+        ..TlsSettings::default()
+    };
+    let with_certificate = |id: &str, pki: &Pki| DeviceIdentity {
+        tls: Some(ClientCertificate {
+            cert_file: pki.client_cert.clone(),
+            key_file: pki.client_key.clone(),
+        }),
+        ..device_identity(id, "pump", None)
+    };
+    let devices = vec![
+        with_certificate("pump-1", &pki),
+        with_certificate("pump-2", &stranger),
+    ];
+    let (sender, events) = mpsc::channel(16);
+    let uplink = Uplink::start(settings, store.clone(), devices, events).unwrap();
+    for device in ["pump-1", "pump-2"] {
+        for seq in 0..3 {
+            sender
+                .send(test_event(device, "status", seq, Qos::AtLeastOnce))
+                .await
+                .unwrap();
+        }
+    }
+    subscriber
+        .wait_for("pump-1's events", |m| seqs_of(m, "pump-1").len() >= 3)
+        .await;
+    wait_status(&uplink, "pump-2", "a refused handshake", |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    assert_eq!(uplink.status("pump-2").unwrap().borrow().connections, 0);
+    assert!(seqs_of(&subscriber.messages(), "pump-2").is_empty());
+    let stats = store.stats().await.unwrap();
+    let queued = |id: &str| {
+        stats
+            .iter()
+            .find(|s| s.device_id == id)
+            .map_or(0, |s| s.depth)
+    };
+    assert_eq!(queued("pump-2"), 3, "{stats:?}");
+    uplink.shutdown().await;
+}
+
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
     broker_tests!(suite;
         mqtts_with_a_ca_file_and_a_client_certificate,
         a_broker_signed_by_another_ca_is_refused_unless_insecure,
+        each_device_presents_its_own_certificate,
     );
     suite.run()
 }

@@ -56,6 +56,9 @@ pub fn describe(config: &Config) -> anyhow::Result<String> {
             total_tags += tags.len();
         }
     }
+    for warning in &config.warnings {
+        let _ = writeln!(out, "warning: {warning}");
+    }
     let _ = writeln!(
         out,
         "ok: {} bus(es), {} device(s), {} tag(s), {} request(s) per poll cycle",

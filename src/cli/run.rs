@@ -19,8 +19,8 @@ use crate::gateway::Gateway;
 use crate::metrics::{Exposition, Family, DEVICE_COUNTERS};
 use crate::store::{DeviceStats, Store, StoreSettings};
 use crate::uplink::{
-    DeviceIdentity, DeviceInfo, HomeAssistantSettings, SessionStatus, SparkplugSettings,
-    TlsSettings, TopicScheme, Uplink, UplinkSettings, HOMEASSISTANT_ANNOUNCED,
+    ClientCertificate, DeviceIdentity, DeviceInfo, HomeAssistantSettings, SessionStatus,
+    SparkplugSettings, TlsSettings, TopicScheme, Uplink, UplinkSettings, HOMEASSISTANT_ANNOUNCED,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -30,6 +30,9 @@ const SINK_CAPACITY: usize = 4096;
 pub fn run(path: &Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     fieldbridge_service::logging::init(config.log.as_ref());
+    for warning in &config.warnings {
+        tracing::warn!("{}: {warning}", path.display());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -87,6 +90,10 @@ impl Running {
                 device_type: d.device_type.clone(),
                 token: d.token.as_ref().map(|t| t.expose().to_owned()),
                 managed: d.managed,
+                tls: d.tls.as_ref().map(|tls| ClientCertificate {
+                    cert_file: tls.cert_file.clone(),
+                    key_file: tls.key_file.clone(),
+                }),
             })
             .collect();
         let (inbound, commands) = mpsc::channel(INBOUND_CAPACITY);

@@ -6,6 +6,7 @@
 //! (`token_file`, relative paths). Every [`ConfigError`] names the file, the line and
 //! column, and the key path.
 
+mod credentials;
 mod env;
 mod error;
 mod raw;
@@ -20,7 +21,7 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Position};
 pub use fieldbridge_service::units::{Duration, Size};
 pub use schema::{
-    BrokerUrl, Bus, BusTransport, Command, Config, Device, FieldType, GatewaySection,
+    BrokerUrl, Bus, BusTransport, Command, Config, Device, DeviceTls, FieldType, GatewaySection,
     HomeAssistantSection, LineParser, LogSection, LogTarget, OnFull, Parity, PublishMode,
     QueueSection, Register, SparkplugSection, Tls, TopicScheme, TopicTemplates, Upstream,
 };
@@ -227,6 +228,32 @@ fn resolve_files(mut config: Config, file: &Path, map: &SourceMap) -> Result<Con
             .flatten()
         {
             anchor(path);
+        }
+    }
+    let now = std::time::SystemTime::now();
+    if let Some(tls) = config.upstream.as_ref().and_then(|u| u.tls.as_ref()) {
+        if let (Some(cert_file), Some(key_file)) = (&tls.cert_file, &tls.key_file) {
+            let key = "upstream.tls.cert_file";
+            match credentials::check_pair(cert_file, key_file, now) {
+                Ok(warning) => config
+                    .warnings
+                    .extend(warning.map(|w| format!("{key}: {w}"))),
+                Err(reason) => return Err(ConfigError::new(file, map.locate(key), key, reason)),
+            }
+        }
+    }
+    for (index, device) in config.devices.iter_mut().enumerate() {
+        let Some(tls) = device.tls.as_mut() else {
+            continue;
+        };
+        anchor(&mut tls.cert_file);
+        anchor(&mut tls.key_file);
+        let key = child(&child(&item("devices", index), "tls"), "cert_file");
+        match credentials::check_pair(&tls.cert_file, &tls.key_file, now) {
+            Ok(warning) => config
+                .warnings
+                .extend(warning.map(|w| format!("{key}: {w}"))),
+            Err(reason) => return Err(ConfigError::new(file, map.locate(&key), key, reason)),
         }
     }
     for (index, device) in config.devices.iter_mut().enumerate() {

@@ -31,6 +31,10 @@ pub struct Config {
     pub log: Option<LogSection>,
     /// Where to serve Prometheus metrics (`GET /metrics`), e.g. `127.0.0.1:9464`.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Found while loading and worth fixing, but no reason to refuse the file: client
+    /// certificates that expire within 30 days.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -144,6 +148,16 @@ pub struct Tls {
     /// Skip verification of the broker's certificate (testing only).
     #[serde(default)]
     pub insecure: bool,
+}
+
+/// A device's own client certificate, instead of `upstream.tls`'s (one X.509 identity
+/// per device, as AWS IoT Core expects). Relative paths are taken from the config file's
+/// directory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
@@ -397,6 +411,8 @@ pub struct Device {
     /// Answer device management requests (`iotdm-1/#`).
     #[serde(default)]
     pub managed: bool,
+    /// The device's own client certificate for its session.
+    pub tls: Option<DeviceTls>,
     /// Write with FC15/FC16 even a single coil or register (many devices reject
     /// FC05/FC06).
     #[serde(default)]

@@ -45,7 +45,7 @@ pub use catalog::{Catalog, DeviceInfo, Tag, Writable};
 pub use homeassistant::{HomeAssistantSettings, ANNOUNCED_KEY as HOMEASSISTANT_ANNOUNCED};
 pub use session::SessionStatus;
 pub use sparkplug::SparkplugSettings;
-pub use tls::TlsSettings;
+pub use tls::{ClientCertificate, TlsSettings};
 pub use topics::TopicScheme;
 
 pub use fieldbridge_mqtt::platform::MAX_PAYLOAD;
@@ -68,9 +68,14 @@ pub struct UplinkSettings {
     /// Events per device sent and not yet acknowledged-and-deleted; also the bound on
     /// duplicates per device after a crash.
     pub inflight: u16,
-    /// Reconnect delays: doubling from `reconnect_min` up to `reconnect_max`, jittered.
+    /// Reconnect delays while the broker cannot be reached: doubling from
+    /// `reconnect_min` up to `reconnect_max`, each spread over half to 1.5 times its
+    /// value. Short, so that events flow again soon after an outage ends.
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// The cap instead of `reconnect_max` while the broker refuses the connection (bad
+    /// credentials, not authorized): retrying soon would not change its answer.
+    pub refused_reconnect_max: Duration,
     /// TCP + TLS + CONNACK deadline of one connection attempt (whole seconds).
     pub connect_timeout: Duration,
     /// Where publishes received from the broker go (commands), if anywhere. The
@@ -86,7 +91,8 @@ pub struct UplinkSettings {
 }
 
 impl UplinkSettings {
-    /// Defaults: keepalive 30 s, inflight 100, reconnect 500 ms .. 30 s, connect 10 s.
+    /// Defaults: keepalive 30 s, inflight 100, reconnect 500 ms .. 2 s (60 s while
+    /// refused), connect 10 s.
     pub fn new(url: BrokerUrl, org: impl Into<String>) -> Self {
         UplinkSettings {
             url,
@@ -96,7 +102,8 @@ impl UplinkSettings {
             topics: TopicScheme::Platform,
             inflight: 100,
             reconnect_min: Duration::from_millis(500),
-            reconnect_max: Duration::from_secs(30),
+            reconnect_max: Duration::from_secs(2),
+            refused_reconnect_max: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(10),
             inbound: None,
             command_qos: rumqttc::QoS::ExactlyOnce,
@@ -117,6 +124,8 @@ pub struct DeviceIdentity {
     /// Announces itself with `iotdevice-1/mgmt/manage` on connect and takes device
     /// management requests (`iotdm-1/#`).
     pub managed: bool,
+    /// Its own client certificate over `mqtts://`, instead of the upstream one.
+    pub tls: Option<ClientCertificate>,
 }
 
 /// What a publish the broker sent to a device session is, by its topic.

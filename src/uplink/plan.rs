@@ -1,6 +1,6 @@
 //! The validated upstream settings every session is built from.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,11 +25,21 @@ pub(super) struct Plan {
     pub(super) keepalive: Duration,
     pub(super) window: usize,
     pub(super) tls: Option<TlsConfiguration>,
+    /// Devices with a client certificate of their own: their TLS configuration.
+    pub(super) device_tls: HashMap<String, TlsConfiguration>,
     pub(super) connect_timeout_secs: u64,
-    pub(super) reconnect: (Duration, Duration),
+    pub(super) reconnect: Reconnect,
     pub(super) inbound: Option<mpsc::Sender<Inbound>>,
     pub(super) command_qos: QoS,
     pub(super) max_inbound: usize,
+}
+
+/// Reconnect delays (see [`UplinkSettings::reconnect_min`]).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reconnect {
+    pub(super) min: Duration,
+    pub(super) max: Duration,
+    pub(super) refused_max: Duration,
 }
 
 impl Plan {
@@ -77,6 +87,20 @@ impl Plan {
         } else {
             None
         };
+        let mut device_tls = HashMap::new();
+        for device in devices {
+            let Some(certificate) = &device.tls else {
+                continue;
+            };
+            if !endpoint.tls {
+                return Err(UplinkError::Device {
+                    device: device.id.clone(),
+                    reason: "a device certificate needs an mqtts:// broker url".into(),
+                });
+            }
+            let config = tls::client_config(&settings.tls.with_certificate(certificate))?;
+            device_tls.insert(device.id.clone(), TlsConfiguration::Rustls(config));
+        }
         Ok(Plan {
             endpoint,
             org: settings.org.as_str().into(),
@@ -84,8 +108,13 @@ impl Plan {
             keepalive: settings.keepalive,
             window: usize::from(settings.inflight),
             tls,
+            device_tls,
             connect_timeout_secs: settings.connect_timeout.as_secs().max(1),
-            reconnect: (settings.reconnect_min, settings.reconnect_max),
+            reconnect: Reconnect {
+                min: settings.reconnect_min,
+                max: settings.reconnect_max,
+                refused_max: settings.refused_reconnect_max,
+            },
             inbound: settings.inbound.clone(),
             command_qos: settings.command_qos,
             max_inbound: settings.max_inbound,
@@ -131,7 +160,10 @@ impl Plan {
         {
             options.set_last_will(will);
         }
-        if let Some(tls) = &self.tls {
+        let own = profile
+            .scope()
+            .and_then(|device| self.device_tls.get(device));
+        if let Some(tls) = own.or(self.tls.as_ref()) {
             options.set_transport(Transport::tls_with_config(tls.clone()));
         }
         let (client, mut eventloop) = AsyncClient::new(options, requests);

@@ -228,6 +228,7 @@ mod tests {
             device_type: "boiler".into(),
             token: Some("t".into()),
             managed,
+            tls: None,
         };
         let naming = Arc::new(Naming::new(&TopicScheme::Platform).unwrap());
         JsonProfile::new(device, "myorg".into(), naming, QoS::ExactlyOnce, true)

@@ -108,7 +108,8 @@ impl Plan {
             qos0_persisted: 0,
             status,
             inbound: self.inbound.clone(),
-            backoff: Backoff::new(self.reconnect.0, self.reconnect.1),
+            backoff: Backoff::new(self.reconnect.min, self.reconnect.max),
+            refused_backoff: Backoff::new(self.reconnect.min, self.reconnect.refused_max),
             connected: false,
             failures: 0,
             failure_log: LogThrottle::new(CONNECT_FAILURE_LOG_INTERVAL),
@@ -153,7 +154,10 @@ struct Session {
     qos0_persisted: u64,
     status: watch::Sender<SessionStatus>,
     inbound: Option<mpsc::Sender<Inbound>>,
+    /// While the broker cannot be reached.
     backoff: Backoff,
+    /// While the broker refuses the connection.
+    refused_backoff: Backoff,
     connected: bool,
     /// Consecutive failed connection attempts.
     failures: u32,
@@ -236,6 +240,7 @@ impl Session {
                 self.failures = 0;
                 self.failure_log.reset();
                 self.backoff.reset();
+                self.refused_backoff.reset();
                 self.feed.connected();
                 tracing::info!(
                     device = %self.profile.name(),
@@ -285,7 +290,10 @@ impl Session {
             self.qos0_dropped
                 .fetch_add(lost_qos0 as u64, Ordering::Relaxed);
         }
-        let delay = self.backoff.next_delay();
+        let delay = match error {
+            ConnectionError::ConnectionRefused(_) => self.refused_backoff.next_delay(),
+            _ => self.backoff.next_delay(),
+        };
         self.retry.as_mut().reset(Instant::now() + delay);
         self.retry_pending = true;
         let oversized = oversized_inbound(&error);

@@ -30,6 +30,24 @@ pub struct TlsSettings {
     pub insecure: bool,
 }
 
+/// A PEM client certificate (chain) and its private key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+impl TlsSettings {
+    /// These settings with `certificate` as the client certificate.
+    pub(crate) fn with_certificate(&self, certificate: &ClientCertificate) -> TlsSettings {
+        TlsSettings {
+            cert_file: Some(certificate.cert_file.clone()),
+            key_file: Some(certificate.key_file.clone()),
+            ..self.clone()
+        }
+    }
+}
+
 pub(crate) fn client_config(settings: &TlsSettings) -> Result<Arc<ClientConfig>, UplinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())

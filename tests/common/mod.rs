@@ -267,6 +267,7 @@ pub fn device_identity(id: &str, device_type: &str, token: Option<&str>) -> Devi
         id: id.into(),
         device_type: device_type.into(),
         token: token.map(Into::into),
+        tls: None,
     }
 }
 

@@ -130,8 +130,25 @@ fn check_credentials(checker: &Checker, path: &str, device: &Device, config: &Co
         return checker.fail(&child(path, "token"), "token is empty");
     }
     let Some(upstream) = &config.upstream else {
-        return Ok(());
+        return checker.reject_present(path, &["tls"], "needs an `upstream` broker");
     };
+    if device.tls.is_some() {
+        if !upstream.url.tls {
+            return checker.fail(
+                &child(path, "tls"),
+                format!(
+                    "a device certificate needs an mqtts:// url, but the url is {}",
+                    upstream.url
+                ),
+            );
+        }
+        if upstream.topic_scheme == TopicScheme::Sparkplug {
+            return checker.fail(
+                &child(path, "tls"),
+                "with `topic_scheme: sparkplug` the edge node has one session for every device: give its certificate in `upstream.tls`",
+            );
+        }
+    }
     if upstream.topic_scheme == TopicScheme::Platform {
         if device.token.is_none() && device.token_file.is_none() {
             return checker.fail(
