@@ -84,35 +84,44 @@ pub fn table(config: &Config, stats: &[DeviceStats], now: SystemTime) -> String 
             .cloned(),
     );
     let mut out = format!(
-        "{:<24} {:>10} {:>12} {:>12} {:>12} {:>12} {:>13}\n",
-        "device", "queued", "bytes", "oldest", "dropped_full", "dropped_qos0", "dropped_write"
+        "{:<24} {:>10} {:>12} {:>12} {:>12} {:>12} {:>13} {:>12}\n",
+        "device",
+        "queued",
+        "bytes",
+        "oldest",
+        "dropped_full",
+        "dropped_qos0",
+        "dropped_write",
+        "dead_letters"
     );
-    let (mut depth, mut bytes, mut full, mut offline, mut write) = (0, 0, 0, 0, 0);
+    let (mut depth, mut bytes, mut full, mut offline, mut write, mut dead) = (0, 0, 0, 0, 0, 0);
     for s in &rows {
         let oldest = s
             .oldest_age(now)
             .map_or_else(|| "-".to_owned(), |age| format!("{}s", age.as_secs()));
         let _ = writeln!(
             out,
-            "{:<24} {:>10} {:>12} {:>12} {:>12} {:>12} {:>13}",
+            "{:<24} {:>10} {:>12} {:>12} {:>12} {:>12} {:>13} {:>12}",
             s.device_id,
             s.depth,
             s.bytes,
             oldest,
             s.dropped_queue_full,
             s.dropped_offline_qos0,
-            s.dropped_write_failed
+            s.dropped_write_failed,
+            s.dead_lettered
         );
         depth += s.depth;
         bytes += s.bytes;
         full += s.dropped_queue_full;
         offline += s.dropped_offline_qos0;
         write += s.dropped_write_failed;
+        dead += s.dead_lettered;
     }
     let _ = writeln!(
         out,
-        "{:<24} {:>10} {:>12} {:>12} {:>12} {:>12} {:>13}",
-        "total", depth, bytes, "", full, offline, write
+        "{:<24} {:>10} {:>12} {:>12} {:>12} {:>12} {:>13} {:>12}",
+        "total", depth, bytes, "", full, offline, write, dead
     );
     out
 }
@@ -142,12 +151,13 @@ devices:
 ";
 
     #[test]
-    fn the_table_shows_write_failures_per_device_and_in_total() {
+    fn the_table_shows_write_failures_and_dead_letters_per_device_and_in_total() {
         let config = Config::from_str(CONFIG, "gateway.yaml").unwrap();
         let stats = [
             DeviceStats {
                 device_id: "a".into(),
                 dropped_write_failed: 7,
+                dead_lettered: 3,
                 ..Default::default()
             },
             DeviceStats {
@@ -157,18 +167,24 @@ devices:
             },
         ];
         let out = table(&config, &stats, SystemTime::now());
-        let lines: Vec<&str> = out.lines().collect();
-        assert!(lines[0].ends_with("dropped_write"), "{out}");
-        assert!(
-            lines[1].starts_with("a ") && lines[1].ends_with(" 7"),
+        let lines: Vec<Vec<&str>> = out
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[0][6..], ["dropped_write", "dead_letters"], "{out}");
+        assert_eq!(
+            (lines[1][0], &lines[1][6..]),
+            ("a", &["7", "3"][..]),
             "{out}"
         );
-        assert!(
-            lines[2].starts_with("b ") && lines[2].ends_with(" 5"),
+        assert_eq!(
+            (lines[2][0], &lines[2][6..]),
+            ("b", &["5", "0"][..]),
             "{out}"
         );
-        assert!(
-            lines[3].starts_with("total") && lines[3].ends_with(" 12"),
+        assert_eq!(
+            (lines[3][0], &lines[3][5..]),
+            ("total", &["12", "3"][..]),
             "{out}"
         );
     }

@@ -19,7 +19,7 @@ use crate::gateway::Gateway;
 use crate::metrics::{Exposition, Family, DEVICE_COUNTERS};
 use crate::store::{DeviceStats, Store, StoreSettings};
 use crate::uplink::{
-    ClientCertificate, DeviceIdentity, DeviceInfo, HomeAssistantSettings, SessionStatus,
+    ClientCertificate, DeviceIdentity, DeviceInfo, HomeAssistantSettings, Protocol, SessionStatus,
     SparkplugSettings, TlsSettings, TopicScheme, Uplink, UplinkSettings, HOMEASSISTANT_ANNOUNCED,
 };
 use tokio_util::sync::CancellationToken;
@@ -155,7 +155,7 @@ impl Running {
     }
 }
 
-const QUEUE_FAMILIES: [Family<DeviceStats>; 4] = [
+const QUEUE_FAMILIES: [Family<DeviceStats>; 5] = [
     Family {
         name: "fieldbridge_queue_depth",
         kind: "gauge",
@@ -179,6 +179,12 @@ const QUEUE_FAMILIES: [Family<DeviceStats>; 4] = [
         kind: "counter",
         help: "QoS 1 events lost because the queue database could not store them (disk full or failing).",
         read: |s| s.dropped_write_failed as f64,
+    },
+    Family {
+        name: "fieldbridge_dead_lettered_total",
+        kind: "counter",
+        help: "QoS 1 events the broker refused for good, moved to the dead letters.",
+        read: |s| s.dead_lettered as f64,
     },
 ];
 
@@ -308,6 +314,14 @@ fn uplink_settings(upstream: &Upstream) -> UplinkSettings {
     settings.keepalive = *upstream.keepalive;
     settings.inflight = upstream.max_inflight;
     settings.max_inbound = usize::try_from(upstream.max_inbound.bytes()).unwrap_or(usize::MAX);
+    settings.protocol = match upstream.protocol {
+        config::MqttVersion::V311 => Protocol::V311,
+        config::MqttVersion::V5 => Protocol::V5,
+    };
+    if let Some(expiry) = upstream.session_expiry {
+        settings.session_expiry = *expiry;
+    }
+    settings.message_expiry = upstream.message_expiry.map(|expiry| *expiry);
     settings.command_qos = match upstream.command_qos {
         0 => rumqttc::QoS::AtMostOnce,
         1 => rumqttc::QoS::AtLeastOnce,

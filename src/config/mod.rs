@@ -22,8 +22,9 @@ pub use error::{ConfigError, Position};
 pub use fieldbridge_service::units::{Duration, Size};
 pub use schema::{
     BrokerUrl, Bus, BusTransport, Command, Config, Device, DeviceTls, FieldType, GatewaySection,
-    HomeAssistantSection, LineParser, LogSection, LogTarget, OnFull, Parity, PublishMode,
-    QueueSection, Register, SparkplugSection, Tls, TopicScheme, TopicTemplates, Upstream,
+    HomeAssistantSection, LineParser, LogSection, LogTarget, MqttVersion, OnFull, Parity,
+    PublishMode, QueueSection, Register, SparkplugSection, Tls, TopicScheme, TopicTemplates,
+    Upstream,
 };
 pub use secret::Secret;
 

@@ -98,6 +98,23 @@ pub struct Upstream {
     /// broker queued for it.
     #[serde(default = "default_max_inbound")]
     pub max_inbound: Size,
+    /// MQTT version of every device session: `"3.1.1"` (default) or `"5"`.
+    #[serde(default)]
+    pub protocol: MqttVersion,
+    /// MQTT 5: how long the broker keeps a disconnected device's session (default 1 day).
+    pub session_expiry: Option<Duration>,
+    /// MQTT 5: Message Expiry Interval of QoS 0 events (default: none).
+    pub message_expiry: Option<Duration>,
+}
+
+/// `upstream.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum MqttVersion {
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    #[serde(rename = "5")]
+    V5,
 }
 
 fn default_max_inbound() -> Size {

@@ -44,6 +44,8 @@ const MAX_BATCH: usize = 4096;
 const COMMAND_CAPACITY: usize = 8192;
 /// Read-only connections shared by all sessions for fetching rows.
 const READ_CONNECTIONS: u32 = 2;
+/// Dead letters kept (the newest); each holds an event's payload.
+pub const MAX_DEAD_LETTERS: usize = 10_000;
 
 /// What to do with a new QoS 1 event when the queue holds `max_messages` or `max_bytes`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -172,6 +174,10 @@ enum Command {
         ids: Vec<i64>,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
+    DeadLetter {
+        rows: Vec<(i64, String)>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
     OfflineDrops {
         device: String,
         count: u64,
@@ -263,6 +269,15 @@ impl Store {
     pub async fn delete(&self, ids: Vec<i64>) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
         self.send(Command::Delete { ids, done }).await?;
+        result.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Moves rows the broker refused for good to the dead letters, each with its reason;
+    /// resolves once that is committed. The dead letters keep the newest
+    /// [`MAX_DEAD_LETTERS`] events; every move is counted per device.
+    pub async fn dead_letter(&self, rows: Vec<(i64, String)>) -> Result<(), StoreError> {
+        let (done, result) = oneshot::channel();
+        self.send(Command::DeadLetter { rows, done }).await?;
         result.await.map_err(|_| StoreError::Closed)?
     }
 

@@ -25,6 +25,8 @@ pub struct DeviceStats {
     /// QoS 1 events lost because the database could not store them (a full or failing
     /// disk). [`crate::store::Store::stats`] includes those not yet persisted.
     pub dropped_write_failed: u64,
+    /// QoS 1 events the broker refused for good, moved to the dead letters.
+    pub dead_lettered: u64,
 }
 
 impl DeviceStats {
@@ -69,17 +71,20 @@ pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats
     )
     .fetch_all(&mut *conn)
     .await?;
-    // A queue that no gateway of this version has opened yet lacks the column.
-    let (with_write_failed,): (i64,) = sqlx::query_as(
-        "SELECT COUNT(*) FROM pragma_table_info('drops') WHERE name = 'write_failed'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let drops: Vec<(String, i64, i64, i64)> = sqlx::query_as(if with_write_failed > 0 {
-        "SELECT device, queue_full, offline_qos0, write_failed FROM drops"
+    // A queue that no gateway of this version has opened yet lacks the newer columns.
+    let write_failed = if has_drops_column(conn, "write_failed").await? {
+        "write_failed"
     } else {
-        "SELECT device, queue_full, offline_qos0, 0 FROM drops"
-    })
+        "0"
+    };
+    let dead_lettered = if has_drops_column(conn, "dead_lettered").await? {
+        "dead_lettered"
+    } else {
+        "0"
+    };
+    let drops: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT device, queue_full, offline_qos0, {write_failed}, {dead_lettered} FROM drops"
+    ))
     .fetch_all(&mut *conn)
     .await?;
 
@@ -91,13 +96,23 @@ pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats
         stats.oldest_enqueued_at =
             Some(UNIX_EPOCH + Duration::from_millis(non_negative(enqueued_at_ms)));
     }
-    for (device, queue_full, offline_qos0, write_failed) in drops {
+    for (device, queue_full, offline_qos0, write_failed, dead_lettered) in drops {
         let stats = slot(&mut by_device, device);
         stats.dropped_queue_full = non_negative(queue_full);
         stats.dropped_offline_qos0 = non_negative(offline_qos0);
         stats.dropped_write_failed = non_negative(write_failed);
+        stats.dead_lettered = non_negative(dead_lettered);
     }
     Ok(by_device.into_values().collect())
+}
+
+async fn has_drops_column(conn: &mut SqliteConnection, column: &str) -> Result<bool, sqlx::Error> {
+    let (count,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM pragma_table_info('drops') WHERE name = ?1")
+            .bind(column)
+            .fetch_one(&mut *conn)
+            .await?;
+    Ok(count > 0)
 }
 
 fn slot(map: &mut BTreeMap<String, DeviceStats>, device: String) -> &mut DeviceStats {

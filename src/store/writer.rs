@@ -64,6 +64,8 @@ pub(super) struct Writer {
 struct Batch {
     inserts: Vec<NewRow>,
     deletes: Vec<i64>,
+    /// Rows to move to the dead letters, with the reason.
+    dead_letters: Vec<(i64, String)>,
     offline_drops: HashMap<String, u64>,
     commands: Vec<CommandRecord>,
     /// `uplink_state` keys and values to set.
@@ -75,6 +77,7 @@ impl Batch {
     fn writes_nothing(&self) -> bool {
         self.inserts.is_empty()
             && self.deletes.is_empty()
+            && self.dead_letters.is_empty()
             && self.offline_drops.is_empty()
             && self.commands.is_empty()
             && self.state.is_empty()
@@ -154,6 +157,10 @@ impl Writer {
                     Command::Insert(row) => batch.inserts.push(row),
                     Command::Delete { ids, done } => {
                         batch.deletes.extend(ids);
+                        batch.waiters.push(done);
+                    }
+                    Command::DeadLetter { rows, done } => {
+                        batch.dead_letters.extend(rows);
                         batch.waiters.push(done);
                     }
                     Command::OfflineDrops { device, count } => {
@@ -409,6 +416,54 @@ fn log_recovery(outage: &LossReport) {
     }
 }
 
+/// Moves `rows` (id, reason) from the queue to the dead letters, counting each per
+/// device, and keeps the newest [`super::MAX_DEAD_LETTERS`] of them. Returns the messages
+/// and bytes that left the queue (a row evicted meanwhile is not there any more).
+async fn move_to_dead_letters(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: &[(i64, String)],
+) -> Result<(u64, u64), sqlx::Error> {
+    let refused_at = super::unix_millis(std::time::SystemTime::now());
+    let (mut messages, mut bytes) = (0, 0);
+    for (id, reason) in rows {
+        let moved: Option<(String, i64)> = sqlx::query_as(
+            "INSERT INTO dead_letters \
+             (id, device, event, payload, size, enqueued_at, kind, at, refused_at, reason) \
+             SELECT id, device, event, payload, size, enqueued_at, kind, at, ?1, ?2 \
+             FROM queue WHERE id = ?3 RETURNING device, size",
+        )
+        .bind(refused_at)
+        .bind(reason)
+        .bind(id)
+        .fetch_optional(&mut **tx)
+        .await?;
+        let Some((device, size)) = moved else {
+            continue;
+        };
+        sqlx::query("DELETE FROM queue WHERE id = ?1")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO drops (device, dead_lettered) VALUES (?1, 1) \
+             ON CONFLICT (device) DO UPDATE SET dead_lettered = dead_lettered + 1",
+        )
+        .bind(&device)
+        .execute(&mut **tx)
+        .await?;
+        messages += 1;
+        bytes += u64::try_from(size).unwrap_or(0);
+    }
+    sqlx::query(
+        "DELETE FROM dead_letters WHERE id IN \
+         (SELECT id FROM dead_letters ORDER BY id DESC LIMIT -1 OFFSET ?1)",
+    )
+    .bind(i64::try_from(super::MAX_DEAD_LETTERS).unwrap_or(i64::MAX))
+    .execute(&mut **tx)
+    .await?;
+    Ok((messages, bytes))
+}
+
 /// The batch's statements, inside `tx`.
 async fn write(
     tx: &mut Transaction<'_, Sqlite>,
@@ -417,6 +472,11 @@ async fn write(
     settings: &StoreSettings,
     mut occupancy: Occupancy,
 ) -> Result<Committed, sqlx::Error> {
+    if !batch.dead_letters.is_empty() {
+        let (messages, bytes) = move_to_dead_letters(tx, &batch.dead_letters).await?;
+        occupancy.messages = occupancy.messages.saturating_sub(messages);
+        occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
+    }
     for chunk in batch.deletes.chunks(DELETE_CHUNK) {
         // Counting first keeps the result to one row (RETURNING would send one
         // row per deleted id back from the database thread).

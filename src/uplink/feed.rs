@@ -93,8 +93,10 @@ impl Feed {
         if !connected || self.fetching || !self.has_more {
             return None;
         }
-        if self.resync && !self.window.settled() {
-            return None; // acknowledged rows must be gone before reading from the start
+        if self.resync && (!self.window.settled() || self.window.unacknowledged() > 0) {
+            // Acknowledged rows must be gone, and the others answered, before reading
+            // from the start.
+            return None;
         }
         let free = self.window.free();
         if free == 0 || (free < self.batch && self.window.unacknowledged() > 0) {
@@ -142,6 +144,23 @@ impl Feed {
     /// A fetched row cannot be sent at all: it is deleted as if acknowledged.
     pub fn skipped(&mut self, row: i64) {
         self.window.discard(row);
+        self.cursor = row;
+    }
+
+    /// The broker refused a row for now (an MQTT 5 reason such as quota exceeded): once
+    /// the rows in flight are answered, the queue is read again from the start (the
+    /// refused row first) after `delay`.
+    pub fn retry_from_start(&mut self, delay: Duration) {
+        self.generation += 1;
+        self.resync = true;
+        self.has_more = true;
+        self.fetch_delay = Some(delay);
+    }
+
+    /// A fetched row the broker would refuse for good (larger than it accepts): it
+    /// leaves the queue for the dead letters.
+    pub fn refused(&mut self, row: i64, reason: String) {
+        self.window.dead_letter(row, reason);
         self.cursor = row;
     }
 
@@ -224,6 +243,36 @@ mod tests {
         let retry = feed.next_fetch(true).unwrap();
         assert_eq!(retry.delay, Some(FETCH_RETRY));
         assert_eq!(retry.after, 0, "still a resync");
+    }
+
+    #[test]
+    fn a_passing_refusal_reads_the_queue_again_once_the_rest_is_answered() {
+        let mut feed = Feed::new(4);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        feed.fetched(request, Some(3), true);
+        for (pkid, row) in [(1, 11), (2, 12), (3, 13)] {
+            feed.sent(row);
+            feed.window.on_outgoing_publish(pkid).unwrap();
+        }
+        assert_eq!(feed.window.refuse(1), Some(11));
+        feed.retry_from_start(Duration::from_millis(500));
+        feed.rows_committed(true);
+        assert_eq!(
+            feed.next_fetch(true),
+            None,
+            "rows 12 and 13 are still in flight"
+        );
+        feed.window.on_puback(2);
+        feed.window.on_puback(3);
+        assert_eq!(feed.next_fetch(true), None, "their deletion first");
+        let deleted = feed.window.take_acked();
+        feed.window.deleted(deleted.len());
+        let again = feed.next_fetch(true).unwrap();
+        assert_eq!(
+            (again.after, again.delay),
+            (0, Some(Duration::from_millis(500)))
+        );
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! Publishes from the broker: the profile says what they call for; commands go to the
 //! command service over a bounded channel.
 
-use rumqttc::Publish;
 use tokio::sync::mpsc;
 
+use super::link::InboundPublish;
 use super::profile::{Message, Profile};
 use super::Inbound;
 
@@ -12,7 +12,7 @@ use super::Inbound;
 pub(super) fn route(
     sender: Option<&mpsc::Sender<Inbound>>,
     profile: &mut dyn Profile,
-    publish: Publish,
+    publish: InboundPublish,
 ) -> Vec<Message> {
     let Some(sender) = sender else {
         return Vec::new();

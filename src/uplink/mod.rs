@@ -15,11 +15,13 @@
 //! topics of an upstream world), `inbound` (routing publishes to the command service)
 //! and `session` (the task that ties them together).
 
+mod aliases;
 mod catalog;
 mod driver;
 mod feed;
 mod homeassistant;
 mod inbound;
+mod link;
 mod plan;
 mod profile;
 mod session;
@@ -43,6 +45,7 @@ use crate::store::Store;
 
 pub use catalog::{Catalog, DeviceInfo, Tag, Writable};
 pub use homeassistant::{HomeAssistantSettings, ANNOUNCED_KEY as HOMEASSISTANT_ANNOUNCED};
+pub use link::Protocol;
 pub use session::SessionStatus;
 pub use sparkplug::SparkplugSettings;
 pub use tls::{ClientCertificate, TlsSettings};
@@ -84,8 +87,16 @@ pub struct UplinkSettings {
     pub inbound: Option<mpsc::Sender<Inbound>>,
     /// QoS of the command subscription.
     pub command_qos: rumqttc::QoS,
-    /// Largest packet read from the broker (see `upstream.max_inbound`).
+    /// Largest packet read from the broker (see `upstream.max_inbound`); advertised as
+    /// Maximum Packet Size with MQTT 5.
     pub max_inbound: usize,
+    /// The MQTT version of every session.
+    pub protocol: Protocol,
+    /// MQTT 5: how long the broker keeps a disconnected device's session (3.1.1
+    /// sessions are kept until the broker forgets them).
+    pub session_expiry: Duration,
+    /// MQTT 5: the Message Expiry Interval of QoS 0 events, if any.
+    pub message_expiry: Option<Duration>,
     /// What each device publishes and accepts, for profiles that announce it.
     pub catalog: Catalog,
 }
@@ -108,6 +119,9 @@ impl UplinkSettings {
             inbound: None,
             command_qos: rumqttc::QoS::ExactlyOnce,
             max_inbound: 256 * 1024,
+            protocol: Protocol::V311,
+            session_expiry: Duration::from_secs(24 * 60 * 60),
+            message_expiry: None,
             catalog: Catalog::new(),
         }
     }

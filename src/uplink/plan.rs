@@ -4,14 +4,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{
-    AsyncClient, EventLoop, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport,
-};
+use rumqttc::{v5, AsyncClient, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
+use super::link::{will_v5, Client, EventLoop, Protocol};
 use super::profile::{JsonProfile, Profile};
 use super::topics::Naming;
-use super::{tls, BrokerUrl, DeviceIdentity, Inbound, UplinkError, UplinkSettings, MAX_PAYLOAD};
+use super::{
+    tls, BrokerUrl, DeviceIdentity, Inbound, TopicScheme, UplinkError, UplinkSettings, MAX_PAYLOAD,
+};
 use fieldbridge_mqtt::platform::valid_name;
 
 /// Largest MQTT packet either way: a maximal payload plus topic and header.
@@ -32,6 +33,11 @@ pub(super) struct Plan {
     pub(super) inbound: Option<mpsc::Sender<Inbound>>,
     pub(super) command_qos: QoS,
     pub(super) max_inbound: usize,
+    pub(super) protocol: Protocol,
+    /// MQTT 5: how long the broker keeps the session of a disconnected device.
+    pub(super) session_expiry_secs: u32,
+    /// MQTT 5: the Message Expiry Interval of QoS 0 events.
+    pub(super) message_expiry_secs: Option<u32>,
 }
 
 /// Reconnect delays (see [`UplinkSettings::reconnect_min`]).
@@ -40,6 +46,11 @@ pub(super) struct Reconnect {
     pub(super) min: Duration,
     pub(super) max: Duration,
     pub(super) refused_max: Duration,
+}
+
+/// `duration` in whole seconds, at most `u32::MAX` (MQTT's "never").
+fn whole_seconds(duration: Duration) -> u32 {
+    u32::try_from(duration.as_secs()).unwrap_or(u32::MAX)
 }
 
 impl Plan {
@@ -82,6 +93,12 @@ impl Plan {
                 return Err(invalid("the id is used twice"));
             }
         }
+        if settings.protocol == Protocol::V5 && matches!(settings.topics, TopicScheme::Sparkplug(_))
+        {
+            return Err(UplinkError::Settings(
+                "Sparkplug B 3.0 is specified on MQTT 3.1.1: its sessions cannot use MQTT 5".into(),
+            ));
+        }
         let tls = if endpoint.tls {
             Some(TlsConfiguration::Rustls(tls::client_config(&settings.tls)?))
         } else {
@@ -118,6 +135,9 @@ impl Plan {
             inbound: settings.inbound.clone(),
             command_qos: settings.command_qos,
             max_inbound: settings.max_inbound,
+            protocol: settings.protocol,
+            session_expiry_secs: whole_seconds(settings.session_expiry),
+            message_expiry_secs: settings.message_expiry.map(whole_seconds),
         })
     }
 
@@ -133,44 +153,69 @@ impl Plan {
     }
 
     /// An MQTT client with the profile's identity, credentials and will, taking up to
-    /// `requests` requests at once.
-    pub(super) fn client(
-        &self,
-        profile: &mut dyn Profile,
-        requests: usize,
-    ) -> (AsyncClient, EventLoop) {
-        let mut options = MqttOptions::new(
-            profile.client_id(),
-            self.endpoint.host.clone(),
-            self.endpoint.port,
-        );
-        options
-            .set_keep_alive(self.keepalive)
-            .set_clean_session(false)
-            .set_inflight(u16::try_from(self.window).unwrap_or(u16::MAX))
-            .set_request_channel_capacity(requests)
-            .set_max_packet_size(self.max_inbound, MAX_PACKET);
-        if let Some((user, password)) = profile.credentials() {
-            options.set_credentials(user, password);
-        }
+    /// `requests` requests at once, in the configured MQTT version.
+    pub(super) fn client(&self, profile: &mut dyn Profile, requests: usize) -> (Client, EventLoop) {
         // A profile with a connection counter sets its will once the counter is saved.
-        if let Some(will) = profile
+        let will = profile
             .will(0)
-            .filter(|_| profile.connection_counter().is_none())
-        {
-            options.set_last_will(will);
-        }
+            .filter(|_| profile.connection_counter().is_none());
+        let credentials = profile.credentials();
         let own = profile
             .scope()
             .and_then(|device| self.device_tls.get(device));
-        if let Some(tls) = own.or(self.tls.as_ref()) {
-            options.set_transport(Transport::tls_with_config(tls.clone()));
-        }
-        let (client, mut eventloop) = AsyncClient::new(options, requests);
+        let transport = own
+            .or(self.tls.as_ref())
+            .map(|tls| Transport::tls_with_config(tls.clone()));
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         network.set_connection_timeout(self.connect_timeout_secs);
-        eventloop.set_network_options(network);
-        (client, eventloop)
+        let inflight = u16::try_from(self.window).unwrap_or(u16::MAX);
+        let (host, port) = (self.endpoint.host.clone(), self.endpoint.port);
+        match self.protocol {
+            Protocol::V311 => {
+                let mut options = MqttOptions::new(profile.client_id(), host, port);
+                options
+                    .set_keep_alive(self.keepalive)
+                    .set_clean_session(false)
+                    .set_inflight(inflight)
+                    .set_request_channel_capacity(requests)
+                    .set_max_packet_size(self.max_inbound, MAX_PACKET);
+                if let Some((user, password)) = credentials {
+                    options.set_credentials(user, password);
+                }
+                if let Some(will) = will {
+                    options.set_last_will(will);
+                }
+                if let Some(transport) = transport {
+                    options.set_transport(transport);
+                }
+                let (client, mut eventloop) = AsyncClient::new(options, requests);
+                eventloop.set_network_options(network);
+                (Client::V311(client), EventLoop::V311(Box::new(eventloop)))
+            }
+            Protocol::V5 => {
+                let mut options = v5::MqttOptions::new(profile.client_id(), host, port);
+                options
+                    .set_keep_alive(self.keepalive)
+                    .set_clean_start(false)
+                    .set_session_expiry_interval(Some(self.session_expiry_secs))
+                    .set_outgoing_inflight_upper_limit(inflight)
+                    .set_request_channel_capacity(requests)
+                    // Advertised as Maximum Packet Size: the broker sends nothing larger.
+                    .set_max_packet_size(Some(u32::try_from(self.max_inbound).unwrap_or(u32::MAX)))
+                    .set_network_options(network);
+                if let Some((user, password)) = credentials {
+                    options.set_credentials(user, password);
+                }
+                if let Some(will) = will {
+                    options.set_last_will(will_v5(will));
+                }
+                if let Some(transport) = transport {
+                    options.set_transport(transport);
+                }
+                let (client, eventloop) = v5::AsyncClient::new(options, requests);
+                (Client::V5(client), EventLoop::V5(Box::new(eventloop)))
+            }
+        }
     }
 }

@@ -24,6 +24,8 @@ pub(super) struct Message {
     pub topic: String,
     pub retain: bool,
     pub payload: Vec<u8>,
+    /// A JSON payload (MQTT 5: sent with its content type and as UTF-8).
+    pub json: bool,
 }
 
 /// What a publish from the broker calls for.
@@ -181,6 +183,7 @@ impl Profile for JsonProfile {
             topic: format!("{MANAGEMENT_PUBLISH}mgmt/manage"),
             retain: false,
             payload: serde_json::to_vec(&manage).expect("JSON values always serialize"),
+            json: true,
         }]
     }
 
@@ -195,6 +198,7 @@ impl Profile for JsonProfile {
             topic,
             retain: false,
             payload: event.platform_json(),
+            json: true,
         })
     }
 
@@ -245,7 +249,8 @@ mod tests {
             Message {
                 topic: "iot-2/evt/status/fmt/json".into(),
                 retain: false,
-                payload: b"{}".to_vec()
+                payload: b"{}".to_vec(),
+                json: true,
             }
         );
         let legacy = Event::encoded(

@@ -9,15 +9,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectionError, QoS};
+use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use super::driver::{drive, oversized_inbound, DriverBatch, DriverEvent, Resume};
+use super::aliases::TopicAliases;
+use super::driver::{drive, DriverBatch, DriverEvent, Resume};
 use super::feed::{Feed, FetchRequest, Fetched};
 use super::inbound;
+use super::link::{
+    reason_name, Ack, Client, LinkError, LinkEvent, Outbound, OutboundProperties, ServerLimits,
+};
 use super::plan::{Plan, MAX_PACKET};
 use super::profile::{Message, Profile};
 use super::Inbound;
@@ -96,6 +100,9 @@ impl Plan {
             profile,
             client,
             store,
+            aliases: TopicAliases::default(),
+            server: ServerLimits::default(),
+            message_expiry_secs: self.message_expiry_secs,
             feed: Feed::new(self.window),
             window_capacity: self.window,
             sent_at: HashMap::new(),
@@ -113,6 +120,7 @@ impl Plan {
             connected: false,
             failures: 0,
             failure_log: LogThrottle::new(CONNECT_FAILURE_LOG_INTERVAL),
+            refusal_log: LogThrottle::new(STORE_ERROR_LOG_INTERVAL),
             store_errors: LogThrottle::new(STORE_ERROR_LOG_INTERVAL),
             retry: Box::pin(tokio::time::sleep(Duration::ZERO)),
             retry_pending: false,
@@ -133,12 +141,46 @@ impl Plan {
 }
 
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// Deletes acknowledged rows and moves refused ones to the dead letters.
+async fn remove(
+    store: &Store,
+    acked: Vec<i64>,
+    refused: Vec<(i64, String)>,
+) -> Result<(), StoreError> {
+    if !acked.is_empty() {
+        store.delete(acked).await?;
+    }
+    if !refused.is_empty() {
+        store.dead_letter(refused).await?;
+    }
+    Ok(())
+}
+
+/// The publish of an event or announcement as the profile encoded it.
+fn outbound(message: Message, qos: QoS) -> Outbound {
+    Outbound {
+        topic: message.topic,
+        payload: message.payload,
+        qos,
+        retain: message.retain,
+        properties: OutboundProperties {
+            json: message.json,
+            ..OutboundProperties::default()
+        },
+    }
+}
 type FetchResult = (FetchRequest, Result<Vec<QueuedEvent>, StoreError>);
 
 struct Session {
     profile: Box<dyn Profile>,
-    client: AsyncClient,
+    client: Client,
     store: Store,
+    /// Topic aliases of the current connection (MQTT 5).
+    aliases: TopicAliases,
+    /// What the broker accepts, from the current connection's CONNACK (MQTT 5).
+    server: ServerLimits,
+    message_expiry_secs: Option<u32>,
     feed: Feed,
     window_capacity: usize,
     /// When each in-flight QoS 1 packet went out, for the publish latency.
@@ -162,6 +204,8 @@ struct Session {
     /// Consecutive failed connection attempts.
     failures: u32,
     failure_log: LogThrottle,
+    /// Events the broker refused (MQTT 5 reason codes).
+    refusal_log: LogThrottle,
     /// Reading or deleting rows failed (a full or failing disk lasts a while).
     store_errors: LogThrottle,
     /// Fires when the next connection attempt is due (armed while `retry_pending`).
@@ -234,27 +278,19 @@ impl Session {
 
     /// Handles one event; returns 1 for an acknowledgement of a tracked row.
     fn on_driver_event(&mut self, event: DriverEvent) -> u64 {
-        match event {
-            DriverEvent::ConnAck { session_present } => {
-                self.connected = true;
-                self.failures = 0;
-                self.failure_log.reset();
-                self.backoff.reset();
-                self.refused_backoff.reset();
-                self.feed.connected();
-                tracing::info!(
-                    device = %self.profile.name(),
-                    session_present,
-                    "connected to the broker"
-                );
-                self.status.send_modify(|s| {
-                    s.connected = true;
-                    s.connections += 1;
-                    s.session_present = session_present;
-                });
-                self.subscribe();
+        let event = match event {
+            DriverEvent::Link(event) => event,
+            DriverEvent::Lost(error) => {
+                self.on_lost(error);
+                return 0;
             }
-            DriverEvent::Published(pkid) => {
+        };
+        match event {
+            LinkEvent::ConnAck {
+                session_present,
+                limits,
+            } => self.on_connected(session_present, limits),
+            LinkEvent::Published(pkid) => {
                 if pkid != 0 && self.sent_at.len() < self.window_capacity * 2 {
                     self.sent_at.insert(pkid, Instant::now());
                 }
@@ -266,23 +302,59 @@ impl Session {
                     );
                 }
             }
-            DriverEvent::PubAck(pkid) => {
+            LinkEvent::PubAck(pkid, ack) => {
                 if let Some(sent) = self.sent_at.remove(&pkid) {
                     self.ack_latency += sent.elapsed();
                 }
-                return u64::from(self.feed.window.on_puback(pkid).is_some());
+                return match ack {
+                    Ack::Accepted => {
+                        // Passing refusals are over once the broker accepts again.
+                        self.backoff.reset();
+                        u64::from(self.feed.window.on_puback(pkid).is_some())
+                    }
+                    Ack::Refused { code, permanent } => {
+                        self.on_refused(pkid, code, permanent);
+                        0
+                    }
+                };
             }
-            DriverEvent::Inbound(publish) => {
+            LinkEvent::Inbound(publish) => {
                 let answer = inbound::route(self.inbound.as_ref(), self.profile.as_mut(), publish);
                 self.announce(answer);
             }
-            DriverEvent::Disconnected => {}
-            DriverEvent::Lost(error) => self.on_lost(error),
+            LinkEvent::Disconnected => {}
         }
         0
     }
 
-    fn on_lost(&mut self, error: ConnectionError) {
+    fn on_connected(&mut self, session_present: bool, limits: ServerLimits) {
+        self.connected = true;
+        self.failures = 0;
+        self.failure_log.reset();
+        self.backoff.reset();
+        self.refused_backoff.reset();
+        self.server = limits;
+        self.aliases = TopicAliases::new(limits.topic_alias_maximum);
+        // The broker's Receive Maximum bounds the window of this connection.
+        let window = limits.receive_maximum.map_or(self.window_capacity, |max| {
+            usize::from(max).min(self.window_capacity)
+        });
+        self.feed.window.set_capacity(window);
+        self.feed.connected();
+        tracing::info!(
+            device = %self.profile.name(),
+            session_present,
+            "connected to the broker"
+        );
+        self.status.send_modify(|s| {
+            s.connected = true;
+            s.connections += 1;
+            s.session_present = session_present;
+        });
+        self.subscribe();
+    }
+
+    fn on_lost(&mut self, error: LinkError) {
         let was_connected = std::mem::replace(&mut self.connected, false);
         self.sent_at.clear();
         let lost_qos0 = self.feed.lost();
@@ -290,13 +362,14 @@ impl Session {
             self.qos0_dropped
                 .fetch_add(lost_qos0 as u64, Ordering::Relaxed);
         }
-        let delay = match error {
-            ConnectionError::ConnectionRefused(_) => self.refused_backoff.next_delay(),
-            _ => self.backoff.next_delay(),
+        let delay = if error.refused() {
+            self.refused_backoff.next_delay()
+        } else {
+            self.backoff.next_delay()
         };
         self.retry.as_mut().reset(Instant::now() + delay);
         self.retry_pending = true;
-        let oversized = oversized_inbound(&error);
+        let oversized = error.oversized();
         if let Some(size) = oversized {
             tracing::error!(
                 device = %self.profile.name(),
@@ -347,7 +420,7 @@ impl Session {
     fn subscribe(&mut self) {
         if self.inbound.is_some() {
             for (filter, qos) in self.profile.subscriptions() {
-                if let Err(error) = self.client.try_subscribe(filter.as_str(), qos) {
+                if let Err(error) = self.client.subscribe(&filter, qos) {
                     tracing::warn!(device = %self.profile.name(), "cannot subscribe to {filter}: {error}");
                 }
             }
@@ -366,12 +439,7 @@ impl Session {
 
     fn announce(&mut self, announcements: Vec<Message>) {
         for message in announcements {
-            match self.client.try_publish(
-                message.topic,
-                QoS::AtMostOnce,
-                message.retain,
-                message.payload,
-            ) {
+            match self.client.publish(outbound(message, QoS::AtMostOnce)) {
                 Ok(()) => self.feed.window.qos0_submitted(),
                 Err(error) => {
                     tracing::warn!(device = %self.profile.name(), "announcement not sent: {error}")
@@ -456,28 +524,21 @@ impl Session {
                     None
                 }
             };
-            let Some(Message {
-                topic,
-                retain,
-                payload,
-            }) = encoded
-            else {
+            let Some(message) = encoded else {
                 self.feed.skipped(row.id);
                 continue;
             };
-            if payload.len() + topic.len() + 16 > MAX_PACKET {
+            if let Some(reason) = self.too_large(&message) {
                 tracing::error!(
                     device = %self.profile.name(),
                     row = row.id,
-                    "queued event too large for an MQTT packet; deleting it"
+                    "queued event not sendable ({reason}): moved to the dead letters"
                 );
-                self.feed.skipped(row.id);
+                self.feed.refused(row.id, reason);
                 continue;
             }
-            match self
-                .client
-                .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            {
+            let publish = self.event_publish(message, QoS::AtLeastOnce);
+            match self.client.publish(publish) {
                 Ok(()) => self.feed.sent(row.id),
                 Err(error) => {
                     // The request channel is sized for the window, so this means the
@@ -491,17 +552,70 @@ impl Session {
         self.update_in_flight(0);
     }
 
+    /// Why `message` can never be sent on this connection, if it cannot: larger than an
+    /// MQTT packet, or than the broker's Maximum Packet Size.
+    fn too_large(&self, message: &Message) -> Option<String> {
+        // Fixed header, topic length, packet id and the properties an event carries.
+        const OVERHEAD: usize = 5 + 2 + 2 + 48;
+        let size = message.topic.len() + message.payload.len() + OVERHEAD;
+        if size > MAX_PACKET {
+            return Some(format!("a packet of {size} bytes, over MQTT's limit"));
+        }
+        let max = self.server.maximum_packet_size?;
+        (size > usize::try_from(max).unwrap_or(usize::MAX)).then(|| {
+            format!("0x95 packet too large: {size} bytes, over the broker's Maximum Packet Size of {max}")
+        })
+    }
+
+    /// The publish of an event on this connection: its topic an alias where the broker
+    /// allows them, QoS 0 ones with the configured expiry.
+    fn event_publish(&mut self, message: Message, qos: QoS) -> Outbound {
+        let mut publish = outbound(message, qos);
+        let (topic, alias) = self.aliases.apply(std::mem::take(&mut publish.topic));
+        publish.topic = topic;
+        publish.properties.topic_alias = alias;
+        if qos == QoS::AtMostOnce {
+            publish.properties.message_expiry_secs = self.message_expiry_secs;
+        }
+        publish
+    }
+
+    /// The broker refused the row sent as `pkid` (an MQTT 5 reason code): for good,
+    /// the row moves to the dead letters; for now, it is sent again after a delay.
+    fn on_refused(&mut self, pkid: u16, code: u8, permanent: bool) {
+        let Some(row) = self.feed.window.refuse(pkid) else {
+            return;
+        };
+        let reason = format!("0x{code:02X} {}", reason_name(code));
+        if permanent {
+            if let Some(repeats) = self.refusal_log.admit() {
+                tracing::warn!(device = %self.profile.name(), row, repeats, "the broker refused an event for good ({reason}): moved to the dead letters");
+            }
+            self.feed.window.dead_letter(row, reason);
+        } else {
+            let delay = self.backoff.next_delay();
+            if let Some(repeats) = self.refusal_log.admit() {
+                tracing::warn!(device = %self.profile.name(), row, repeats, "the broker refused an event for now ({reason}): sending it again in {delay:.1?}");
+            }
+            self.feed.retry_from_start(delay);
+        }
+    }
+
+    /// Deletes the acknowledged rows and moves the refused ones to the dead letters.
     fn start_delete(&mut self) {
         if self.delete.is_some() {
             return;
         }
-        let rows = self.feed.window.take_acked();
-        if rows.is_empty() {
+        let acked = self.feed.window.take_acked();
+        let refused = self.feed.window.take_refused();
+        if acked.is_empty() && refused.is_empty() {
             return;
         }
-        let count = rows.len();
+        let count = acked.len() + refused.len();
         let store = self.store.clone();
-        self.delete = Some(Box::pin(async move { (count, store.delete(rows).await) }));
+        self.delete = Some(Box::pin(async move {
+            (count, remove(&store, acked, refused).await)
+        }));
     }
 
     fn on_deleted(&mut self, (count, result): (usize, Result<(), StoreError>)) {
@@ -520,16 +634,12 @@ impl Session {
     fn on_qos0(&mut self, event: Event) {
         if self.connected && self.feed.window.qos0_pending() < QOS0_PENDING_LIMIT {
             if let Some(message) = self.profile.encode(&event) {
-                if self
-                    .client
-                    .try_publish(
-                        message.topic,
-                        QoS::AtMostOnce,
-                        message.retain,
-                        message.payload,
-                    )
-                    .is_ok()
-                {
+                if self.too_large(&message).is_some() {
+                    self.qos0_dropped.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                let publish = self.event_publish(message, QoS::AtMostOnce);
+                if self.client.publish(publish).is_ok() {
                     self.feed.window.qos0_submitted();
                     return;
                 }
@@ -576,16 +686,15 @@ impl Session {
             }
         }
         let acked = self.feed.window.take_acked();
-        if !acked.is_empty() {
-            let _ = tokio::time::timeout(DELETE_GRACE, self.store.delete(acked)).await;
-        }
+        let refused = self.feed.window.take_refused();
+        let _ = tokio::time::timeout(DELETE_GRACE, remove(&self.store, acked, refused)).await;
         self.persist_qos0_drops().await;
-        if self.connected && self.client.try_disconnect().is_ok() {
+        if self.connected && self.client.disconnect().is_ok() {
             let deadline = Instant::now() + DISCONNECT_GRACE;
             loop {
                 tokio::select! {
                     batch = self.driver.recv() => match batch {
-                        Some(batch) if batch.iter().any(|e| matches!(e, DriverEvent::Disconnected)) => break,
+                        Some(batch) if batch.iter().any(|e| matches!(e, DriverEvent::Link(LinkEvent::Disconnected))) => break,
                         Some(_) => {}
                         None => break,
                     },

@@ -19,6 +19,9 @@ pub(crate) struct Window {
     inflight: HashMap<u16, i64>,
     /// Acknowledged rows whose deletion has not been requested yet.
     acked: Vec<i64>,
+    /// Rows the broker refused for good (or could never accept), with the reason, not
+    /// yet handed over to be moved to the dead letters.
+    refused: Vec<(i64, String)>,
     /// Rows whose deletion is being committed.
     deleting: usize,
     /// Slots promised to a fetch that has not returned yet.
@@ -38,6 +41,7 @@ impl Window {
             submitted: VecDeque::new(),
             inflight: HashMap::new(),
             acked: Vec::new(),
+            refused: Vec::new(),
             deleting: 0,
             reserved: 0,
             qos0_pending: 0,
@@ -53,6 +57,7 @@ impl Window {
         self.submitted.len()
             + self.inflight.len()
             + self.acked.len()
+            + self.refused.len()
             + self.deleting
             + self.reserved
     }
@@ -70,7 +75,12 @@ impl Window {
     /// Nothing acknowledged waits for its deletion: every row still in the queue is
     /// unacknowledged, so the queue can be read again from its start.
     pub(crate) fn settled(&self) -> bool {
-        self.acked.is_empty() && self.deleting == 0
+        self.acked.is_empty() && self.refused.is_empty() && self.deleting == 0
+    }
+
+    /// At most this many rows on their way from now on (the broker's Receive Maximum).
+    pub(crate) fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
     }
 
     pub(crate) fn reserve(&mut self, rows: usize) {
@@ -115,6 +125,24 @@ impl Window {
         let row = self.inflight.remove(&pkid)?;
         self.acked.push(row);
         Some(row)
+    }
+
+    /// The broker refused `pkid`: the row it names leaves the window but stays queued,
+    /// unless the caller hands it to [`Self::dead_letter`].
+    pub(crate) fn refuse(&mut self, pkid: u16) -> Option<i64> {
+        self.inflight.remove(&pkid)
+    }
+
+    /// A row to move to the dead letters; it keeps its slot until [`Self::deleted`].
+    pub(crate) fn dead_letter(&mut self, row: i64, reason: String) {
+        self.refused.push((row, reason));
+    }
+
+    /// Rows to move to the dead letters now, with their reasons.
+    pub(crate) fn take_refused(&mut self) -> Vec<(i64, String)> {
+        let rows = std::mem::take(&mut self.refused);
+        self.deleting += rows.len();
+        rows
     }
 
     /// A row that can never be sent: it is deleted as if acknowledged.

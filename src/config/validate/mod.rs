@@ -9,7 +9,9 @@ use std::path::Path;
 
 use super::error::ConfigError;
 use super::raw::BusKind;
-use super::schema::{Bus, BusTransport, Config, LogSection, QueueSection, TopicScheme, Upstream};
+use super::schema::{
+    Bus, BusTransport, Config, LogSection, MqttVersion, QueueSection, TopicScheme, Upstream,
+};
 use super::source_map::{child, item, SourceMap};
 use fieldbridge_service::units::Size;
 
@@ -122,6 +124,35 @@ fn check_upstream(checker: &Checker, upstream: &Upstream) -> Check {
                 "upstream.tls",
                 "a client certificate needs both `cert_file` and `key_file`",
             );
+        }
+    }
+    if upstream.protocol != MqttVersion::V5 {
+        checker.reject_present(
+            "upstream",
+            &["session_expiry", "message_expiry"],
+            "only applies with `protocol: \"5\"`",
+        )?;
+    } else if upstream.topic_scheme == TopicScheme::Sparkplug {
+        return checker.fail(
+            "upstream.protocol",
+            "Sparkplug B 3.0 is specified on MQTT 3.1.1: use `protocol: \"3.1.1\"` with `topic_scheme: sparkplug`",
+        );
+    }
+    for (key, value) in [
+        ("upstream.session_expiry", upstream.session_expiry),
+        ("upstream.message_expiry", upstream.message_expiry),
+    ] {
+        if let Some(value) = value {
+            let duration = value.get();
+            if duration.subsec_nanos() != 0
+                || duration.as_secs() == 0
+                || duration.as_secs() > u64::from(u32::MAX - 1)
+            {
+                return checker.fail(
+                    key,
+                    format!("{value} is not allowed: use whole seconds from 1s to 4294967294s"),
+                );
+            }
         }
     }
     if upstream.topic_scheme != TopicScheme::Sparkplug {

@@ -91,6 +91,7 @@ impl HomeAssistantProfile {
             } else {
                 b"offline".to_vec()
             },
+            json: false,
         }
     }
 
@@ -105,6 +106,7 @@ impl HomeAssistantProfile {
             topic: self.topics.config.clone(),
             retain: true,
             payload: serde_json::to_vec(&config).expect("JSON values always serialize"),
+            json: true,
         }
     }
 
@@ -127,6 +129,7 @@ impl HomeAssistantProfile {
             topic: self.topics.state.clone(),
             retain: true,
             payload: serde_json::to_vec(&self.state).expect("JSON values always serialize"),
+            json: true,
         }
     }
 }
@@ -182,6 +185,7 @@ impl Profile for HomeAssistantProfile {
                     .config,
                     retain: true,
                     payload: Vec::new(),
+                    json: false,
                 });
             }
         }

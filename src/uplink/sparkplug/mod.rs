@@ -45,6 +45,7 @@ impl SparkplugProfile {
                 topic,
                 retain: false,
                 payload,
+                json: false,
             })
             .collect()
     }
@@ -109,6 +110,7 @@ impl Profile for SparkplugProfile {
             topic,
             retain: false,
             payload,
+            json: false,
         })
     }
 
@@ -133,6 +135,7 @@ impl Profile for SparkplugProfile {
                         topic,
                         retain: false,
                         payload,
+                        json: false,
                     });
                 }
             }
