@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreError, StoreSettings};
-use fieldbridge::uplink::{DeviceIdentity, TopicScheme, Uplink, UplinkSettings};
+use fieldbridge::uplink::{DeviceIdentity, Protocol, TopicScheme, Uplink, UplinkSettings};
 use fieldbridge_testkit::Suite;
 use tokio::sync::mpsc;
 
@@ -238,6 +238,14 @@ async fn custom_templates_name_client_ids_users_and_topics(kind: BrokerKind) {
 }
 
 async fn events_queued_during_a_broker_outage_all_arrive_in_order(kind: BrokerKind) {
+    outage(kind, Protocol::V311).await;
+}
+
+async fn events_queued_during_an_outage_all_arrive_over_mqtt5(kind: BrokerKind) {
+    outage(kind, Protocol::V5).await;
+}
+
+async fn outage(kind: BrokerKind, protocol: Protocol) {
     let tmp = tempfile::tempdir().unwrap();
     let (mut broker, mut subscriber) =
         persistent_broker_and_reader(kind, tmp.path(), "outage-reader").await;
@@ -247,7 +255,9 @@ async fn events_queued_during_a_broker_outage_all_arrive_in_order(kind: BrokerKi
         .iter()
         .map(|id| device_identity(id, "meter", None))
         .collect();
-    let (uplink, sender) = start(uplink_settings(broker.url()), &store, devices);
+    let mut settings = uplink_settings(broker.url());
+    settings.protocol = protocol;
+    let (uplink, sender) = start(settings, &store, devices);
     for id in ids {
         send(&sender, id, 0..10, Qos::AtLeastOnce).await;
     }
@@ -498,6 +508,7 @@ fn main() -> std::process::ExitCode {
         events_of_several_devices_reach_a_subscriber_with_their_identities,
         custom_templates_name_client_ids_users_and_topics,
         events_queued_during_a_broker_outage_all_arrive_in_order,
+        events_queued_during_an_outage_all_arrive_over_mqtt5,
         sessions_are_back_within_seconds_of_the_end_of_an_outage,
         a_broker_that_lost_the_session_gets_unacknowledged_events_again,
         a_full_queue_drops_the_oldest_events_and_counts_them,

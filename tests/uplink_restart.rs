@@ -17,7 +17,7 @@ use std::sync::mpsc as std_mpsc;
 use common::*;
 use fieldbridge::event::Qos;
 use fieldbridge::store::{read_stats, Store, StoreSettings};
-use fieldbridge::uplink::Uplink;
+use fieldbridge::uplink::{Protocol, Uplink};
 use fieldbridge_testkit::Suite;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -35,11 +35,22 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::SUCCESS;
     }
     let mut suite = Suite::new();
-    broker_tests!(suite; a_killed_gateway_loses_no_event);
+    broker_tests!(suite;
+        a_killed_gateway_loses_no_event,
+        a_killed_gateway_with_mqtt5_sessions_loses_no_event,
+    );
     suite.run()
 }
 
 async fn a_killed_gateway_loses_no_event(kind: BrokerKind) {
+    killed_gateway(kind, Protocol::V311).await;
+}
+
+async fn a_killed_gateway_with_mqtt5_sessions_loses_no_event(kind: BrokerKind) {
+    killed_gateway(kind, Protocol::V5).await;
+}
+
+async fn killed_gateway(kind: BrokerKind, protocol: Protocol) {
     let tmp = tempfile::tempdir().unwrap();
     let data_dir = tmp.path().join("data");
     let (mut broker, mut subscriber) =
@@ -54,7 +65,7 @@ async fn a_killed_gateway_loses_no_event(kind: BrokerKind) {
     };
 
     // Connected: the first events go straight through.
-    let mut gateway = GatewayProcess::spawn(&broker.url(), &data_dir);
+    let mut gateway = GatewayProcess::spawn(&broker.url(), &data_dir, protocol);
     gateway.command("send 0 100");
     subscriber
         .wait_for("events 0..100", received_all(100))
@@ -74,13 +85,13 @@ async fn a_killed_gateway_loses_no_event(kind: BrokerKind) {
     // again halfway through.
     broker.restart();
     subscriber.wait_subscribed(2).await;
-    let mut gateway = GatewayProcess::spawn(&broker.url(), &data_dir);
+    let mut gateway = GatewayProcess::spawn(&broker.url(), &data_dir, protocol);
     subscriber
         .wait_for("part of the backlog", |m| m.len() >= 1500)
         .await;
     gateway.kill();
 
-    let mut gateway = GatewayProcess::spawn(&broker.url(), &data_dir);
+    let mut gateway = GatewayProcess::spawn(&broker.url(), &data_dir, protocol);
     gateway.command("send 3000 3050");
     subscriber.wait_for("every event", received_all(3050)).await;
     gateway.stop();
@@ -108,9 +119,16 @@ struct GatewayProcess {
 }
 
 impl GatewayProcess {
-    fn spawn(url: &str, data_dir: &Path) -> GatewayProcess {
+    fn spawn(url: &str, data_dir: &Path, protocol: Protocol) -> GatewayProcess {
+        let protocol = match protocol {
+            Protocol::V311 => "3.1.1",
+            Protocol::V5 => "5",
+        };
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .env(CHILD_ENV, format!("{url}|{}", data_dir.display()))
+            .env(
+                CHILD_ENV,
+                format!("{url}|{}|{protocol}", data_dir.display()),
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -174,12 +192,17 @@ impl Drop for GatewayProcess {
 
 /// The child: a gateway (store + uplink) driven by commands on stdin.
 fn run_gateway(spec: &str) {
-    let (url, data_dir) = spec.split_once('|').expect("url|data_dir");
+    let [url, data_dir, protocol] = spec.split('|').collect::<Vec<_>>()[..] else {
+        panic!("url|data_dir|protocol, not {spec}");
+    };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
         let mut settings = uplink_settings(url);
         settings.inflight = WINDOW;
+        if protocol == "5" {
+            settings.protocol = Protocol::V5;
+        }
         let devices = DEVICES
             .iter()
             .map(|id| device_identity(id, "tank", None))

@@ -127,6 +127,8 @@ pub struct BrokerConfig {
     pub quiet: bool,
     /// Mosquitto's `set_tcp_nodelay` (fieldbridge-broker always sets TCP_NODELAY).
     pub tcp_nodelay: bool,
+    /// An ACL in Mosquitto's `acl_file` syntax, which both brokers read.
+    pub acl: Option<String>,
 }
 
 /// A client connection as the broker logged it.
@@ -263,6 +265,14 @@ impl TestBroker {
         self.dir.join("passwords")
     }
 
+    /// Writes the ACL file, if there is one, and returns its path.
+    fn acl_path(&self) -> Option<PathBuf> {
+        let acl = self.config.acl.as_ref()?;
+        let path = self.dir.join("acl");
+        std::fs::write(&path, acl).unwrap();
+        Some(path)
+    }
+
     fn write_password_file(&self) {
         let path = self.password_path();
         std::fs::write(&path, "").unwrap();
@@ -355,6 +365,9 @@ impl TestBroker {
             lines.push("allow_anonymous false".to_owned());
             lines.push(format!("password_file {}", self.password_path().display()));
         }
+        if let Some(acl) = self.acl_path() {
+            lines.push(format!("acl_file {}", acl.display()));
+        }
         if let Some(tls) = &self.config.tls {
             lines.extend([
                 format!("cafile {}", tls.ca_file.display()),
@@ -391,11 +404,18 @@ impl TestBroker {
         // back for long outages and count on nothing being dropped for them.
         text += "limits: { max_queued_messages: 1000000, max_queued_bytes: 1GiB }\n";
         text += "sys_interval: 0s\n";
+        let acl = self.acl_path();
         if self.config.users.is_empty() {
             text += "allow_anonymous: true\n";
+            if let Some(path) = &acl {
+                text += &format!("auth: {{ acl_file: {path:?} }}\n");
+            }
         } else {
+            let acl = acl
+                .map(|path| format!(", acl_file: {path:?}"))
+                .unwrap_or_default();
             text += &format!(
-                "allow_anonymous: false\nauth: {{ password_file: {:?} }}\n",
+                "allow_anonymous: false\nauth: {{ password_file: {:?}{acl} }}\n",
                 self.password_path()
             );
         }
