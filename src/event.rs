@@ -72,6 +72,18 @@ pub struct CommandResult {
     /// The value read back from the device after the write.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub readback: Option<Value>,
+    /// Where the result goes instead of the event topic: the command was an MQTT 5
+    /// request with a Response Topic. Kept with the queued row, never in the payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
+}
+
+/// An MQTT 5 request's Response Topic and Correlation Data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reply {
+    pub topic: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub correlation_data: Option<Vec<u8>>,
 }
 
 impl Event {
@@ -183,6 +195,7 @@ impl Event {
                 req_id: json.get("reqId").and_then(Value::as_str).map(str::to_owned),
                 value: d.get("value").cloned(),
                 readback: d.get("readback").cloned(),
+                reply: None,
             }),
             name if name.contains('/') => return None,
             name => Body::Data {

@@ -29,6 +29,11 @@ async fn plc() -> (SimSlave, u16) {
 }
 
 fn config(dir: &Path, broker: &TestBroker, modbus_port: u16) -> PathBuf {
+    config_with(dir, broker, modbus_port, "")
+}
+
+/// [`config`] with `upstream_extra` (whole lines) added to the upstream section.
+fn config_with(dir: &Path, broker: &TestBroker, modbus_port: u16, upstream_extra: &str) -> PathBuf {
     let path = dir.join("gateway.yaml");
     std::fs::write(
         &path,
@@ -40,7 +45,7 @@ upstream:
   org: test
   topic_scheme: custom
   topics: {{ event: "fb/{{type}}/{{device}}/evt/{{event}}", command: "fb/{{type}}/{{device}}/cmd/{{command}}" }}
-buses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {modbus_port}, timeout: 300ms }}]
+{upstream_extra}buses: [{{ name: plc, kind: tcp, host: 127.0.0.1, port: {modbus_port}, timeout: 300ms }}]
 devices:
   - id: boiler-1
     type: boiler
@@ -504,6 +509,88 @@ devices:
         .await;
 }
 
+/// MQTT 5 request/response: a command with a Response Topic and Correlation Data gets
+/// its result on that topic with the same correlation data, instead of the event topic.
+/// The requester is rumqttc's v5 client.
+async fn an_mqtt5_request_is_answered_on_its_response_topic(kind: BrokerKind) {
+    use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    let dir = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(kind, dir.path(), BrokerConfig::default());
+    let (plc, modbus_port) = plc().await;
+    let config = config_with(dir.path(), &broker, modbus_port, "  protocol: \"5\"\n");
+    let _gateway = Gateway::start(&config, &dir.path().join("gateway.log"));
+    let app = Application::connect(broker.port).await;
+    wait_until_listening(&app).await;
+
+    let (requester, mut eventloop) =
+        Client5::new(Options5::new("requester", "127.0.0.1", broker.port), 16);
+    requester
+        .subscribe("app/replies/#", QoS5::AtLeastOnce)
+        .await
+        .unwrap();
+    let (replies, mut received) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        while let Ok(event) = eventloop.poll().await {
+            match event {
+                Event5::Incoming(Packet5::SubAck(_)) => {
+                    let _ = replies.send(None);
+                }
+                Event5::Incoming(Packet5::Publish(publish)) => {
+                    let _ = replies.send(Some(publish));
+                }
+                _ => {}
+            }
+        }
+    });
+    assert!(received.recv().await.unwrap().is_none(), "SUBACK first");
+    let properties = PublishProperties {
+        response_topic: Some("app/replies/r5".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-42")),
+        ..PublishProperties::default()
+    };
+    requester
+        .publish_with_properties(
+            "fb/boiler/boiler-1/cmd/setpoint",
+            QoS5::ExactlyOnce,
+            false,
+            json!({"d": {"value": 33}, "reqId": "rr-1"}).to_string(),
+            properties,
+        )
+        .await
+        .unwrap();
+    let reply = tokio::time::timeout(common::DEADLINE, received.recv())
+        .await
+        .expect("a reply in time")
+        .unwrap()
+        .expect("a publish");
+    assert_eq!(String::from_utf8_lossy(&reply.topic), "app/replies/r5");
+    let properties = reply.properties.expect("properties");
+    assert_eq!(
+        properties.correlation_data.as_deref(),
+        Some(&b"corr-42"[..])
+    );
+    assert_eq!(properties.content_type.as_deref(), Some("application/json"));
+    let result: Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        (result["rc"].clone(), result["reqId"].clone()),
+        (json!(200), json!("rr-1"))
+    );
+    assert_eq!(f32_of(&plc.holding(20, 2)), 33.0);
+    // Results of one device come in order: once a later command is answered on the
+    // event topic, the request's result would have been there too.
+    assert_eq!(
+        app.call("boiler-1", "mode", json!("eco"), "after").await["rc"],
+        200
+    );
+    assert!(
+        app.results_for("rr-1").is_empty(),
+        "the result went to the event topic too"
+    );
+    reader.abort();
+}
+
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
     broker_tests!(suite;
@@ -511,6 +598,7 @@ fn main() -> std::process::ExitCode {
         a_command_is_acted_on_once_per_req_id_even_across_a_restart,
         oversized_commands_are_refused_and_do_not_poison_the_session,
         managed_device_announces_itself_and_answers_management_requests,
+        an_mqtt5_request_is_answered_on_its_response_topic,
     );
     suite.run()
 }

@@ -150,7 +150,12 @@ async fn work(
                 if let Err(refusal) = &outcome {
                     tracing::warn!(device = %target.device_id, command = %name, rc = refusal.rc as u16, "command refused: {}", refusal.message);
                 }
-                result_event(&target.device_id, name, req_id.as_deref(), value, outcome)
+                let mut event =
+                    result_event(&target.device_id, name, req_id.as_deref(), value, outcome);
+                if let Body::CommandResult(result) = &mut event.body {
+                    result.reply = message.reply.clone();
+                }
+                event
             }
             InboundKind::Management(path) => {
                 let (rc, message) = target.manage(path).await;
@@ -264,6 +269,7 @@ pub fn result_event(
             req_id: req_id.map(str::to_owned),
             value: value.as_ref().map(super::request::echo),
             readback,
+            reply: None,
         }),
     }
 }

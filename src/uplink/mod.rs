@@ -160,6 +160,8 @@ pub struct Inbound {
     /// The broker's redelivery flag and the packet id (0 for QoS 0).
     pub dup: bool,
     pub pkid: u16,
+    /// MQTT 5 request/response: where the command's result goes.
+    pub reply: Option<crate::event::Reply>,
 }
 
 /// Topic prefix of device management requests, as the device sees them.

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use rumqttc::QoS;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -28,7 +29,7 @@ use super::Inbound;
 use fieldbridge_service::LogThrottle;
 
 use crate::backoff::Backoff;
-use crate::event::Event;
+use crate::event::{Body, Event, Reply};
 use crate::store::{QueuedEvent, Store, StoreError};
 
 /// Least time between two "cannot connect" warnings of one session.
@@ -155,6 +156,15 @@ async fn remove(
         store.dead_letter(refused).await?;
     }
     Ok(())
+}
+
+/// A command result for an MQTT 5 request: to its Response Topic, with its Correlation
+/// Data, instead of the event topic.
+fn reply_publish(message: Message, reply: Reply) -> Outbound {
+    let mut publish = outbound(message, QoS::AtLeastOnce);
+    publish.topic = reply.topic;
+    publish.properties.correlation_data = reply.correlation_data.map(Bytes::from);
+    publish
 }
 
 /// The publish of an event or announcement as the profile encoded it.
@@ -517,8 +527,14 @@ impl Session {
             return;
         }
         for row in rows.unwrap_or_default() {
+            let mut reply = None;
             let encoded = match row.to_event() {
-                Ok(event) => self.profile.encode(&event),
+                Ok(event) => {
+                    if let Body::CommandResult(result) = &event.body {
+                        reply.clone_from(&result.reply);
+                    }
+                    self.profile.encode(&event)
+                }
                 Err(error) => {
                     tracing::error!(device = %self.profile.name(), row = row.id, "{error}; deleting it");
                     None
@@ -537,7 +553,10 @@ impl Session {
                 self.feed.refused(row.id, reason);
                 continue;
             }
-            let publish = self.event_publish(message, QoS::AtLeastOnce);
+            let publish = match reply {
+                Some(reply) => reply_publish(message, reply),
+                None => self.event_publish(message, QoS::AtLeastOnce),
+            };
             match self.client.publish(publish) {
                 Ok(()) => self.feed.sent(row.id),
                 Err(error) => {

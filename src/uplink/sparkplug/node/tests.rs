@@ -236,6 +236,7 @@ fn dcmd_by_name_or_alias_becomes_commands_and_results_become_ddata() {
             req_id: None,
             value: Some(serde_json::json!(7)),
             readback: Some(serde_json::json!(7)),
+            reply: None,
         }),
     };
     let ddata = decode(&node.encode(&result).unwrap().1);
