@@ -1,6 +1,7 @@
 //! Drain benchmark: 100,000 queued QoS 1 events of 20 devices published to a loopback
-//! Mosquitto, against a bare rumqttc QoS 1 publisher (no queue) in the same run; then
-//! the memory one idle connected session costs.
+//! Mosquitto by MQTT 3.1.1 and by MQTT 5 sessions, against a bare rumqttc QoS 1
+//! publisher (no queue) in the same run, with the bytes the broker read per event (topic
+//! aliases at work with MQTT 5); then the memory one idle connected session costs.
 //!
 //! Run: `cargo bench --bench uplink_drain` (needs `mosquitto` on the PATH).
 
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{BrokerConfig, BrokerKind, TestBroker};
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
-use fieldbridge::uplink::{DeviceIdentity, SessionStatus, Uplink, UplinkSettings};
+use fieldbridge::uplink::{DeviceIdentity, Protocol, SessionStatus, Uplink, UplinkSettings};
 use rumqttc::{AsyncClient, Event as MqttEvent, MqttOptions, NetworkOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
 
@@ -93,13 +94,20 @@ struct Drain {
     deleted_rate: f64,
     /// CPU milliseconds per 1000 messages: this process, the broker.
     cpu: (f64, f64),
+    /// Bytes the broker read from its sockets per event.
+    wire_bytes: f64,
 }
 
 /// Fills the queue while the broker is down, starts the broker and measures until
 /// every event is acknowledged, then until every row is deleted.
-async fn queue_drain(broker: &mut TestBroker, data_dir: &std::path::Path) -> Drain {
+async fn queue_drain(
+    broker: &mut TestBroker,
+    data_dir: &std::path::Path,
+    protocol: Protocol,
+) -> Drain {
     let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
     let mut settings = UplinkSettings::new(broker.url().parse().unwrap(), "bench");
+    settings.protocol = protocol;
     settings.inflight = INFLIGHT;
     settings.reconnect_min = Duration::from_millis(20);
     settings.reconnect_max = Duration::from_millis(20);
@@ -142,10 +150,12 @@ async fn queue_drain(broker: &mut TestBroker, data_dir: &std::path::Path) -> Dra
     }
     let acked_rate = EVENTS as f64 / started.elapsed().as_secs_f64();
     // The restarted broker's CPU is all drain work (plus its negligible start-up).
+    let broker_pid = broker.pid().unwrap().to_string();
     let cpu = (
         per_thousand(cpu_seconds("self") - own_cpu),
-        per_thousand(cpu_seconds(&broker.pid().unwrap().to_string())),
+        per_thousand(cpu_seconds(&broker_pid)),
     );
+    let wire_bytes = read_bytes(&broker_pid) as f64 / EVENTS as f64;
     loop {
         let queued: u64 = store.stats().await.unwrap().iter().map(|s| s.depth).sum();
         if queued == 0 {
@@ -159,6 +169,7 @@ async fn queue_drain(broker: &mut TestBroker, data_dir: &std::path::Path) -> Dra
         acknowledged_rate: acked_rate,
         deleted_rate,
         cpu,
+        wire_bytes,
     }
 }
 
@@ -192,6 +203,15 @@ async fn session_memory(broker: &TestBroker, data_dir: &std::path::Path) -> f64 
     let after = rss_kib();
     uplink.shutdown().await;
     (after.saturating_sub(before)) as f64 / IDLE_SESSIONS as f64
+}
+
+/// Bytes a process has read so far (`rchar`: sockets included).
+fn read_bytes(pid: &str) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    io.lines()
+        .find_map(|line| line.strip_prefix("rchar:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// CPU seconds (user + system) a process has used so far.
@@ -241,28 +261,36 @@ fn main() {
         );
         println!("drain of {EVENTS} queued QoS 1 events, {DEVICES} devices, inflight {INFLIGHT}");
         println!("(CPU = milliseconds per 1000 messages, this process / mosquitto)");
-        let (mut bare_rates, mut drain_rates) = (Vec::new(), Vec::new());
+        println!("(wire = bytes the broker read per event)");
+        let protocols = [(Protocol::V311, "3.1.1"), (Protocol::V5, "5")];
+        let (mut bare_rates, mut drain_rates) = (Vec::new(), vec![Vec::new(), Vec::new()]);
         for round in 0..3 {
             let pid = broker.pid().unwrap().to_string();
             let (rate, own, theirs) = measured(&pid, bare_publishers(broker.port)).await;
-            println!("  bare rumqttc publishers: {rate:8.0} msg/s   CPU {own:5.1} / {theirs:5.1}");
+            println!("  bare rumqttc publishers (3.1.1): {rate:8.0} msg/s   CPU {own:5.1} / {theirs:5.1}");
             bare_rates.push(rate);
             if round == 2 {
                 break;
             }
-            let drain = queue_drain(&mut broker, &tmp.path().join(format!("drain-{round}"))).await;
-            println!(
-                "  queue drain:             {:8.0} msg/s   CPU {:5.1} / {:5.1}   (rows deleted: {:.0} msg/s)",
-                drain.acknowledged_rate, drain.cpu.0, drain.cpu.1, drain.deleted_rate
-            );
-            drain_rates.push(drain.acknowledged_rate);
+            for (index, (protocol, name)) in protocols.iter().enumerate() {
+                let dir = tmp.path().join(format!("drain-{round}-{name}"));
+                let drain = queue_drain(&mut broker, &dir, *protocol).await;
+                println!(
+                    "  queue drain, MQTT {name:5}:      {:8.0} msg/s   CPU {:5.1} / {:5.1}   wire {:5.1} B   (rows deleted: {:.0} msg/s)",
+                    drain.acknowledged_rate, drain.cpu.0, drain.cpu.1, drain.wire_bytes, drain.deleted_rate
+                );
+                drain_rates[index].push(drain.acknowledged_rate);
+            }
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let (bare, drain) = (mean(&bare_rates), mean(&drain_rates));
-        println!(
-            "mean: bare {bare:.0} msg/s, queue drain {drain:.0} msg/s = {:.2}x bare",
-            drain / bare
-        );
+        let bare = mean(&bare_rates);
+        for (index, (_, name)) in protocols.iter().enumerate() {
+            let drain = mean(&drain_rates[index]);
+            println!(
+                "mean: bare {bare:.0} msg/s, queue drain (MQTT {name}) {drain:.0} msg/s = {:.2}x bare",
+                drain / bare
+            );
+        }
 
         let per_session = session_memory(&broker, &tmp.path().join("memory")).await;
         println!(
