@@ -5,7 +5,11 @@
 //! `sparkplug`, `homeassistant`; QoS 1, so every event goes through the SQLite queue).
 //! The holding registers change every cycle, so every poll publishes. Reports the
 //! child's CPU (% of one core), its RSS, the event rate, the requests per poll cycle
-//! against the planner's minimum, and for Sparkplug the DDATA bytes per changed value.
+//! against the planner's minimum, for Sparkplug the DDATA bytes per changed value, and
+//! for the MQTT outputs what the queue costs the disk: bytes the child wrote to storage
+//! (`write_bytes` of `/proc/PID/io`) per byte of payload delivered, and, in a second
+//! window under `strace -f -c -e trace=fsync,fdatasync` (where strace is installed),
+//! the fsync calls per second.
 //!
 //! Run: `cargo bench --bench acquisition` (optionally `-- SECONDS` per output, default
 //! 30, and the outputs to run, default all; the uplink profiles need `mosquitto`).
@@ -173,6 +177,48 @@ struct Figures {
     requests_per_cycle: f64,
     planned: usize,
     ddata_bytes_per_value: Option<f64>,
+    /// Bytes written to storage per payload byte delivered (MQTT outputs).
+    written_per_payload_byte: Option<f64>,
+    fsyncs_per_s: Option<f64>,
+}
+
+/// Bytes a process caused to be written to storage so far.
+fn written_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix("write_bytes:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// fsync and fdatasync calls per second of `pid` (all threads) over `seconds`, counted
+/// by strace; `None` without strace.
+fn fsyncs_per_second(pid: u32, seconds: u64) -> Option<f64> {
+    if !fieldbridge_testkit::found("strace") {
+        return None;
+    }
+    let out = tempfile::NamedTempFile::new().ok()?;
+    let mut strace = Command::new("strace")
+        .args(["-f", "-c", "-e", "trace=fsync,fdatasync", "-o"])
+        .arg(out.path())
+        .args(["-p", &pid.to_string()])
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    std::thread::sleep(Duration::from_secs(seconds));
+    common::signal(&strace, "INT");
+    strace.wait().ok()?;
+    let summary = std::fs::read_to_string(out.path()).ok()?;
+    // The last line: "100.00  SECONDS  USECS/CALL  CALLS  [ERRORS]  total"; no calls at
+    // all leaves no table.
+    let calls: u64 = summary
+        .lines()
+        .find(|line| line.trim_end().ends_with("total"))
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0);
+    Some(calls as f64 / seconds as f64)
 }
 
 fn measure(
@@ -260,16 +306,22 @@ fn measure(
         delivered.metrics.load(Ordering::Relaxed),
     );
     let ticks_before = cpu_ticks(pid);
+    let written_before = written_bytes(pid);
     let started = Instant::now();
     std::thread::sleep(Duration::from_secs(seconds));
     let elapsed = started.elapsed().as_secs_f64();
     let ticks = cpu_ticks(pid) - ticks_before;
+    let written = written_bytes(pid) - written_before;
     let requests: u64 = slaves.iter().map(SimSlave::requests).sum::<u64>() - requests_before;
     let cycles = (events() - events_before) as f64;
     let bytes = delivered.bytes.load(Ordering::Relaxed) - bytes_before;
     let metrics = delivered.metrics.load(Ordering::Relaxed) - metrics_before;
     let peak_rss = status_kib(pid, "VmHWM:");
     let rss = status_kib(pid, "VmRSS:");
+    // Separately: strace slows what it traces.
+    let fsyncs = (output != "stdout")
+        .then(|| fsyncs_per_second(pid, seconds.min(10)))
+        .flatten();
     let _ = child.kill();
     let _ = child.wait();
     drop(broker);
@@ -282,6 +334,9 @@ fn measure(
         planned: planned / DEVICES,
         ddata_bytes_per_value: (output == "sparkplug" && metrics > 0)
             .then(|| bytes as f64 / metrics as f64),
+        written_per_payload_byte: (output != "stdout" && bytes > 0)
+            .then(|| written as f64 / bytes as f64),
+        fsyncs_per_s: fsyncs,
     }
 }
 
@@ -336,7 +391,7 @@ fn main() {
     });
 
     println!("acquisition: {DEVICES} devices x {TAGS} tags, poll 100 ms, holding registers changing every cycle, {seconds} s per output");
-    println!("  output          events/s  cpu % of a core  rss MiB (peak)  requests/cycle (planned)  DDATA bytes/value");
+    println!("  output          events/s  cpu % of a core  rss MiB (peak)  requests/cycle (planned)  DDATA bytes/value  written B/payload B  fsync/s");
     for output in outputs {
         if output != "stdout" && !fieldbridge_testkit::found("mosquitto") {
             println!("  {output:<15} skipped: mosquitto is not installed");
@@ -344,7 +399,7 @@ fn main() {
         }
         let f = measure(&runtime, output, seconds, &slaves, &buses);
         println!(
-            "  {output:<15} {:>8.0}  {:>15.2}  {:>6.1} ({:>5.1})  {:>14.2} ({})  {}",
+            "  {output:<15} {:>8.0}  {:>15.2}  {:>6.1} ({:>5.1})  {:>14.2} ({})  {:>17}  {:>19}  {:>7}",
             f.events_per_s,
             f.cpu_percent,
             f.rss_mib,
@@ -353,6 +408,9 @@ fn main() {
             f.planned,
             f.ddata_bytes_per_value
                 .map_or("-".to_owned(), |b| format!("{b:.1}")),
+            f.written_per_payload_byte
+                .map_or("-".to_owned(), |b| format!("{b:.2}")),
+            f.fsyncs_per_s.map_or("-".to_owned(), |n| format!("{n:.1}")),
         );
     }
     changing.store(false, Ordering::Relaxed);

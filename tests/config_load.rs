@@ -250,16 +250,30 @@ fn defaults() {
 #[test]
 fn upstream_options() {
     let dir = tempfile::tempdir().unwrap();
-    let upstream = "\
+    // The client certificate is checked at load: a real one, elsewhere (absolute path),
+    // and its key next to the file (relative path).
+    let elsewhere = tempfile::tempdir().unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["gw".to_owned()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let cert_file = elsewhere.path().join("gw.crt");
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(dir.path().join("gw.key"), key.serialize_pem()).unwrap();
+    let upstream = format!(
+        "\
 upstream:
   url: mqtts://[::1]
   org: acme
   keepalive: 0s
-  tls: { ca_file: certs/ca.pem, cert_file: /abs/gw.crt, key_file: gw.key }
+  tls: {{ ca_file: certs/ca.pem, cert_file: {}, key_file: gw.key }}
   topic_scheme: custom
-  topics: { event: 'site/{device}/events/{event}' }
-  username: 'gw-{device}'
-";
+  topics: {{ event: 'site/{{device}}/events/{{event}}' }}
+  username: 'gw-{{device}}'
+",
+        cert_file.display()
+    );
     let path = dir.path().join("gateway.yaml");
     std::fs::write(&path, format!("{upstream}{MINIMAL}")).unwrap();
     let config = Config::load_with_env(&path, &no_env).unwrap_or_else(|e| panic!("{e}"));
@@ -276,7 +290,7 @@ upstream:
     assert!(upstream.keepalive.is_zero());
     let tls = upstream.tls.unwrap();
     assert_eq!(tls.ca_file.unwrap(), dir.path().join("certs/ca.pem"));
-    assert_eq!(tls.cert_file.unwrap(), PathBuf::from("/abs/gw.crt"));
+    assert_eq!(tls.cert_file.unwrap(), cert_file);
     assert_eq!(tls.key_file.unwrap(), dir.path().join("gw.key"));
     assert_eq!(upstream.topic_scheme, TopicScheme::Custom);
     let topics = upstream.topics.unwrap();
