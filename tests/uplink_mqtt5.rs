@@ -105,10 +105,13 @@ impl ScriptedBroker {
         self.next_within(DEADLINE).await.expect("a packet in time")
     }
 
-    /// The next PUBLISH, answering PINGREQs on the way.
+    /// The next PUBLISH, answering PINGREQs on the way (within one deadline: a
+    /// keepalive must not keep the wait going).
     async fn publish(&mut self) -> Publish {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
-            match self.next().await {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_within(left).await.expect("a PUBLISH in time") {
                 Packet::Publish(publish) => return publish,
                 Packet::PingReq => self.send(Packet::PingResp).await,
                 other => panic!("expected a PUBLISH, got {other:?}"),

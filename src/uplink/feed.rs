@@ -65,6 +65,13 @@ impl Feed {
         self.generation
     }
 
+    /// At most `capacity` rows on their way from now on (the broker's Receive Maximum),
+    /// fetched in batches of at least half of it.
+    pub fn set_window(&mut self, capacity: usize) {
+        self.window.set_capacity(capacity);
+        self.batch = (capacity / 2).max(1);
+    }
+
     /// A CONNACK: everything not acknowledged is read again from the start.
     pub fn connected(&mut self) {
         self.generation += 1;
@@ -273,6 +280,23 @@ mod tests {
             (again.after, again.delay),
             (0, Some(Duration::from_millis(500)))
         );
+    }
+
+    /// A broker that takes only two at a time: the batch follows the window, so one
+    /// free slot is filled at once instead of waiting for a batch that can never come.
+    #[test]
+    fn a_smaller_window_fetches_smaller_batches() {
+        let mut feed = Feed::new(100);
+        feed.set_window(2);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        assert_eq!(request.limit, 2);
+        feed.fetched(request, Some(1), true);
+        feed.sent(7);
+        feed.window.on_outgoing_publish(1).unwrap();
+        feed.rows_committed(true);
+        let next = feed.next_fetch(true).expect("the free slot is filled");
+        assert_eq!((next.after, next.limit), (7, 1));
     }
 
     #[test]

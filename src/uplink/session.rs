@@ -349,7 +349,7 @@ impl Session {
         let window = limits.receive_maximum.map_or(self.window_capacity, |max| {
             usize::from(max).min(self.window_capacity)
         });
-        self.feed.window.set_capacity(window);
+        self.feed.set_window(window);
         self.feed.connected();
         tracing::info!(
             device = %self.profile.name(),
