@@ -302,6 +302,7 @@ fn store_settings(config: &Config) -> StoreSettings {
     let mut settings = StoreSettings::new(&config.gateway.data_dir);
     settings.max_messages = config.queue.max_messages;
     settings.max_bytes = config.queue.max_bytes.bytes();
+    settings.commit_window = *config.queue.commit_window;
     settings.on_full = match config.queue.on_full {
         config::OnFull::DropOldest => crate::store::OnFull::DropOldest,
         config::OnFull::DropNewest => crate::store::OnFull::DropNewest,

@@ -275,6 +275,10 @@ pub struct QueueSection {
     pub max_bytes: Size,
     #[serde(default)]
     pub on_full: OnFull,
+    /// How long the queue gathers writes into one transaction (fewer fsyncs, at most this
+    /// much more latency for QoS 1 events); `0s` commits every batch at once.
+    #[serde(default = "default_commit_window")]
+    pub commit_window: Duration,
 }
 
 impl Default for QueueSection {
@@ -283,8 +287,13 @@ impl Default for QueueSection {
             max_messages: default_max_messages(),
             max_bytes: default_max_bytes(),
             on_full: OnFull::default(),
+            commit_window: default_commit_window(),
         }
     }
+}
+
+fn default_commit_window() -> Duration {
+    Duration::from_millis(50)
 }
 
 fn default_max_messages() -> u64 {

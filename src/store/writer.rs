@@ -57,6 +57,8 @@ pub(super) struct Writer {
     loss_log: OutageLog<BTreeMap<String, u64>>,
     /// When to try saving pending drop counts if no batch comes first.
     probe_at: Option<Instant>,
+    /// When the last transaction committed (see [`Writer::gather`]).
+    last_commit: Instant,
 }
 
 /// The commands of one transaction.
@@ -127,6 +129,7 @@ impl Writer {
             pending,
             loss_log: OutageLog::new(LOSS_LOG_INTERVAL),
             probe_at: None,
+            last_commit: Instant::now(),
         }
     }
 
@@ -150,6 +153,7 @@ impl Writer {
             if received == 0 {
                 break; // every handle is gone
             }
+            self.gather(&mut receiver, &mut commands).await;
             let mut batch = Batch::default();
             let mut close = None;
             for command in commands.drain(..) {
@@ -202,6 +206,24 @@ impl Writer {
         self.finish().await;
     }
 
+    /// Lets a small batch wait for more commands until a commit window has passed since
+    /// the last commit, so that light traffic commits (and fsyncs) at most a few times
+    /// a second instead of per event, while a quiet queue commits at once and heavy
+    /// traffic in batches of [`super::COMMIT_AT_ONCE_ROWS`].
+    async fn gather(&self, receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
+        let deadline = self.last_commit + self.settings.commit_window;
+        while rows(commands) < super::COMMIT_AT_ONCE_ROWS
+            && commands.len() < MAX_BATCH
+            && !commands.iter().any(urgent)
+        {
+            let room = MAX_BATCH - commands.len();
+            match tokio::time::timeout_at(deadline, receiver.recv_many(commands, room)).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    }
+
     async fn on_timer(&mut self) {
         let now = Instant::now();
         if self.drop_log.next_due().is_some_and(|due| due <= now) {
@@ -242,6 +264,7 @@ impl Writer {
         };
         match outcome {
             Ok(committed) => {
+                self.last_commit = Instant::now();
                 self.occupancy = committed.occupancy;
                 self.probe_at = None;
                 if let Some(outage) = self.loss_log.recovered(std::time::Instant::now()) {
@@ -414,6 +437,24 @@ fn log_recovery(outage: &LossReport) {
             per_device(&outage.lost, DROP_LOG_DEVICES)
         );
     }
+}
+
+/// Queue rows a batch of commands writes.
+fn rows(commands: &[Command]) -> usize {
+    commands
+        .iter()
+        .map(|command| match command {
+            Command::Insert(_) => 1,
+            Command::Delete { ids, .. } => ids.len(),
+            Command::DeadLetter { rows, .. } => rows.len(),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// A command whose caller waits for everything before it to be committed now.
+fn urgent(command: &Command) -> bool {
+    matches!(command, Command::Flush(_) | Command::Close(_))
 }
 
 /// Moves `rows` (id, reason) from the queue to the dead letters, counting each per

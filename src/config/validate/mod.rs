@@ -307,6 +307,15 @@ fn check_queue(checker: &Checker, queue: &QueueSection) -> Check {
             ),
         );
     }
+    if queue.commit_window.get() > std::time::Duration::from_secs(1) {
+        return checker.fail(
+            "queue.commit_window",
+            format!(
+                "{} is too long: QoS 1 events wait that long before they can be sent; use 0s to 1s",
+                queue.commit_window
+            ),
+        );
+    }
     Ok(())
 }
 
