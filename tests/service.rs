@@ -106,7 +106,9 @@ devices:
     })
     .await;
     let gateway = start(&config);
-    common::wait_until_async("the queue to drain", || async { queued(&config) == 0 }).await;
+    // The device keeps producing 20 events a second: with the queue's 50 ms commit
+    // window the newest few are always on their way, so "drained" means the backlog.
+    common::wait_until_async("the queue to drain", || async { queued(&config) <= 4 }).await;
     subscriber
         .wait_for("every event kept across the stop", |m| {
             m.len() as u64 >= kept
