@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, BrokerKind, TestBroker};
+use common::TestBroker;
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
@@ -229,16 +229,7 @@ fn measure(
     buses: &str,
 ) -> Figures {
     let dir = tempfile::tempdir().unwrap();
-    let broker = (output != "stdout").then(|| {
-        TestBroker::start(
-            BrokerKind::Mosquitto,
-            dir.path(),
-            BrokerConfig {
-                quiet: true,
-                ..Default::default()
-            },
-        )
-    });
+    let broker = (output != "stdout").then(|| TestBroker::quiet_mosquitto(dir.path()));
     let delivered = Arc::new(Delivered::default());
     let mut config = format!(
         "gateway: {{ data_dir: \"{}\" }}\n",

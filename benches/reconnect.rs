@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, BrokerKind, TestBroker};
+use common::TestBroker;
 use fieldbridge::store::{Store, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, Uplink, UplinkSettings};
 use tokio::sync::mpsc;
@@ -56,14 +56,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let mut broker = TestBroker::start(
-            BrokerKind::Mosquitto,
-            tmp.path(),
-            BrokerConfig {
-                quiet: true,
-                ..BrokerConfig::default()
-            },
-        );
+        let mut broker = TestBroker::quiet_mosquitto(tmp.path());
         println!("{DEVICES} sessions; seconds from the broker's return until connected again");
         println!("  reconnect delays                    outage   median   slowest");
         let defaults = UplinkSettings::new(broker.url().parse().unwrap(), "bench");

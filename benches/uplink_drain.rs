@@ -10,7 +10,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{BrokerConfig, BrokerKind, TestBroker};
+use common::TestBroker;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, Protocol, SessionStatus, Uplink, UplinkSettings};
@@ -251,14 +251,7 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let mut broker = TestBroker::start(
-            BrokerKind::Mosquitto,
-            tmp.path(),
-            BrokerConfig {
-                quiet: true,
-                ..BrokerConfig::default()
-            },
-        );
+        let mut broker = TestBroker::quiet_mosquitto(tmp.path());
         println!("drain of {EVENTS} queued QoS 1 events, {DEVICES} devices, inflight {INFLIGHT}");
         println!("(CPU = milliseconds per 1000 messages, this process / mosquitto)");
         println!("(wire = bytes the broker read per event)");

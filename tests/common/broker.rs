@@ -170,6 +170,18 @@ impl TestBroker {
         panic!("{kind:?} broker did not start: {last_error}");
     }
 
+    /// A Mosquitto that logs errors and warnings only, for benchmarks.
+    pub fn quiet_mosquitto(dir: &Path) -> TestBroker {
+        TestBroker::start(
+            BrokerKind::Mosquitto,
+            dir,
+            BrokerConfig {
+                quiet: true,
+                ..BrokerConfig::default()
+            },
+        )
+    }
+
     /// Starts the broker again on the same port with the same files.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop the broker before restarting it");
