@@ -72,16 +72,18 @@ pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats
     .fetch_all(&mut *conn)
     .await?;
     // A queue that no gateway of this version has opened yet lacks the newer columns.
-    let write_failed = if has_drops_column(conn, "write_failed").await? {
-        "write_failed"
-    } else {
-        "0"
+    let columns: Vec<String> = sqlx::query_scalar("SELECT name FROM pragma_table_info('drops')")
+        .fetch_all(&mut *conn)
+        .await?;
+    let column_or_zero = |name: &'static str| {
+        if columns.iter().any(|column| column == name) {
+            name
+        } else {
+            "0"
+        }
     };
-    let dead_lettered = if has_drops_column(conn, "dead_lettered").await? {
-        "dead_lettered"
-    } else {
-        "0"
-    };
+    let write_failed = column_or_zero("write_failed");
+    let dead_lettered = column_or_zero("dead_lettered");
     let drops: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(&format!(
         "SELECT device, queue_full, offline_qos0, {write_failed}, {dead_lettered} FROM drops"
     ))
@@ -104,15 +106,6 @@ pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats
         stats.dead_lettered = non_negative(dead_lettered);
     }
     Ok(by_device.into_values().collect())
-}
-
-async fn has_drops_column(conn: &mut SqliteConnection, column: &str) -> Result<bool, sqlx::Error> {
-    let (count,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM pragma_table_info('drops') WHERE name = ?1")
-            .bind(column)
-            .fetch_one(&mut *conn)
-            .await?;
-    Ok(count > 0)
 }
 
 fn slot(map: &mut BTreeMap<String, DeviceStats>, device: String) -> &mut DeviceStats {

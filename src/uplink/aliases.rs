@@ -23,6 +23,9 @@ impl TopicAliases {
     /// first time, an empty topic and the alias afterwards, the topic alone once every
     /// alias is taken.
     pub(super) fn apply(&mut self, topic: String) -> (String, Option<u16>) {
+        if self.maximum == 0 {
+            return (topic, None);
+        }
         if let Some(&alias) = self.assigned.get(&topic) {
             return (String::new(), Some(alias));
         }

@@ -259,6 +259,17 @@ impl Client {
     }
 }
 
+/// Runs the same code on either version's event loop: rumqttc's two have the same
+/// public fields and methods under the same names.
+macro_rules! on_either {
+    ($eventloop:expr, $name:ident => $body:expr) => {
+        match $eventloop {
+            EventLoop::V311($name) => $body,
+            EventLoop::V5($name) => $body,
+        }
+    };
+}
+
 /// The polling half of a client. Reaches into rumqttc's public buffers where its
 /// polling API falls short (see the driver).
 pub(super) enum EventLoop {
@@ -301,32 +312,19 @@ impl EventLoop {
 
     /// Forgets the publishes rumqttc would replay on its own after a reconnect.
     pub(super) fn forget_replays(&mut self) {
-        match self {
-            EventLoop::V311(eventloop) => {
-                eventloop.pending.clear();
-                eventloop.state.collision = None;
-            }
-            EventLoop::V5(eventloop) => {
-                eventloop.pending.clear();
-                eventloop.state.collision = None;
-            }
-        }
+        on_either!(self, eventloop => {
+            eventloop.pending.clear();
+            eventloop.state.collision = None;
+        })
     }
 
     /// Drops requests queued before the loss (stale) and their buffered events.
     pub(super) fn forget_stale_requests(&mut self) {
-        match self {
-            EventLoop::V311(eventloop) => {
-                eventloop.clean();
-                eventloop.pending.clear();
-                eventloop.state.events.clear();
-            }
-            EventLoop::V5(eventloop) => {
-                eventloop.clean();
-                eventloop.pending.clear();
-                eventloop.state.events.clear();
-            }
-        }
+        on_either!(self, eventloop => {
+            eventloop.clean();
+            eventloop.pending.clear();
+            eventloop.state.events.clear();
+        })
     }
 
     /// Whether the next connection starts a new session (3.1.1 clean session, 5 clean
