@@ -246,7 +246,13 @@ async fn admit(client: Client, ctx: &BrokerContext, connect: Connect) -> Result<
         tracing::info!(%peer, %client_id, "enhanced authentication is not supported");
         return Err(Refusal::Answer(ReasonCode::BadAuthenticationMethod));
     }
-    let mut connack_properties = Properties::new();
+    // Built in one allocation: a list grown push by push leaves short-lived blocks
+    // between each connection's long-lived ones, which idle connections pay for.
+    let mut connack_properties = if v5 {
+        Properties::with_capacity(CONNACK_PROPERTIES)
+    } else {
+        Properties::new()
+    };
     let assigned = client_id.is_empty();
     let client_id = if assigned {
         // MQTT 5 lets any session have a broker-assigned id (it says which one), 3.1.1
@@ -525,6 +531,10 @@ fn session_expiry(
     });
     asked.min(cap)
 }
+
+/// The most properties a CONNACK carries: assigned client id, session expiry, server
+/// keepalive and the [`server_properties`].
+const CONNACK_PROPERTIES: usize = 3 + 8;
 
 /// What CONNACK tells an MQTT 5 client about the broker: its limits, and what it
 /// supports (all of the optional features, said outright).

@@ -273,6 +273,12 @@ impl Properties {
         Self(Vec::new())
     }
 
+    /// An empty list with room for `capacity` properties (one allocation for a packet
+    /// whose properties are known in advance).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(Vec::with_capacity(capacity))
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
