@@ -33,8 +33,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{}: {warning}", path.display());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;

@@ -18,6 +18,7 @@
 
 mod failure;
 mod open;
+mod recent;
 mod stats;
 mod writer;
 
@@ -215,6 +216,9 @@ const ANY_DEVICE: &str = "";
 /// Per-device wake-ups: bumped after every commit that inserted rows of that device.
 type Watchers = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
+/// The rows committed lately of every watched device (see [`recent`]).
+type SharedRecent = Arc<Mutex<recent::Recent>>;
+
 /// Handle to the queue; cheap to clone, all clones share one writer.
 #[derive(Clone)]
 pub struct Store {
@@ -225,6 +229,7 @@ struct Inner {
     commands: mpsc::Sender<Command>,
     readers: SqlitePool,
     watchers: Watchers,
+    recent: SharedRecent,
     pending: writer::SharedPending,
     db_path: PathBuf,
     writer: Mutex<Option<JoinHandle<()>>>,
@@ -238,6 +243,7 @@ impl Store {
         let opened = open::open_read_write(&settings).await?;
         let (commands, receiver) = mpsc::channel(COMMAND_CAPACITY);
         let watchers = Watchers::default();
+        let recent = SharedRecent::new(Mutex::new(recent::Recent::new(opened.last_id)));
         let pending = writer::SharedPending::default();
         let writer = writer::Writer::new(
             opened.writer,
@@ -245,6 +251,7 @@ impl Store {
             settings.clone(),
             opened.occupancy,
             watchers.clone(),
+            recent.clone(),
             pending.clone(),
         );
         let handle = tokio::spawn(writer.run(receiver));
@@ -253,6 +260,7 @@ impl Store {
                 commands,
                 readers: opened.readers,
                 watchers,
+                recent,
                 pending,
                 db_path: opened.path,
                 writer: Mutex::new(Some(handle)),
@@ -354,12 +362,17 @@ impl Store {
     }
 
     /// The oldest queued events of `device` with an id above `after_id`, in order.
+    /// Rows committed since the device is watched come from memory once the reader has
+    /// caught up with them.
     pub async fn fetch(
         &self,
         device: &str,
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<QueuedEvent>, StoreError> {
+        if let Some(rows) = self.recent(device, after_id, limit) {
+            return Ok(rows);
+        }
         let rows: Vec<(i64, String, i64, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT id, event, kind, payload, at FROM queue \
              WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
@@ -391,6 +404,9 @@ impl Store {
         after_id: i64,
         limit: usize,
     ) -> Result<Vec<QueuedEvent>, StoreError> {
+        if let Some(rows) = self.recent(ANY_DEVICE, after_id, limit) {
+            return Ok(rows);
+        }
         let rows: Vec<(i64, String, String, i64, Vec<u8>, i64)> = sqlx::query_as(
             "SELECT id, device, event, kind, payload, at FROM queue WHERE id > ? ORDER BY id LIMIT ?",
         )
@@ -419,8 +435,21 @@ impl Store {
         self.watch(ANY_DEVICE)
     }
 
+    fn recent(&self, key: &str, after_id: i64, limit: usize) -> Option<Vec<QueuedEvent>> {
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .read(key, after_id, limit)
+    }
+
     /// A receiver that changes whenever rows of `device` have been committed.
     pub fn watch(&self, device: &str) -> watch::Receiver<u64> {
+        self.inner
+            .recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .track(device);
         let mut watchers = self
             .inner
             .watchers

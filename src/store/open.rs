@@ -32,6 +32,8 @@ pub(super) struct Opened {
     pub writer: SqliteConnection,
     pub readers: SqlitePool,
     pub occupancy: Occupancy,
+    /// Highest row id in the queue (0 when it is empty).
+    pub last_id: i64,
 }
 
 pub(super) async fn open_read_write(settings: &StoreSettings) -> Result<Opened, StoreError> {
@@ -180,8 +182,8 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
         });
     }
 
-    let (messages, bytes): (i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue")
+    let (messages, bytes, last_id): (i64, i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(id), 0) FROM queue")
             .fetch_one(&mut writer)
             .await
             .map_err(db_error)?;
@@ -189,6 +191,9 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
     let readers = SqlitePoolOptions::new()
         .max_connections(READ_CONNECTIONS)
         .min_connections(0)
+        // A read-only connection to a local file does not go bad between uses: no
+        // round trip to the database thread before every read.
+        .test_before_acquire(false)
         .connect_with(
             SqliteConnectOptions::new()
                 .filename(path)
@@ -206,6 +211,7 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
             messages: u64::try_from(messages).unwrap_or(0),
             bytes: u64::try_from(bytes).unwrap_or(0),
         },
+        last_id,
     })
 }
 

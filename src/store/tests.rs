@@ -480,3 +480,59 @@ async fn a_queue_of_the_previous_release_upgrades_in_place() {
     assert_eq!(store.stats().await.unwrap()[0].depth, 23);
     store.close().await;
 }
+
+/// A watched device's rows come from memory once its reader has caught up: what it reads
+/// must always be what the database holds, through inserts, deletions and evictions.
+#[tokio::test]
+async fn a_watched_device_reads_what_the_database_holds() {
+    use sqlx::Connection as _;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 12, OnFull::DropOldest).await;
+    let _watch = store.watch("a");
+    let mut db = sqlx::SqliteConnection::connect_with(
+        &sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(store.path())
+            .read_only(true),
+    )
+    .await
+    .unwrap();
+    async fn in_db(db: &mut sqlx::SqliteConnection) -> Vec<i64> {
+        sqlx::query_scalar("SELECT id FROM queue WHERE device = 'a' ORDER BY id")
+            .fetch_all(db)
+            .await
+            .unwrap()
+    }
+    let ids = |rows: Vec<QueuedEvent>| rows.iter().map(|row| row.id).collect::<Vec<_>>();
+
+    for seq in 0..6 {
+        store.enqueue(event("a", seq)).await.unwrap();
+        store.enqueue(event("b", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let all = store.fetch("a", 0, 100).await.unwrap();
+    assert_eq!(seqs(&all), (0..6).collect::<Vec<_>>());
+    assert_eq!(ids(all.clone()), in_db(&mut db).await);
+    let cursor = all[5].id;
+
+    store.delete(vec![all[0].id, all[2].id]).await.unwrap();
+    assert_eq!(
+        ids(store.fetch("a", 0, 100).await.unwrap()),
+        in_db(&mut db).await
+    );
+
+    // Six more of each: over max_messages (12), so the oldest rows are evicted.
+    for seq in 6..12 {
+        store.enqueue(event("a", seq)).await.unwrap();
+        store.enqueue(event("b", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let after_cursor = store.fetch("a", cursor, 100).await.unwrap();
+    assert_eq!(seqs(&after_cursor), (6..12).collect::<Vec<_>>());
+    let everything = ids(store.fetch("a", 0, 100).await.unwrap());
+    assert_eq!(everything, in_db(&mut db).await);
+    assert!(
+        everything.len() < 10,
+        "some rows were evicted: {everything:?}"
+    );
+    store.close().await;
+}

@@ -19,7 +19,11 @@ use tokio::time::Instant;
 
 use super::failure::{per_device, retry_delay, PendingDrops};
 use super::open::{self, Occupancy};
-use super::{Command, NewRow, OnFull, StoreError, StoreSettings, Watchers, MAX_BATCH};
+use super::recent::Removed;
+use super::{
+    Command, NewRow, OnFull, QueuedEvent, SharedRecent, StoreError, StoreSettings, Watchers,
+    MAX_BATCH,
+};
 
 /// Rows per multi-row INSERT (7 parameters each, well under SQLite's 32766 limit).
 const INSERT_CHUNK: usize = 1000;
@@ -52,6 +56,7 @@ pub(super) struct Writer {
     settings: StoreSettings,
     occupancy: Occupancy,
     watchers: Watchers,
+    recent: SharedRecent,
     drop_log: DropLog,
     pending: SharedPending,
     loss_log: OutageLog<BTreeMap<String, u64>>,
@@ -99,6 +104,9 @@ struct Committed {
     occupancy: Occupancy,
     dropped_full: HashMap<String, u64>,
     inserted_devices: HashSet<String>,
+    /// Per new row of the batch, in order: its id, or `None` when it was dropped.
+    inserted_ids: Vec<Option<i64>>,
+    removed: Removed,
     /// Per recorded command id, in batch order: false for a repeat.
     first_time: Vec<bool>,
 }
@@ -118,6 +126,7 @@ impl Writer {
         settings: StoreSettings,
         occupancy: Occupancy,
         watchers: Watchers,
+        recent: SharedRecent,
         pending: SharedPending,
     ) -> Self {
         Writer {
@@ -125,6 +134,7 @@ impl Writer {
             settings,
             occupancy,
             watchers,
+            recent,
             drop_log: DropLog::new(DROP_LOG_INTERVAL),
             pending,
             loss_log: OutageLog::new(LOSS_LOG_INTERVAL),
@@ -270,9 +280,10 @@ impl Writer {
                 if let Some(outage) = self.loss_log.recovered(std::time::Instant::now()) {
                     log_recovery(&outage);
                 }
-                for (device, count) in committed.dropped_full {
-                    self.drop_log.record(&device, count);
+                for (device, count) in &committed.dropped_full {
+                    self.drop_log.record(device, *count);
                 }
+                self.remember(&committed, batch.inserts);
                 self.notify(&committed.inserted_devices);
                 for waiter in batch.waiters {
                     let _ = waiter.send(Ok(()));
@@ -363,6 +374,30 @@ impl Writer {
             report.lasting.as_secs(),
             per_device(&report.lost, DROP_LOG_DEVICES)
         );
+    }
+
+    /// Hands the committed rows to [`super::recent`] (before the sessions are woken up
+    /// and before a deletion is confirmed, so memory never shows a row the database no
+    /// longer holds to a session that could know better).
+    fn remember(&self, committed: &Committed, inserts: Vec<NewRow>) {
+        let inserted = inserts
+            .into_iter()
+            .zip(&committed.inserted_ids)
+            .filter_map(|(row, id)| {
+                Some(QueuedEvent {
+                    id: (*id)?,
+                    device_id: row.device,
+                    event_id: row.stored.event,
+                    kind: row.stored.kind,
+                    payload: row.stored.payload,
+                    at_ms: row.stored.at_ms,
+                })
+            })
+            .collect();
+        self.recent
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .committed(&committed.removed, inserted, super::ANY_DEVICE);
     }
 
     fn notify(&self, devices: &HashSet<String>) {
@@ -513,11 +548,16 @@ async fn write(
     settings: &StoreSettings,
     mut occupancy: Occupancy,
 ) -> Result<Committed, sqlx::Error> {
+    let mut removed = Removed::default();
     if !batch.dead_letters.is_empty() {
+        removed
+            .ids
+            .extend(batch.dead_letters.iter().map(|(id, _)| *id));
         let (messages, bytes) = move_to_dead_letters(tx, &batch.dead_letters).await?;
         occupancy.messages = occupancy.messages.saturating_sub(messages);
         occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
     }
+    removed.ids.extend(&batch.deletes);
     for chunk in batch.deletes.chunks(DELETE_CHUNK) {
         // Counting first keeps the result to one row (RETURNING would send one
         // row per deleted id back from the database thread).
@@ -557,17 +597,19 @@ async fn write(
         }
     }
     if admission.evict_messages > 0 || admission.evict_bytes > 0 {
-        let (messages, bytes) = evict_oldest(
+        let (messages, bytes, through) = evict_oldest(
             tx,
             admission.evict_messages,
             admission.evict_bytes,
             &mut dropped_full,
         )
         .await?;
+        removed.through = through;
         occupancy.messages = occupancy.messages.saturating_sub(messages);
         occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
     }
 
+    let mut inserted = Vec::with_capacity(batch.inserts.len());
     let kept: Vec<&NewRow> = batch
         .inserts
         .iter()
@@ -588,7 +630,15 @@ async fn write(
                 .push_bind(row.stored.at_ms)
                 .push_bind(row.enqueued_at_ms);
         });
-        query.build().persistent(false).execute(&mut **tx).await?;
+        let last = query
+            .build()
+            .persistent(false)
+            .execute(&mut **tx)
+            .await?
+            .last_insert_rowid();
+        // One statement of a single writer: its rows have consecutive ids.
+        let first = last - (chunk.len() as i64 - 1);
+        inserted.extend((first..=last).map(Some));
         occupancy.messages += chunk.len() as u64;
         occupancy.bytes += chunk
             .iter()
@@ -625,6 +675,15 @@ async fn write(
         occupancy,
         dropped_full,
         inserted_devices: kept.iter().map(|row| row.device.clone()).collect(),
+        inserted_ids: {
+            let mut ids = inserted.into_iter();
+            admission
+                .keep
+                .iter()
+                .map(|keep| if *keep { ids.next().flatten() } else { None })
+                .collect()
+        },
+        removed,
         first_time,
     })
 }
@@ -670,14 +729,16 @@ fn id_list_query<'a>(head: &str, ids: &'a [i64]) -> QueryBuilder<'a, Sqlite> {
 }
 
 /// Deletes the globally oldest rows until at least `messages` rows and `bytes` payload
-/// bytes are freed; counts them per device into `dropped`. Returns what was freed.
+/// bytes are freed; counts them per device into `dropped`. Returns what was freed, and
+/// the highest id deleted.
 async fn evict_oldest(
     tx: &mut Transaction<'_, Sqlite>,
     messages: u64,
     bytes: u64,
     dropped: &mut HashMap<String, u64>,
-) -> Result<(u64, u64), sqlx::Error> {
+) -> Result<(u64, u64, Option<i64>), sqlx::Error> {
     let (mut freed_messages, mut freed_bytes) = (0u64, 0u64);
+    let mut through = None;
     while freed_messages < messages || freed_bytes < bytes {
         let oldest: Vec<(i64, String, i64)> =
             sqlx::query_as("SELECT id, device, size FROM queue ORDER BY id LIMIT ?")
@@ -702,9 +763,10 @@ async fn evict_oldest(
                 .bind(last_id)
                 .execute(&mut **tx)
                 .await?;
+            through = Some(last_id);
         }
     }
-    Ok((freed_messages, freed_bytes))
+    Ok((freed_messages, freed_bytes, through))
 }
 
 async fn add_drops(
