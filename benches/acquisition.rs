@@ -13,6 +13,7 @@
 //!
 //! Run: `cargo bench --bench acquisition` (optionally `-- SECONDS` per output, default
 //! 30, and the outputs to run, default all; the uplink profiles need `mosquitto`).
+//! `COMMIT_WINDOW=100ms` sets the queue's `commit_window` (default 50 ms).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -235,6 +236,9 @@ fn measure(
         "gateway: {{ data_dir: \"{}\" }}\n",
         dir.path().join("data").display()
     );
+    if let Ok(window) = std::env::var("COMMIT_WINDOW") {
+        config.push_str(&format!("queue: {{ commit_window: {window} }}\n"));
+    }
     if let Some(broker) = &broker {
         config.push_str(&upstream(output, &broker.url()));
         runtime.block_on(count_data(broker.port, output, delivered.clone()));

@@ -33,6 +33,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     for warning in &config.warnings {
         tracing::warn!("{}: {warning}", path.display());
     }
+    // One thread: the gateway waits on I/O nearly all the time, and a second worker
+    // mostly costs wake-ups handing tasks across (SQLite has threads of its own).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
