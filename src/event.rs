@@ -133,9 +133,18 @@ impl Event {
     /// The platform's JSON body: `{"d": {...}, "ts": "..."}` for data and health,
     /// `{"rc", "message", "reqId", "d", "ts"}` for results, management bodies as they are.
     pub fn platform_json(&self) -> Vec<u8> {
+        /// `{"d": ..., "ts": ...}` written straight from the values, not from a copy.
+        #[derive(Serialize)]
+        struct Reading<'a> {
+            d: &'a Map<String, Value>,
+            ts: &'a str,
+        }
         let ts = timestamp(self.at);
         let body = match &self.body {
-            Body::Data { values, .. } => serde_json::json!({ "d": values, "ts": ts }),
+            Body::Data { values, .. } => {
+                let reading = Reading { d: values, ts: &ts };
+                return serde_json::to_vec(&reading).expect("JSON values always serialize");
+            }
             Body::Health { online, error } => {
                 let mut d = Map::new();
                 d.insert("online".into(), (*online).into());
@@ -275,6 +284,17 @@ pub struct DecodeError {
     kind: Kind,
     event: String,
     reason: String,
+}
+
+impl DecodeError {
+    /// A stored event whose bytes cannot be read back at all.
+    pub fn unreadable(kind: Kind, event: &str, reason: String) -> Self {
+        DecodeError {
+            kind,
+            event: event.to_owned(),
+            reason,
+        }
+    }
 }
 
 impl Stored {

@@ -18,6 +18,7 @@
 
 mod failure;
 mod open;
+mod packing;
 mod recent;
 mod stats;
 mod writer;
@@ -157,11 +158,38 @@ pub struct QueuedEvent {
     pub payload: Vec<u8>,
     /// When the event happened, Unix time in milliseconds.
     pub at_ms: i64,
+    /// Why the stored payload could not be read back (a damaged row), if it could not.
+    pub unreadable: Option<String>,
 }
 
 impl QueuedEvent {
+    /// A row as the database returns it, its payload decompressed.
+    fn from_row(row: QueueRow, device_id: String) -> Self {
+        let (payload, unreadable) = match packing::unpack(row.payload, row.compressed, row.size) {
+            Ok(payload) => (payload, None),
+            Err(reason) => (Vec::new(), Some(reason)),
+        };
+        QueuedEvent {
+            id: row.id,
+            device_id,
+            event_id: row.event,
+            // Kinds of a later release read as the JSON every release can send.
+            kind: Kind::from_column(row.kind).unwrap_or(Kind::Encoded),
+            payload,
+            at_ms: row.at,
+            unreadable,
+        }
+    }
+
     /// The typed event, for a profile to encode.
     pub fn to_event(&self) -> Result<Event, DecodeError> {
+        if let Some(reason) = &self.unreadable {
+            return Err(DecodeError::unreadable(
+                self.kind,
+                &self.event_id,
+                reason.clone(),
+            ));
+        }
         Stored {
             kind: self.kind,
             event: self.event_id.clone(),
@@ -172,11 +200,27 @@ impl QueuedEvent {
     }
 }
 
+/// The columns of `queue` a session reads.
+#[derive(sqlx::FromRow)]
+struct QueueRow {
+    id: i64,
+    #[sqlx(default)]
+    device: String,
+    event: String,
+    kind: i64,
+    payload: Vec<u8>,
+    compressed: bool,
+    size: i64,
+    at: i64,
+}
+
 /// A row on its way into the queue.
 #[derive(Debug)]
 struct NewRow {
     device: String,
     stored: Stored,
+    /// The payload compressed, when that is smaller (what is stored).
+    packed: Option<Vec<u8>>,
     enqueued_at_ms: i64,
 }
 
@@ -277,8 +321,10 @@ impl Store {
     /// not when it is committed: a session only ever publishes committed rows. Waits
     /// while the writer is behind by more than a few thousand commands.
     pub async fn enqueue(&self, event: Event) -> Result<(), StoreError> {
+        let stored = event.to_stored();
         let row = NewRow {
-            stored: event.to_stored(),
+            packed: packing::pack(&stored.payload),
+            stored,
             device: event.device_id,
             enqueued_at_ms: unix_millis(SystemTime::now()),
         };
@@ -373,8 +419,8 @@ impl Store {
         if let Some(rows) = self.recent(device, after_id, limit) {
             return Ok(rows);
         }
-        let rows: Vec<(i64, String, i64, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT id, event, kind, payload, at FROM queue \
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT id, event, kind, payload, compressed, size, at FROM queue \
              WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
         )
         .bind(device)
@@ -385,15 +431,7 @@ impl Store {
         .map_err(|source| self.database_error(source))?;
         Ok(rows
             .into_iter()
-            .map(|(id, event_id, kind, payload, at_ms)| QueuedEvent {
-                id,
-                device_id: device.to_owned(),
-                event_id,
-                // Kinds of a later release read as the JSON every release can send.
-                kind: Kind::from_column(kind).unwrap_or(Kind::Encoded),
-                payload,
-                at_ms,
-            })
+            .map(|row| QueuedEvent::from_row(row, device.to_owned()))
             .collect())
     }
 
@@ -407,8 +445,9 @@ impl Store {
         if let Some(rows) = self.recent(ANY_DEVICE, after_id, limit) {
             return Ok(rows);
         }
-        let rows: Vec<(i64, String, String, i64, Vec<u8>, i64)> = sqlx::query_as(
-            "SELECT id, device, event, kind, payload, at FROM queue WHERE id > ? ORDER BY id LIMIT ?",
+        let rows: Vec<QueueRow> = sqlx::query_as(
+            "SELECT id, device, event, kind, payload, compressed, size, at FROM queue \
+             WHERE id > ? ORDER BY id LIMIT ?",
         )
         .bind(after_id)
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -417,16 +456,10 @@ impl Store {
         .map_err(|source| self.database_error(source))?;
         Ok(rows
             .into_iter()
-            .map(
-                |(id, device_id, event_id, kind, payload, at_ms)| QueuedEvent {
-                    id,
-                    device_id,
-                    event_id,
-                    kind: Kind::from_column(kind).unwrap_or(Kind::Encoded),
-                    payload,
-                    at_ms,
-                },
-            )
+            .map(|mut row| {
+                let device = std::mem::take(&mut row.device);
+                QueuedEvent::from_row(row, device)
+            })
             .collect())
     }
 

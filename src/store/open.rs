@@ -215,6 +215,12 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
     })
 }
 
+/// Page size of a new queue database. Every commit writes each page it touches whole
+/// to the WAL, and a commit touches a few pages besides its rows (the header, the
+/// tree's upper levels, the index, the free list): at 1 KiB, about half the bytes
+/// written per event of 4 KiB pages. An existing database keeps the size it has.
+const PAGE_SIZE: u32 = 1024;
+
 /// The writing connection's settings; a reopened connection gets the same ones.
 fn writer_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
     let synchronous = match synchronous {
@@ -223,6 +229,7 @@ fn writer_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions
     };
     SqliteConnectOptions::new()
         .filename(path)
+        .page_size(PAGE_SIZE)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(synchronous)
         .busy_timeout(BUSY_TIMEOUT)

@@ -157,6 +157,7 @@ mod tests {
             kind: Kind::Encoded,
             payload: vec![b'x'; 100],
             at_ms: id,
+            unreadable: None,
         }
     }
 

@@ -25,10 +25,10 @@ use super::{
     MAX_BATCH,
 };
 
-/// Rows per multi-row INSERT (7 parameters each, well under SQLite's 32766 limit).
-const INSERT_CHUNK: usize = 1000;
-/// Ids per `DELETE ... WHERE id IN (...)`.
-const DELETE_CHUNK: usize = 1000;
+/// Most rows per multi-row INSERT (8 parameters each, well under SQLite's 32766
+/// limit). Batches are inserted in chunks of powers of two, so that a few prepared
+/// statements serve every batch size.
+const INSERT_CHUNK: usize = 512;
 /// Oldest rows examined per step when evicting.
 const EVICT_CHUNK: i64 = 512;
 /// Delays before retrying a transaction that found the database locked; after the last
@@ -391,6 +391,7 @@ impl Writer {
                     kind: row.stored.kind,
                     payload: row.stored.payload,
                     at_ms: row.stored.at_ms,
+                    unreadable: None,
                 })
             })
             .collect();
@@ -502,20 +503,40 @@ async fn move_to_dead_letters(
     let refused_at = super::unix_millis(std::time::SystemTime::now());
     let (mut messages, mut bytes) = (0, 0);
     for (id, reason) in rows {
-        let moved: Option<(String, i64)> = sqlx::query_as(
-            "INSERT INTO dead_letters \
-             (id, device, event, payload, size, enqueued_at, kind, at, refused_at, reason) \
-             SELECT id, device, event, payload, size, enqueued_at, kind, at, ?1, ?2 \
-             FROM queue WHERE id = ?3 RETURNING device, size",
+        type Moved = (String, String, Vec<u8>, bool, i64, i64, i64, i64);
+        let moved: Option<Moved> = sqlx::query_as(
+            "SELECT device, event, payload, compressed, size, enqueued_at, kind, at \
+             FROM queue WHERE id = ?1",
         )
-        .bind(refused_at)
-        .bind(reason)
         .bind(id)
         .fetch_optional(&mut **tx)
         .await?;
-        let Some((device, size)) = moved else {
+        let Some((device, event, payload, compressed, size, enqueued_at, kind, at)) = moved else {
             continue;
         };
+        // Stored as enqueued, so the dead letters can be read with any SQLite tool; a
+        // damaged row keeps its bytes, and says so.
+        let (payload, reason) = match super::packing::unpack(payload.clone(), compressed, size) {
+            Ok(payload) => (payload, reason.clone()),
+            Err(damage) => (payload, format!("{reason}; {damage}")),
+        };
+        sqlx::query(
+            "INSERT INTO dead_letters \
+             (id, device, event, payload, size, enqueued_at, kind, at, refused_at, reason) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .bind(id)
+        .bind(&device)
+        .bind(event)
+        .bind(payload)
+        .bind(size)
+        .bind(enqueued_at)
+        .bind(kind)
+        .bind(at)
+        .bind(refused_at)
+        .bind(reason)
+        .execute(&mut **tx)
+        .await?;
         sqlx::query("DELETE FROM queue WHERE id = ?1")
             .bind(id)
             .execute(&mut **tx)
@@ -558,20 +579,20 @@ async fn write(
         occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
     }
     removed.ids.extend(&batch.deletes);
-    for chunk in batch.deletes.chunks(DELETE_CHUNK) {
+    if !batch.deletes.is_empty() {
+        // The ids as one JSON array: the same two prepared statements for any number.
+        let ids = json_list(&batch.deletes);
         // Counting first keeps the result to one row (RETURNING would send one
         // row per deleted id back from the database thread).
-        let (messages, bytes): (i64, i64) = id_list_query(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue WHERE id IN (",
-            chunk,
+        let (messages, bytes): (i64, i64) = sqlx::query_as(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue \
+             WHERE id IN (SELECT value FROM json_each(?1))",
         )
-        .build_query_as()
-        .persistent(false)
+        .bind(&ids)
         .fetch_one(&mut **tx)
         .await?;
-        id_list_query("DELETE FROM queue WHERE id IN (", chunk)
-            .build()
-            .persistent(false)
+        sqlx::query("DELETE FROM queue WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(&ids)
             .execute(&mut **tx)
             .await?;
         occupancy.messages = occupancy.messages.saturating_sub(messages.max(0) as u64);
@@ -616,26 +637,26 @@ async fn write(
         .zip(&admission.keep)
         .filter_map(|(row, keep)| keep.then_some(row))
         .collect();
-    for chunk in kept.chunks(INSERT_CHUNK) {
+    let mut rest = &kept[..];
+    while !rest.is_empty() {
+        let size = power_of_two_chunk(rest.len());
+        let (chunk, after) = rest.split_at(size);
+        rest = after;
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO queue (device, event, kind, payload, size, at, enqueued_at) ",
+            "INSERT INTO queue (device, event, kind, payload, compressed, size, at, enqueued_at) ",
         );
         query.push_values(chunk, |mut values, row| {
             values
                 .push_bind(row.device.as_str())
                 .push_bind(row.stored.event.as_str())
                 .push_bind(row.stored.kind as i64)
-                .push_bind(row.stored.payload.as_slice())
+                .push_bind(row.packed.as_deref().unwrap_or(&row.stored.payload))
+                .push_bind(row.packed.is_some())
                 .push_bind(row.stored.payload.len() as i64)
                 .push_bind(row.stored.at_ms)
                 .push_bind(row.enqueued_at_ms);
         });
-        let last = query
-            .build()
-            .persistent(false)
-            .execute(&mut **tx)
-            .await?
-            .last_insert_rowid();
+        let last = query.build().execute(&mut **tx).await?.last_insert_rowid();
         // One statement of a single writer: its rows have consecutive ids.
         let first = last - (chunk.len() as i64 - 1);
         inserted.extend((first..=last).map(Some));
@@ -717,15 +738,24 @@ async fn record_command(
     Ok(inserted)
 }
 
-/// `head` followed by the ids, comma-separated, and a closing parenthesis.
-fn id_list_query<'a>(head: &str, ids: &'a [i64]) -> QueryBuilder<'a, Sqlite> {
-    let mut query = QueryBuilder::<Sqlite>::new(head);
-    let mut list = query.separated(", ");
-    for id in ids {
-        list.push_bind(*id);
+/// The largest power of two, up to [`INSERT_CHUNK`], that `rows` rows can fill.
+fn power_of_two_chunk(rows: usize) -> usize {
+    let below = 1 << (usize::BITS - 1 - rows.leading_zeros());
+    below.min(INSERT_CHUNK)
+}
+
+/// Ids as a JSON array, for `json_each`.
+fn json_list(ids: &[i64]) -> String {
+    let mut list = String::with_capacity(ids.len() * 8 + 2);
+    list.push('[');
+    for (index, id) in ids.iter().enumerate() {
+        if index > 0 {
+            list.push(',');
+        }
+        list.push_str(&id.to_string());
     }
-    query.push(")");
-    query
+    list.push(']');
+    list
 }
 
 /// Deletes the globally oldest rows until at least `messages` rows and `bytes` payload
@@ -909,6 +939,29 @@ mod tests {
 
     fn occupancy(messages: u64, bytes: u64) -> Occupancy {
         Occupancy { messages, bytes }
+    }
+
+    #[test]
+    fn batches_are_inserted_in_chunks_of_powers_of_two() {
+        let chunks = |mut rows: usize| {
+            let mut sizes = Vec::new();
+            while rows > 0 {
+                let size = power_of_two_chunk(rows);
+                sizes.push(size);
+                rows -= size;
+            }
+            sizes
+        };
+        assert_eq!(chunks(1), vec![1]);
+        assert_eq!(chunks(13), vec![8, 4, 1]);
+        assert_eq!(chunks(64), vec![64]);
+        assert_eq!(chunks(1300), vec![512, 512, 256, 16, 4]);
+    }
+
+    #[test]
+    fn ids_go_to_sqlite_as_a_json_array() {
+        assert_eq!(json_list(&[7]), "[7]");
+        assert_eq!(json_list(&[1, -2, 30]), "[1,-2,30]");
     }
 
     #[test]
