@@ -4,9 +4,11 @@
 //! rumqttc has no per-publish acknowledgement. It hands out packet ids as it takes
 //! publishes off its request channel, in the order they were submitted, and reports
 //! each one as `Outgoing::Publish(pkid)`; the broker's `PubAck(pkid)` then names the
-//! row. A slot of the window is only freed once the row's deletion is committed, so
-//! at any time at most `capacity` rows have been sent without being deleted: that is
-//! the bound on duplicates after a crash.
+//! row. At most `capacity` rows are on their way (the broker's Receive Maximum); an
+//! acknowledged row frees its slot at once, while its deletion is committed with
+//! others, so a session does not wait for the disk between two windows. Rows sent and
+//! not yet deleted are at most twice `capacity`: that is the bound on duplicates after
+//! a crash.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -50,16 +52,10 @@ impl Window {
 
     /// Rows that may still be fetched and sent.
     pub(crate) fn free(&self) -> usize {
-        self.capacity.saturating_sub(self.occupied())
-    }
-
-    fn occupied(&self) -> usize {
-        self.submitted.len()
-            + self.inflight.len()
-            + self.acked.len()
-            + self.refused.len()
-            + self.deleting
-            + self.reserved
+        let on_the_way = self.submitted.len() + self.inflight.len() + self.reserved;
+        let undeleted = on_the_way + self.acked.len() + self.refused.len() + self.deleting;
+        let sendable = self.capacity.saturating_sub(on_the_way);
+        sendable.min((2 * self.capacity).saturating_sub(undeleted))
     }
 
     /// Sent (or about to be sent) and not acknowledged.
@@ -133,7 +129,7 @@ impl Window {
         self.inflight.remove(&pkid)
     }
 
-    /// A row to move to the dead letters; it keeps its slot until [`Self::deleted`].
+    /// A row to move to the dead letters; it counts as undeleted until [`Self::deleted`].
     pub(crate) fn dead_letter(&mut self, row: i64, reason: String) {
         self.refused.push((row, reason));
     }
@@ -150,7 +146,7 @@ impl Window {
         self.acked.push(row);
     }
 
-    /// Acknowledged rows to delete now; they keep their slots until [`Self::deleted`].
+    /// Acknowledged rows to delete now; they count as undeleted until [`Self::deleted`].
     pub(crate) fn take_acked(&mut self) -> Vec<i64> {
         let rows = std::mem::take(&mut self.acked);
         self.deleting += rows.len();
@@ -194,20 +190,31 @@ mod tests {
     }
 
     #[test]
-    fn slots_are_freed_only_when_the_deletion_is_committed() {
+    fn an_acknowledgement_frees_a_slot_and_undeleted_rows_stay_within_twice_the_window() {
         let mut w = Window::new(2);
-        w.submitted(1);
-        w.submitted(2);
-        w.on_outgoing_publish(1).unwrap();
-        w.on_outgoing_publish(2).unwrap();
+        let send = |w: &mut Window, rows: [i64; 2], pkids: [u16; 2]| {
+            for row in rows {
+                w.submitted(row);
+            }
+            for pkid in pkids {
+                w.on_outgoing_publish(pkid).unwrap();
+            }
+        };
+        send(&mut w, [1, 2], [1, 2]);
+        assert_eq!(w.free(), 0, "the broker has two on their way");
         w.on_puback(1);
         w.on_puback(2);
-        assert_eq!(w.free(), 0);
+        assert_eq!(w.free(), 2, "acknowledged: their slots are free");
         assert!(!w.settled());
         assert_eq!(w.take_acked(), vec![1, 2]);
-        assert_eq!(w.free(), 0);
+        send(&mut w, [3, 4], [3, 4]);
+        w.on_puback(3);
+        w.on_puback(4);
+        assert_eq!(w.free(), 0, "four rows sent and not deleted: twice the window");
         w.deleted(2);
         assert_eq!(w.free(), 2);
+        assert_eq!(w.take_acked(), vec![3, 4]);
+        w.deleted(2);
         assert!(w.settled());
     }
 
