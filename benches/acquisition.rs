@@ -13,7 +13,7 @@
 //!
 //! Run: `cargo bench --bench acquisition` (optionally `-- SECONDS` per output, default
 //! 30, and the outputs to run, default all; the uplink profiles need `mosquitto`).
-//! `COMMIT_WINDOW=100ms` sets the queue's `commit_window` (default 50 ms).
+//! `COMMIT_WINDOW=100ms` sets the queue's `commit_window` (default 200 ms).
 
 #[path = "../tests/common/mod.rs"]
 mod common;

@@ -293,7 +293,7 @@ impl Default for QueueSection {
 }
 
 fn default_commit_window() -> Duration {
-    Duration::from_millis(50)
+    Duration::from_millis(200)
 }
 
 fn default_max_messages() -> u64 {

@@ -105,7 +105,7 @@ pub const COMMIT_AT_ONCE_ROWS: usize = 64;
 
 impl StoreSettings {
     /// The documented defaults: 1,000,000 messages, 256 MiB, `drop_oldest`, `FULL`,
-    /// a commit window of 50 ms.
+    /// a commit window of 200 ms.
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
         StoreSettings {
             data_dir: data_dir.into(),
@@ -113,7 +113,7 @@ impl StoreSettings {
             max_bytes: 256 * 1024 * 1024,
             on_full: OnFull::DropOldest,
             synchronous: Synchronous::Full,
-            commit_window: Duration::from_millis(50),
+            commit_window: Duration::from_millis(200),
         }
     }
 }

@@ -210,7 +210,11 @@ mod tests {
         send(&mut w, [3, 4], [3, 4]);
         w.on_puback(3);
         w.on_puback(4);
-        assert_eq!(w.free(), 0, "four rows sent and not deleted: twice the window");
+        assert_eq!(
+            w.free(),
+            0,
+            "four rows sent and not deleted: twice the window"
+        );
         w.deleted(2);
         assert_eq!(w.free(), 2);
         assert_eq!(w.take_acked(), vec![3, 4]);
