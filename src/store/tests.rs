@@ -481,21 +481,25 @@ async fn a_queue_of_the_previous_release_upgrades_in_place() {
     store.close().await;
 }
 
+/// A second, read-only connection to the store's database, to check what it holds.
+async fn read_only(store: &Store) -> sqlx::SqliteConnection {
+    use sqlx::Connection as _;
+    let options = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(store.path())
+        .read_only(true);
+    sqlx::SqliteConnection::connect_with(&options)
+        .await
+        .unwrap()
+}
+
 /// A watched device's rows come from memory once its reader has caught up: what it reads
 /// must always be what the database holds, through inserts, deletions and evictions.
 #[tokio::test]
 async fn a_watched_device_reads_what_the_database_holds() {
-    use sqlx::Connection as _;
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), 12, OnFull::DropOldest).await;
     let _watch = store.watch("a");
-    let mut db = sqlx::SqliteConnection::connect_with(
-        &sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(store.path())
-            .read_only(true),
-    )
-    .await
-    .unwrap();
+    let mut db = read_only(&store).await;
     async fn in_db(db: &mut sqlx::SqliteConnection) -> Vec<i64> {
         sqlx::query_scalar("SELECT id FROM queue WHERE device = 'a' ORDER BY id")
             .fetch_all(db)
@@ -553,7 +557,6 @@ fn values_event(device: &str, seq: u32) -> Event {
 /// in the dead letters (which stay readable with any SQLite tool).
 #[tokio::test]
 async fn compressed_payloads_read_back_as_they_were_enqueued() {
-    use sqlx::Connection as _;
     let tmp = tempfile::tempdir().unwrap();
     let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
     let sent: Vec<Event> = (0..3).map(|seq| values_event("a", seq)).collect();
@@ -570,13 +573,7 @@ async fn compressed_payloads_read_back_as_they_were_enqueued() {
         sent.iter().map(payload).collect::<Vec<_>>()
     );
 
-    let mut db = sqlx::SqliteConnection::connect_with(
-        &sqlx::sqlite::SqliteConnectOptions::new()
-            .filename(store.path())
-            .read_only(true),
-    )
-    .await
-    .unwrap();
+    let mut db = read_only(&store).await;
     let (compressed, stored, size): (bool, i64, i64) =
         sqlx::query_as("SELECT compressed, length(payload), size FROM queue WHERE id = ?")
             .bind(rows[0].id)
