@@ -260,6 +260,13 @@ const ANY_DEVICE: &str = "";
 /// Per-device wake-ups: bumped after every commit that inserted rows of that device.
 type Watchers = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
+/// Locks `mutex`, also when a panic elsewhere poisoned it: the queue keeps working.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// The rows committed lately of every watched device (see [`recent`]).
 type SharedRecent = Arc<Mutex<recent::Recent>>;
 
@@ -469,25 +476,13 @@ impl Store {
     }
 
     fn recent(&self, key: &str, after_id: i64, limit: usize) -> Option<Vec<QueuedEvent>> {
-        self.inner
-            .recent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .read(key, after_id, limit)
+        lock(&self.inner.recent).read(key, after_id, limit)
     }
 
     /// A receiver that changes whenever rows of `device` have been committed.
     pub fn watch(&self, device: &str) -> watch::Receiver<u64> {
-        self.inner
-            .recent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .track(device);
-        let mut watchers = self
-            .inner
-            .watchers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        lock(&self.inner.recent).track(device);
+        let mut watchers = lock(&self.inner.watchers);
         watchers
             .entry(device.to_owned())
             .or_insert_with(|| watch::channel(0).0)
@@ -519,12 +514,7 @@ impl Store {
         if self.inner.commands.send(Command::Close(done)).await.is_ok() {
             let _ = closed.await;
         }
-        let writer = self
-            .inner
-            .writer
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        let writer = lock(&self.inner.writer).take();
         if let Some(writer) = writer {
             let _ = writer.await;
         }

@@ -67,7 +67,7 @@ impl Recent {
 
     /// A commit: `removed` left the queue, `inserted` (in id order) entered it. `any` is
     /// the key that collects the rows of every device.
-    pub fn committed(&mut self, removed: &Removed, inserted: Vec<QueuedEvent>, any: &str) {
+    pub fn committed(&mut self, removed: Removed, inserted: Vec<QueuedEvent>, any: &str) {
         if !removed.ids.is_empty() || removed.through.is_some() {
             self.remove(removed);
         }
@@ -115,8 +115,8 @@ impl Recent {
         }
     }
 
-    fn remove(&mut self, removed: &Removed) {
-        let mut ids = removed.ids.clone();
+    fn remove(&mut self, removed: Removed) {
+        let mut ids = removed.ids;
         ids.sort_unstable();
         let through = removed.through.unwrap_or(i64::MIN);
         let mut freed = 0;
@@ -169,7 +169,7 @@ mod tests {
     fn rows_committed_before_tracking_began_are_read_from_the_database() {
         let mut recent = Recent::new(10);
         recent.track("a");
-        recent.committed(&Removed::default(), vec![row(11, "a"), row(12, "b")], ANY);
+        recent.committed(Removed::default(), vec![row(11, "a"), row(12, "b")], ANY);
         assert_eq!(
             ids(recent.read("a", 0, 100)),
             None,
@@ -187,7 +187,7 @@ mod tests {
         recent.track(ANY);
         recent.track("a");
         let rows = vec![row(1, "a"), row(2, "b"), row(3, "a")];
-        recent.committed(&Removed::default(), rows, ANY);
+        recent.committed(Removed::default(), rows, ANY);
         assert_eq!(ids(recent.read(ANY, 0, 2)), Some(vec![1, 2]), "limit");
         assert_eq!(ids(recent.read(ANY, 1, 100)), Some(vec![2, 3]));
         assert_eq!(ids(recent.read("a", 0, 100)), Some(vec![1, 3]));
@@ -199,19 +199,19 @@ mod tests {
         recent.track("a");
         recent.track("b");
         let rows = (1..=6).map(|id| row(id, if id % 2 == 0 { "b" } else { "a" }));
-        recent.committed(&Removed::default(), rows.collect(), ANY);
+        recent.committed(Removed::default(), rows.collect(), ANY);
         let removed = Removed {
             ids: vec![5, 2],
             through: None,
         };
-        recent.committed(&removed, Vec::new(), ANY);
+        recent.committed(removed, Vec::new(), ANY);
         assert_eq!(ids(recent.read("a", 0, 100)), Some(vec![1, 3]));
         assert_eq!(ids(recent.read("b", 0, 100)), Some(vec![4, 6]));
         let evicted = Removed {
             ids: Vec::new(),
             through: Some(3),
         };
-        recent.committed(&evicted, Vec::new(), ANY);
+        recent.committed(evicted, Vec::new(), ANY);
         assert_eq!(ids(recent.read("a", 0, 100)), Some(vec![]));
         assert_eq!(ids(recent.read("b", 0, 100)), Some(vec![4, 6]));
         assert_eq!(recent.bytes, 2 * cost(&row(4, "b")));
@@ -222,7 +222,7 @@ mod tests {
         let mut recent = Recent::new(0);
         recent.track("a");
         let rows = (1..=ROWS_PER_KEY as i64 + 2).map(|id| row(id, "a"));
-        recent.committed(&Removed::default(), rows.collect(), ANY);
+        recent.committed(Removed::default(), rows.collect(), ANY);
         assert_eq!(ids(recent.read("a", 1, 1)), None, "rows 1-2 were forgotten");
         assert_eq!(ids(recent.read("a", 2, 1)), Some(vec![3]));
     }
@@ -239,7 +239,7 @@ mod tests {
         let rows: Vec<_> = (1..=30)
             .map(|id| big(id, if id <= 15 { "a" } else { "b" }))
             .collect();
-        recent.committed(&Removed::default(), rows, ANY);
+        recent.committed(Removed::default(), rows, ANY);
         assert!(recent.bytes <= BUDGET_BYTES, "{} bytes kept", recent.bytes);
         assert_eq!(ids(recent.read("a", 15, 100)), Some(vec![]));
         let kept_b = ids(recent.read("b", 30, 100));

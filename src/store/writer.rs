@@ -283,7 +283,7 @@ impl Writer {
                 for (device, count) in &committed.dropped_full {
                     self.drop_log.record(device, *count);
                 }
-                self.remember(&committed, batch.inserts);
+                self.remember(committed.removed, &committed.inserted_ids, batch.inserts);
                 self.notify(&committed.inserted_devices);
                 for waiter in batch.waiters {
                     let _ = waiter.send(Ok(()));
@@ -379,10 +379,10 @@ impl Writer {
     /// Hands the committed rows to [`super::recent`] (before the sessions are woken up
     /// and before a deletion is confirmed, so memory never shows a row the database no
     /// longer holds to a session that could know better).
-    fn remember(&self, committed: &Committed, inserts: Vec<NewRow>) {
+    fn remember(&self, removed: Removed, ids: &[Option<i64>], inserts: Vec<NewRow>) {
         let inserted = inserts
             .into_iter()
-            .zip(&committed.inserted_ids)
+            .zip(ids)
             .filter_map(|(row, id)| {
                 Some(QueuedEvent {
                     id: (*id)?,
@@ -395,20 +395,14 @@ impl Writer {
                 })
             })
             .collect();
-        self.recent
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .committed(&committed.removed, inserted, super::ANY_DEVICE);
+        super::lock(&self.recent).committed(removed, inserted, super::ANY_DEVICE);
     }
 
     fn notify(&self, devices: &HashSet<String>) {
         if devices.is_empty() {
             return;
         }
-        let watchers = self
-            .watchers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let watchers = super::lock(&self.watchers);
         let any = devices.iter().next().map(|_| super::ANY_DEVICE);
         for device in devices.iter().map(String::as_str).chain(any) {
             if let Some(watcher) = watchers.get(device) {
@@ -581,7 +575,7 @@ async fn write(
     removed.ids.extend(&batch.deletes);
     if !batch.deletes.is_empty() {
         // The ids as one JSON array: the same two prepared statements for any number.
-        let ids = json_list(&batch.deletes);
+        let ids = serde_json::to_string(&batch.deletes).expect("integers serialize");
         // Counting first keeps the result to one row (RETURNING would send one
         // row per deleted id back from the database thread).
         let (messages, bytes): (i64, i64) = sqlx::query_as(
@@ -742,20 +736,6 @@ async fn record_command(
 fn power_of_two_chunk(rows: usize) -> usize {
     let below = 1 << (usize::BITS - 1 - rows.leading_zeros());
     below.min(INSERT_CHUNK)
-}
-
-/// Ids as a JSON array, for `json_each`.
-fn json_list(ids: &[i64]) -> String {
-    let mut list = String::with_capacity(ids.len() * 8 + 2);
-    list.push('[');
-    for (index, id) in ids.iter().enumerate() {
-        if index > 0 {
-            list.push(',');
-        }
-        list.push_str(&id.to_string());
-    }
-    list.push(']');
-    list
 }
 
 /// Deletes the globally oldest rows until at least `messages` rows and `bytes` payload
@@ -956,12 +936,6 @@ mod tests {
         assert_eq!(chunks(13), vec![8, 4, 1]);
         assert_eq!(chunks(64), vec![64]);
         assert_eq!(chunks(1300), vec![512, 512, 256, 16, 4]);
-    }
-
-    #[test]
-    fn ids_go_to_sqlite_as_a_json_array() {
-        assert_eq!(json_list(&[7]), "[7]");
-        assert_eq!(json_list(&[1, -2, 30]), "[1,-2,30]");
     }
 
     #[test]

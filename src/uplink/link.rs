@@ -450,31 +450,15 @@ mod tests {
     fn puback_reasons_sort_into_final_and_passing_refusals() {
         assert_eq!(Ack::of(PubAckReason::Success), Ack::Accepted);
         assert_eq!(Ack::of(PubAckReason::NoMatchingSubscribers), Ack::Accepted);
-        for (reason, code) in [
-            (PubAckReason::NotAuthorized, 0x87),
-            (PubAckReason::TopicNameInvalid, 0x90),
-            (PubAckReason::PayloadFormatInvalid, 0x99),
+        for (reason, code, permanent) in [
+            (PubAckReason::NotAuthorized, 0x87, true),
+            (PubAckReason::TopicNameInvalid, 0x90, true),
+            (PubAckReason::PayloadFormatInvalid, 0x99, true),
+            (PubAckReason::QuotaExceeded, 0x97, false),
+            (PubAckReason::UnspecifiedError, 0x80, false),
+            (PubAckReason::ImplementationSpecificError, 0x83, false),
         ] {
-            assert_eq!(
-                Ack::of(reason),
-                Ack::Refused {
-                    code,
-                    permanent: true
-                }
-            );
-        }
-        for (reason, code) in [
-            (PubAckReason::QuotaExceeded, 0x97),
-            (PubAckReason::UnspecifiedError, 0x80),
-            (PubAckReason::ImplementationSpecificError, 0x83),
-        ] {
-            assert_eq!(
-                Ack::of(reason),
-                Ack::Refused {
-                    code,
-                    permanent: false
-                }
-            );
+            assert_eq!(Ack::of(reason), Ack::Refused { code, permanent });
         }
     }
 
