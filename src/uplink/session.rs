@@ -143,19 +143,27 @@ impl Plan {
 
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Deletes acknowledged rows and moves refused ones to the dead letters.
+/// Deletes acknowledged rows and moves refused ones to the dead letters, both handed to
+/// the writer at once so that they share a commit.
 async fn remove(
     store: &Store,
     acked: Vec<i64>,
     refused: Vec<(i64, String)>,
 ) -> Result<(), StoreError> {
-    if !acked.is_empty() {
-        store.delete(acked).await?;
-    }
-    if !refused.is_empty() {
-        store.dead_letter(refused).await?;
-    }
-    Ok(())
+    let delete = async {
+        if acked.is_empty() {
+            return Ok(());
+        }
+        store.delete(acked).await
+    };
+    let dead_letter = async {
+        if refused.is_empty() {
+            return Ok(());
+        }
+        store.dead_letter(refused).await
+    };
+    let (deleted, moved) = tokio::join!(delete, dead_letter);
+    deleted.and(moved)
 }
 
 /// A command result for an MQTT 5 request: to its Response Topic, with its Correlation
