@@ -1,16 +1,18 @@
 //! Drain benchmark: 100,000 queued QoS 1 events of 20 devices published to a loopback
-//! Mosquitto by MQTT 3.1.1 and by MQTT 5 sessions, against a bare rumqttc QoS 1
-//! publisher (no queue) in the same run, with the bytes the broker read per event (topic
+//! Mosquitto by MQTT 3.1.1 and by MQTT 5 sessions, each against bare rumqttc QoS 1
+//! publishers (no queue) of its version in the same run, with the bytes the broker read per event (topic
 //! aliases at work with MQTT 5); then the memory one idle connected session costs.
 //!
-//! Run: `cargo bench --bench uplink_drain` (needs `mosquitto` on the PATH).
+//! Run: `cargo bench --bench uplink_drain` (needs `mosquitto` on the PATH); `-- 3.1.1`
+//! or `-- 5` drains with that version only, `-- nodelay` turns Nagle's algorithm off in
+//! Mosquitto.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use std::time::{Duration, Instant};
 
-use common::TestBroker;
+use common::{BrokerConfig, BrokerKind, TestBroker};
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, Protocol, SessionStatus, Uplink, UplinkSettings};
@@ -21,6 +23,7 @@ const DEVICES: usize = 20;
 const EVENTS: usize = 100_000;
 const INFLIGHT: u16 = 100;
 const IDLE_SESSIONS: usize = 500;
+const TOPIC: &str = "iot-2/evt/status/fmt/json";
 
 fn payload(seq: usize) -> Vec<u8> {
     format!(
@@ -40,52 +43,88 @@ fn device(index: usize) -> DeviceIdentity {
     }
 }
 
-/// 20 plain rumqttc clients, each publishing its share at QoS 1 with the same inflight
-/// window as the uplink, as fast as PUBACKs allow. Returns messages per second.
-async fn bare_publishers(port: u16) -> f64 {
+/// 20 plain rumqttc clients of `protocol`, each publishing its share at QoS 1 with the
+/// same inflight window as the uplink (an MQTT 5 client also keeps to the broker's
+/// Receive Maximum, as the uplink does), as fast as PUBACKs allow. Returns messages per
+/// second.
+async fn bare_publishers(port: u16, protocol: Protocol) -> f64 {
     let per_client = EVENTS / DEVICES;
     let started = Instant::now();
     let mut tasks = Vec::new();
     for client_index in 0..DEVICES {
-        let mut options = MqttOptions::new(format!("bare-{client_index}"), "127.0.0.1", port);
-        options
-            .set_clean_session(true)
-            .set_inflight(INFLIGHT)
-            .set_keep_alive(Duration::from_secs(30));
-        let (client, mut eventloop) = AsyncClient::new(options, usize::from(INFLIGHT));
-        let mut network = NetworkOptions::new();
-        network.set_tcp_nodelay(true);
-        eventloop.set_network_options(network);
-        tasks.push(tokio::spawn(async move {
-            let publisher = tokio::spawn(async move {
-                for seq in 0..per_client {
-                    client
-                        .publish(
-                            "iot-2/evt/status/fmt/json",
-                            QoS::AtLeastOnce,
-                            false,
-                            payload(seq),
-                        )
-                        .await
-                        .expect("publish");
-                }
-                client
-            });
-            let mut acked = 0;
-            while acked < per_client {
-                match eventloop.poll().await {
-                    Ok(MqttEvent::Incoming(Packet::PubAck(_))) => acked += 1,
-                    Ok(_) => {}
-                    Err(error) => panic!("bare publisher: {error}"),
-                }
-            }
-            let _client = publisher.await.unwrap();
-        }));
+        let id = format!("bare-{client_index}");
+        tasks.push(match protocol {
+            Protocol::V311 => tokio::spawn(bare_v311(id, port, per_client)),
+            Protocol::V5 => tokio::spawn(bare_v5(id, port, per_client)),
+        });
     }
     for task in tasks {
         task.await.unwrap();
     }
     EVENTS as f64 / started.elapsed().as_secs_f64()
+}
+
+async fn bare_v311(id: String, port: u16, messages: usize) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options
+        .set_clean_session(true)
+        .set_inflight(INFLIGHT)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(options, usize::from(INFLIGHT));
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    let publisher = tokio::spawn(async move {
+        for seq in 0..messages {
+            client
+                .publish(TOPIC, QoS::AtLeastOnce, false, payload(seq))
+                .await
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < messages {
+        match eventloop.poll().await {
+            Ok(MqttEvent::Incoming(Packet::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(error) => panic!("bare publisher: {error}"),
+        }
+    }
+    let _client = publisher.await.unwrap();
+}
+
+async fn bare_v5(id: String, port: u16, messages: usize) {
+    use rumqttc::v5::mqttbytes::v5::Packet as Packet5;
+    use rumqttc::v5::mqttbytes::QoS as QoS5;
+    use rumqttc::v5::{AsyncClient as Client5, Event as Event5, MqttOptions as Options5};
+    let mut options = Options5::new(id, "127.0.0.1", port);
+    options
+        .set_clean_start(true)
+        .set_outgoing_inflight_upper_limit(INFLIGHT)
+        .set_keep_alive(Duration::from_secs(30));
+    let mut network = NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    options.set_network_options(network);
+    let (client, mut eventloop) = Client5::new(options, usize::from(INFLIGHT));
+    let publisher = tokio::spawn(async move {
+        for seq in 0..messages {
+            client
+                .publish(TOPIC, QoS5::AtLeastOnce, false, payload(seq))
+                .await
+                .expect("publish");
+        }
+        client
+    });
+    let mut acked = 0;
+    while acked < messages {
+        match eventloop.poll().await {
+            Ok(Event5::Incoming(Packet5::PubAck(_))) => acked += 1,
+            Ok(_) => {}
+            Err(error) => panic!("bare publisher: {error}"),
+        }
+    }
+    let _client = publisher.await.unwrap();
 }
 
 /// What one queue drain measured.
@@ -251,36 +290,49 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
-        let mut broker = TestBroker::quiet_mosquitto(tmp.path());
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        // `nodelay`: Mosquitto with `set_tcp_nodelay true` (not its default), to see what
+        // Nagle's algorithm on its side costs.
+        let config = BrokerConfig {
+            quiet: true,
+            tcp_nodelay: args.iter().any(|a| a == "nodelay"),
+            ..BrokerConfig::default()
+        };
+        let mut broker = TestBroker::start(BrokerKind::Mosquitto, tmp.path(), config);
         println!("drain of {EVENTS} queued QoS 1 events, {DEVICES} devices, inflight {INFLIGHT}");
         println!("(CPU = milliseconds per 1000 messages, this process / mosquitto)");
         println!("(wire = bytes the broker read per event)");
-        let protocols = [(Protocol::V311, "3.1.1"), (Protocol::V5, "5")];
-        let (mut bare_rates, mut drain_rates) = (Vec::new(), vec![Vec::new(), Vec::new()]);
+        let protocols: Vec<(Protocol, &str)> = [(Protocol::V311, "3.1.1"), (Protocol::V5, "5")]
+            .into_iter()
+            .filter(|(_, name)| !args.iter().any(|a| a == "3.1.1" || a == "5") || args.iter().any(|a| a == name))
+            .collect();
+        // Rounds alternate the bare publishers and the drains so that both see the same
+        // machine; each protocol's drain is set against bare publishers of its version.
+        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+        let mut rates = vec![(Vec::new(), Vec::new()); protocols.len()];
         for round in 0..3 {
-            let pid = broker.pid().unwrap().to_string();
-            let (rate, own, theirs) = measured(&pid, bare_publishers(broker.port)).await;
-            println!("  bare rumqttc publishers (3.1.1): {rate:8.0} msg/s   CPU {own:5.1} / {theirs:5.1}");
-            bare_rates.push(rate);
-            if round == 2 {
-                break;
-            }
             for (index, (protocol, name)) in protocols.iter().enumerate() {
+                let pid = broker.pid().unwrap().to_string();
+                let (rate, own, theirs) =
+                    measured(&pid, bare_publishers(broker.port, *protocol)).await;
+                println!("  bare rumqttc publishers, MQTT {name:5}: {rate:8.0} msg/s   CPU {own:5.1} / {theirs:5.1}");
+                rates[index].0.push(rate);
+                if round == 2 {
+                    continue;
+                }
                 let dir = tmp.path().join(format!("drain-{round}-{name}"));
                 let drain = queue_drain(&mut broker, &dir, *protocol).await;
                 println!(
-                    "  queue drain, MQTT {name:5}:      {:8.0} msg/s   CPU {:5.1} / {:5.1}   wire {:5.1} B   (rows deleted: {:.0} msg/s)",
+                    "  queue drain, MQTT {name:5}:            {:8.0} msg/s   CPU {:5.1} / {:5.1}   wire {:5.1} B   (rows deleted: {:.0} msg/s)",
                     drain.acknowledged_rate, drain.cpu.0, drain.cpu.1, drain.wire_bytes, drain.deleted_rate
                 );
-                drain_rates[index].push(drain.acknowledged_rate);
+                rates[index].1.push(drain.acknowledged_rate);
             }
         }
-        let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
-        let bare = mean(&bare_rates);
-        for (index, (_, name)) in protocols.iter().enumerate() {
-            let drain = mean(&drain_rates[index]);
+        for ((_, name), (bare, drain)) in protocols.iter().zip(&rates) {
+            let (bare, drain) = (mean(bare), mean(drain));
             println!(
-                "mean: bare {bare:.0} msg/s, queue drain (MQTT {name}) {drain:.0} msg/s = {:.2}x bare",
+                "mean, MQTT {name}: bare {bare:.0} msg/s, queue drain {drain:.0} msg/s = {:.2}x bare",
                 drain / bare
             );
         }

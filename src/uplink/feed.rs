@@ -33,8 +33,6 @@ pub(super) enum Fetched {
 #[derive(Debug)]
 pub(super) struct Feed {
     pub window: Window,
-    /// Fetch at least this many rows at once while others are in flight.
-    batch: usize,
     /// Bumped on every connect and loss; a fetch from an older one is discarded.
     generation: u64,
     /// Id of the last row handed to the client.
@@ -51,7 +49,6 @@ impl Feed {
     pub fn new(window: usize) -> Self {
         Feed {
             window: Window::new(window),
-            batch: (window / 2).max(1),
             generation: 0,
             cursor: 0,
             resync: true,
@@ -65,11 +62,9 @@ impl Feed {
         self.generation
     }
 
-    /// At most `capacity` rows on their way from now on (the broker's Receive Maximum),
-    /// fetched in batches of at least half of it.
+    /// At most `capacity` rows on their way from now on (the broker's Receive Maximum).
     pub fn set_window(&mut self, capacity: usize) {
         self.window.set_capacity(capacity);
-        self.batch = (capacity / 2).max(1);
     }
 
     /// A CONNACK: everything not acknowledged is read again from the start.
@@ -105,8 +100,13 @@ impl Feed {
             // from the start.
             return None;
         }
+        // One read at a time batches by itself: the slots freed while a read runs make
+        // the next one. Waiting for more would hold the next publish back, and with it
+        // the TCP acknowledgement it carries; a broker with Nagle's algorithm on (as
+        // Mosquitto by default) then holds its further PUBACKs until the delayed
+        // acknowledgement, up to 40 ms.
         let free = self.window.free();
-        if free == 0 || (free < self.batch && self.window.unacknowledged() > 0) {
+        if free == 0 {
             return None;
         }
         self.window.reserve(free);
@@ -203,18 +203,22 @@ mod tests {
         assert!(feed.idle(), "fewer rows than asked: the queue is drained");
         assert_eq!(feed.next_fetch(true), None);
         feed.rows_committed(true);
-        // One slot free and rows unacknowledged: wait for a fuller batch.
-        assert_eq!(feed.next_fetch(true), None);
-        for pkid in 1..=3 {
+        // The one free slot is filled at once, though rows are unacknowledged.
+        let one = feed.next_fetch(true).unwrap();
+        assert_eq!((one.after, one.limit), (13, 1));
+        assert_eq!(feed.fetched(one, Some(1), true), Fetched::Publish);
+        feed.sent(14);
+        assert_eq!(feed.next_fetch(true), None, "the window is full");
+        for pkid in 1..=4 {
             feed.window.on_outgoing_publish(pkid).unwrap();
         }
         assert_eq!(feed.window.on_puback(1), Some(11));
         assert_eq!(feed.window.on_puback(2), Some(12));
         let rows = feed.window.take_acked();
         assert_eq!(rows, vec![11, 12]);
-        // Their deletion is still being committed; the next batch does not wait for it.
+        // Their deletion is still being committed; the next read does not wait for it.
         let next = feed.next_fetch(true).unwrap();
-        assert_eq!((next.after, next.limit), (13, 3));
+        assert_eq!((next.after, next.limit), (14, 2));
     }
 
     #[test]
@@ -278,8 +282,7 @@ mod tests {
         );
     }
 
-    /// A broker that takes only two at a time: the batch follows the window, so one
-    /// free slot is filled at once instead of waiting for a batch that can never come.
+    /// A broker that takes only two at a time: reads follow the smaller window.
     #[test]
     fn a_smaller_window_fetches_smaller_batches() {
         let mut feed = Feed::new(100);
