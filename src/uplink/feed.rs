@@ -1,13 +1,20 @@
-//! Which queued rows a session reads next, and when: the cursor through the device's
-//! queue, the resync from the start after every (re)connect, and the delivery window.
-//! Pure state, driven by the session; tested without sockets or a database.
+//! Which queued rows a session sends next, and when: the cursor through the device's
+//! queue, the rows read ahead of the window, the resync from the start after every
+//! (re)connect, and the delivery window. Pure state, driven by the session; tested
+//! without sockets or a database.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::window::Window;
 
 /// Wait before reading the queue again after a failed read.
 const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// A queued row, as far as the feed is concerned.
+pub(super) trait Row {
+    fn id(&self) -> i64;
+}
 
 /// A read of the queue the session should start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,21 +28,19 @@ pub(super) struct FetchRequest {
     pub delay: Option<Duration>,
 }
 
-/// What to do with the rows of a finished fetch.
-#[derive(Debug, PartialEq, Eq)]
-pub(super) enum Fetched {
-    /// Publish them, in order, telling the feed about each.
-    Publish,
-    /// The connection changed (or the read failed): drop them.
-    Discard,
-}
-
 #[derive(Debug)]
-pub(super) struct Feed {
+pub(super) struct Feed<R> {
     pub window: Window,
+    /// Rows read and not yet handed to the client, in queue order, at most a window's
+    /// worth. A slot the broker frees is filled from here at once: the publish goes
+    /// out with the TCP acknowledgement of the PUBACK, which a broker with Nagle's
+    /// algorithm on (Mosquitto by default) waits for before it sends further PUBACKs.
+    /// Waiting for a read instead leaves that acknowledgement to the kernel's delayed
+    /// ACK, up to 40 ms per window.
+    ahead: VecDeque<R>,
     /// Bumped on every connect and loss; a fetch from an older one is discarded.
     generation: u64,
-    /// Id of the last row handed to the client.
+    /// Id of the last row read.
     cursor: i64,
     /// Read the queue from its start (after a (re)connect).
     resync: bool,
@@ -45,10 +50,11 @@ pub(super) struct Feed {
     fetch_delay: Option<Duration>,
 }
 
-impl Feed {
+impl<R: Row> Feed<R> {
     pub fn new(window: usize) -> Self {
         Feed {
             window: Window::new(window),
+            ahead: VecDeque::new(),
             generation: 0,
             cursor: 0,
             resync: true,
@@ -72,11 +78,13 @@ impl Feed {
         self.generation += 1;
         self.resync = true;
         self.has_more = true;
+        self.ahead.clear();
     }
 
     /// The connection is gone; returns the QoS 0 publishes lost with it.
     pub fn lost(&mut self) -> usize {
         self.generation += 1;
+        self.ahead.clear();
         self.window.connection_lost()
     }
 
@@ -90,7 +98,9 @@ impl Feed {
         self.has_more = more;
     }
 
-    /// The next read, if the connection and the window allow one.
+    /// The next read, if the connection allows one and the rows read ahead run low
+    /// (half a window or less: reads stay large, and the next rows are there before
+    /// the last ones go).
     pub fn next_fetch(&mut self, connected: bool) -> Option<FetchRequest> {
         if !connected || self.fetching || !self.has_more {
             return None;
@@ -100,58 +110,61 @@ impl Feed {
             // from the start.
             return None;
         }
-        // One read at a time batches by itself: the slots freed while a read runs make
-        // the next one. Waiting for more would hold the next publish back, and with it
-        // the TCP acknowledgement it carries; a broker with Nagle's algorithm on (as
-        // Mosquitto by default) then holds its further PUBACKs until the delayed
-        // acknowledgement, up to 40 ms.
-        let free = self.window.free();
-        if free == 0 {
+        let limit = self.window.capacity();
+        if self.ahead.len() > limit / 2 {
             return None;
         }
-        self.window.reserve(free);
         self.fetching = true;
         Some(FetchRequest {
             after: if self.resync { 0 } else { self.cursor },
-            limit: free,
+            limit: limit - self.ahead.len(),
             generation: self.generation,
             delay: self.fetch_delay.take(),
         })
     }
 
-    /// A read ended with `rows` rows (`None`: it failed).
-    pub fn fetched(
-        &mut self,
-        request: FetchRequest,
-        rows: Option<usize>,
-        connected: bool,
-    ) -> Fetched {
+    /// A read ended with these rows (`None`: it failed). Rows of an older connection
+    /// are dropped: they are read again from the start.
+    pub fn fetched(&mut self, request: FetchRequest, rows: Option<Vec<R>>, connected: bool) {
         self.fetching = false;
-        self.window.release(request.limit);
         if request.generation != self.generation || !connected {
             self.has_more = true;
-            return Fetched::Discard;
+            return;
         }
         let Some(rows) = rows else {
             self.fetch_delay = Some(FETCH_RETRY);
             self.has_more = true;
-            return Fetched::Discard;
+            return;
         };
         self.resync = false;
-        self.has_more = rows == request.limit;
-        Fetched::Publish
+        self.has_more = rows.len() == request.limit;
+        if let Some(last) = rows.last() {
+            self.cursor = last.id();
+        }
+        self.ahead.extend(rows);
     }
 
-    /// A fetched row was handed to the client.
+    /// The next row to send, if the window has room for it.
+    pub fn next_row(&mut self, connected: bool) -> Option<R> {
+        if !connected || self.window.free() == 0 {
+            return None;
+        }
+        self.ahead.pop_front()
+    }
+
+    /// The row from [`Self::next_row`] was handed to the client.
     pub fn sent(&mut self, row: i64) {
         self.window.submitted(row);
-        self.cursor = row;
     }
 
-    /// A fetched row cannot be sent at all: it is deleted as if acknowledged.
+    /// The client took no more: the row is sent first next time.
+    pub fn put_back(&mut self, row: R) {
+        self.ahead.push_front(row);
+    }
+
+    /// A row that cannot be sent at all: it is deleted as if acknowledged.
     pub fn skipped(&mut self, row: i64) {
         self.window.discard(row);
-        self.cursor = row;
     }
 
     /// The broker refused a row for now (an MQTT 5 reason such as quota exceeded): once
@@ -162,18 +175,13 @@ impl Feed {
         self.resync = true;
         self.has_more = true;
         self.fetch_delay = Some(delay);
+        self.ahead.clear();
     }
 
-    /// A fetched row the broker would refuse for good (larger than it accepts): it
-    /// leaves the queue for the dead letters.
+    /// A row the broker would refuse for good (larger than it accepts): it leaves the
+    /// queue for the dead letters.
     pub fn refused(&mut self, row: i64, reason: String) {
         self.window.dead_letter(row, reason);
-        self.cursor = row;
-    }
-
-    /// The client took no more rows; the rest are read again later.
-    pub fn stalled(&mut self) {
-        self.has_more = true;
     }
 }
 
@@ -181,9 +189,25 @@ impl Feed {
 mod tests {
     use super::*;
 
+    impl Row for i64 {
+        fn id(&self) -> i64 {
+            *self
+        }
+    }
+
+    /// Hands every row the window takes to the client; returns their ids.
+    fn send_all(feed: &mut Feed<i64>) -> Vec<i64> {
+        let mut sent = Vec::new();
+        while let Some(row) = feed.next_row(true) {
+            feed.sent(row);
+            sent.push(row);
+        }
+        sent
+    }
+
     #[test]
     fn nothing_is_read_while_disconnected_or_already_reading() {
-        let mut feed = Feed::new(4);
+        let mut feed = Feed::<i64>::new(4);
         assert_eq!(feed.next_fetch(false), None);
         feed.connected();
         let first = feed.next_fetch(true).unwrap();
@@ -192,61 +216,99 @@ mod tests {
     }
 
     #[test]
-    fn the_cursor_moves_on_and_a_short_read_waits_for_commits() {
+    fn rows_are_read_ahead_and_each_freed_slot_is_filled_at_once() {
         let mut feed = Feed::new(4);
         feed.connected();
         let request = feed.next_fetch(true).unwrap();
-        assert_eq!(feed.fetched(request, Some(3), true), Fetched::Publish);
-        for row in 11..=13 {
-            feed.sent(row);
-        }
-        assert!(feed.idle(), "fewer rows than asked: the queue is drained");
-        assert_eq!(feed.next_fetch(true), None);
-        feed.rows_committed(true);
-        // The one free slot is filled at once, though rows are unacknowledged.
-        let one = feed.next_fetch(true).unwrap();
-        assert_eq!((one.after, one.limit), (13, 1));
-        assert_eq!(feed.fetched(one, Some(1), true), Fetched::Publish);
-        feed.sent(14);
-        assert_eq!(feed.next_fetch(true), None, "the window is full");
+        feed.fetched(request, Some(vec![11, 12, 13, 14]), true);
+        assert_eq!(send_all(&mut feed), vec![11, 12, 13, 14]);
+        // A full window leaves a window's worth to read ahead.
+        let ahead = feed.next_fetch(true).unwrap();
+        assert_eq!((ahead.after, ahead.limit), (14, 4));
+        feed.fetched(ahead, Some(vec![15, 16, 17, 18]), true);
+        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "no slot is free");
+        assert_eq!(feed.next_fetch(true), None, "enough rows are read ahead");
         for pkid in 1..=4 {
             feed.window.on_outgoing_publish(pkid).unwrap();
         }
         assert_eq!(feed.window.on_puback(1), Some(11));
+        assert_eq!(send_all(&mut feed), vec![15], "one slot, one row, no read");
         assert_eq!(feed.window.on_puback(2), Some(12));
-        let rows = feed.window.take_acked();
-        assert_eq!(rows, vec![11, 12]);
-        // Their deletion is still being committed; the next read does not wait for it.
-        let next = feed.next_fetch(true).unwrap();
-        assert_eq!((next.after, next.limit), (14, 2));
+        assert_eq!(feed.window.on_puback(3), Some(13));
+        assert_eq!(send_all(&mut feed), vec![16, 17]);
+        let next = feed.next_fetch(true).expect("half the rows ahead are gone");
+        assert_eq!((next.after, next.limit), (18, 3));
     }
 
     #[test]
-    fn a_reconnect_discards_a_stale_read_and_starts_from_the_top() {
+    fn a_short_read_waits_for_commits() {
         let mut feed = Feed::new(4);
         feed.connected();
         let request = feed.next_fetch(true).unwrap();
-        assert_eq!(feed.fetched(request, Some(4), true), Fetched::Publish);
-        for row in 1..=4 {
-            feed.sent(row);
-        }
+        feed.fetched(request, Some(vec![11, 12, 13]), true);
+        assert!(feed.idle(), "fewer rows than asked: the queue is drained");
+        assert_eq!(feed.next_fetch(true), None);
         feed.rows_committed(true);
-        assert_eq!(feed.lost(), 0);
+        assert_eq!(feed.next_fetch(true), None, "three rows ahead: enough");
+        assert_eq!(send_all(&mut feed), vec![11, 12, 13]);
+        let next = feed.next_fetch(true).unwrap();
+        assert_eq!((next.after, next.limit), (13, 4));
+    }
+
+    #[test]
+    fn acknowledged_rows_being_deleted_hold_at_most_a_second_window() {
+        let mut feed = Feed::new(2);
         feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        feed.fetched(request, Some(vec![1, 2]), true);
+        send_all(&mut feed);
+        let ahead = feed.next_fetch(true).unwrap();
+        feed.fetched(ahead, Some(vec![3, 4]), true);
+        feed.window.on_outgoing_publish(1).unwrap();
+        feed.window.on_outgoing_publish(2).unwrap();
+        feed.window.on_puback(1);
+        feed.window.on_puback(2);
+        assert_eq!(feed.window.take_acked(), vec![1, 2]);
+        assert_eq!(send_all(&mut feed), vec![3, 4], "their deletion is not waited for");
+        feed.window.on_outgoing_publish(3).unwrap();
+        feed.window.on_outgoing_publish(4).unwrap();
+        feed.window.on_puback(3);
+        let more = feed.next_fetch(true).unwrap();
+        feed.fetched(more, Some(vec![5, 6]), true);
+        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "1 and 2 still being deleted");
+        feed.window.deleted(2);
+        assert_eq!(send_all(&mut feed), vec![5]);
+    }
+
+    #[test]
+    fn a_reconnect_discards_a_stale_read_and_the_rows_ahead() {
+        let mut feed = Feed::new(4);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        feed.fetched(request, Some(vec![1, 2, 3, 4]), true);
+        send_all(&mut feed);
+        let ahead = feed.next_fetch(true).unwrap();
+        feed.fetched(ahead, Some(vec![5, 6]), true);
+        assert_eq!(feed.lost(), 0);
+        assert_eq!(feed.next_row(false), None, "nothing is sent while disconnected");
+        feed.connected();
+        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "5 and 6 are forgotten");
         let again = feed.next_fetch(true).unwrap();
         assert_eq!(again.after, 0, "unacknowledged rows are read again");
         feed.lost();
-        assert_eq!(feed.fetched(again, Some(4), false), Fetched::Discard);
-        assert_eq!(feed.window.free(), 4, "the reservation is released");
+        feed.fetched(again, Some(vec![1, 2, 3, 4]), false);
+        feed.connected();
+        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "a stale read is dropped");
+        assert_eq!(feed.next_fetch(true).unwrap().after, 0);
     }
 
     #[test]
     fn a_failed_read_is_retried_after_a_delay() {
-        let mut feed = Feed::new(2);
+        let mut feed = Feed::<i64>::new(2);
         feed.connected();
         let request = feed.next_fetch(true).unwrap();
         assert_eq!(request.delay, None);
-        assert_eq!(feed.fetched(request, None, true), Fetched::Discard);
+        feed.fetched(request, None, true);
         let retry = feed.next_fetch(true).unwrap();
         assert_eq!(retry.delay, Some(FETCH_RETRY));
         assert_eq!(retry.after, 0, "still a resync");
@@ -257,9 +319,9 @@ mod tests {
         let mut feed = Feed::new(4);
         feed.connected();
         let request = feed.next_fetch(true).unwrap();
-        feed.fetched(request, Some(3), true);
-        for (pkid, row) in [(1, 11), (2, 12), (3, 13)] {
-            feed.sent(row);
+        feed.fetched(request, Some(vec![11, 12, 13]), true);
+        send_all(&mut feed);
+        for pkid in 1..=3 {
             feed.window.on_outgoing_publish(pkid).unwrap();
         }
         assert_eq!(feed.window.refuse(1), Some(11));
@@ -282,7 +344,7 @@ mod tests {
         );
     }
 
-    /// A broker that takes only two at a time: reads follow the smaller window.
+    /// A broker that takes only two at a time: reads and sends follow the smaller window.
     #[test]
     fn a_smaller_window_fetches_smaller_batches() {
         let mut feed = Feed::new(100);
@@ -290,21 +352,29 @@ mod tests {
         feed.connected();
         let request = feed.next_fetch(true).unwrap();
         assert_eq!(request.limit, 2);
-        feed.fetched(request, Some(1), true);
-        feed.sent(7);
-        feed.window.on_outgoing_publish(1).unwrap();
-        feed.rows_committed(true);
-        let next = feed.next_fetch(true).expect("the free slot is filled");
-        assert_eq!((next.after, next.limit), (7, 1));
+        feed.fetched(request, Some(vec![7, 8]), true);
+        assert_eq!(send_all(&mut feed), vec![7, 8]);
     }
 
     #[test]
-    fn a_skipped_row_moves_the_cursor_and_is_deleted() {
+    fn a_row_the_client_did_not_take_goes_first_next_time() {
+        let mut feed = Feed::new(4);
+        feed.connected();
+        let request = feed.next_fetch(true).unwrap();
+        feed.fetched(request, Some(vec![1, 2]), true);
+        let row = feed.next_row(true).unwrap();
+        feed.put_back(row);
+        assert_eq!(send_all(&mut feed), vec![1, 2]);
+    }
+
+    #[test]
+    fn a_skipped_row_is_deleted() {
         let mut feed = Feed::new(2);
         feed.connected();
         let request = feed.next_fetch(true).unwrap();
-        feed.fetched(request, Some(1), true);
-        feed.skipped(5);
+        feed.fetched(request, Some(vec![5]), true);
+        let row = feed.next_row(true).unwrap();
+        feed.skipped(row);
         assert_eq!(feed.window.take_acked(), vec![5]);
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::aliases::TopicAliases;
 use super::driver::{drive, DriverBatch, DriverEvent, Resume};
-use super::feed::{Feed, FetchRequest, Fetched};
+use super::feed::{Feed, FetchRequest, Row};
 use super::inbound;
 use super::link::{
     reason_name, Ack, Client, LinkError, LinkEvent, Outbound, OutboundProperties, ServerLimits,
@@ -190,6 +190,12 @@ fn outbound(message: Message, qos: QoS) -> Outbound {
 }
 type FetchResult = (FetchRequest, Result<Vec<QueuedEvent>, StoreError>);
 
+impl Row for QueuedEvent {
+    fn id(&self) -> i64 {
+        self.id
+    }
+}
+
 struct Session {
     profile: Box<dyn Profile>,
     client: Client,
@@ -199,7 +205,7 @@ struct Session {
     /// What the broker accepts, from the current connection's CONNACK (MQTT 5).
     server: ServerLimits,
     message_expiry_secs: Option<u32>,
-    feed: Feed,
+    feed: Feed<QueuedEvent>,
     window_capacity: usize,
     /// When each in-flight QoS 1 packet went out, for the publish latency.
     sent_at: HashMap<u16, Instant>,
@@ -248,6 +254,7 @@ impl Session {
         let mut persist = tokio::time::interval(DROP_PERSIST_INTERVAL);
         persist.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
+            self.send_ahead();
             self.start_fetch();
             self.start_delete();
             tokio::select! {
@@ -522,8 +529,8 @@ impl Session {
     }
 
     fn on_fetched(&mut self, (request, rows): FetchResult) {
-        let count = match &rows {
-            Ok(rows) => Some(rows.len()),
+        let rows = match rows {
+            Ok(rows) => Some(rows),
             Err(error) => {
                 if let Some(repeats) = self.store_errors.admit() {
                     tracing::warn!(device = %self.profile.name(), repeats, "reading the queue failed: {error}");
@@ -531,10 +538,14 @@ impl Session {
                 None
             }
         };
-        if self.feed.fetched(request, count, self.connected) == Fetched::Discard {
-            return;
-        }
-        for row in rows.unwrap_or_default() {
+        self.feed.fetched(request, rows, self.connected);
+    }
+
+    /// Hands the client every row read ahead that the window has room for.
+    fn send_ahead(&mut self) {
+        let ready = self.connected && self.profile.ready();
+        let mut sent = false;
+        while let Some(row) = self.feed.next_row(ready) {
             let mut reply = None;
             let encoded = match row.to_event() {
                 Ok(event) => {
@@ -566,17 +577,22 @@ impl Session {
                 None => self.event_publish(message, QoS::AtLeastOnce),
             };
             match self.client.publish(publish) {
-                Ok(()) => self.feed.sent(row.id),
+                Ok(()) => {
+                    self.feed.sent(row.id);
+                    sent = true;
+                }
                 Err(error) => {
                     // The request channel is sized for the window, so this means the
-                    // event loop is gone; the row is read again later.
+                    // event loop is gone; the row waits for the next connection.
                     tracing::warn!(device = %self.profile.name(), "publish not queued: {error}");
-                    self.feed.stalled();
+                    self.feed.put_back(row);
                     break;
                 }
             }
         }
-        self.update_in_flight(0);
+        if sent {
+            self.update_in_flight(0);
+        }
     }
 
     /// Why `message` can never be sent on this connection, if it cannot: larger than an

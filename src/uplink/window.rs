@@ -26,8 +26,6 @@ pub(crate) struct Window {
     refused: Vec<(i64, String)>,
     /// Rows whose deletion is being committed.
     deleting: usize,
-    /// Slots promised to a fetch that has not returned yet.
-    reserved: usize,
     /// QoS 0 publishes handed to the client and not yet written.
     qos0_pending: usize,
 }
@@ -45,14 +43,13 @@ impl Window {
             acked: Vec::new(),
             refused: Vec::new(),
             deleting: 0,
-            reserved: 0,
             qos0_pending: 0,
         }
     }
 
     /// Rows that may still be fetched and sent.
     pub(crate) fn free(&self) -> usize {
-        let on_the_way = self.submitted.len() + self.inflight.len() + self.reserved;
+        let on_the_way = self.submitted.len() + self.inflight.len();
         let undeleted = on_the_way + self.acked.len() + self.refused.len() + self.deleting;
         let sendable = self.capacity.saturating_sub(on_the_way);
         sendable.min((2 * self.capacity).saturating_sub(undeleted))
@@ -79,12 +76,8 @@ impl Window {
         self.capacity = capacity.max(1);
     }
 
-    pub(crate) fn reserve(&mut self, rows: usize) {
-        self.reserved += rows;
-    }
-
-    pub(crate) fn release(&mut self, rows: usize) {
-        self.reserved = self.reserved.saturating_sub(rows);
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     pub(crate) fn submitted(&mut self, row: i64) {
@@ -220,15 +213,6 @@ mod tests {
         assert_eq!(w.take_acked(), vec![3, 4]);
         w.deleted(2);
         assert!(w.settled());
-    }
-
-    #[test]
-    fn reservations_count_against_the_window() {
-        let mut w = Window::new(5);
-        w.reserve(3);
-        assert_eq!(w.free(), 2);
-        w.release(3);
-        assert_eq!(w.free(), 5);
     }
 
     #[test]
