@@ -212,6 +212,26 @@ async fn queue_drain(
     }
 }
 
+/// [`queue_drain`] on a one-thread runtime of its own, as `fieldbridge run` runs.
+fn drain_as_the_gateway_runs(
+    broker: &mut TestBroker,
+    data_dir: &std::path::Path,
+    protocol: Protocol,
+) -> Drain {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(queue_drain(broker, data_dir, protocol))
+            })
+            .join()
+            .unwrap()
+    })
+}
+
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
     status
@@ -321,7 +341,7 @@ fn main() {
                     continue;
                 }
                 let dir = tmp.path().join(format!("drain-{round}-{name}"));
-                let drain = queue_drain(&mut broker, &dir, *protocol).await;
+                let drain = drain_as_the_gateway_runs(&mut broker, &dir, *protocol);
                 println!(
                     "  queue drain, MQTT {name:5}:            {:8.0} msg/s   CPU {:5.1} / {:5.1}   wire {:5.1} B   (rows deleted: {:.0} msg/s)",
                     drain.acknowledged_rate, drain.cpu.0, drain.cpu.1, drain.wire_bytes, drain.deleted_rate

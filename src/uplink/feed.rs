@@ -269,13 +269,21 @@ mod tests {
         feed.window.on_puback(1);
         feed.window.on_puback(2);
         assert_eq!(feed.window.take_acked(), vec![1, 2]);
-        assert_eq!(send_all(&mut feed), vec![3, 4], "their deletion is not waited for");
+        assert_eq!(
+            send_all(&mut feed),
+            vec![3, 4],
+            "their deletion is not waited for"
+        );
         feed.window.on_outgoing_publish(3).unwrap();
         feed.window.on_outgoing_publish(4).unwrap();
         feed.window.on_puback(3);
         let more = feed.next_fetch(true).unwrap();
         feed.fetched(more, Some(vec![5, 6]), true);
-        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "1 and 2 still being deleted");
+        assert_eq!(
+            send_all(&mut feed),
+            Vec::<i64>::new(),
+            "1 and 2 still being deleted"
+        );
         feed.window.deleted(2);
         assert_eq!(send_all(&mut feed), vec![5]);
     }
@@ -290,15 +298,27 @@ mod tests {
         let ahead = feed.next_fetch(true).unwrap();
         feed.fetched(ahead, Some(vec![5, 6]), true);
         assert_eq!(feed.lost(), 0);
-        assert_eq!(feed.next_row(false), None, "nothing is sent while disconnected");
+        assert_eq!(
+            feed.next_row(false),
+            None,
+            "nothing is sent while disconnected"
+        );
         feed.connected();
-        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "5 and 6 are forgotten");
+        assert_eq!(
+            send_all(&mut feed),
+            Vec::<i64>::new(),
+            "5 and 6 are forgotten"
+        );
         let again = feed.next_fetch(true).unwrap();
         assert_eq!(again.after, 0, "unacknowledged rows are read again");
         feed.lost();
         feed.fetched(again, Some(vec![1, 2, 3, 4]), false);
         feed.connected();
-        assert_eq!(send_all(&mut feed), Vec::<i64>::new(), "a stale read is dropped");
+        assert_eq!(
+            send_all(&mut feed),
+            Vec::<i64>::new(),
+            "a stale read is dropped"
+        );
         assert_eq!(feed.next_fetch(true).unwrap().after, 0);
     }
 
