@@ -212,12 +212,11 @@ async fn queue_drain(
     }
 }
 
-/// [`queue_drain`] on a one-thread runtime of its own, as `fieldbridge run` runs.
-fn drain_as_the_gateway_runs(
-    broker: &mut TestBroker,
-    data_dir: &std::path::Path,
-    protocol: Protocol,
-) -> Drain {
+/// Runs the future `work` makes on a one-thread runtime of its own, as `fieldbridge run`
+/// runs.
+fn as_the_gateway_runs<T: Send, F: std::future::Future<Output = T>>(
+    work: impl FnOnce() -> F + Send,
+) -> T {
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
@@ -225,7 +224,7 @@ fn drain_as_the_gateway_runs(
                     .enable_all()
                     .build()
                     .unwrap()
-                    .block_on(queue_drain(broker, data_dir, protocol))
+                    .block_on(work())
             })
             .join()
             .unwrap()
@@ -341,7 +340,7 @@ fn main() {
                     continue;
                 }
                 let dir = tmp.path().join(format!("drain-{round}-{name}"));
-                let drain = drain_as_the_gateway_runs(&mut broker, &dir, *protocol);
+                let drain = as_the_gateway_runs(|| queue_drain(&mut broker, &dir, *protocol));
                 println!(
                     "  queue drain, MQTT {name:5}:            {:8.0} msg/s   CPU {:5.1} / {:5.1}   wire {:5.1} B   (rows deleted: {:.0} msg/s)",
                     drain.acknowledged_rate, drain.cpu.0, drain.cpu.1, drain.wire_bytes, drain.deleted_rate
@@ -357,7 +356,8 @@ fn main() {
             );
         }
 
-        let per_session = session_memory(&broker, &tmp.path().join("memory")).await;
+        let memory_dir = tmp.path().join("memory");
+        let per_session = as_the_gateway_runs(|| session_memory(&broker, &memory_dir));
         println!(
             "memory: {per_session:.0} KiB RSS per idle connected session ({IDLE_SESSIONS} sessions)"
         );
