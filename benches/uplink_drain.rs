@@ -64,6 +64,33 @@ async fn bare_publishers(port: u16, protocol: Protocol) -> f64 {
     EVENTS as f64 / started.elapsed().as_secs_f64()
 }
 
+/// Publishes `messages` events at QoS 1 through `client` while polling `eventloop` until
+/// each is acknowledged: rumqttc's two clients have the same methods under the same
+/// names, and differ only in their types.
+macro_rules! publish_until_acknowledged {
+    ($client:expr, $eventloop:expr, $messages:expr, $qos:expr, $puback:pat) => {{
+        let (client, mut eventloop, messages) = ($client, $eventloop, $messages);
+        let publisher = tokio::spawn(async move {
+            for seq in 0..messages {
+                client
+                    .publish(TOPIC, $qos, false, payload(seq))
+                    .await
+                    .expect("publish");
+            }
+            client
+        });
+        let mut acked = 0;
+        while acked < messages {
+            match eventloop.poll().await {
+                Ok($puback) => acked += 1,
+                Ok(_) => {}
+                Err(error) => panic!("bare publisher: {error}"),
+            }
+        }
+        let _client = publisher.await.unwrap();
+    }};
+}
+
 async fn bare_v311(id: String, port: u16, messages: usize) {
     let mut options = MqttOptions::new(id, "127.0.0.1", port);
     options
@@ -74,24 +101,13 @@ async fn bare_v311(id: String, port: u16, messages: usize) {
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     eventloop.set_network_options(network);
-    let publisher = tokio::spawn(async move {
-        for seq in 0..messages {
-            client
-                .publish(TOPIC, QoS::AtLeastOnce, false, payload(seq))
-                .await
-                .expect("publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < messages {
-        match eventloop.poll().await {
-            Ok(MqttEvent::Incoming(Packet::PubAck(_))) => acked += 1,
-            Ok(_) => {}
-            Err(error) => panic!("bare publisher: {error}"),
-        }
-    }
-    let _client = publisher.await.unwrap();
+    publish_until_acknowledged!(
+        client,
+        eventloop,
+        messages,
+        QoS::AtLeastOnce,
+        MqttEvent::Incoming(Packet::PubAck(_))
+    );
 }
 
 async fn bare_v5(id: String, port: u16, messages: usize) {
@@ -106,25 +122,14 @@ async fn bare_v5(id: String, port: u16, messages: usize) {
     let mut network = NetworkOptions::new();
     network.set_tcp_nodelay(true);
     options.set_network_options(network);
-    let (client, mut eventloop) = Client5::new(options, usize::from(INFLIGHT));
-    let publisher = tokio::spawn(async move {
-        for seq in 0..messages {
-            client
-                .publish(TOPIC, QoS5::AtLeastOnce, false, payload(seq))
-                .await
-                .expect("publish");
-        }
-        client
-    });
-    let mut acked = 0;
-    while acked < messages {
-        match eventloop.poll().await {
-            Ok(Event5::Incoming(Packet5::PubAck(_))) => acked += 1,
-            Ok(_) => {}
-            Err(error) => panic!("bare publisher: {error}"),
-        }
-    }
-    let _client = publisher.await.unwrap();
+    let (client, eventloop) = Client5::new(options, usize::from(INFLIGHT));
+    publish_until_acknowledged!(
+        client,
+        eventloop,
+        messages,
+        QoS5::AtLeastOnce,
+        Event5::Incoming(Packet5::PubAck(_))
+    );
 }
 
 /// What one queue drain measured.
