@@ -163,15 +163,18 @@ pub struct QueuedEvent {
 }
 
 impl QueuedEvent {
-    /// A row as the database returns it, its payload decompressed.
-    fn from_row(row: QueueRow, device_id: String) -> Self {
-        let (payload, unreadable) = match packing::unpack(row.payload, row.compressed, row.size) {
+    /// A row as a read returns it, its payload decoded and decompressed.
+    fn from_row(row: QueueRow) -> Self {
+        let stored = hex::decode(&row.payload).map_err(|error| format!("stored payload: {error}"));
+        let (payload, unreadable) = match stored
+            .and_then(|stored| packing::unpack(stored, row.compressed != 0, row.size))
+        {
             Ok(payload) => (payload, None),
             Err(reason) => (Vec::new(), Some(reason)),
         };
         QueuedEvent {
             id: row.id,
-            device_id,
+            device_id: row.device,
             event_id: row.event,
             // Kinds of a later release read as the JSON every release can send.
             kind: Kind::from_column(row.kind).unwrap_or(Kind::Encoded),
@@ -200,16 +203,32 @@ impl QueuedEvent {
     }
 }
 
-/// The columns of `queue` a session reads.
-#[derive(sqlx::FromRow)]
+/// A read of queued rows whose result is one JSON document, an array of
+/// [`QueueRow`]s in id order. sqlx hands a result over from SQLite's thread row by row,
+/// waking the reader for many of them, which cost more than reading the rows (the
+/// drain benchmark: 17.4 against 12.2 µs of CPU per message).
+macro_rules! rows_document {
+    ($filter:literal) => {
+        concat!(
+            "SELECT json_group_array(json_array(id, device, event, kind, hex(payload), ",
+            "compressed, size, at)) FROM (SELECT id, device, event, kind, payload, ",
+            "compressed, size, at FROM queue WHERE ",
+            $filter,
+            " ORDER BY id LIMIT ?)"
+        )
+    };
+}
+
+/// The columns of `queue` a session reads, as [`rows_document`] lists them.
+#[derive(serde::Deserialize)]
 struct QueueRow {
     id: i64,
-    #[sqlx(default)]
     device: String,
     event: String,
     kind: i64,
-    payload: Vec<u8>,
-    compressed: bool,
+    /// In hexadecimal: JSON has no bytes.
+    payload: String,
+    compressed: i64,
     size: i64,
     at: i64,
 }
@@ -426,20 +445,10 @@ impl Store {
         if let Some(rows) = self.recent(device, after_id, limit) {
             return Ok(rows);
         }
-        let rows: Vec<QueueRow> = sqlx::query_as(
-            "SELECT id, event, kind, payload, compressed, size, at FROM queue \
-             WHERE device = ? AND id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(device)
-        .bind(after_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.inner.readers)
-        .await
-        .map_err(|source| self.database_error(source))?;
-        Ok(rows
-            .into_iter()
-            .map(|row| QueuedEvent::from_row(row, device.to_owned()))
-            .collect())
+        let query = sqlx::query_scalar(rows_document!("device = ? AND id > ?"))
+            .bind(device)
+            .bind(after_id);
+        self.read_rows(query, limit).await
     }
 
     /// The oldest queued events of every device with an id above `after_id`, in order
@@ -452,22 +461,31 @@ impl Store {
         if let Some(rows) = self.recent(ANY_DEVICE, after_id, limit) {
             return Ok(rows);
         }
-        let rows: Vec<QueueRow> = sqlx::query_as(
-            "SELECT id, device, event, kind, payload, compressed, size, at FROM queue \
-             WHERE id > ? ORDER BY id LIMIT ?",
-        )
-        .bind(after_id)
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(&self.inner.readers)
-        .await
-        .map_err(|source| self.database_error(source))?;
-        Ok(rows
-            .into_iter()
-            .map(|mut row| {
-                let device = std::mem::take(&mut row.device);
-                QueuedEvent::from_row(row, device)
-            })
-            .collect())
+        let query = sqlx::query_scalar(rows_document!("id > ?")).bind(after_id);
+        self.read_rows(query, limit).await
+    }
+
+    /// Runs a [`rows_document`] read, `limit` bound last.
+    async fn read_rows<'q>(
+        &self,
+        query: sqlx::query::QueryScalar<
+            'q,
+            sqlx::Sqlite,
+            String,
+            sqlx::sqlite::SqliteArguments<'q>,
+        >,
+        limit: usize,
+    ) -> Result<Vec<QueuedEvent>, StoreError> {
+        let document = query
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_one(&self.inner.readers)
+            .await
+            .map_err(|source| self.database_error(source))?;
+        let mut rows: Vec<QueueRow> = serde_json::from_str(&document)
+            .map_err(|error| self.database_error(sqlx::Error::Decode(error.into())))?;
+        // An aggregate's order follows its input in SQLite, but is not promised.
+        rows.sort_unstable_by_key(|row| row.id);
+        Ok(rows.into_iter().map(QueuedEvent::from_row).collect())
     }
 
     /// A receiver that changes whenever rows of any device have been committed.

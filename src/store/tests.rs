@@ -603,3 +603,51 @@ async fn compressed_payloads_read_back_as_they_were_enqueued() {
     assert_eq!(seqs(&store.fetch("a", 0, 10).await.unwrap()), vec![0, 2]);
     store.close().await;
 }
+
+#[tokio::test]
+async fn any_bytes_read_back_exactly_from_the_database() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Every byte value, a payload too short to compress and one that compresses.
+    let every_byte: Vec<u8> = (0..=255).collect();
+    let short = vec![0xFF, 0x00, b'"', b'\\'];
+    let repeated: Vec<u8> = every_byte.iter().cycle().take(4096).copied().collect();
+    let payloads = [every_byte, short, repeated];
+    {
+        let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+        for (index, payload) in payloads.iter().enumerate() {
+            let device = if index == 1 { "b" } else { "a" };
+            let event = Event::encoded(device, "raw\"ev", Qos::AtLeastOnce, payload.clone());
+            store.enqueue(event).await.unwrap();
+        }
+        store.flush().await.unwrap();
+        store.close().await;
+    }
+    // A store opened again has nothing in memory: every read goes to the database.
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    let a = store.fetch("a", 0, 10).await.unwrap();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].payload, payloads[0]);
+    assert_eq!(a[1].payload, payloads[2]);
+    assert_eq!(
+        (a[0].device_id.as_str(), a[0].event_id.as_str()),
+        ("a", "raw\"ev")
+    );
+    let all = store.fetch_all(0, 10).await.unwrap();
+    let read: Vec<(&str, &[u8])> = all
+        .iter()
+        .map(|row| (row.device_id.as_str(), row.payload.as_slice()))
+        .collect();
+    assert_eq!(
+        read,
+        vec![
+            ("a", &payloads[0][..]),
+            ("b", &payloads[1][..]),
+            ("a", &payloads[2][..])
+        ]
+    );
+    assert!(all.iter().all(|row| row.unreadable.is_none()));
+    assert_eq!(
+        store.fetch_all(all[1].id, 1).await.unwrap()[0].id,
+        all[2].id
+    );
+}
