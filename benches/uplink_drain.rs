@@ -1,7 +1,8 @@
 //! Drain benchmark: 100,000 queued QoS 1 events of 20 devices published to a loopback
 //! Mosquitto by MQTT 3.1.1 and by MQTT 5 sessions, each against bare rumqttc QoS 1
-//! publishers (no queue) of its version in the same run, with the bytes the broker read per event (topic
-//! aliases at work with MQTT 5); then the memory one idle connected session costs.
+//! publishers (no queue) of its version in the same run, with the bytes the broker read
+//! per event (topic aliases at work with MQTT 5); then the memory one idle connected
+//! session costs.
 //!
 //! Run: `cargo bench --bench uplink_drain` (needs `mosquitto` on the PATH); `-- 3.1.1`
 //! or `-- 5` drains with that version only, `-- nodelay` turns Nagle's algorithm off in

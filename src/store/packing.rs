@@ -1,8 +1,8 @@
 //! Payloads are stored zstd-compressed (the row's `compressed` column is 1) when that
-//! makes them smaller by an eighth or more: every queued row is written at least twice (to the WAL, then to
-//! the database), and fewer bytes per row is less wear on an SD card. The `size` column
-//! keeps the payload's own length, which `max_bytes` counts and which bounds what a
-//! stored row may decompress to.
+//! makes them smaller by an eighth or more: every queued row is written at least twice
+//! (to the WAL, then to the database), and fewer bytes per row is less wear on an SD
+//! card. The `size` column keeps the payload's own length, which `max_bytes` counts and
+//! which bounds what a stored row may decompress to.
 
 use std::cell::RefCell;
 
