@@ -17,7 +17,7 @@ use std::sync::mpsc as std_mpsc;
 use common::*;
 use fieldbridge::event::Qos;
 use fieldbridge::store::{read_stats, Store, StoreSettings};
-use fieldbridge::uplink::{Protocol, Uplink};
+use fieldbridge::uplink::{Protocol, Uplink, UNDELETED_WINDOWS};
 use fieldbridge_testkit::Suite;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::mpsc;
@@ -100,10 +100,10 @@ async fn killed_gateway(kind: BrokerKind, protocol: Protocol) {
     for device in DEVICES {
         let duplicates = check_complete_and_ordered(device, &seqs_of(&messages, device), 0..3050);
         println!("{device}: {duplicates} duplicates");
-        // Rows sent but not yet deleted are at most one window; they can be resent
-        // after each of the three interruptions (broker stop, two kills).
+        // Rows sent but not yet deleted are at most UNDELETED_WINDOWS windows; they can
+        // be resent after each of the three interruptions (broker stop, two kills).
         assert!(
-            duplicates <= 3 * usize::from(WINDOW),
+            duplicates <= 3 * UNDELETED_WINDOWS * usize::from(WINDOW),
             "{device}: {duplicates} duplicates"
         );
     }

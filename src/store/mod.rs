@@ -9,7 +9,8 @@
 //! `fieldbridge queue`) proceed while the writer commits.
 //!
 //! Durability: the database runs in WAL mode with `synchronous = FULL` by default (see
-//! [`Synchronous`] for the trade-off on SD cards).
+//! [`Synchronous`] for the trade-off on SD cards); a transaction that only removes rows
+//! or counts commits without an fsync, since undoing it sends events once more at worst.
 //!
 //! A write that fails is never acknowledged. When the disk is full (or failing) the
 //! events that cannot be stored are lost at once rather than after retries, and counted

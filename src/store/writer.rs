@@ -21,8 +21,8 @@ use super::failure::{per_device, retry_delay, PendingDrops};
 use super::open::{self, Occupancy};
 use super::recent::Removed;
 use super::{
-    Command, NewRow, OnFull, QueuedEvent, SharedRecent, StoreError, StoreSettings, Watchers,
-    MAX_BATCH,
+    Command, NewRow, OnFull, QueuedEvent, SharedRecent, StoreError, StoreSettings, Synchronous,
+    Watchers, MAX_BATCH,
 };
 
 /// Most rows per multi-row INSERT (8 parameters each, well under SQLite's 32766
@@ -78,9 +78,23 @@ struct Batch {
     /// `uplink_state` keys and values to set.
     state: Vec<(String, String)>,
     waiters: Vec<oneshot::Sender<Result<(), StoreError>>>,
+    /// A flush or close waits for this batch: it must survive a power cut too.
+    barrier: bool,
 }
 
 impl Batch {
+    /// Whether a power cut may not undo this batch once committed: new events, command
+    /// ids and connection counters, and whatever a flush waits for. Deletions and
+    /// counts may be undone (an acknowledged event is then sent once more), so a batch
+    /// of only those commits without an fsync; the next durable commit's fsync covers
+    /// it, the WAL being written in order.
+    fn durable(&self) -> bool {
+        self.barrier
+            || !self.inserts.is_empty()
+            || !self.commands.is_empty()
+            || !self.state.is_empty()
+    }
+
     fn writes_nothing(&self) -> bool {
         self.inserts.is_empty()
             && self.deletes.is_empty()
@@ -195,8 +209,14 @@ impl Writer {
                         batch.state.push((key, value));
                         batch.waiters.push(done);
                     }
-                    Command::Flush(done) => batch.waiters.push(done),
-                    Command::Close(done) => close = Some(done),
+                    Command::Flush(done) => {
+                        batch.barrier = true;
+                        batch.waiters.push(done);
+                    }
+                    Command::Close(done) => {
+                        batch.barrier = true;
+                        close = Some(done);
+                    }
                 }
             }
             self.apply(batch).await;
@@ -331,7 +351,13 @@ impl Writer {
         batch: &Batch,
         pending: &PendingDrops,
     ) -> Result<Committed, sqlx::Error> {
-        let mut tx = self.conn.get().await?.begin().await?;
+        let conn = self.conn.get().await?;
+        let synchronous = match self.settings.synchronous {
+            Synchronous::Full if batch.durable() => "PRAGMA synchronous = FULL",
+            _ => "PRAGMA synchronous = NORMAL",
+        };
+        sqlx::query(synchronous).execute(&mut *conn).await?;
+        let mut tx = conn.begin().await?;
         let committed = match write(&mut tx, batch, pending, &self.settings, self.occupancy).await {
             Ok(committed) => committed,
             Err(error) => {
@@ -919,6 +945,56 @@ mod tests {
 
     fn occupancy(messages: u64, bytes: u64) -> Occupancy {
         Occupancy { messages, bytes }
+    }
+
+    #[test]
+    fn only_batches_a_power_cut_must_not_undo_wait_for_an_fsync() {
+        let removals = Batch {
+            deletes: vec![1, 2],
+            dead_letters: vec![(3, "0x87 not authorized".into())],
+            offline_drops: HashMap::from([("dev".into(), 4)]),
+            ..Batch::default()
+        };
+        assert!(!removals.durable(), "deletions and counts may be undone");
+        let event = crate::event::Event::encoded(
+            "dev",
+            "status",
+            crate::event::Qos::AtLeastOnce,
+            b"{}".to_vec(),
+        );
+        let stored = event.to_stored();
+        let inserts = Batch {
+            inserts: vec![NewRow {
+                device: "dev".into(),
+                packed: None,
+                stored,
+                enqueued_at_ms: 0,
+            }],
+            ..Batch::default()
+        };
+        assert!(inserts.durable(), "a new event");
+        let state = Batch {
+            state: vec![("bdSeq".into(), "1".into())],
+            ..Batch::default()
+        };
+        assert!(state.durable(), "a connection counter");
+        let (done, _) = oneshot::channel();
+        let commands = Batch {
+            commands: vec![CommandRecord {
+                device: "dev".into(),
+                req_id: "r1".into(),
+                keep: 10,
+                done,
+            }],
+            ..Batch::default()
+        };
+        assert!(commands.durable(), "a command id acted on");
+        let barrier = Batch {
+            deletes: vec![1],
+            barrier: true,
+            ..Batch::default()
+        };
+        assert!(barrier.durable(), "a flush waits for it");
     }
 
     #[test]

@@ -50,6 +50,7 @@ pub use session::SessionStatus;
 pub use sparkplug::SparkplugSettings;
 pub use tls::{ClientCertificate, TlsSettings};
 pub use topics::TopicScheme;
+pub use window::UNDELETED_WINDOWS;
 
 pub use fieldbridge_mqtt::platform::MAX_PAYLOAD;
 pub use fieldbridge_mqtt::url::BrokerUrl;

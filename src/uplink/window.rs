@@ -7,10 +7,16 @@
 //! row. At most `capacity` rows are on their way (the broker's Receive Maximum); an
 //! acknowledged row frees its slot at once, while its deletion is committed with
 //! others, so a session does not wait for the disk between two windows. Rows sent and
-//! not yet deleted are at most twice `capacity`: that is the bound on duplicates after
-//! a crash.
+//! not yet deleted are at most [`UNDELETED_WINDOWS`] times `capacity`: that is the
+//! bound on duplicates after a crash.
 
 use std::collections::{HashMap, VecDeque};
+
+/// Windows of rows sent and not yet deleted. Deletions of many sessions share the
+/// writer's commits, which take a while: a session held to two windows waited for
+/// them, and a drain of 20 devices ran at 0.41x a bare publisher against 0.61x with
+/// sixteen.
+pub const UNDELETED_WINDOWS: usize = 16;
 
 #[derive(Debug)]
 pub(crate) struct Window {
@@ -52,7 +58,7 @@ impl Window {
         let on_the_way = self.submitted.len() + self.inflight.len();
         let undeleted = on_the_way + self.acked.len() + self.refused.len() + self.deleting;
         let sendable = self.capacity.saturating_sub(on_the_way);
-        sendable.min((2 * self.capacity).saturating_sub(undeleted))
+        sendable.min((UNDELETED_WINDOWS * self.capacity).saturating_sub(undeleted))
     }
 
     /// Sent (or about to be sent) and not acknowledged.
@@ -182,36 +188,40 @@ mod tests {
         assert_eq!(w.unacknowledged(), 1);
     }
 
+    /// Sends `rows` as packet ids equal to the rows and has the broker acknowledge them.
+    fn send_and_acknowledge(w: &mut Window, rows: std::ops::RangeInclusive<i64>) {
+        for row in rows.clone() {
+            w.submitted(row);
+        }
+        for row in rows {
+            let pkid = u16::try_from(row).unwrap();
+            w.on_outgoing_publish(pkid).unwrap();
+            assert_eq!(w.on_puback(pkid), Some(row));
+        }
+    }
+
     #[test]
-    fn an_acknowledgement_frees_a_slot_and_undeleted_rows_stay_within_twice_the_window() {
+    fn an_acknowledgement_frees_a_slot_and_undeleted_rows_stay_within_the_bound() {
         let mut w = Window::new(2);
-        let send = |w: &mut Window, rows: [i64; 2], pkids: [u16; 2]| {
-            for row in rows {
-                w.submitted(row);
-            }
-            for pkid in pkids {
-                w.on_outgoing_publish(pkid).unwrap();
-            }
-        };
-        send(&mut w, [1, 2], [1, 2]);
+        w.submitted(1);
+        w.submitted(2);
+        w.on_outgoing_publish(1).unwrap();
+        w.on_outgoing_publish(2).unwrap();
         assert_eq!(w.free(), 0, "the broker has two on their way");
         w.on_puback(1);
         w.on_puback(2);
         assert_eq!(w.free(), 2, "acknowledged: their slots are free");
         assert!(!w.settled());
         assert_eq!(w.take_acked(), vec![1, 2]);
-        send(&mut w, [3, 4], [3, 4]);
-        w.on_puback(3);
-        w.on_puback(4);
-        assert_eq!(
-            w.free(),
-            0,
-            "four rows sent and not deleted: twice the window"
-        );
+        let bound = i64::try_from(UNDELETED_WINDOWS * 2).unwrap();
+        send_and_acknowledge(&mut w, 3..=bound - 1);
+        assert_eq!(w.free(), 1, "one row short of the bound");
+        send_and_acknowledge(&mut w, bound..=bound);
+        assert_eq!(w.free(), 0, "rows sent and not deleted reach the bound");
         w.deleted(2);
-        assert_eq!(w.free(), 2);
-        assert_eq!(w.take_acked(), vec![3, 4]);
-        w.deleted(2);
+        assert_eq!(w.free(), 2, "the first deletion committed");
+        assert_eq!(w.take_acked().len(), UNDELETED_WINDOWS * 2 - 2);
+        w.deleted(UNDELETED_WINDOWS * 2 - 2);
         assert!(w.settled());
     }
 
