@@ -165,8 +165,8 @@ pub struct QueuedEvent {
 
 impl QueuedEvent {
     /// A row as a read returns it, its payload decoded and decompressed.
-    fn from_row(row: QueueRow) -> Self {
-        let stored = hex::decode(&row.payload).map_err(|error| format!("stored payload: {error}"));
+    fn from_row(row: QueueRow<'_>) -> Self {
+        let stored = from_hex(row.payload);
         let (payload, unreadable) = match stored
             .and_then(|stored| packing::unpack(stored, row.compressed != 0, row.size))
         {
@@ -222,16 +222,25 @@ macro_rules! rows_document {
 
 /// The columns of `queue` a session reads, as [`rows_document`] lists them.
 #[derive(serde::Deserialize)]
-struct QueueRow {
+struct QueueRow<'a> {
     id: i64,
     device: String,
     event: String,
     kind: i64,
-    /// In hexadecimal: JSON has no bytes.
-    payload: String,
+    /// In hexadecimal: JSON has no bytes. Borrowed from the document (hexadecimal
+    /// needs no escapes).
+    payload: &'a str,
     compressed: i64,
     size: i64,
     at: i64,
+}
+
+/// The bytes `hex` (as SQLite's `hex()` writes them) stands for.
+fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
+    let mut bytes = vec![0; hex.len() / 2];
+    faster_hex::hex_decode(hex.as_bytes(), &mut bytes)
+        .map_err(|error| format!("stored payload: {error}"))?;
+    Ok(bytes)
 }
 
 /// A row on its way into the queue.
@@ -482,7 +491,7 @@ impl Store {
             .fetch_one(&self.inner.readers)
             .await
             .map_err(|source| self.database_error(source))?;
-        let mut rows: Vec<QueueRow> = serde_json::from_str(&document)
+        let mut rows: Vec<QueueRow<'_>> = serde_json::from_str(&document)
             .map_err(|error| self.database_error(sqlx::Error::Decode(error.into())))?;
         // An aggregate's order follows its input in SQLite, but is not promised.
         rows.sort_unstable_by_key(|row| row.id);

@@ -198,7 +198,8 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
             SqliteConnectOptions::new()
                 .filename(path)
                 .read_only(true)
-                .busy_timeout(BUSY_TIMEOUT),
+                .busy_timeout(BUSY_TIMEOUT)
+                .pragma("mmap_size", MMAP_SIZE.to_string()),
         )
         .await
         .map_err(db_error)?;
@@ -221,6 +222,13 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
 /// written per event of 4 KiB pages. An existing database keeps the size it has.
 const PAGE_SIZE: u32 = 1024;
 
+/// Bytes of the database file each connection reads through a memory map instead of a
+/// `pread` per page. A reader's page cache is dropped whenever the writer commits, so
+/// without the map every read copied its pages from the kernel again (a drain spent
+/// about 7 % less CPU per event with it). Pages of the map count in the process's RSS
+/// while the kernel keeps them, so the map covers a typical queue, not the largest.
+const MMAP_SIZE: u64 = 64 * 1024 * 1024;
+
 /// The writing connection's settings; a reopened connection gets the same ones.
 fn writer_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions {
     let synchronous = match synchronous {
@@ -233,6 +241,7 @@ fn writer_options(path: &Path, synchronous: Synchronous) -> SqliteConnectOptions
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(synchronous)
         .busy_timeout(BUSY_TIMEOUT)
+        .pragma("mmap_size", MMAP_SIZE.to_string())
 }
 
 /// For a fresh writing connection to the database the store opened (and checked and
