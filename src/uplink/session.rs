@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::aliases::TopicAliases;
 use super::driver::{drive, DriverBatch, DriverEvent, Resume};
-use super::feed::{Feed, FetchRequest, Row};
+use super::feed::{Feed, FetchRequest, Row, READ_AHEAD_WINDOWS};
 use super::inbound;
 use super::link::{
     reason_name, Ack, Client, LinkError, LinkEvent, Outbound, OutboundProperties, ServerLimits,
@@ -104,7 +104,7 @@ impl Plan {
             aliases: TopicAliases::default(),
             server: ServerLimits::default(),
             message_expiry_secs: self.message_expiry_secs,
-            feed: Feed::new(self.window),
+            feed: Feed::new(self.window, self.window * READ_AHEAD_WINDOWS),
             window_capacity: self.window,
             sent_at: HashMap::new(),
             ack_latency: Duration::ZERO,
