@@ -82,10 +82,6 @@ impl Window {
         self.capacity = capacity.max(1);
     }
 
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
     pub(crate) fn submitted(&mut self, row: i64) {
         self.submitted.push_back(row);
     }
