@@ -7,11 +7,14 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use common::scripted::ScriptedBroker;
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreError, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, Protocol, TopicScheme, Uplink, UplinkSettings};
+use fieldbridge_mqtt::codec::{ConnAck, Packet, ProtocolVersion, ReasonCode};
 use fieldbridge_testkit::Suite;
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const PLATFORM_TOPIC: &str = "iot-2/evt/status/fmt/json";
@@ -502,6 +505,100 @@ async fn a_full_queue_drops_new_events_with_drop_newest(kind: BrokerKind) {
     assert_eq!(sb.dropped_offline_qos0, 5);
 }
 
+/// A 3.1.1 session with nothing to send pings the broker within its keepalive, so the
+/// broker keeps it, and an event sent afterwards goes out on the same connection.
+/// (fieldbridge-broker drops a client silent for 1.5 keepalives; Mosquitto checks less
+/// often and may not notice within the test.)
+async fn an_idle_session_keeps_its_connection_with_pings(kind: BrokerKind) {
+    let tmp = tempfile::tempdir().unwrap();
+    let broker = TestBroker::start(kind, tmp.path(), BrokerConfig::default());
+    let subscriber = Subscriber::start(SubscriberConfig {
+        port: broker.port,
+        client_id: "idle-reader",
+        filter: "iot-2/#",
+        persistent: false,
+        credentials: None,
+    })
+    .await;
+    let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
+    let mut settings = uplink_settings(broker.url());
+    settings.keepalive = Duration::from_secs(1);
+    let (uplink, sender) = start(
+        settings,
+        &store,
+        vec![device_identity("idle-1", "pump", None)],
+    );
+    wait_status(&uplink, "idle-1", "connected", |s| s.connected).await;
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    send(&sender, "idle-1", 0..1, Qos::AtLeastOnce).await;
+    subscriber.wait_for("the event", |m| !m.is_empty()).await;
+    let status = uplink.status("idle-1").unwrap().borrow().clone();
+    assert_eq!(
+        (status.connected, status.connections),
+        (true, 1),
+        "one connection all along: {status:?}"
+    );
+    uplink.shutdown().await;
+}
+
+/// A broker that acknowledges a window backwards: the packet id rumqttc picks next is
+/// still in flight, so that publish and every one after it wait for its acknowledgement,
+/// then go out in order, each PUBACK deleting the row it names.
+async fn acknowledgements_out_of_order_keep_every_event_in_its_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
+    let mut settings = uplink_settings(format!("mqtt://127.0.0.1:{port}"));
+    settings.inflight = 4;
+    let (uplink, sender) = start(
+        settings,
+        &store,
+        vec![device_identity("pump-1", "pump", None)],
+    );
+    send(&sender, "pump-1", 0..12, Qos::AtLeastOnce).await;
+
+    let mut broker = ScriptedBroker::accept(&listener, ProtocolVersion::V311).await;
+    let Packet::Connect(_) = broker.next().await else {
+        panic!("CONNECT first");
+    };
+    broker
+        .send(Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)))
+        .await;
+    let mut window = Vec::new();
+    for _ in 0..4 {
+        let publish = broker.publish().await;
+        window.push((publish.pkid, parse(&publish.payload).1));
+    }
+    assert_eq!(window, [(1, 0), (2, 1), (3, 2), (4, 3)]);
+    // Backwards: 4, 3 and 2 free slots, but the next packet id is 1, still in flight.
+    for pkid in [4, 3, 2] {
+        broker.puback(pkid, ReasonCode::Success).await;
+    }
+    assert_eq!(
+        broker.next_within(Duration::from_millis(500)).await,
+        None,
+        "nothing goes out while packet id 1 is in flight"
+    );
+    broker.puback(1, ReasonCode::Success).await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 8 {
+        let publish = broker.publish().await;
+        seqs.push(parse(&publish.payload).1);
+        broker.puback(publish.pkid, ReasonCode::Success).await;
+    }
+    assert_eq!(
+        seqs,
+        (4..12).collect::<Vec<_>>(),
+        "the rest, in order, once each"
+    );
+    wait_until_async("every row deleted", || async {
+        depth(&store, "pump-1").await == 0
+    })
+    .await;
+    uplink.shutdown().await;
+}
+
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
     broker_tests!(suite;
@@ -513,6 +610,12 @@ fn main() -> std::process::ExitCode {
         a_broker_that_lost_the_session_gets_unacknowledged_events_again,
         a_full_queue_drops_the_oldest_events_and_counts_them,
         a_full_queue_drops_new_events_with_drop_newest,
+        an_idle_session_keeps_its_connection_with_pings,
+    );
+    suite.async_test(
+        "wire::acknowledgements_out_of_order_keep_every_event_in_its_place",
+        &[],
+        acknowledgements_out_of_order_keep_every_event_in_its_place,
     );
     suite.run()
 }

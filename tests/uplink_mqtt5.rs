@@ -9,17 +9,16 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use common::scripted::ScriptedBroker;
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{DeviceStats, Store, StoreSettings};
 use fieldbridge::uplink::{Protocol, Uplink, UplinkSettings};
 use fieldbridge_mqtt::codec::{
-    self, ConnAck, Packet, Property, ProtocolVersion, PubAck, Publish, ReasonCode,
+    self, ConnAck, Packet, Property, ProtocolVersion, Publish, ReasonCode,
 };
 use fieldbridge_testkit::Suite;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 const STATUS_TOPIC: &str = "iot-2/evt/status/fmt/json";
@@ -64,73 +63,6 @@ async fn stats_of(store: &Store, device: &str) -> DeviceStats {
         .unwrap_or_default()
 }
 
-/// One connection of a broker the test plays, packet by packet.
-struct ScriptedBroker {
-    stream: TcpStream,
-    rbuf: BytesMut,
-}
-
-impl ScriptedBroker {
-    async fn accept(listener: &TcpListener) -> ScriptedBroker {
-        let (stream, _) = tokio::time::timeout(DEADLINE, listener.accept())
-            .await
-            .expect("the gateway connects")
-            .unwrap();
-        ScriptedBroker {
-            stream,
-            rbuf: BytesMut::new(),
-        }
-    }
-
-    /// The next packet, or `None` if none comes within `wait`.
-    async fn next_within(&mut self, wait: Duration) -> Option<Packet> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(packet) =
-                codec::decode(&mut self.rbuf, ProtocolVersion::V5, 1 << 20).expect("a valid packet")
-            {
-                return Some(packet);
-            }
-            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.rbuf)).await {
-                Ok(Ok(0)) => panic!("the gateway closed the connection"),
-                Ok(read) => {
-                    read.unwrap();
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Packet {
-        self.next_within(DEADLINE).await.expect("a packet in time")
-    }
-
-    /// The next PUBLISH, answering PINGREQs on the way (within one deadline: a
-    /// keepalive must not keep the wait going).
-    async fn publish(&mut self) -> Publish {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_within(left).await.expect("a PUBLISH in time") {
-                Packet::Publish(publish) => return publish,
-                Packet::PingReq => self.send(Packet::PingResp).await,
-                other => panic!("expected a PUBLISH, got {other:?}"),
-            }
-        }
-    }
-
-    async fn send(&mut self, packet: Packet) {
-        let mut buf = BytesMut::new();
-        codec::encode(&packet, ProtocolVersion::V5, &mut buf).unwrap();
-        self.stream.write_all(&buf).await.unwrap();
-    }
-
-    async fn puback(&mut self, pkid: u16, reason: ReasonCode) {
-        self.send(Packet::PubAck(PubAck::with_reason(pkid, reason)))
-            .await;
-    }
-}
-
 fn seq_of(publish: &Publish) -> u64 {
     parse(&publish.payload).1
 }
@@ -149,7 +81,7 @@ async fn properties_aliases_receive_maximum_and_reason_codes() {
     settings.max_inbound = 64 * 1024;
     let (uplink, store, sender) = start(settings, &tmp.path().join("data"), "pump-1").await;
 
-    let mut broker = ScriptedBroker::accept(&listener).await;
+    let mut broker = ScriptedBroker::accept(&listener, ProtocolVersion::V5).await;
     let Packet::Connect(connect) = broker.next().await else {
         panic!("CONNECT first");
     };

@@ -8,7 +8,10 @@ use rumqttc::v5::mqttbytes::v5::{
     ConnAck as ConnAck5, LastWill as LastWill5, PubAckReason, Publish as Publish5,
     PublishProperties,
 };
-use rumqttc::{LastWill, QoS};
+use rumqttc::{Disconnect, LastWill, QoS, Request, Subscribe};
+use tokio::sync::mpsc;
+
+use super::batching::Batching;
 
 /// MQTT 5's Payload Format Indicator for UTF-8 text.
 const UTF8_PAYLOAD: u8 = 1;
@@ -212,7 +215,8 @@ pub(super) enum LinkEvent {
 /// The requesting half of a client.
 #[derive(Clone)]
 pub(super) enum Client {
-    V311(rumqttc::AsyncClient),
+    /// Requests for the [`Batching`] loop.
+    V311(mpsc::Sender<Request>),
     V5(v5::AsyncClient),
 }
 
@@ -226,9 +230,16 @@ impl Client {
             properties,
         } = outbound;
         match self {
-            Client::V311(client) => client
-                .try_publish(topic, qos, retain, payload)
-                .map_err(LinkError::client),
+            Client::V311(requests) => {
+                if !rumqttc::mqttbytes::valid_topic(&topic) {
+                    return Err(LinkError::client(format!("invalid topic {topic:?}")));
+                }
+                let mut publish = rumqttc::Publish::new(topic, qos, payload);
+                publish.retain = retain;
+                requests
+                    .try_send(Request::Publish(publish))
+                    .map_err(LinkError::client)
+            }
             Client::V5(client) => {
                 let qos = qos_v5(qos);
                 match properties.to_v5() {
@@ -244,7 +255,14 @@ impl Client {
 
     pub(super) fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), LinkError> {
         match self {
-            Client::V311(client) => client.try_subscribe(filter, qos).map_err(LinkError::client),
+            Client::V311(requests) => {
+                if !rumqttc::mqttbytes::valid_filter(filter) {
+                    return Err(LinkError::client(format!("invalid filter {filter:?}")));
+                }
+                requests
+                    .try_send(Request::Subscribe(Subscribe::new(filter, qos)))
+                    .map_err(LinkError::client)
+            }
             Client::V5(client) => client
                 .try_subscribe(filter, qos_v5(qos))
                 .map_err(LinkError::client),
@@ -253,7 +271,9 @@ impl Client {
 
     pub(super) fn disconnect(&self) -> Result<(), LinkError> {
         match self {
-            Client::V311(client) => client.try_disconnect().map_err(LinkError::client),
+            Client::V311(requests) => requests
+                .try_send(Request::Disconnect(Disconnect))
+                .map_err(LinkError::client),
             Client::V5(client) => client.try_disconnect().map_err(LinkError::client),
         }
     }
@@ -264,7 +284,10 @@ impl Client {
 macro_rules! on_either {
     ($eventloop:expr, $name:ident => $body:expr) => {
         match $eventloop {
-            EventLoop::V311($name) => $body,
+            EventLoop::V311(batching) => {
+                let $name = batching.eventloop();
+                $body
+            }
             EventLoop::V5($name) => $body,
         }
     };
@@ -273,7 +296,7 @@ macro_rules! on_either {
 /// The polling half of a client. Reaches into rumqttc's public buffers where its
 /// polling API falls short (see the driver).
 pub(super) enum EventLoop {
-    V311(Box<rumqttc::EventLoop>),
+    V311(Box<Batching>),
     V5(Box<v5::EventLoop>),
 }
 
@@ -281,7 +304,7 @@ impl EventLoop {
     /// The next event rumqttc produces; `None` for one the session does not care about.
     pub(super) async fn poll(&mut self) -> Result<Option<LinkEvent>, LinkError> {
         match self {
-            EventLoop::V311(eventloop) => match eventloop.poll().await {
+            EventLoop::V311(batching) => match batching.poll().await {
                 Ok(event) => Ok(event_v4(event)),
                 Err(error) => Err(LinkError::from_v4(&error)),
             },
@@ -295,7 +318,8 @@ impl EventLoop {
     /// Events rumqttc has already read and would hand out one per poll.
     pub(super) fn buffered(&mut self) -> Vec<LinkEvent> {
         match self {
-            EventLoop::V311(eventloop) => eventloop
+            EventLoop::V311(batching) => batching
+                .eventloop()
                 .state
                 .events
                 .drain(..)
@@ -320,6 +344,9 @@ impl EventLoop {
 
     /// Drops requests queued before the loss (stale) and their buffered events.
     pub(super) fn forget_stale_requests(&mut self) {
+        if let EventLoop::V311(batching) = self {
+            batching.forget_stale_requests();
+        }
         on_either!(self, eventloop => {
             eventloop.clean();
             eventloop.pending.clear();
@@ -331,15 +358,15 @@ impl EventLoop {
     /// start).
     pub(super) fn clean_start(&self) -> bool {
         match self {
-            EventLoop::V311(eventloop) => eventloop.mqtt_options.clean_session(),
+            EventLoop::V311(batching) => batching.options().clean_session(),
             EventLoop::V5(eventloop) => eventloop.options.clean_start(),
         }
     }
 
     pub(super) fn set_clean_start(&mut self, clean: bool) {
         match self {
-            EventLoop::V311(eventloop) => {
-                eventloop.mqtt_options.set_clean_session(clean);
+            EventLoop::V311(batching) => {
+                batching.eventloop().mqtt_options.set_clean_session(clean);
             }
             EventLoop::V5(eventloop) => {
                 eventloop.options.set_clean_start(clean);
@@ -349,8 +376,8 @@ impl EventLoop {
 
     pub(super) fn set_will(&mut self, will: LastWill) {
         match self {
-            EventLoop::V311(eventloop) => {
-                eventloop.mqtt_options.set_last_will(will);
+            EventLoop::V311(batching) => {
+                batching.eventloop().mqtt_options.set_last_will(will);
             }
             EventLoop::V5(eventloop) => {
                 eventloop.options.set_last_will(will_v5(will));

@@ -16,6 +16,7 @@
 //! and `session` (the task that ties them together).
 
 mod aliases;
+mod batching;
 mod catalog;
 mod driver;
 mod feed;

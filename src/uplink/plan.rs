@@ -4,9 +4,10 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{v5, AsyncClient, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
+use rumqttc::{v5, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
 use tokio::sync::mpsc;
 
+use super::batching::Batching;
 use super::link::{will_v5, Client, EventLoop, Protocol};
 use super::profile::{JsonProfile, Profile};
 use super::topics::Naming;
@@ -189,9 +190,15 @@ impl Plan {
                 if let Some(transport) = transport {
                     options.set_transport(transport);
                 }
-                let (client, mut eventloop) = AsyncClient::new(options, requests);
+                // rumqttc's own request channel goes unused: requests reach the batching
+                // loop through this one.
+                let mut eventloop = rumqttc::EventLoop::new(options, 1);
                 eventloop.set_network_options(network);
-                (Client::V311(client), EventLoop::V311(Box::new(eventloop)))
+                let (sender, receiver) = mpsc::channel(requests);
+                (
+                    Client::V311(sender),
+                    EventLoop::V311(Box::new(Batching::new(eventloop, receiver))),
+                )
             }
             Protocol::V5 => {
                 let mut options = v5::MqttOptions::new(profile.client_id(), host, port);

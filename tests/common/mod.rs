@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 mod broker;
+pub mod scripted;
 
 pub use broker::*;
 
