@@ -22,7 +22,6 @@ pub(super) struct Batching {
     /// Taken off the channel and not yet written: a QoS 1 publish waits while rumqttc
     /// holds a packet id collision, and everything after it keeps its place.
     held: VecDeque<Request>,
-    taken: Vec<Request>,
     ping: Pin<Box<Sleep>>,
 }
 
@@ -32,7 +31,6 @@ impl Batching {
             eventloop,
             requests,
             held: VecDeque::new(),
-            taken: Vec::with_capacity(BATCH),
             ping: Box::pin(tokio::time::sleep(Duration::ZERO)),
         }
     }
@@ -94,11 +92,17 @@ impl Batching {
         let mut ping = false;
         tokio::select! {
             read = network.readb(&mut eventloop.state) => read?,
-            taken = self.requests.recv_many(&mut self.taken, BATCH), if take => {
-                if taken == 0 {
+            request = self.requests.recv(), if take => {
+                let Some(request) = request else {
                     return Err(ConnectionError::RequestsDone);
+                };
+                self.held.push_back(request);
+                while self.held.len() < BATCH {
+                    match self.requests.try_recv() {
+                        Ok(request) => self.held.push_back(request),
+                        Err(_) => break,
+                    }
                 }
-                self.held.extend(self.taken.drain(..));
             }
             () = self.ping.as_mut() => ping = true,
         }
