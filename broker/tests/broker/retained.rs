@@ -145,10 +145,19 @@ async fn sys_topics_report_the_broker() {
         "subscriptions/count",
         "retained messages/count",
     ];
-    // The retained values may come from an update made before this client connected:
-    // read on until an update counts it (one comes every second).
+    // The retained values may come from an update made before this client connected or
+    // subscribed: read on until an update counts both (one comes every second; a
+    // broker that never counts them fails on the receive deadline).
+    let at_least = |values: &HashMap<String, String>, key: &str, least: u64| {
+        values
+            .get(key)
+            .and_then(|value| value.parse::<u64>().ok())
+            .is_some_and(|value| value >= least)
+    };
     while !wanted.iter().all(|key| values.contains_key(*key))
         || values.get("clients/connected").map(String::as_str) != Some("2")
+        || !at_least(&values, "subscriptions/count", 1)
+        || !at_least(&values, "messages/received", 3)
     {
         let got = sys.recv_publish().await;
         let key = got
