@@ -64,6 +64,9 @@ pub(super) struct Writer {
     probe_at: Option<Instant>,
     /// When the last transaction committed (see [`Writer::gather`]).
     last_commit: Instant,
+    /// Whether the connection now commits with an fsync (`None`: not known, as after a
+    /// failure, when the connection may have been opened again).
+    fsync_on_commit: Option<bool>,
 }
 
 /// The commands of one transaction.
@@ -154,6 +157,7 @@ impl Writer {
             loss_log: OutageLog::new(LOSS_LOG_INTERVAL),
             probe_at: None,
             last_commit: Instant::now(),
+            fsync_on_commit: None,
         }
     }
 
@@ -281,6 +285,7 @@ impl Writer {
                 Err(error) => {
                     let fault = Fault::of(&error);
                     self.conn.settle().await;
+                    self.fsync_on_commit = None;
                     match retry_delay(fault, attempt, &RETRY_DELAYS) {
                         Some(delay) => {
                             tracing::warn!("queue transaction failed, retrying: {error}");
@@ -352,11 +357,14 @@ impl Writer {
         pending: &PendingDrops,
     ) -> Result<Committed, sqlx::Error> {
         let conn = self.conn.get().await?;
-        let synchronous = match self.settings.synchronous {
-            Synchronous::Full if batch.durable() => "PRAGMA synchronous = FULL",
-            _ => "PRAGMA synchronous = NORMAL",
-        };
-        sqlx::query(synchronous).execute(&mut *conn).await?;
+        let fsync = self.settings.synchronous == Synchronous::Full && batch.durable();
+        if self.fsync_on_commit != Some(fsync) {
+            let level = if fsync { "FULL" } else { "NORMAL" };
+            sqlx::query(&format!("PRAGMA synchronous = {level}"))
+                .execute(&mut *conn)
+                .await?;
+            self.fsync_on_commit = Some(fsync);
+        }
         let mut tx = conn.begin().await?;
         let committed = match write(&mut tx, batch, pending, &self.settings, self.occupancy).await {
             Ok(committed) => committed,

@@ -107,19 +107,9 @@ impl Batching {
             () = self.ping.as_mut() => ping = true,
         }
         if ping {
+            // First, and not held back by a packet id collision.
             self.next_ping();
-            let eventloop = &mut self.eventloop;
-            if let Some(packet) = eventloop
-                .state
-                .handle_outgoing_packet(Request::PingReq(PingReq))?
-            {
-                eventloop
-                    .network
-                    .as_mut()
-                    .expect("connected")
-                    .write(packet)
-                    .await?;
-            }
+            self.held.push_front(Request::PingReq(PingReq));
         }
         let eventloop = &mut self.eventloop;
         let network = eventloop.network.as_mut().expect("connected");
