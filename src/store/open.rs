@@ -12,6 +12,7 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection, SqlitePool};
 use time::OffsetDateTime;
 
+use super::acknowledged::{unacknowledged, Acknowledged};
 use super::{StoreError, StoreSettings, Synchronous, DB_FILE, READ_CONNECTIONS};
 
 /// How long a connection waits for a lock held by another connection or process.
@@ -27,11 +28,18 @@ pub(super) struct Occupancy {
     pub bytes: u64,
 }
 
+/// What the queue's table holds.
+pub(super) struct Contents {
+    /// Rows still queued (not acknowledged).
+    pub queued: Occupancy,
+    pub acknowledged: Acknowledged,
+}
+
 pub(super) struct Opened {
     pub path: PathBuf,
     pub writer: SqliteConnection,
     pub readers: SqlitePool,
-    pub occupancy: Occupancy,
+    pub contents: Contents,
     /// Highest row id in the queue (0 when it is empty).
     pub last_id: i64,
 }
@@ -182,11 +190,17 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
         });
     }
 
-    let (messages, bytes, last_id): (i64, i64, i64) =
-        sqlx::query_as("SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(id), 0) FROM queue")
-            .fetch_one(&mut writer)
-            .await
-            .map_err(db_error)?;
+    let (messages, bytes, last_id): (i64, i64, i64) = sqlx::query_as(concat!(
+        "SELECT COUNT(*) FILTER (WHERE ",
+        unacknowledged!(),
+        "), COALESCE(SUM(size) FILTER (WHERE ",
+        unacknowledged!(),
+        "), 0), COALESCE(MAX(id), 0) FROM queue"
+    ))
+    .fetch_one(&mut writer)
+    .await
+    .map_err(db_error)?;
+    let acknowledged = Acknowledged::load(&mut writer).await.map_err(db_error)?;
 
     let readers = SqlitePoolOptions::new()
         .max_connections(READ_CONNECTIONS)
@@ -208,9 +222,12 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
         path: path.to_owned(),
         writer,
         readers,
-        occupancy: Occupancy {
-            messages: u64::try_from(messages).unwrap_or(0),
-            bytes: u64::try_from(bytes).unwrap_or(0),
+        contents: Contents {
+            queued: Occupancy {
+                messages: u64::try_from(messages).unwrap_or(0),
+                bytes: u64::try_from(bytes).unwrap_or(0),
+            },
+            acknowledged,
         },
         last_id,
     })

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sqlx::{Connection, SqliteConnection};
 
+use super::acknowledged::unacknowledged;
 use super::{open, StoreError};
 
 /// What the queue holds and has dropped for one device.
@@ -65,10 +66,18 @@ async fn has_tables(conn: &mut SqliteConnection) -> Result<bool, sqlx::Error> {
 }
 
 pub(super) async fn query(conn: &mut SqliteConnection) -> Result<Vec<DeviceStats>, sqlx::Error> {
-    // SQLite takes `enqueued_at` from the row that holds MIN(id): the oldest event.
-    let queued: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(
-        "SELECT device, COUNT(*), SUM(size), MIN(id), enqueued_at FROM queue GROUP BY device",
+    // A queue that no gateway of this version has opened yet has no acknowledged rows.
+    let marks: bool = sqlx::query_scalar(
+        "SELECT COUNT(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'acknowledged'",
     )
+    .fetch_one(&mut *conn)
+    .await?;
+    let queued_rows = if marks { unacknowledged!() } else { "1" };
+    // SQLite takes `enqueued_at` from the row that holds MIN(id): the oldest event.
+    let queued: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT device, COUNT(*), SUM(size), MIN(id), enqueued_at FROM queue \
+         WHERE {queued_rows} GROUP BY device"
+    ))
     .fetch_all(&mut *conn)
     .await?;
     // A queue that no gateway of this version has opened yet lacks the newer columns.

@@ -51,7 +51,7 @@ async fn keeps_fifo_order_per_device_and_deletes_acknowledged_rows() {
     assert_eq!(seqs(&page), vec![5, 6, 7]);
 
     store
-        .delete(a[..4].iter().map(|r| r.id).collect())
+        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect())
         .await
         .unwrap();
     assert_eq!(
@@ -87,7 +87,7 @@ async fn rows_survive_a_restart_and_ids_keep_increasing_after_the_queue_empties(
     assert_eq!(seqs(&rows), vec![0, 1, 2]);
     let last_id = rows[2].id;
     store
-        .delete(rows.iter().map(|r| r.id).collect())
+        .delete(Some("a"), rows.iter().map(|r| r.id).collect())
         .await
         .unwrap();
     store.enqueue(event("a", 3)).await.unwrap();
@@ -143,7 +143,7 @@ async fn drop_newest_keeps_the_queue_and_counts_the_rejected_events() {
     // Acknowledged rows free room again.
     let rows = store.fetch("a", 0, 2).await.unwrap();
     store
-        .delete(rows.iter().map(|r| r.id).collect())
+        .delete(Some("a"), rows.iter().map(|r| r.id).collect())
         .await
         .unwrap();
     store.enqueue(event("a", 8)).await.unwrap();
@@ -518,7 +518,10 @@ async fn a_watched_device_reads_what_the_database_holds() {
     assert_eq!(ids(all.clone()), in_db(&mut db).await);
     let cursor = all[5].id;
 
-    store.delete(vec![all[0].id, all[2].id]).await.unwrap();
+    store
+        .delete(None, vec![all[0].id, all[2].id])
+        .await
+        .unwrap();
     assert_eq!(
         ids(store.fetch("a", 0, 100).await.unwrap()),
         in_db(&mut db).await
@@ -658,4 +661,170 @@ async fn any_bytes_read_back_exactly_from_the_database() {
         store.fetch_all(all[1].id, 1).await.unwrap()[0].id,
         all[2].id
     );
+}
+
+/// Rows in the table, acknowledged or not, per device.
+async fn rows_in_table(db: &mut sqlx::SqliteConnection, device: &str) -> i64 {
+    sqlx::query_scalar("SELECT COUNT(*) FROM queue WHERE device = ?")
+        .bind(device)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// A device's rows acknowledged in order are gone for every read at once (fetch, stats,
+/// a restart) while the table still holds them, and are deleted together once nothing
+/// is left unacknowledged.
+#[tokio::test]
+async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    for seq in 0..6 {
+        store.enqueue(event("a", seq)).await.unwrap();
+        store.enqueue(event("b", 100 + seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let a = store.fetch("a", 0, 100).await.unwrap();
+    let mut db = read_only(&store).await;
+
+    store
+        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect())
+        .await
+        .unwrap();
+    assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4, 5]);
+    assert_eq!(
+        seqs(&store.fetch_all(0, 100).await.unwrap()),
+        vec![100, 101, 102, 103, 4, 104, 5, 105]
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats[0].depth, stats[0].bytes), (2, 2 * 9));
+    assert_eq!(stats[1].depth, 6);
+    assert_eq!(rows_in_table(&mut db, "a").await, 6, "deleted later");
+    store.close().await;
+
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4, 5]);
+    assert_eq!(read_stats(tmp.path()).await.unwrap()[0].depth, 2);
+    let rest: Vec<i64> = store
+        .fetch("a", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    store.delete(Some("a"), rest).await.unwrap();
+    assert_eq!(rows_in_table(&mut db, "a").await, 6, "b is still queued");
+    let b: Vec<i64> = store
+        .fetch("b", 0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.id)
+        .collect();
+    store.delete(Some("b"), b).await.unwrap();
+    assert_eq!(rows_in_table(&mut db, "a").await, 0);
+    assert_eq!(rows_in_table(&mut db, "b").await, 0);
+    assert!(store.stats().await.unwrap().is_empty());
+
+    // Ids keep increasing after the table was cleared.
+    store.enqueue(event("a", 6)).await.unwrap();
+    store.flush().await.unwrap();
+    let after = store.fetch("a", 0, 10).await.unwrap();
+    assert_eq!(seqs(&after), vec![6]);
+    assert!(after[0].id > a[5].id);
+    store.close().await;
+}
+
+/// Rows acknowledged past one still on its way are deleted one by one; the run goes on
+/// once that one is acknowledged too.
+#[tokio::test]
+async fn rows_acknowledged_out_of_order_are_deleted_one_by_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 1000, OnFull::DropOldest).await;
+    for seq in 0..5 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.enqueue(event("b", 100)).await.unwrap();
+    store.flush().await.unwrap();
+    let a = store.fetch("a", 0, 100).await.unwrap();
+    let mut db = read_only(&store).await;
+
+    store
+        .delete(Some("a"), vec![a[1].id, a[3].id])
+        .await
+        .unwrap();
+    assert_eq!(
+        seqs(&store.fetch("a", 0, 100).await.unwrap()),
+        vec![0, 2, 4]
+    );
+    assert_eq!(rows_in_table(&mut db, "a").await, 3);
+
+    store.delete(Some("a"), vec![a[0].id]).await.unwrap();
+    assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![2, 4]);
+    store.delete(Some("a"), vec![a[2].id]).await.unwrap();
+    assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4]);
+    assert_eq!(store.stats().await.unwrap()[0].depth, 1);
+    assert_eq!(
+        rows_in_table(&mut db, "a").await,
+        3,
+        "rows 0 and 2 wait to be deleted with others; 4 is queued"
+    );
+    store.close().await;
+}
+
+/// Acknowledged rows are deleted while others are still queued once the table would
+/// hold more than the queue's bounds; eviction takes the oldest queued rows, never an
+/// acknowledged one.
+#[tokio::test]
+async fn acknowledged_rows_make_room_and_are_never_evicted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(tmp.path(), 16, OnFull::DropOldest).await;
+    let ids = |rows: Vec<QueuedEvent>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+    store.enqueue(event("b", 100)).await.unwrap();
+    for seq in 0..10 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let a = ids(store.fetch("a", 0, 100).await.unwrap());
+    let mut db = read_only(&store).await;
+
+    store.delete(Some("a"), a[..8].to_vec()).await.unwrap();
+    for seq in 101..106 {
+        store.enqueue(event("b", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    assert_eq!(
+        rows_in_table(&mut db, "a").await,
+        10,
+        "8 held and 8 queued rows fit in 16"
+    );
+    store.enqueue(event("b", 106)).await.unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(rows_in_table(&mut db, "a").await, 2, "the 17th made room");
+
+    // 8 more b rows: 17 queued for 16 places, b's 100 goes.
+    for seq in 107..115 {
+        store.enqueue(event("b", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    // 15 queued once a8 is acknowledged, and two more: 17 for 16 places. The oldest
+    // queued row (a9) goes, never the older acknowledged a8 (taken in one batch if
+    // the writer gathers these together), which then makes room as well.
+    let (deleted, first, second) = tokio::join!(
+        store.delete(Some("a"), vec![a[8]]),
+        store.enqueue(event("b", 115)),
+        store.enqueue(event("b", 116)),
+    );
+    deleted.and(first).and(second).unwrap();
+    store.flush().await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats[0].dropped_queue_full, stats[1].dropped_queue_full),
+        (1, 1)
+    );
+    assert!(store.fetch("a", 0, 10).await.unwrap().is_empty());
+    assert_eq!(seqs(&store.fetch("b", 0, 1).await.unwrap()), vec![101]);
+    assert_eq!(stats.iter().map(|s| s.depth).sum::<u64>(), 16);
+    assert_eq!(rows_in_table(&mut db, "a").await, 0);
+    store.close().await;
 }

@@ -17,8 +17,9 @@ use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection, Transaction};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::acknowledged::{self, unacknowledged, Acknowledged};
 use super::failure::{per_device, retry_delay, PendingDrops};
-use super::open::{self, Occupancy};
+use super::open::{self, Contents, Occupancy};
 use super::recent::Removed;
 use super::{
     Command, NewRow, OnFull, QueuedEvent, SharedRecent, StoreError, StoreSettings, Synchronous,
@@ -54,7 +55,9 @@ type LossReport = Report<BTreeMap<String, u64>>;
 pub(super) struct Writer {
     conn: ReopeningConnection,
     settings: StoreSettings,
+    /// Rows still queued (not acknowledged).
     occupancy: Occupancy,
+    acknowledged: Acknowledged,
     watchers: Watchers,
     recent: SharedRecent,
     drop_log: DropLog,
@@ -73,6 +76,9 @@ pub(super) struct Writer {
 #[derive(Default)]
 struct Batch {
     inserts: Vec<NewRow>,
+    /// Acknowledged rows per device, which may continue the device's run.
+    acknowledged: HashMap<String, Vec<i64>>,
+    /// Rows to delete one by one (of any device).
     deletes: Vec<i64>,
     /// Rows to move to the dead letters, with the reason.
     dead_letters: Vec<(i64, String)>,
@@ -100,6 +106,7 @@ impl Batch {
 
     fn writes_nothing(&self) -> bool {
         self.inserts.is_empty()
+            && self.acknowledged.is_empty()
             && self.deletes.is_empty()
             && self.dead_letters.is_empty()
             && self.offline_drops.is_empty()
@@ -119,6 +126,11 @@ struct CommandRecord {
 /// What a committed transaction changed.
 struct Committed {
     occupancy: Occupancy,
+    /// Devices whose run of acknowledged rows moved: the new mark, and the rows it
+    /// covers besides those it covered.
+    marks: Vec<(String, i64, Occupancy)>,
+    /// Acknowledged rows the table still holds.
+    held: Occupancy,
     dropped_full: HashMap<String, u64>,
     inserted_devices: HashSet<String>,
     /// Per new row of the batch, in order: its id, or `None` when it was dropped.
@@ -141,7 +153,7 @@ impl Writer {
         conn: SqliteConnection,
         path: &Path,
         settings: StoreSettings,
-        occupancy: Occupancy,
+        contents: Contents,
         watchers: Watchers,
         recent: SharedRecent,
         pending: SharedPending,
@@ -149,7 +161,8 @@ impl Writer {
         Writer {
             conn: ReopeningConnection::new(conn, open::reopen_options(path, settings.synchronous)),
             settings,
-            occupancy,
+            occupancy: contents.queued,
+            acknowledged: contents.acknowledged,
             watchers,
             recent,
             drop_log: DropLog::new(DROP_LOG_INTERVAL),
@@ -187,8 +200,13 @@ impl Writer {
             for command in commands.drain(..) {
                 match command {
                     Command::Insert(row) => batch.inserts.push(row),
-                    Command::Delete { ids, done } => {
-                        batch.deletes.extend(ids);
+                    Command::Delete { device, ids, done } => {
+                        match device {
+                            Some(device) => {
+                                batch.acknowledged.entry(device).or_default().extend(ids)
+                            }
+                            None => batch.deletes.extend(ids),
+                        }
                         batch.waiters.push(done);
                     }
                     Command::DeadLetter { rows, done } => {
@@ -301,6 +319,10 @@ impl Writer {
             Ok(committed) => {
                 self.last_commit = Instant::now();
                 self.occupancy = committed.occupancy;
+                for (device, through, _) in committed.marks {
+                    self.acknowledged.moved(device, through);
+                }
+                self.acknowledged.held = committed.held;
                 self.probe_at = None;
                 if let Some(outage) = self.loss_log.recovered(std::time::Instant::now()) {
                     log_recovery(&outage);
@@ -366,7 +388,15 @@ impl Writer {
             self.fsync_on_commit = Some(fsync);
         }
         let mut tx = conn.begin().await?;
-        let committed = match write(&mut tx, batch, pending, &self.settings, self.occupancy).await {
+        let written = write(
+            &mut tx,
+            batch,
+            pending,
+            &self.settings,
+            self.occupancy,
+            &self.acknowledged,
+        );
+        let committed = match written.await {
             Ok(committed) => committed,
             Err(error) => {
                 // Explicitly rather than on drop, so that `settle` sees the outcome.
@@ -596,6 +626,7 @@ async fn write(
     pending: &PendingDrops,
     settings: &StoreSettings,
     mut occupancy: Occupancy,
+    acknowledged: &Acknowledged,
 ) -> Result<Committed, sqlx::Error> {
     let mut removed = Removed::default();
     if !batch.dead_letters.is_empty() {
@@ -606,10 +637,24 @@ async fn write(
         occupancy.messages = occupancy.messages.saturating_sub(messages);
         occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
     }
+    let mut marks = Vec::new();
+    let mut one_by_one = batch.deletes.clone();
+    for (device, ids) in &batch.acknowledged {
+        removed.ids.extend(ids);
+        let extension = acknowledged.extend(tx, device, ids).await?;
+        one_by_one.extend(extension.rest);
+        if extension.covered.messages > 0 {
+            occupancy.messages = occupancy
+                .messages
+                .saturating_sub(extension.covered.messages);
+            occupancy.bytes = occupancy.bytes.saturating_sub(extension.covered.bytes);
+            marks.push((device.clone(), extension.through, extension.covered));
+        }
+    }
     removed.ids.extend(&batch.deletes);
-    if !batch.deletes.is_empty() {
+    if !one_by_one.is_empty() {
         // The ids as one JSON array: the same two prepared statements for any number.
-        let ids = serde_json::to_string(&batch.deletes).expect("integers serialize");
+        let ids = serde_json::to_string(&one_by_one).expect("integers serialize");
         // Counting first keeps the result to one row (RETURNING would send one
         // row per deleted id back from the database thread).
         let (messages, bytes): (i64, i64) = sqlx::query_as(
@@ -644,6 +689,11 @@ async fn write(
         if !keep {
             *dropped_full.entry(row.device.clone()).or_default() += 1;
         }
+    }
+    let mut held = acknowledged.held;
+    for (_, _, covered) in &marks {
+        held.messages += covered.messages;
+        held.bytes += covered.bytes;
     }
     if admission.evict_messages > 0 || admission.evict_bytes > 0 {
         let (messages, bytes, through) = evict_oldest(
@@ -695,6 +745,21 @@ async fn write(
             .sum::<u64>();
     }
 
+    if held.messages > 0 {
+        if Acknowledged::clear_if_all(tx, occupancy.messages).await? {
+            held = Occupancy::default();
+        } else if acknowledged::over_bounds(
+            held,
+            occupancy,
+            settings.max_messages,
+            settings.max_bytes,
+        ) {
+            let freed = acknowledged.purge(tx, &marks).await?;
+            held.messages = held.messages.saturating_sub(freed.messages);
+            held.bytes = held.bytes.saturating_sub(freed.bytes);
+        }
+    }
+
     let mut drops: BTreeMap<&str, DropCounts> = BTreeMap::new();
     for (device, count) in &dropped_full {
         drops.entry(device).or_default().queue_full += count;
@@ -722,6 +787,8 @@ async fn write(
 
     Ok(Committed {
         occupancy,
+        marks,
+        held,
         dropped_full,
         inserted_devices: kept.iter().map(|row| row.device.clone()).collect(),
         inserted_ids: {
@@ -772,7 +839,7 @@ fn power_of_two_chunk(rows: usize) -> usize {
     below.min(INSERT_CHUNK)
 }
 
-/// Deletes the globally oldest rows until at least `messages` rows and `bytes` payload
+/// Deletes the globally oldest queued (not acknowledged) rows until at least `messages` rows and `bytes` payload
 /// bytes are freed; counts them per device into `dropped`. Returns what was freed, and
 /// the highest id deleted.
 async fn evict_oldest(
@@ -784,11 +851,14 @@ async fn evict_oldest(
     let (mut freed_messages, mut freed_bytes) = (0u64, 0u64);
     let mut through = None;
     while freed_messages < messages || freed_bytes < bytes {
-        let oldest: Vec<(i64, String, i64)> =
-            sqlx::query_as("SELECT id, device, size FROM queue ORDER BY id LIMIT ?")
-                .bind(EVICT_CHUNK)
-                .fetch_all(&mut **tx)
-                .await?;
+        let oldest: Vec<(i64, String, i64)> = sqlx::query_as(concat!(
+            "SELECT id, device, size FROM queue WHERE ",
+            unacknowledged!(),
+            " ORDER BY id LIMIT ?"
+        ))
+        .bind(EVICT_CHUNK)
+        .fetch_all(&mut **tx)
+        .await?;
         if oldest.is_empty() {
             break;
         }
@@ -803,10 +873,13 @@ async fn evict_oldest(
             last_id = Some(id);
         }
         if let Some(last_id) = last_id {
-            sqlx::query("DELETE FROM queue WHERE id <= ?")
-                .bind(last_id)
-                .execute(&mut **tx)
-                .await?;
+            sqlx::query(concat!(
+                "DELETE FROM queue WHERE id <= ? AND ",
+                unacknowledged!()
+            ))
+            .bind(last_id)
+            .execute(&mut **tx)
+            .await?;
             through = Some(last_id);
         }
     }

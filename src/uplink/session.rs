@@ -143,10 +143,12 @@ impl Plan {
 
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Deletes acknowledged rows and moves refused ones to the dead letters, both handed to
-/// the writer at once so that they share a commit.
+/// Deletes acknowledged rows (all of `device`, for a device's own session) and moves
+/// refused ones to the dead letters, both handed to the writer at once so that they
+/// share a commit.
 async fn remove(
     store: &Store,
+    device: Option<&str>,
     acked: Vec<i64>,
     refused: Vec<(i64, String)>,
 ) -> Result<(), StoreError> {
@@ -154,7 +156,7 @@ async fn remove(
         if acked.is_empty() {
             return Ok(());
         }
-        store.delete(acked).await
+        store.delete(device, acked).await
     };
     let dead_letter = async {
         if refused.is_empty() {
@@ -656,8 +658,10 @@ impl Session {
         }
         let count = acked.len() + refused.len();
         let store = self.store.clone();
+        let device = self.profile.scope().map(str::to_owned);
         self.delete = Some(Box::pin(async move {
-            (count, remove(&store, acked, refused).await)
+            let removed = remove(&store, device.as_deref(), acked, refused).await;
+            (count, removed)
         }));
     }
 
@@ -730,7 +734,9 @@ impl Session {
         }
         let acked = self.feed.window.take_acked();
         let refused = self.feed.window.take_refused();
-        let _ = tokio::time::timeout(DELETE_GRACE, remove(&self.store, acked, refused)).await;
+        let device = self.profile.scope();
+        let removed = remove(&self.store, device, acked, refused);
+        let _ = tokio::time::timeout(DELETE_GRACE, removed).await;
         self.persist_qos0_drops().await;
         if self.connected && self.client.disconnect().is_ok() {
             let deadline = Instant::now() + DISCONNECT_GRACE;
