@@ -261,6 +261,8 @@ enum Command {
         /// The device every row belongs to, when there is one.
         device: Option<String>,
         ids: Vec<i64>,
+        /// Not to wait for the commit window.
+        now: bool,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     DeadLetter {
@@ -370,14 +372,26 @@ impl Store {
         self.send(Command::Insert(row)).await
     }
 
-    /// Deletes acknowledged rows; resolves once the deletion is committed. When they
-    /// all belong to one `device` (its own session acknowledged them) and continue the
+    /// Deletes acknowledged rows; resolves once the deletion is committed, which waits
+    /// for the commit window (`queue.commit_window`) unless `now`. When the rows all
+    /// belong to one `device` (its own session acknowledged them) and continue the
     /// device's rows acknowledged so far, they are marked as gone and deleted in bulk
     /// later, which costs far less than deleting each.
-    pub async fn delete(&self, device: Option<&str>, ids: Vec<i64>) -> Result<(), StoreError> {
+    pub async fn delete(
+        &self,
+        device: Option<&str>,
+        ids: Vec<i64>,
+        now: bool,
+    ) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
         let device = device.map(str::to_owned);
-        self.send(Command::Delete { device, ids, done }).await?;
+        let delete = Command::Delete {
+            device,
+            ids,
+            now,
+            done,
+        };
+        self.send(delete).await?;
         result.await.map_err(|_| StoreError::Closed)?
     }
 

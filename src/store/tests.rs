@@ -51,7 +51,7 @@ async fn keeps_fifo_order_per_device_and_deletes_acknowledged_rows() {
     assert_eq!(seqs(&page), vec![5, 6, 7]);
 
     store
-        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect())
+        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect(), false)
         .await
         .unwrap();
     assert_eq!(
@@ -87,7 +87,7 @@ async fn rows_survive_a_restart_and_ids_keep_increasing_after_the_queue_empties(
     assert_eq!(seqs(&rows), vec![0, 1, 2]);
     let last_id = rows[2].id;
     store
-        .delete(Some("a"), rows.iter().map(|r| r.id).collect())
+        .delete(Some("a"), rows.iter().map(|r| r.id).collect(), false)
         .await
         .unwrap();
     store.enqueue(event("a", 3)).await.unwrap();
@@ -143,7 +143,7 @@ async fn drop_newest_keeps_the_queue_and_counts_the_rejected_events() {
     // Acknowledged rows free room again.
     let rows = store.fetch("a", 0, 2).await.unwrap();
     store
-        .delete(Some("a"), rows.iter().map(|r| r.id).collect())
+        .delete(Some("a"), rows.iter().map(|r| r.id).collect(), false)
         .await
         .unwrap();
     store.enqueue(event("a", 8)).await.unwrap();
@@ -519,7 +519,7 @@ async fn a_watched_device_reads_what_the_database_holds() {
     let cursor = all[5].id;
 
     store
-        .delete(None, vec![all[0].id, all[2].id])
+        .delete(None, vec![all[0].id, all[2].id], false)
         .await
         .unwrap();
     assert_eq!(
@@ -688,7 +688,7 @@ async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
     let mut db = read_only(&store).await;
 
     store
-        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect())
+        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect(), false)
         .await
         .unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4, 5]);
@@ -712,7 +712,7 @@ async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
         .iter()
         .map(|r| r.id)
         .collect();
-    store.delete(Some("a"), rest).await.unwrap();
+    store.delete(Some("a"), rest, false).await.unwrap();
     assert_eq!(rows_in_table(&mut db, "a").await, 6, "b is still queued");
     let b: Vec<i64> = store
         .fetch("b", 0, 100)
@@ -721,7 +721,7 @@ async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
         .iter()
         .map(|r| r.id)
         .collect();
-    store.delete(Some("b"), b).await.unwrap();
+    store.delete(Some("b"), b, false).await.unwrap();
     assert_eq!(rows_in_table(&mut db, "a").await, 0);
     assert_eq!(rows_in_table(&mut db, "b").await, 0);
     assert!(store.stats().await.unwrap().is_empty());
@@ -750,7 +750,7 @@ async fn rows_acknowledged_out_of_order_are_deleted_one_by_one() {
     let mut db = read_only(&store).await;
 
     store
-        .delete(Some("a"), vec![a[1].id, a[3].id])
+        .delete(Some("a"), vec![a[1].id, a[3].id], false)
         .await
         .unwrap();
     assert_eq!(
@@ -759,9 +759,9 @@ async fn rows_acknowledged_out_of_order_are_deleted_one_by_one() {
     );
     assert_eq!(rows_in_table(&mut db, "a").await, 3);
 
-    store.delete(Some("a"), vec![a[0].id]).await.unwrap();
+    store.delete(Some("a"), vec![a[0].id], false).await.unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![2, 4]);
-    store.delete(Some("a"), vec![a[2].id]).await.unwrap();
+    store.delete(Some("a"), vec![a[2].id], false).await.unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4]);
     assert_eq!(store.stats().await.unwrap()[0].depth, 1);
     assert_eq!(
@@ -788,7 +788,10 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     let a = ids(store.fetch("a", 0, 100).await.unwrap());
     let mut db = read_only(&store).await;
 
-    store.delete(Some("a"), a[..8].to_vec()).await.unwrap();
+    store
+        .delete(Some("a"), a[..8].to_vec(), false)
+        .await
+        .unwrap();
     for seq in 101..106 {
         store.enqueue(event("b", seq)).await.unwrap();
     }
@@ -811,7 +814,7 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     // queued row (a9) goes, never the older acknowledged a8 (taken in one batch if
     // the writer gathers these together), which then makes room as well.
     let (deleted, first, second) = tokio::join!(
-        store.delete(Some("a"), vec![a[8]]),
+        store.delete(Some("a"), vec![a[8]], false),
         store.enqueue(event("b", 115)),
         store.enqueue(event("b", 116)),
     );
@@ -827,4 +830,40 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     assert_eq!(stats.iter().map(|s| s.depth).sum::<u64>(), 16);
     assert_eq!(rows_in_table(&mut db, "a").await, 0);
     store.close().await;
+}
+
+/// A deletion the session cannot wait for commits at once; others wait for the commit
+/// window.
+#[tokio::test]
+async fn a_pressing_deletion_does_not_wait_for_the_commit_window() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut settings = StoreSettings::new(tmp.path());
+    settings.commit_window = Duration::from_secs(60);
+    let store = Store::open(settings).await.unwrap();
+    for seq in 0..4 {
+        store.enqueue(event("a", seq)).await.unwrap();
+    }
+    store.flush().await.unwrap();
+    let a = store.fetch("a", 0, 10).await.unwrap();
+
+    let waiting = tokio::spawn({
+        let store = store.clone();
+        let id = a[0].id;
+        async move { store.delete(Some("a"), vec![id], false).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "waits for the window");
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        store.delete(Some("a"), vec![a[1].id], true),
+    )
+    .await
+    .expect("committed without waiting for the window")
+    .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("taken along")
+        .unwrap()
+        .unwrap();
+    assert_eq!(seqs(&store.fetch("a", 0, 10).await.unwrap()), vec![2, 3]);
 }

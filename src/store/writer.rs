@@ -200,7 +200,9 @@ impl Writer {
             for command in commands.drain(..) {
                 match command {
                     Command::Insert(row) => batch.inserts.push(row),
-                    Command::Delete { device, ids, done } => {
+                    Command::Delete {
+                        device, ids, done, ..
+                    } => {
                         match device {
                             Some(device) => {
                                 batch.acknowledged.entry(device).or_default().extend(ids)
@@ -548,7 +550,10 @@ fn rows(commands: &[Command]) -> usize {
 
 /// A command whose caller waits for everything before it to be committed now.
 fn urgent(command: &Command) -> bool {
-    matches!(command, Command::Flush(_) | Command::Close(_))
+    matches!(
+        command,
+        Command::Flush(_) | Command::Close(_) | Command::Delete { now: true, .. }
+    )
 }
 
 /// Moves `rows` (id, reason) from the queue to the dead letters, counting each per

@@ -143,26 +143,31 @@ impl Plan {
 
 type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
-/// Deletes acknowledged rows (all of `device`, for a device's own session) and moves
-/// refused ones to the dead letters, both handed to the writer at once so that they
-/// share a commit.
-async fn remove(
-    store: &Store,
-    device: Option<&str>,
+/// Rows that leave the queue together.
+struct Removal {
+    /// The device of a device's own session.
+    device: Option<String>,
     acked: Vec<i64>,
     refused: Vec<(i64, String)>,
-) -> Result<(), StoreError> {
+    /// Not to wait for the store's commit window.
+    now: bool,
+}
+
+/// Deletes acknowledged rows and moves refused ones to the dead letters, both handed to
+/// the writer at once so that they share a commit.
+async fn remove(store: &Store, removal: Removal) -> Result<(), StoreError> {
     let delete = async {
-        if acked.is_empty() {
+        if removal.acked.is_empty() {
             return Ok(());
         }
-        store.delete(device, acked).await
+        let device = removal.device.as_deref();
+        store.delete(device, removal.acked, removal.now).await
     };
     let dead_letter = async {
-        if refused.is_empty() {
+        if removal.refused.is_empty() {
             return Ok(());
         }
-        store.dead_letter(refused).await
+        store.dead_letter(removal.refused).await
     };
     let (deleted, moved) = tokio::join!(delete, dead_letter);
     deleted.and(moved)
@@ -651,6 +656,7 @@ impl Session {
         if self.delete.is_some() {
             return;
         }
+        let now = self.feed.window.deletion_pressing();
         let acked = self.feed.window.take_acked();
         let refused = self.feed.window.take_refused();
         if acked.is_empty() && refused.is_empty() {
@@ -658,11 +664,15 @@ impl Session {
         }
         let count = acked.len() + refused.len();
         let store = self.store.clone();
-        let device = self.profile.scope().map(str::to_owned);
-        self.delete = Some(Box::pin(async move {
-            let removed = remove(&store, device.as_deref(), acked, refused).await;
-            (count, removed)
-        }));
+        let removal = Removal {
+            device: self.profile.scope().map(str::to_owned),
+            acked,
+            refused,
+            now,
+        };
+        self.delete = Some(Box::pin(
+            async move { (count, remove(&store, removal).await) },
+        ));
     }
 
     fn on_deleted(&mut self, (count, result): (usize, Result<(), StoreError>)) {
@@ -732,11 +742,13 @@ impl Session {
                 self.on_deleted(done);
             }
         }
-        let acked = self.feed.window.take_acked();
-        let refused = self.feed.window.take_refused();
-        let device = self.profile.scope();
-        let removed = remove(&self.store, device, acked, refused);
-        let _ = tokio::time::timeout(DELETE_GRACE, removed).await;
+        let removal = Removal {
+            device: self.profile.scope().map(str::to_owned),
+            acked: self.feed.window.take_acked(),
+            refused: self.feed.window.take_refused(),
+            now: true,
+        };
+        let _ = tokio::time::timeout(DELETE_GRACE, remove(&self.store, removal)).await;
         self.persist_qos0_drops().await;
         if self.connected && self.client.disconnect().is_ok() {
             let deadline = Instant::now() + DISCONNECT_GRACE;

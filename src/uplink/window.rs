@@ -56,9 +56,23 @@ impl Window {
     /// Rows that may still be fetched and sent.
     pub(crate) fn free(&self) -> usize {
         let on_the_way = self.submitted.len() + self.inflight.len();
-        let undeleted = on_the_way + self.acked.len() + self.refused.len() + self.deleting;
         let sendable = self.capacity.saturating_sub(on_the_way);
-        sendable.min((UNDELETED_WINDOWS * self.capacity).saturating_sub(undeleted))
+        sendable.min((UNDELETED_WINDOWS * self.capacity).saturating_sub(self.undeleted()))
+    }
+
+    /// Rows sent and not yet deleted fill half the bound or more: their deletion should
+    /// not wait for the store's commit window, or the session soon stops for it (as
+    /// in a drain, where acknowledgements come faster than that window).
+    pub(crate) fn deletion_pressing(&self) -> bool {
+        self.undeleted() * 2 >= UNDELETED_WINDOWS * self.capacity
+    }
+
+    fn undeleted(&self) -> usize {
+        self.submitted.len()
+            + self.inflight.len()
+            + self.acked.len()
+            + self.refused.len()
+            + self.deleting
     }
 
     /// Sent (or about to be sent) and not acknowledged.
@@ -210,7 +224,11 @@ mod tests {
         assert!(!w.settled());
         assert_eq!(w.take_acked(), vec![1, 2]);
         let bound = i64::try_from(UNDELETED_WINDOWS * 2).unwrap();
-        send_and_acknowledge(&mut w, 3..=bound - 1);
+        send_and_acknowledge(&mut w, 3..=bound / 2 - 1);
+        assert!(!w.deletion_pressing(), "one row short of half the bound");
+        send_and_acknowledge(&mut w, bound / 2..=bound / 2);
+        assert!(w.deletion_pressing(), "half the bound");
+        send_and_acknowledge(&mut w, bound / 2 + 1..=bound - 1);
         assert_eq!(w.free(), 1, "one row short of the bound");
         send_and_acknowledge(&mut w, bound..=bound);
         assert_eq!(w.free(), 0, "rows sent and not deleted reach the bound");
