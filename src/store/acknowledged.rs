@@ -50,24 +50,18 @@ pub(super) struct Extension {
 }
 
 impl Acknowledged {
-    pub(super) async fn load(conn: &mut SqliteConnection) -> Result<Self, sqlx::Error> {
+    /// The marks in the database; `held` rows of the table are below them.
+    pub(super) async fn load(
+        conn: &mut SqliteConnection,
+        held: Occupancy,
+    ) -> Result<Self, sqlx::Error> {
         let through: Vec<(String, i64)> =
             sqlx::query_as("SELECT device, through FROM acknowledged")
-                .fetch_all(&mut *conn)
+                .fetch_all(conn)
                 .await?;
-        let (messages, bytes): (i64, i64) = sqlx::query_as(concat!(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue WHERE NOT (",
-            unacknowledged!(),
-            ")"
-        ))
-        .fetch_one(&mut *conn)
-        .await?;
         Ok(Acknowledged {
             through: through.into_iter().collect(),
-            held: Occupancy {
-                messages: u64::try_from(messages).unwrap_or(0),
-                bytes: u64::try_from(bytes).unwrap_or(0),
-            },
+            held,
         })
     }
 
@@ -152,7 +146,7 @@ impl Acknowledged {
     pub(super) async fn purge(
         &self,
         tx: &mut Transaction<'_, Sqlite>,
-        marks: &[(String, i64, Occupancy)],
+        marks: &[(String, i64)],
     ) -> Result<Occupancy, sqlx::Error> {
         let first_queued: Option<i64> = sqlx::query_scalar(concat!(
             "SELECT MIN(id) FROM queue WHERE ",
@@ -163,19 +157,13 @@ impl Acknowledged {
         let below = first_queued.unwrap_or(i64::MAX);
         let mut freed = delete_range(tx, None, i64::MIN, below - 1, PURGE_ROWS).await?;
         let mut through = self.through.clone();
-        through.extend(
-            marks
-                .iter()
-                .map(|(device, mark, _)| (device.clone(), *mark)),
-        );
+        through.extend(marks.iter().cloned());
         for (device, mark) in through.iter().filter(|(_, mark)| **mark >= below) {
             let budget = PURGE_ROWS - i64::try_from(freed.messages).unwrap_or(PURGE_ROWS);
             if budget <= 0 {
                 break;
             }
-            let range = delete_range(tx, Some(device), below, *mark, budget).await?;
-            freed.messages += range.messages;
-            freed.bytes += range.bytes;
+            freed.add(delete_range(tx, Some(device), below, *mark, budget).await?);
         }
         Ok(freed)
     }
@@ -210,10 +198,7 @@ async fn delete_range(
         .execute(&mut **tx)
         .await?;
     }
-    Ok(Occupancy {
-        messages: u64::try_from(messages).unwrap_or(0),
-        bytes: u64::try_from(bytes).unwrap_or(0),
-    })
+    Ok(Occupancy::counted(messages, bytes))
 }
 
 /// Whether the table, holding `held` rows acknowledged and `queued` ones not, holds
@@ -242,8 +227,7 @@ fn continue_run(from: i64, acked: &[i64], next: &[(i64, i64)]) -> Extension {
             break;
         }
         through = id;
-        covered.messages += 1;
-        covered.bytes += u64::try_from(size).unwrap_or(0);
+        covered.add(Occupancy::counted(1, size));
     }
     Extension {
         through,

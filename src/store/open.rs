@@ -21,11 +21,31 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_CORRUPT: i32 = 11;
 const SQLITE_NOTADB: i32 = 26;
 
-/// Messages and payload bytes currently queued.
+/// Messages and their payload bytes.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Occupancy {
     pub messages: u64,
     pub bytes: u64,
+}
+
+impl Occupancy {
+    /// From SQLite's counts (never negative, but typed so).
+    pub fn counted(messages: i64, bytes: i64) -> Self {
+        Occupancy {
+            messages: u64::try_from(messages).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        }
+    }
+
+    pub fn add(&mut self, other: Occupancy) {
+        self.messages += other.messages;
+        self.bytes += other.bytes;
+    }
+
+    pub fn remove(&mut self, other: Occupancy) {
+        self.messages = self.messages.saturating_sub(other.messages);
+        self.bytes = self.bytes.saturating_sub(other.bytes);
+    }
 }
 
 /// What the queue's table holds.
@@ -190,17 +210,23 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
         });
     }
 
-    let (messages, bytes, last_id): (i64, i64, i64) = sqlx::query_as(concat!(
+    type Counts = (i64, i64, i64, i64, i64);
+    let (messages, bytes, all_messages, all_bytes, last_id): Counts = sqlx::query_as(concat!(
         "SELECT COUNT(*) FILTER (WHERE ",
         unacknowledged!(),
         "), COALESCE(SUM(size) FILTER (WHERE ",
         unacknowledged!(),
-        "), 0), COALESCE(MAX(id), 0) FROM queue"
+        "), 0), COUNT(*), COALESCE(SUM(size), 0), COALESCE(MAX(id), 0) FROM queue"
     ))
     .fetch_one(&mut writer)
     .await
     .map_err(db_error)?;
-    let acknowledged = Acknowledged::load(&mut writer).await.map_err(db_error)?;
+    let queued = Occupancy::counted(messages, bytes);
+    let mut held = Occupancy::counted(all_messages, all_bytes);
+    held.remove(queued);
+    let acknowledged = Acknowledged::load(&mut writer, held)
+        .await
+        .map_err(db_error)?;
 
     let readers = SqlitePoolOptions::new()
         .max_connections(READ_CONNECTIONS)
@@ -223,10 +249,7 @@ async fn open_and_check(path: &Path, synchronous: Synchronous) -> Result<Opened,
         writer,
         readers,
         contents: Contents {
-            queued: Occupancy {
-                messages: u64::try_from(messages).unwrap_or(0),
-                bytes: u64::try_from(bytes).unwrap_or(0),
-            },
+            queued,
             acknowledged,
         },
         last_id,

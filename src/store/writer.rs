@@ -126,9 +126,8 @@ struct CommandRecord {
 /// What a committed transaction changed.
 struct Committed {
     occupancy: Occupancy,
-    /// Devices whose run of acknowledged rows moved: the new mark, and the rows it
-    /// covers besides those it covered.
-    marks: Vec<(String, i64, Occupancy)>,
+    /// Devices whose run of acknowledged rows moved, with the new mark.
+    marks: Vec<(String, i64)>,
     /// Acknowledged rows the table still holds.
     held: Occupancy,
     dropped_full: HashMap<String, u64>,
@@ -321,7 +320,7 @@ impl Writer {
             Ok(committed) => {
                 self.last_commit = Instant::now();
                 self.occupancy = committed.occupancy;
-                for (device, through, _) in committed.marks {
+                for (device, through) in committed.marks {
                     self.acknowledged.moved(device, through);
                 }
                 self.acknowledged.held = committed.held;
@@ -639,9 +638,9 @@ async fn write(
             .ids
             .extend(batch.dead_letters.iter().map(|(id, _)| *id));
         let (messages, bytes) = move_to_dead_letters(tx, &batch.dead_letters).await?;
-        occupancy.messages = occupancy.messages.saturating_sub(messages);
-        occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
+        occupancy.remove(Occupancy { messages, bytes });
     }
+    let mut held = acknowledged.held;
     let mut marks = Vec::new();
     let mut one_by_one = batch.deletes.clone();
     for (device, ids) in &batch.acknowledged {
@@ -649,11 +648,9 @@ async fn write(
         let extension = acknowledged.extend(tx, device, ids).await?;
         one_by_one.extend(extension.rest);
         if extension.covered.messages > 0 {
-            occupancy.messages = occupancy
-                .messages
-                .saturating_sub(extension.covered.messages);
-            occupancy.bytes = occupancy.bytes.saturating_sub(extension.covered.bytes);
-            marks.push((device.clone(), extension.through, extension.covered));
+            occupancy.remove(extension.covered);
+            held.add(extension.covered);
+            marks.push((device.clone(), extension.through));
         }
     }
     removed.ids.extend(&batch.deletes);
@@ -673,8 +670,7 @@ async fn write(
             .bind(&ids)
             .execute(&mut **tx)
             .await?;
-        occupancy.messages = occupancy.messages.saturating_sub(messages.max(0) as u64);
-        occupancy.bytes = occupancy.bytes.saturating_sub(bytes.max(0) as u64);
+        occupancy.remove(Occupancy::counted(messages, bytes));
     }
 
     let sizes: Vec<u64> = batch
@@ -695,11 +691,6 @@ async fn write(
             *dropped_full.entry(row.device.clone()).or_default() += 1;
         }
     }
-    let mut held = acknowledged.held;
-    for (_, _, covered) in &marks {
-        held.messages += covered.messages;
-        held.bytes += covered.bytes;
-    }
     if admission.evict_messages > 0 || admission.evict_bytes > 0 {
         let (messages, bytes, through) = evict_oldest(
             tx,
@@ -709,8 +700,7 @@ async fn write(
         )
         .await?;
         removed.through = through;
-        occupancy.messages = occupancy.messages.saturating_sub(messages);
-        occupancy.bytes = occupancy.bytes.saturating_sub(bytes);
+        occupancy.remove(Occupancy { messages, bytes });
     }
 
     let mut inserted = Vec::with_capacity(batch.inserts.len());
@@ -743,11 +733,10 @@ async fn write(
         // One statement of a single writer: its rows have consecutive ids.
         let first = last - (chunk.len() as i64 - 1);
         inserted.extend((first..=last).map(Some));
-        occupancy.messages += chunk.len() as u64;
-        occupancy.bytes += chunk
-            .iter()
-            .map(|r| r.stored.payload.len() as u64)
-            .sum::<u64>();
+        occupancy.add(Occupancy {
+            messages: chunk.len() as u64,
+            bytes: chunk.iter().map(|r| r.stored.payload.len() as u64).sum(),
+        });
     }
 
     if held.messages > 0 {
@@ -759,9 +748,7 @@ async fn write(
             settings.max_messages,
             settings.max_bytes,
         ) {
-            let freed = acknowledged.purge(tx, &marks).await?;
-            held.messages = held.messages.saturating_sub(freed.messages);
-            held.bytes = held.bytes.saturating_sub(freed.bytes);
+            held.remove(acknowledged.purge(tx, &marks).await?);
         }
     }
 
