@@ -373,10 +373,11 @@ impl Store {
     }
 
     /// Deletes acknowledged rows; resolves once the deletion is committed, which waits
-    /// for the commit window (`queue.commit_window`) unless `now`. When the rows all
-    /// belong to one `device` (its own session acknowledged them) and continue the
-    /// device's rows acknowledged so far, they are marked as gone and deleted in bulk
-    /// later, which costs far less than deleting each.
+    /// for the commit window (`queue.commit_window`) unless `now` (a drain's
+    /// deletions). When such rows all belong to one `device` (its own session
+    /// acknowledged them) and continue the device's rows acknowledged so far, they are
+    /// marked as gone and deleted in bulk later, which costs far less than deleting
+    /// each.
     pub async fn delete(
         &self,
         device: Option<&str>,

@@ -688,7 +688,7 @@ async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
     let mut db = read_only(&store).await;
 
     store
-        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect(), false)
+        .delete(Some("a"), a[..4].iter().map(|r| r.id).collect(), true)
         .await
         .unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4, 5]);
@@ -712,7 +712,7 @@ async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
         .iter()
         .map(|r| r.id)
         .collect();
-    store.delete(Some("a"), rest, false).await.unwrap();
+    store.delete(Some("a"), rest, true).await.unwrap();
     assert_eq!(rows_in_table(&mut db, "a").await, 6, "b is still queued");
     let b: Vec<i64> = store
         .fetch("b", 0, 100)
@@ -721,7 +721,7 @@ async fn rows_acknowledged_in_order_are_gone_at_once_and_deleted_together() {
         .iter()
         .map(|r| r.id)
         .collect();
-    store.delete(Some("b"), b, false).await.unwrap();
+    store.delete(Some("b"), b, true).await.unwrap();
     assert_eq!(rows_in_table(&mut db, "a").await, 0);
     assert_eq!(rows_in_table(&mut db, "b").await, 0);
     assert!(store.stats().await.unwrap().is_empty());
@@ -750,7 +750,7 @@ async fn rows_acknowledged_out_of_order_are_deleted_one_by_one() {
     let mut db = read_only(&store).await;
 
     store
-        .delete(Some("a"), vec![a[1].id, a[3].id], false)
+        .delete(Some("a"), vec![a[1].id, a[3].id], true)
         .await
         .unwrap();
     assert_eq!(
@@ -759,9 +759,9 @@ async fn rows_acknowledged_out_of_order_are_deleted_one_by_one() {
     );
     assert_eq!(rows_in_table(&mut db, "a").await, 3);
 
-    store.delete(Some("a"), vec![a[0].id], false).await.unwrap();
+    store.delete(Some("a"), vec![a[0].id], true).await.unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![2, 4]);
-    store.delete(Some("a"), vec![a[2].id], false).await.unwrap();
+    store.delete(Some("a"), vec![a[2].id], true).await.unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 100).await.unwrap()), vec![4]);
     assert_eq!(store.stats().await.unwrap()[0].depth, 1);
     assert_eq!(
@@ -789,7 +789,7 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     let mut db = read_only(&store).await;
 
     store
-        .delete(Some("a"), a[..8].to_vec(), false)
+        .delete(Some("a"), a[..8].to_vec(), true)
         .await
         .unwrap();
     for seq in 101..106 {
@@ -814,7 +814,7 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     // queued row (a9) goes, never the older acknowledged a8 (taken in one batch if
     // the writer gathers these together), which then makes room as well.
     let (deleted, first, second) = tokio::join!(
-        store.delete(Some("a"), vec![a[8]], false),
+        store.delete(Some("a"), vec![a[8]], true),
         store.enqueue(event("b", 115)),
         store.enqueue(event("b", 116)),
     );
@@ -832,8 +832,8 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     store.close().await;
 }
 
-/// A deletion the session cannot wait for commits at once; others wait for the commit
-/// window.
+/// A deletion the session cannot wait for (a drain's) commits at once; others wait for
+/// the commit window.
 #[tokio::test]
 async fn a_pressing_deletion_does_not_wait_for_the_commit_window() {
     let tmp = tempfile::tempdir().unwrap();
@@ -866,4 +866,12 @@ async fn a_pressing_deletion_does_not_wait_for_the_commit_window() {
         .unwrap()
         .unwrap();
     assert_eq!(seqs(&store.fetch("a", 0, 10).await.unwrap()), vec![2, 3]);
+    // Steady traffic's deletions are made at once, never marked.
+    let mut db = read_only(&store).await;
+    assert_eq!(rows_in_table(&mut db, "a").await, 2);
+    // Polled first, the deletion is sent before the flush that commits it.
+    let (deleted, flushed) =
+        tokio::join!(store.delete(Some("a"), vec![a[2].id], false), store.flush());
+    deleted.and(flushed).unwrap();
+    assert_eq!(rows_in_table(&mut db, "a").await, 1);
 }
