@@ -9,9 +9,8 @@
 //! `acknowledged`: every row of the device up to it counts as gone (no read returns it,
 //! no bound counts it). Such rows are deleted together later: all at once when nothing
 //! unacknowledged is left (SQLite then clears the table without visiting its rows), or,
-//! oldest first and in ranges, once they are [`PURGE_ROWS`] or the table would hold more
-//! than the queue's bounds. Rows acknowledged out of order are deleted one by one, as
-//! before.
+//! oldest first and in ranges, when the table would hold more than the queue's bounds.
+//! Rows acknowledged out of order are deleted one by one, as before.
 
 use std::collections::HashMap;
 
@@ -19,9 +18,8 @@ use sqlx::{Sqlite, SqliteConnection, Transaction};
 
 use super::open::Occupancy;
 
-/// Acknowledged rows kept before they are deleted, and deleted per transaction: its
-/// pages fit SQLite's cache, and the queue's other writes go on between two; a long
-/// drain does not leave the table full of them.
+/// Most acknowledged rows deleted per transaction to make room: its pages fit SQLite's
+/// cache, and the queue's other writes go on between two.
 const PURGE_ROWS: i64 = 4096;
 
 /// The SQL condition under which a row of `queue` is still queued: above its device's
@@ -205,8 +203,9 @@ async fn delete_range(
 }
 
 /// Whether `held` rows (acknowledged, still in the table) are to be deleted although
-/// `queued` ones are not: they are [`PURGE_ROWS`], or the table holds more than the
-/// queue's bounds.
+/// `queued` ones are not: the table holds more than the queue's bounds. (Deleting them
+/// from 4,096 on cost the 3.1.1 drain 0.87x -> 0.78x a bare publisher, MQTT 5
+/// 0.67x -> 0.46x.)
 pub(super) fn purge_due(
     held: Occupancy,
     queued: Occupancy,
@@ -214,9 +213,7 @@ pub(super) fn purge_due(
     max_bytes: u64,
 ) -> bool {
     held.messages > 0
-        && (held.messages >= PURGE_ROWS as u64
-            || held.messages + queued.messages > max_messages
-            || held.bytes + queued.bytes > max_bytes)
+        && (held.messages + queued.messages > max_messages || held.bytes + queued.bytes > max_bytes)
 }
 
 /// How far the sorted ids `acked` continue a run that reached `from`, given the
@@ -290,18 +287,5 @@ mod tests {
         assert!(purge_due(held, occupancy(6, 50), 15, 150));
         assert!(purge_due(held, occupancy(5, 51), 15, 150));
         assert!(!purge_due(occupancy(0, 0), occupancy(20, 200), 15, 150));
-        let many = PURGE_ROWS as u64;
-        assert!(!purge_due(
-            occupancy(many - 1, 0),
-            occupancy(1, 0),
-            1 << 20,
-            1 << 30
-        ));
-        assert!(purge_due(
-            occupancy(many, 0),
-            occupancy(1, 0),
-            1 << 20,
-            1 << 30
-        ));
     }
 }

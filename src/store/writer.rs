@@ -647,36 +647,21 @@ async fn write(
     }
     let mut held = acknowledged.held;
     let mut marks = Vec::new();
-    let mut one_by_one = batch.deletes.clone();
+    // Rows deleted one by one first: a run of marks may continue past them.
+    removed.ids.extend(&batch.deletes);
+    occupancy.remove(delete_each(tx, &batch.deletes).await?);
+    let mut rest = Vec::new();
     for (device, ids) in &batch.acknowledged {
         removed.ids.extend(ids);
         let extension = acknowledged.extend(tx, device, ids).await?;
-        one_by_one.extend(extension.rest);
+        rest.extend(extension.rest);
         if extension.covered.messages > 0 {
             occupancy.remove(extension.covered);
             held.add(extension.covered);
             marks.push((device.clone(), extension.through));
         }
     }
-    removed.ids.extend(&batch.deletes);
-    if !one_by_one.is_empty() {
-        // The ids as one JSON array: the same two prepared statements for any number.
-        let ids = serde_json::to_string(&one_by_one).expect("integers serialize");
-        // Counting first keeps the result to one row (RETURNING would send one
-        // row per deleted id back from the database thread).
-        let (messages, bytes): (i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue \
-             WHERE id IN (SELECT value FROM json_each(?1))",
-        )
-        .bind(&ids)
-        .fetch_one(&mut **tx)
-        .await?;
-        sqlx::query("DELETE FROM queue WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(&ids)
-            .execute(&mut **tx)
-            .await?;
-        occupancy.remove(Occupancy::counted(messages, bytes));
-    }
+    occupancy.remove(delete_each(tx, &rest).await?);
 
     let sizes: Vec<u64> = batch
         .inserts
@@ -828,6 +813,33 @@ async fn record_command(
         .await?;
     }
     Ok(inserted)
+}
+
+/// Deletes the rows `ids` inside `tx`; returns what left the queue (a row evicted
+/// meanwhile is not there any more).
+async fn delete_each(
+    tx: &mut Transaction<'_, Sqlite>,
+    ids: &[i64],
+) -> Result<Occupancy, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Occupancy::default());
+    }
+    // The ids as one JSON array: the same two prepared statements for any number.
+    let ids = serde_json::to_string(ids).expect("integers serialize");
+    // Counting first keeps the result to one row (RETURNING would send one row per
+    // deleted id back from the database thread).
+    let (messages, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM queue \
+         WHERE id IN (SELECT value FROM json_each(?1))",
+    )
+    .bind(&ids)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query("DELETE FROM queue WHERE id IN (SELECT value FROM json_each(?1))")
+        .bind(&ids)
+        .execute(&mut **tx)
+        .await?;
+    Ok(Occupancy::counted(messages, bytes))
 }
 
 /// The largest power of two, up to [`INSERT_CHUNK`], that `rows` rows can fill.
