@@ -42,7 +42,7 @@ pub(super) struct Acknowledged {
 }
 
 /// How far one device's acknowledged rows continue its run.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct Extension {
     /// The device's new mark (its old one when nothing continues the run).
     pub through: i64,
