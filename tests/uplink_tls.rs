@@ -1,6 +1,7 @@
 //! `mqtts://` against a broker with a test CA (the workspace's own, and Mosquitto where
 //! installed): server authentication, a client certificate the broker requires, a broker
-//! signed by another CA, and `insecure`.
+//! signed by another CA, and `insecure`; over MQTT 3.1.1 and MQTT 5 (whose connections
+//! the gateway makes itself).
 
 mod common;
 
@@ -9,7 +10,7 @@ use std::path::{Path, PathBuf};
 use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{Store, StoreSettings};
-use fieldbridge::uplink::{ClientCertificate, DeviceIdentity, TlsSettings, Uplink};
+use fieldbridge::uplink::{ClientCertificate, DeviceIdentity, Protocol, TlsSettings, Uplink};
 use fieldbridge_testkit::Suite;
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::sync::mpsc;
@@ -76,11 +77,13 @@ fn tls_broker(kind: BrokerKind, dir: &Path, pki: &Pki, plain_port: u16) -> TestB
 
 async fn start(
     tls_port: u16,
+    protocol: Protocol,
     tls: TlsSettings,
     data_dir: &Path,
 ) -> (Uplink, Store, mpsc::Sender<Event>) {
     let store = Store::open(StoreSettings::new(data_dir)).await.unwrap();
     let mut settings = uplink_settings(format!("mqtts://127.0.0.1:{tls_port}"));
+    settings.protocol = protocol;
     settings.tls = tls;
     let device = device_identity("boiler-1", "boiler", None);
     let (sender, events) = mpsc::channel(16);
@@ -88,7 +91,7 @@ async fn start(
     (uplink, store, sender)
 }
 
-async fn mqtts_with_a_ca_file_and_a_client_certificate(kind: BrokerKind) {
+async fn mqtts_with_a_ca_file_and_a_client_certificate(kind: BrokerKind, protocol: Protocol) {
     let tmp = tempfile::tempdir().unwrap();
     let pki = make_pki(tmp.path(), "good");
     let plain_port = free_port();
@@ -107,7 +110,8 @@ async fn mqtts_with_a_ca_file_and_a_client_certificate(kind: BrokerKind) {
         key_file: Some(pki.client_key.clone()),
         insecure: false,
     };
-    let (uplink, _store, sender) = start(broker.port, tls, &tmp.path().join("data")).await;
+    let (uplink, _store, sender) =
+        start(broker.port, protocol, tls, &tmp.path().join("data")).await;
     for seq in 0..5 {
         sender
             .send(test_event("boiler-1", "status", seq, Qos::AtLeastOnce))
@@ -125,7 +129,10 @@ async fn mqtts_with_a_ca_file_and_a_client_certificate(kind: BrokerKind) {
     uplink.shutdown().await;
 }
 
-async fn a_broker_signed_by_another_ca_is_refused_unless_insecure(kind: BrokerKind) {
+async fn a_broker_signed_by_another_ca_is_refused_unless_insecure(
+    kind: BrokerKind,
+    protocol: Protocol,
+) {
     let tmp = tempfile::tempdir().unwrap();
     let broker_pki = make_pki(tmp.path(), "broker");
     let other_pki = make_pki(tmp.path(), "other");
@@ -137,7 +144,8 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure(kind: BrokerKi
         key_file: Some(broker_pki.client_key.clone()),
         insecure: false,
     };
-    let (uplink, _store, sender) = start(broker.port, tls, &tmp.path().join("strict")).await;
+    let (uplink, _store, sender) =
+        start(broker.port, protocol, tls, &tmp.path().join("strict")).await;
     sender
         .send(test_event("boiler-1", "status", 0, Qos::AtLeastOnce))
         .await
@@ -159,7 +167,8 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure(kind: BrokerKi
         key_file: Some(broker_pki.client_key.clone()),
         insecure: true,
     };
-    let (uplink, _store, _sender) = start(broker.port, tls, &tmp.path().join("insecure")).await;
+    let (uplink, _store, _sender) =
+        start(broker.port, protocol, tls, &tmp.path().join("insecure")).await;
     wait_status(&uplink, "boiler-1", "a connection", |s| s.connected).await;
     uplink.shutdown().await;
 }
@@ -168,7 +177,7 @@ async fn a_broker_signed_by_another_ca_is_refused_unless_insecure(kind: BrokerKi
 /// broker that requires client certificates: the device whose certificate the broker's
 /// CA signed is let in and its events arrive; the one signed by another CA is refused
 /// and its events stay queued.
-async fn each_device_presents_its_own_certificate(kind: BrokerKind) {
+async fn each_device_presents_its_own_certificate(kind: BrokerKind, protocol: Protocol) {
     let tmp = tempfile::tempdir().unwrap();
     let pki = make_pki(tmp.path(), "own");
     let stranger = make_pki(tmp.path(), "stranger");
@@ -186,6 +195,7 @@ async fn each_device_presents_its_own_certificate(kind: BrokerKind) {
         .await
         .unwrap();
     let mut settings = uplink_settings(format!("mqtts://127.0.0.1:{}", broker.port));
+    settings.protocol = protocol;
     settings.tls = TlsSettings {
         ca_file: Some(pki.ca.clone()),
         ..TlsSettings::default()
@@ -233,10 +243,22 @@ async fn each_device_presents_its_own_certificate(kind: BrokerKind) {
 
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
-    broker_tests!(suite;
-        mqtts_with_a_ca_file_and_a_client_certificate,
-        a_broker_signed_by_another_ca_is_refused_unless_insecure,
-        each_device_presents_its_own_certificate,
-    );
+    for (version, protocol) in [("mqtt311", Protocol::V311), ("mqtt5", Protocol::V5)] {
+        broker_test(
+            &mut suite,
+            &format!("{version}::mqtts_with_a_ca_file_and_a_client_certificate"),
+            move |kind| mqtts_with_a_ca_file_and_a_client_certificate(kind, protocol),
+        );
+        broker_test(
+            &mut suite,
+            &format!("{version}::a_broker_signed_by_another_ca_is_refused_unless_insecure"),
+            move |kind| a_broker_signed_by_another_ca_is_refused_unless_insecure(kind, protocol),
+        );
+        broker_test(
+            &mut suite,
+            &format!("{version}::each_device_presents_its_own_certificate"),
+            move |kind| each_device_presents_its_own_certificate(kind, protocol),
+        );
+    }
     suite.run()
 }

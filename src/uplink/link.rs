@@ -5,12 +5,14 @@
 use bytes::Bytes;
 use rumqttc::v5;
 use rumqttc::v5::mqttbytes::v5::{
-    ConnAck as ConnAck5, LastWill as LastWill5, PubAckReason, Publish as Publish5,
-    PublishProperties,
+    ConnAck as ConnAck5, Filter, LastWill as LastWill5, PubAckReason, Publish as Publish5,
+    PublishProperties, Subscribe as Subscribe5,
 };
 use rumqttc::{Disconnect, LastWill, QoS, Request, Subscribe};
 use tokio::sync::mpsc;
 
+use super::batching::v311::V311;
+use super::batching::v5::V5;
 use super::batching::Batching;
 
 /// MQTT 5's Payload Format Indicator for UTF-8 text.
@@ -212,12 +214,11 @@ pub(super) enum LinkEvent {
     Disconnected,
 }
 
-/// The requesting half of a client.
+/// The requesting half of a client: requests for its [`Batching`] loop.
 #[derive(Clone)]
 pub(super) enum Client {
-    /// Requests for the [`Batching`] loop.
     V311(mpsc::Sender<Request>),
-    V5(v5::AsyncClient),
+    V5(mpsc::Sender<v5::Request>),
 }
 
 impl Client {
@@ -229,43 +230,42 @@ impl Client {
             retain,
             properties,
         } = outbound;
+        // An empty topic goes with an alias.
+        if !rumqttc::mqttbytes::valid_topic(&topic) {
+            return Err(LinkError::client(format!("invalid topic {topic:?}")));
+        }
         match self {
             Client::V311(requests) => {
-                if !rumqttc::mqttbytes::valid_topic(&topic) {
-                    return Err(LinkError::client(format!("invalid topic {topic:?}")));
-                }
                 let mut publish = rumqttc::Publish::new(topic, qos, payload);
                 publish.retain = retain;
                 requests
                     .try_send(Request::Publish(publish))
                     .map_err(LinkError::client)
             }
-            Client::V5(client) => {
-                let qos = qos_v5(qos);
-                match properties.to_v5() {
-                    Some(properties) => {
-                        client.try_publish_with_properties(topic, qos, retain, payload, properties)
-                    }
-                    None => client.try_publish(topic, qos, retain, payload),
-                }
-                .map_err(LinkError::client)
+            Client::V5(requests) => {
+                let mut publish = Publish5::new(topic, qos_v5(qos), payload, properties.to_v5());
+                publish.retain = retain;
+                requests
+                    .try_send(v5::Request::Publish(publish))
+                    .map_err(LinkError::client)
             }
         }
     }
 
     pub(super) fn subscribe(&self, filter: &str, qos: QoS) -> Result<(), LinkError> {
+        if !rumqttc::mqttbytes::valid_filter(filter) {
+            return Err(LinkError::client(format!("invalid filter {filter:?}")));
+        }
         match self {
-            Client::V311(requests) => {
-                if !rumqttc::mqttbytes::valid_filter(filter) {
-                    return Err(LinkError::client(format!("invalid filter {filter:?}")));
-                }
+            Client::V311(requests) => requests
+                .try_send(Request::Subscribe(Subscribe::new(filter, qos)))
+                .map_err(LinkError::client),
+            Client::V5(requests) => {
+                let subscribe = Subscribe5::new(Filter::new(filter, qos_v5(qos)), None);
                 requests
-                    .try_send(Request::Subscribe(Subscribe::new(filter, qos)))
+                    .try_send(v5::Request::Subscribe(subscribe))
                     .map_err(LinkError::client)
             }
-            Client::V5(client) => client
-                .try_subscribe(filter, qos_v5(qos))
-                .map_err(LinkError::client),
         }
     }
 
@@ -274,30 +274,18 @@ impl Client {
             Client::V311(requests) => requests
                 .try_send(Request::Disconnect(Disconnect))
                 .map_err(LinkError::client),
-            Client::V5(client) => client.try_disconnect().map_err(LinkError::client),
+            Client::V5(requests) => requests
+                .try_send(v5::Request::Disconnect)
+                .map_err(LinkError::client),
         }
     }
 }
 
-/// Runs the same code on either version's event loop: rumqttc's two have the same
-/// public fields and methods under the same names.
-macro_rules! on_either {
-    ($eventloop:expr, $name:ident => $body:expr) => {
-        match $eventloop {
-            EventLoop::V311(batching) => {
-                let $name = batching.eventloop();
-                $body
-            }
-            EventLoop::V5($name) => $body,
-        }
-    };
-}
-
-/// The polling half of a client. Reaches into rumqttc's public buffers where its
-/// polling API falls short (see the driver).
+/// The polling half of a client. Reaches into rumqttc's state machine where its polling
+/// API falls short (see the driver).
 pub(super) enum EventLoop {
-    V311(Box<Batching>),
-    V5(Box<v5::EventLoop>),
+    V311(Box<Batching<V311>>),
+    V5(Box<Batching<V5>>),
 }
 
 impl EventLoop {
@@ -308,7 +296,7 @@ impl EventLoop {
                 Ok(event) => Ok(event_v4(event)),
                 Err(error) => Err(LinkError::from_v4(&error)),
             },
-            EventLoop::V5(eventloop) => match eventloop.poll().await {
+            EventLoop::V5(batching) => match batching.poll().await {
                 Ok(event) => Ok(event_v5(event)),
                 Err(error) => Err(LinkError::from_v5(&error)),
             },
@@ -319,13 +307,15 @@ impl EventLoop {
     pub(super) fn buffered(&mut self) -> Vec<LinkEvent> {
         match self {
             EventLoop::V311(batching) => batching
-                .eventloop()
+                .connection()
+                .0
                 .state
                 .events
                 .drain(..)
                 .filter_map(event_v4)
                 .collect(),
-            EventLoop::V5(eventloop) => eventloop
+            EventLoop::V5(batching) => batching
+                .connection()
                 .state
                 .events
                 .drain(..)
@@ -336,40 +326,53 @@ impl EventLoop {
 
     /// Forgets the publishes rumqttc would replay on its own after a reconnect.
     pub(super) fn forget_replays(&mut self) {
-        on_either!(self, eventloop => {
-            eventloop.pending.clear();
-            eventloop.state.collision = None;
-        })
+        match self {
+            EventLoop::V311(batching) => {
+                let eventloop = &mut batching.connection().0;
+                eventloop.pending.clear();
+                eventloop.state.collision = None;
+            }
+            EventLoop::V5(batching) => batching.connection().state.collision = None,
+        }
     }
 
     /// Drops requests queued before the loss (stale) and their buffered events.
     pub(super) fn forget_stale_requests(&mut self) {
-        if let EventLoop::V311(batching) = self {
-            batching.forget_stale_requests();
+        match self {
+            EventLoop::V311(batching) => {
+                batching.forget_stale_requests();
+                let eventloop = &mut batching.connection().0;
+                eventloop.clean();
+                eventloop.pending.clear();
+                eventloop.state.events.clear();
+            }
+            EventLoop::V5(batching) => {
+                batching.forget_stale_requests();
+                batching.connection().state.events.clear();
+            }
         }
-        on_either!(self, eventloop => {
-            eventloop.clean();
-            eventloop.pending.clear();
-            eventloop.state.events.clear();
-        })
     }
 
     /// Whether the next connection starts a new session (3.1.1 clean session, 5 clean
     /// start).
-    pub(super) fn clean_start(&self) -> bool {
+    pub(super) fn clean_start(&mut self) -> bool {
         match self {
-            EventLoop::V311(batching) => batching.options().clean_session(),
-            EventLoop::V5(eventloop) => eventloop.options.clean_start(),
+            EventLoop::V311(batching) => batching.connection().0.mqtt_options.clean_session(),
+            EventLoop::V5(batching) => batching.connection().options.clean_start(),
         }
     }
 
     pub(super) fn set_clean_start(&mut self, clean: bool) {
         match self {
             EventLoop::V311(batching) => {
-                batching.eventloop().mqtt_options.set_clean_session(clean);
+                batching
+                    .connection()
+                    .0
+                    .mqtt_options
+                    .set_clean_session(clean);
             }
-            EventLoop::V5(eventloop) => {
-                eventloop.options.set_clean_start(clean);
+            EventLoop::V5(batching) => {
+                batching.connection().options.set_clean_start(clean);
             }
         }
     }
@@ -377,10 +380,10 @@ impl EventLoop {
     pub(super) fn set_will(&mut self, will: LastWill) {
         match self {
             EventLoop::V311(batching) => {
-                batching.eventloop().mqtt_options.set_last_will(will);
+                batching.connection().0.mqtt_options.set_last_will(will);
             }
-            EventLoop::V5(eventloop) => {
-                eventloop.options.set_last_will(will_v5(will));
+            EventLoop::V5(batching) => {
+                batching.connection().options.set_last_will(will_v5(will));
             }
         }
     }

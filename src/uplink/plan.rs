@@ -5,8 +5,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::{v5, MqttOptions, NetworkOptions, QoS, TlsConfiguration, Transport};
+use rustls::ClientConfig;
 use tokio::sync::mpsc;
 
+use super::batching::v311::V311;
+use super::batching::v5::V5;
 use super::batching::Batching;
 use super::link::{will_v5, Client, EventLoop, Protocol};
 use super::profile::{JsonProfile, Profile};
@@ -26,9 +29,9 @@ pub(super) struct Plan {
     pub(super) naming: Arc<Naming>,
     pub(super) keepalive: Duration,
     pub(super) window: usize,
-    pub(super) tls: Option<TlsConfiguration>,
+    pub(super) tls: Option<Arc<ClientConfig>>,
     /// Devices with a client certificate of their own: their TLS configuration.
-    pub(super) device_tls: HashMap<String, TlsConfiguration>,
+    pub(super) device_tls: HashMap<String, Arc<ClientConfig>>,
     pub(super) connect_timeout_secs: u64,
     pub(super) reconnect: Reconnect,
     pub(super) inbound: Option<mpsc::Sender<Inbound>>,
@@ -101,7 +104,7 @@ impl Plan {
             ));
         }
         let tls = if endpoint.tls {
-            Some(TlsConfiguration::Rustls(tls::client_config(&settings.tls)?))
+            Some(tls::client_config(&settings.tls)?)
         } else {
             None
         };
@@ -117,7 +120,7 @@ impl Plan {
                 });
             }
             let config = tls::client_config(&settings.tls.with_certificate(certificate))?;
-            device_tls.insert(device.id.clone(), TlsConfiguration::Rustls(config));
+            device_tls.insert(device.id.clone(), config);
         }
         Ok(Plan {
             endpoint,
@@ -164,9 +167,7 @@ impl Plan {
         let own = profile
             .scope()
             .and_then(|device| self.device_tls.get(device));
-        let transport = own
-            .or(self.tls.as_ref())
-            .map(|tls| Transport::tls_with_config(tls.clone()));
+        let tls = own.or(self.tls.as_ref()).cloned();
         let mut network = NetworkOptions::new();
         network.set_tcp_nodelay(true);
         network.set_connection_timeout(self.connect_timeout_secs);
@@ -179,7 +180,6 @@ impl Plan {
                     .set_keep_alive(self.keepalive)
                     .set_clean_session(false)
                     .set_inflight(inflight)
-                    .set_request_channel_capacity(requests)
                     .set_max_packet_size(self.max_inbound, MAX_PACKET);
                 if let Some((user, password)) = credentials {
                     options.set_credentials(user, password);
@@ -187,8 +187,9 @@ impl Plan {
                 if let Some(will) = will {
                     options.set_last_will(will);
                 }
-                if let Some(transport) = transport {
-                    options.set_transport(transport);
+                if let Some(tls) = tls {
+                    options
+                        .set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
                 }
                 // rumqttc's own request channel goes unused: requests reach the batching
                 // loop through this one.
@@ -197,19 +198,19 @@ impl Plan {
                 let (sender, receiver) = mpsc::channel(requests);
                 (
                     Client::V311(sender),
-                    EventLoop::V311(Box::new(Batching::new(eventloop, receiver))),
+                    EventLoop::V311(Box::new(Batching::new(V311(eventloop), receiver))),
                 )
             }
             Protocol::V5 => {
                 let mut options = v5::MqttOptions::new(profile.client_id(), host, port);
+                // Advertised as Maximum Packet Size: the broker sends nothing larger.
+                let max_inbound = u32::try_from(self.max_inbound).unwrap_or(u32::MAX);
                 options
                     .set_keep_alive(self.keepalive)
                     .set_clean_start(false)
                     .set_session_expiry_interval(Some(self.session_expiry_secs))
                     .set_outgoing_inflight_upper_limit(inflight)
-                    .set_request_channel_capacity(requests)
-                    // Advertised as Maximum Packet Size: the broker sends nothing larger.
-                    .set_max_packet_size(Some(u32::try_from(self.max_inbound).unwrap_or(u32::MAX)))
+                    .set_max_packet_size(Some(max_inbound))
                     .set_network_options(network);
                 if let Some((user, password)) = credentials {
                     options.set_credentials(user, password);
@@ -217,11 +218,14 @@ impl Plan {
                 if let Some(will) = will {
                     options.set_last_will(will_v5(will));
                 }
-                if let Some(transport) = transport {
-                    options.set_transport(transport);
-                }
-                let (client, eventloop) = v5::AsyncClient::new(options, requests);
-                (Client::V5(client), EventLoop::V5(Box::new(eventloop)))
+                let (sender, receiver) = mpsc::channel(requests);
+                (
+                    Client::V5(sender),
+                    EventLoop::V5(Box::new(Batching::new(
+                        V5::new(options, tls, max_inbound),
+                        receiver,
+                    ))),
+                )
             }
         }
     }
