@@ -139,13 +139,15 @@ impl Event {
             d: &'a Map<String, Value>,
             ts: &'a str,
         }
-        let ts = timestamp(self.at);
+        // Encoded and management bodies carry no time of their own: none is formatted.
         let body = match &self.body {
             Body::Data { values, .. } => {
+                let ts = timestamp(self.at);
                 let reading = Reading { d: values, ts: &ts };
                 return serde_json::to_vec(&reading).expect("JSON values always serialize");
             }
             Body::Health { online, error } => {
+                let ts = timestamp(self.at);
                 let mut d = Map::new();
                 d.insert("online".into(), (*online).into());
                 if let Some(error) = error {
@@ -167,10 +169,12 @@ impl Event {
                     "message": result.message,
                     "reqId": result.req_id,
                     "d": d,
-                    "ts": ts,
+                    "ts": timestamp(self.at),
                 })
             }
-            Body::Management { body, .. } => body.clone(),
+            Body::Management { body, .. } => {
+                return serde_json::to_vec(body).expect("JSON values always serialize")
+            }
             Body::Encoded { payload, .. } => return payload.clone(),
         };
         serde_json::to_vec(&body).expect("JSON values always serialize")
@@ -300,41 +304,41 @@ impl DecodeError {
 impl Stored {
     /// The (QoS 1) event back from its stored form.
     pub fn decode(self, device_id: &str) -> Result<Event, DecodeError> {
+        let Stored {
+            kind,
+            event,
+            payload,
+            at_ms,
+        } = self;
         let fail = |reason: String| DecodeError {
-            kind: self.kind,
-            event: self.event.clone(),
+            kind,
+            event: event.clone(),
             reason,
         };
         let json = |bytes: &[u8]| serde_json::from_slice::<Value>(bytes);
-        let body = match self.kind {
-            Kind::Encoded => Body::Encoded {
-                event: self.event.clone(),
-                payload: self.payload.clone(),
-            },
-            Kind::Data => match json(&self.payload) {
-                Ok(Value::Object(values)) => Body::Data {
-                    event: self.event.clone(),
-                    values,
-                },
+        let body = match kind {
+            Kind::Encoded => Body::Encoded { event, payload },
+            Kind::Data => match json(&payload) {
+                Ok(Value::Object(values)) => Body::Data { event, values },
                 Ok(_) => return Err(fail("not an object".into())),
                 Err(error) => return Err(fail(error.to_string())),
             },
             Kind::Health => {
-                let value = json(&self.payload).map_err(|e| fail(e.to_string()))?;
+                let value = json(&payload).map_err(|e| fail(e.to_string()))?;
                 Body::Health {
                     online: value["online"].as_bool().unwrap_or(false),
                     error: value["error"].as_str().map(str::to_owned),
                 }
             }
             Kind::CommandResult => Body::CommandResult(
-                serde_json::from_slice(&self.payload).map_err(|e| fail(e.to_string()))?,
+                serde_json::from_slice(&payload).map_err(|e| fail(e.to_string()))?,
             ),
             Kind::Management => Body::Management {
-                path: self.event.clone(),
-                body: json(&self.payload).map_err(|e| fail(e.to_string()))?,
+                body: json(&payload).map_err(|e| fail(e.to_string()))?,
+                path: event,
             },
         };
-        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(self.at_ms) * 1_000_000)
+        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
             .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         Ok(Event {
             device_id: device_id.to_owned(),
