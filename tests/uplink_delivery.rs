@@ -510,6 +510,15 @@ async fn a_full_queue_drops_new_events_with_drop_newest(kind: BrokerKind) {
 /// (fieldbridge-broker drops a client silent for 1.5 keepalives; Mosquitto checks less
 /// often and may not notice within the test.)
 async fn an_idle_session_keeps_its_connection_with_pings(kind: BrokerKind) {
+    idle(kind, Protocol::V311).await;
+}
+
+/// A keepalive under rumqttc's MQTT 5 minimum of 5 s works as well.
+async fn an_idle_mqtt5_session_keeps_its_connection_with_pings(kind: BrokerKind) {
+    idle(kind, Protocol::V5).await;
+}
+
+async fn idle(kind: BrokerKind, protocol: Protocol) {
     let tmp = tempfile::tempdir().unwrap();
     let broker = TestBroker::start(kind, tmp.path(), BrokerConfig::default());
     let subscriber = Subscriber::start(SubscriberConfig {
@@ -523,6 +532,7 @@ async fn an_idle_session_keeps_its_connection_with_pings(kind: BrokerKind) {
     let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
     let mut settings = uplink_settings(broker.url());
     settings.keepalive = Duration::from_secs(1);
+    settings.protocol = protocol;
     let (uplink, sender) = start(
         settings,
         &store,
@@ -611,6 +621,7 @@ fn main() -> std::process::ExitCode {
         a_full_queue_drops_the_oldest_events_and_counts_them,
         a_full_queue_drops_new_events_with_drop_newest,
         an_idle_session_keeps_its_connection_with_pings,
+        an_idle_mqtt5_session_keeps_its_connection_with_pings,
     );
     suite.async_test(
         "wire::acknowledgements_out_of_order_keep_every_event_in_its_place",

@@ -206,7 +206,6 @@ impl Plan {
                 // Advertised as Maximum Packet Size: the broker sends nothing larger.
                 let max_inbound = u32::try_from(self.max_inbound).unwrap_or(u32::MAX);
                 options
-                    .set_keep_alive(self.keepalive)
                     .set_clean_start(false)
                     .set_session_expiry_interval(Some(self.session_expiry_secs))
                     .set_outgoing_inflight_upper_limit(inflight)
@@ -222,7 +221,7 @@ impl Plan {
                 (
                     Client::V5(sender),
                     EventLoop::V5(Box::new(Batching::new(
-                        V5::new(options, tls, max_inbound),
+                        V5::new(options, tls, max_inbound, self.keepalive),
                         receiver,
                     ))),
                 )

@@ -29,6 +29,8 @@ pub(in crate::uplink) struct V5 {
     tls: Option<Arc<rustls::ClientConfig>>,
     /// The largest packet the broker may send (advertised in the CONNECT).
     max_incoming: u32,
+    /// Ours, kept here: rumqttc's MQTT 5 options refuse one under 5 s, and 0 (off).
+    keep_alive: Duration,
     network: Option<Network>,
     /// The broker's Server Keep Alive, which replaces ours for this connection.
     server_keep_alive: Option<Duration>,
@@ -39,6 +41,7 @@ impl V5 {
         options: MqttOptions,
         tls: Option<Arc<rustls::ClientConfig>>,
         max_incoming: u32,
+        keep_alive: Duration,
     ) -> V5 {
         let inflight = options
             .get_outgoing_inflight_upper_limit()
@@ -48,6 +51,7 @@ impl V5 {
             options,
             tls,
             max_incoming,
+            keep_alive,
             network: None,
             server_keep_alive: None,
         }
@@ -77,7 +81,7 @@ impl V5 {
         let options = &self.options;
         let connect = Connect {
             client_id: options.client_id(),
-            keep_alive: u16::try_from(options.keep_alive().as_secs()).unwrap_or(u16::MAX),
+            keep_alive: u16::try_from(self.keep_alive.as_secs()).unwrap_or(u16::MAX),
             clean_start: options.clean_start(),
             properties: options.connect_properties(),
         };
@@ -153,8 +157,7 @@ impl Connection for V5 {
     }
 
     fn keep_alive(&self) -> Duration {
-        self.server_keep_alive
-            .unwrap_or_else(|| self.options.keep_alive())
+        self.server_keep_alive.unwrap_or(self.keep_alive)
     }
 
     fn timeout(&self) -> Duration {
