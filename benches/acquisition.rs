@@ -4,12 +4,12 @@
 //! stdout, and through a loopback Mosquitto with each uplink profile (`platform`,
 //! `sparkplug`, `homeassistant`; QoS 1, so every event goes through the SQLite queue).
 //! The holding registers change every cycle, so every poll publishes. Reports the
-//! child's CPU (% of one core), its RSS, the event rate, the requests per poll cycle
-//! against the planner's minimum, for Sparkplug the DDATA bytes per changed value, and
-//! for the MQTT outputs what the queue costs the disk: bytes the child wrote to storage
-//! (`write_bytes` of `/proc/PID/io`) per byte of payload delivered, and, in a second
-//! window under `strace -f -c -e trace=fsync,fdatasync` (where strace is installed),
-//! the fsync calls per second.
+//! child's CPU (% of one core), its RSS (and of it the anonymous memory), the event
+//! rate, the requests per poll cycle against the planner's minimum, for Sparkplug the
+//! DDATA bytes per changed value, and for the MQTT outputs what the queue costs the
+//! disk: bytes the child wrote to storage (`write_bytes` of `/proc/PID/io`) per byte of
+//! payload delivered, and, in a second window under `strace -f -c -e
+//! trace=fsync,fdatasync` (where strace is installed), the fsync calls per second.
 //!
 //! Run: `cargo bench --bench acquisition` (optionally `-- SECONDS` per output, default
 //! 30, and the outputs to run, default all; the uplink profiles need `mosquitto`).
@@ -174,6 +174,9 @@ struct Figures {
     events_per_s: f64,
     cpu_percent: f64,
     rss_mib: f64,
+    /// Of which anonymous memory (the rest: the executable's and the database's mapped
+    /// pages, which the kernel can drop and read again).
+    anon_mib: f64,
     peak_mib: f64,
     requests_per_cycle: f64,
     planned: usize,
@@ -313,6 +316,7 @@ fn measure(
     let metrics = delivered.metrics.load(Ordering::Relaxed) - metrics_before;
     let peak_rss = status_kib(pid, "VmHWM:");
     let rss = status_kib(pid, "VmRSS:");
+    let anon = status_kib(pid, "RssAnon:");
     // Separately: strace slows what it traces.
     let fsyncs = (output != "stdout")
         .then(|| fsyncs_per_second(pid, seconds.min(10)))
@@ -324,6 +328,7 @@ fn measure(
         events_per_s: cycles / elapsed,
         cpu_percent: ticks as f64 / ticks_per_second / elapsed * 100.0,
         rss_mib: rss as f64 / 1024.0,
+        anon_mib: anon as f64 / 1024.0,
         peak_mib: peak_rss as f64 / 1024.0,
         requests_per_cycle: requests as f64 / (elapsed * 10.0 * DEVICES as f64),
         planned: planned / DEVICES,
@@ -386,7 +391,7 @@ fn main() {
     });
 
     println!("acquisition: {DEVICES} devices x {TAGS} tags, poll 100 ms, holding registers changing every cycle, {seconds} s per output");
-    println!("  output          events/s  cpu % of a core  rss MiB (peak)  requests/cycle (planned)  DDATA bytes/value  written B/payload B  fsync/s");
+    println!("  output          events/s  cpu % of a core  rss MiB (peak)  anon MiB  requests/cycle (planned)  DDATA bytes/value  written B/payload B  fsync/s");
     for output in outputs {
         if output != "stdout" && !fieldbridge_testkit::found("mosquitto") {
             println!("  {output:<15} skipped: mosquitto is not installed");
@@ -394,11 +399,12 @@ fn main() {
         }
         let f = measure(&runtime, output, seconds, &slaves, &buses);
         println!(
-            "  {output:<15} {:>8.0}  {:>15.2}  {:>6.1} ({:>5.1})  {:>14.2} ({})  {:>17}  {:>19}  {:>7}",
+            "  {output:<15} {:>8.0}  {:>15.2}  {:>6.1} ({:>5.1})  {:>8.1}  {:>14.2} ({})  {:>17}  {:>19}  {:>7}",
             f.events_per_s,
             f.cpu_percent,
             f.rss_mib,
             f.peak_mib,
+            f.anon_mib,
             f.requests_per_cycle,
             f.planned,
             f.ddata_bytes_per_value
