@@ -3,7 +3,8 @@
 //! broker's return until each session is connected again (median and slowest), with
 //! the default reconnect delays and with the previous default (doubling to 30 s).
 //!
-//! Run: `cargo bench --bench reconnect` (needs `mosquitto`; about four minutes).
+//! Run: `cargo bench --bench reconnect` (needs `mosquitto`; about four minutes); `-- 5`
+//! with MQTT 5 sessions.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::TestBroker;
 use fieldbridge::store::{Store, StoreSettings};
-use fieldbridge::uplink::{DeviceIdentity, Uplink, UplinkSettings};
+use fieldbridge::uplink::{DeviceIdentity, Protocol, Uplink, UplinkSettings};
 use tokio::sync::mpsc;
 
 const DEVICES: usize = 20;
@@ -57,7 +58,14 @@ fn main() {
     runtime.block_on(async {
         let tmp = tempfile::tempdir().unwrap();
         let mut broker = TestBroker::quiet_mosquitto(tmp.path());
-        println!("{DEVICES} sessions; seconds from the broker's return until connected again");
+        let (protocol, version) = if std::env::args().any(|a| a == "5") {
+            (Protocol::V5, "MQTT 5")
+        } else {
+            (Protocol::V311, "MQTT 3.1.1")
+        };
+        println!(
+            "{DEVICES} {version} sessions; seconds from the broker's return until connected again"
+        );
         println!("  reconnect delays                    outage   median   slowest");
         let defaults = UplinkSettings::new(broker.url().parse().unwrap(), "bench");
         let variants = [
@@ -70,6 +78,7 @@ fn main() {
                 .unwrap();
             let mut settings = UplinkSettings::new(broker.url().parse().unwrap(), "bench");
             settings.reconnect_max = reconnect_max;
+            settings.protocol = protocol;
             let (_sender, events) = mpsc::channel(16);
             let devices = (0..DEVICES).map(device).collect();
             let uplink = Uplink::start(settings, store, devices, events).unwrap();
