@@ -554,13 +554,14 @@ async fn idle(kind: BrokerKind, protocol: Protocol) {
 /// A broker that acknowledges a window backwards: the packet id rumqttc picks next is
 /// still in flight, so that publish and every one after it wait for its acknowledgement,
 /// then go out in order, each PUBACK deleting the row it names.
-async fn acknowledgements_out_of_order_keep_every_event_in_its_place() {
+async fn acknowledgements_out_of_order_keep_every_event_in_its_place(protocol: Protocol) {
     let tmp = tempfile::tempdir().unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
     let mut settings = uplink_settings(format!("mqtt://127.0.0.1:{port}"));
     settings.inflight = 4;
+    settings.protocol = protocol;
     let (uplink, sender) = start(
         settings,
         &store,
@@ -568,7 +569,7 @@ async fn acknowledgements_out_of_order_keep_every_event_in_its_place() {
     );
     send(&sender, "pump-1", 0..12, Qos::AtLeastOnce).await;
 
-    let mut broker = ScriptedBroker::accept(&listener, ProtocolVersion::V311).await;
+    let mut broker = ScriptedBroker::accept(&listener, wire_version(protocol)).await;
     let Packet::Connect(_) = broker.next().await else {
         panic!("CONNECT first");
     };
@@ -609,6 +610,61 @@ async fn acknowledgements_out_of_order_keep_every_event_in_its_place() {
     uplink.shutdown().await;
 }
 
+fn wire_version(protocol: Protocol) -> ProtocolVersion {
+    match protocol {
+        Protocol::V311 => ProtocolVersion::V311,
+        Protocol::V5 => ProtocolVersion::V5,
+    }
+}
+
+/// A broker that takes the connection and the CONNECT but never answers: the attempt is
+/// given up after `connect_timeout` and made again, and the events go once a broker
+/// answers.
+async fn a_broker_that_never_answers_the_connect_is_tried_again(protocol: Protocol) {
+    let tmp = tempfile::tempdir().unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let store = open_store(&tmp.path().join("data"), 1000, OnFull::DropOldest).await;
+    let mut settings = uplink_settings(format!("mqtt://127.0.0.1:{port}"));
+    settings.protocol = protocol;
+    settings.connect_timeout = Duration::from_secs(1);
+    let (uplink, sender) = start(
+        settings,
+        &store,
+        vec![device_identity("pump-1", "pump", None)],
+    );
+    send(&sender, "pump-1", 0..3, Qos::AtLeastOnce).await;
+
+    let mut silent = ScriptedBroker::accept(&listener, wire_version(protocol)).await;
+    let Packet::Connect(_) = silent.next().await else {
+        panic!("CONNECT first");
+    };
+    wait_status(&uplink, "pump-1", "the attempt given up", |s| {
+        s.last_error.is_some()
+    })
+    .await;
+    let status = uplink.status("pump-1").unwrap().borrow().clone();
+    assert_eq!(status.connections, 0, "{status:?}");
+
+    // The next attempt, to a broker that answers.
+    let mut broker = ScriptedBroker::accept(&listener, wire_version(protocol)).await;
+    let Packet::Connect(_) = broker.next().await else {
+        panic!("CONNECT first");
+    };
+    broker
+        .send(Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)))
+        .await;
+    let mut seqs = Vec::new();
+    while seqs.len() < 3 {
+        let publish = broker.publish().await;
+        seqs.push(parse(&publish.payload).1);
+        broker.puback(publish.pkid, ReasonCode::Success).await;
+    }
+    assert_eq!(seqs, [0, 1, 2]);
+    drop(silent);
+    uplink.shutdown().await;
+}
+
 fn main() -> std::process::ExitCode {
     let mut suite = Suite::new();
     broker_tests!(suite;
@@ -623,10 +679,19 @@ fn main() -> std::process::ExitCode {
         an_idle_session_keeps_its_connection_with_pings,
         an_idle_mqtt5_session_keeps_its_connection_with_pings,
     );
-    suite.async_test(
-        "wire::acknowledgements_out_of_order_keep_every_event_in_its_place",
-        &[],
-        acknowledgements_out_of_order_keep_every_event_in_its_place,
-    );
+    for (version, protocol) in [("mqtt311", Protocol::V311), ("mqtt5", Protocol::V5)] {
+        suite.async_test(
+            &format!(
+                "wire::{version}::acknowledgements_out_of_order_keep_every_event_in_its_place"
+            ),
+            &[],
+            move || acknowledgements_out_of_order_keep_every_event_in_its_place(protocol),
+        );
+        suite.async_test(
+            &format!("wire::{version}::a_broker_that_never_answers_the_connect_is_tried_again"),
+            &[],
+            move || a_broker_that_never_answers_the_connect_is_tried_again(protocol),
+        );
+    }
     suite.run()
 }
