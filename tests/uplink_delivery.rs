@@ -12,7 +12,7 @@ use common::*;
 use fieldbridge::event::{Event, Qos};
 use fieldbridge::store::{read_stats, DeviceStats, OnFull, Store, StoreError, StoreSettings};
 use fieldbridge::uplink::{DeviceIdentity, Protocol, TopicScheme, Uplink, UplinkSettings};
-use fieldbridge_mqtt::codec::{ConnAck, Packet, ProtocolVersion, ReasonCode};
+use fieldbridge_mqtt::codec::{ProtocolVersion, ReasonCode};
 use fieldbridge_testkit::Suite;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -569,13 +569,7 @@ async fn acknowledgements_out_of_order_keep_every_event_in_its_place(protocol: P
     );
     send(&sender, "pump-1", 0..12, Qos::AtLeastOnce).await;
 
-    let mut broker = ScriptedBroker::accept(&listener, wire_version(protocol)).await;
-    let Packet::Connect(_) = broker.next().await else {
-        panic!("CONNECT first");
-    };
-    broker
-        .send(Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)))
-        .await;
+    let mut broker = ScriptedBroker::connected(&listener, wire_version(protocol)).await;
     let mut window = Vec::new();
     for _ in 0..4 {
         let publish = broker.publish().await;
@@ -636,9 +630,7 @@ async fn a_broker_that_never_answers_the_connect_is_tried_again(protocol: Protoc
     send(&sender, "pump-1", 0..3, Qos::AtLeastOnce).await;
 
     let mut silent = ScriptedBroker::accept(&listener, wire_version(protocol)).await;
-    let Packet::Connect(_) = silent.next().await else {
-        panic!("CONNECT first");
-    };
+    silent.connect().await;
     wait_status(&uplink, "pump-1", "the attempt given up", |s| {
         s.last_error.is_some()
     })
@@ -647,13 +639,7 @@ async fn a_broker_that_never_answers_the_connect_is_tried_again(protocol: Protoc
     assert_eq!(status.connections, 0, "{status:?}");
 
     // The next attempt, to a broker that answers.
-    let mut broker = ScriptedBroker::accept(&listener, wire_version(protocol)).await;
-    let Packet::Connect(_) = broker.next().await else {
-        panic!("CONNECT first");
-    };
-    broker
-        .send(Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)))
-        .await;
+    let mut broker = ScriptedBroker::connected(&listener, wire_version(protocol)).await;
     let mut seqs = Vec::new();
     while seqs.len() < 3 {
         let publish = broker.publish().await;

@@ -82,9 +82,7 @@ async fn properties_aliases_receive_maximum_and_reason_codes() {
     let (uplink, store, sender) = start(settings, &tmp.path().join("data"), "pump-1").await;
 
     let mut broker = ScriptedBroker::accept(&listener, ProtocolVersion::V5).await;
-    let Packet::Connect(connect) = broker.next().await else {
-        panic!("CONNECT first");
-    };
+    let connect = broker.connect().await;
     assert_eq!(connect.protocol, ProtocolVersion::V5);
     assert!(!connect.clean_session, "the session is kept");
     assert_eq!(connect.properties.session_expiry_interval(), Some(&3600));

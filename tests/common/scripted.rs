@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use bytes::BytesMut;
-use fieldbridge_mqtt::codec::{self, Packet, ProtocolVersion, PubAck, Publish, ReasonCode};
+use fieldbridge_mqtt::codec::{
+    self, ConnAck, Connect, Packet, ProtocolVersion, PubAck, Publish, ReasonCode,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -27,6 +29,24 @@ impl ScriptedBroker {
             stream,
             rbuf: BytesMut::new(),
             version,
+        }
+    }
+
+    /// Accepts a connection and lets it in: its CONNECT answered with a plain CONNACK.
+    pub async fn connected(listener: &TcpListener, version: ProtocolVersion) -> ScriptedBroker {
+        let mut broker = Self::accept(listener, version).await;
+        broker.connect().await;
+        broker
+            .send(Packet::ConnAck(ConnAck::new(false, ReasonCode::Success)))
+            .await;
+        broker
+    }
+
+    /// The CONNECT a connection opens with.
+    pub async fn connect(&mut self) -> Box<Connect> {
+        match self.next().await {
+            Packet::Connect(connect) => connect,
+            other => panic!("CONNECT first, got {other:?}"),
         }
     }
 
