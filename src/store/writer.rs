@@ -566,9 +566,9 @@ fn urgent(command: &Command) -> bool {
 async fn move_to_dead_letters(
     tx: &mut Transaction<'_, Sqlite>,
     rows: &[(i64, String)],
-) -> Result<(u64, u64), sqlx::Error> {
+) -> Result<Occupancy, sqlx::Error> {
     let refused_at = super::unix_millis(std::time::SystemTime::now());
-    let (mut messages, mut bytes) = (0, 0);
+    let mut moved_out = Occupancy::default();
     for (id, reason) in rows {
         type Moved = (String, String, Vec<u8>, bool, i64, i64, i64, i64);
         let moved: Option<Moved> = sqlx::query_as(
@@ -615,8 +615,7 @@ async fn move_to_dead_letters(
         .bind(&device)
         .execute(&mut **tx)
         .await?;
-        messages += 1;
-        bytes += u64::try_from(size).unwrap_or(0);
+        moved_out.add(Occupancy::counted(1, size));
     }
     sqlx::query(
         "DELETE FROM dead_letters WHERE id IN \
@@ -625,7 +624,7 @@ async fn move_to_dead_letters(
     .bind(i64::try_from(super::MAX_DEAD_LETTERS).unwrap_or(i64::MAX))
     .execute(&mut **tx)
     .await?;
-    Ok((messages, bytes))
+    Ok(moved_out)
 }
 
 /// The batch's statements, inside `tx`.
@@ -642,8 +641,7 @@ async fn write(
         removed
             .ids
             .extend(batch.dead_letters.iter().map(|(id, _)| *id));
-        let (messages, bytes) = move_to_dead_letters(tx, &batch.dead_letters).await?;
-        occupancy.remove(Occupancy { messages, bytes });
+        occupancy.remove(move_to_dead_letters(tx, &batch.dead_letters).await?);
     }
     let mut held = acknowledged.held;
     let mut marks = Vec::new();

@@ -26,8 +26,8 @@ pub(super) type DriverBatch = Vec<DriverEvent>;
 ///
 /// The session, not rumqttc, decides what is resent after a reconnect (rows from the
 /// queue, so that a PUBACK always names a row), and a burst of PUBACKs should wake it
-/// once: both need the event loop's internal buffers ([`EventLoop::buffered`],
-/// [`EventLoop::forget_replays`]).
+/// once: both need the event loop's internal buffers ([`EventLoop::buffered`]; a lost
+/// connection takes rumqttc's replays with it).
 pub(super) async fn drive(
     mut eventloop: EventLoop,
     events: mpsc::Sender<DriverBatch>,
@@ -79,7 +79,6 @@ pub(super) async fn drive(
                 }
                 // Events read together with the failure (acknowledgements among them)
                 // are real: they go ahead of the loss.
-                eventloop.forget_replays();
                 batch.push(DriverEvent::Lost(error));
                 if events.send(batch).await.is_err() {
                     return;

@@ -324,32 +324,11 @@ impl EventLoop {
         }
     }
 
-    /// Forgets the publishes rumqttc would replay on its own after a reconnect.
-    pub(super) fn forget_replays(&mut self) {
-        match self {
-            EventLoop::V311(batching) => {
-                let eventloop = &mut batching.connection().0;
-                eventloop.pending.clear();
-                eventloop.state.collision = None;
-            }
-            EventLoop::V5(batching) => batching.connection().state.collision = None,
-        }
-    }
-
     /// Drops requests queued before the loss (stale) and their buffered events.
     pub(super) fn forget_stale_requests(&mut self) {
         match self {
-            EventLoop::V311(batching) => {
-                batching.forget_stale_requests();
-                let eventloop = &mut batching.connection().0;
-                eventloop.clean();
-                eventloop.pending.clear();
-                eventloop.state.events.clear();
-            }
-            EventLoop::V5(batching) => {
-                batching.forget_stale_requests();
-                batching.connection().state.events.clear();
-            }
+            EventLoop::V311(batching) => batching.forget_stale_requests(),
+            EventLoop::V5(batching) => batching.forget_stale_requests(),
         }
     }
 

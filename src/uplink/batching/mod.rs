@@ -47,8 +47,9 @@ pub(super) trait Connection {
     fn timeout(&self) -> Duration;
     fn timed_out(elapsed: Elapsed) -> Self::Error;
     fn requests_done() -> Self::Error;
-    /// Drops the connection after a failure. The session, not rumqttc, resends the
-    /// unacknowledged publishes.
+    /// Drops the connection after a failure, with the publishes rumqttc would replay
+    /// and any packet id collision it holds: the session, not rumqttc, resends the
+    /// unacknowledged rows.
     fn drop_connection(&mut self);
 }
 
@@ -95,10 +96,12 @@ impl<C: Connection> Batching<C> {
         }
     }
 
-    /// Requests the session queued before the connection was lost.
+    /// Requests the session queued before the connection was lost, and the events of
+    /// that connection not yet handed out.
     pub(super) fn forget_stale_requests(&mut self) {
         self.held.clear();
         while self.requests.try_recv().is_ok() {}
+        while self.connection.next_event().is_some() {}
     }
 
     fn next_ping(&mut self) {

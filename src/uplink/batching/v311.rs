@@ -73,8 +73,9 @@ impl Connection for V311 {
     }
 
     fn drop_connection(&mut self) {
-        // Unacknowledged publishes move to rumqttc's replay list, which the driver
-        // clears.
+        // Unacknowledged publishes move to rumqttc's replay list, which is cleared.
         self.0.clean();
+        self.0.pending.clear();
+        self.0.state.collision = None;
     }
 }

@@ -174,8 +174,8 @@ impl Connection for V5 {
 
     fn drop_connection(&mut self) {
         self.network = None;
-        // What rumqttc would replay: the session resends its rows itself.
         self.state.clean();
+        self.state.collision = None;
     }
 }
 
