@@ -18,6 +18,7 @@
 //! is known to be outside any transaction, so the queue works again once there is space.
 
 mod acknowledged;
+mod document;
 mod failure;
 mod open;
 mod packing;
@@ -36,6 +37,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::event::{DecodeError, Event, Kind, Stored};
+use document::{rows_document, DocumentRow};
 
 pub use stats::{read_stats, DeviceStats};
 
@@ -165,19 +167,17 @@ pub struct QueuedEvent {
 }
 
 impl QueuedEvent {
-    /// A row as a read returns it, its payload decoded and decompressed.
-    fn from_row(row: QueueRow<'_>) -> Self {
-        let stored = from_hex(row.payload);
-        let (payload, unreadable) = match stored
-            .and_then(|stored| packing::unpack(stored, row.compressed != 0, row.size))
-        {
-            Ok(payload) => (payload, None),
-            Err(reason) => (Vec::new(), Some(reason)),
-        };
+    /// A row as a read returns it, its payload decompressed.
+    fn from_row(row: DocumentRow<'_>) -> Self {
+        let (payload, unreadable) =
+            match packing::unpack(row.stored.to_vec(), row.compressed, row.size) {
+                Ok(payload) => (payload, None),
+                Err(reason) => (Vec::new(), Some(reason)),
+            };
         QueuedEvent {
             id: row.id,
-            device_id: row.device,
-            event_id: row.event,
+            device_id: row.device.to_owned(),
+            event_id: row.event.to_owned(),
             // Kinds of a later release read as the JSON every release can send.
             kind: Kind::from_column(row.kind).unwrap_or(Kind::Encoded),
             payload,
@@ -203,45 +203,6 @@ impl QueuedEvent {
         }
         .decode(&self.device_id)
     }
-}
-
-/// A read of queued rows whose result is one JSON document, an array of
-/// [`QueueRow`]s in id order. sqlx hands a result over from SQLite's thread row by row,
-/// waking the reader for many of them, which cost more than reading the rows (the
-/// drain benchmark: 17.4 against 13.4 µs of CPU per message).
-macro_rules! rows_document {
-    ($($filter:tt)+) => {
-        concat!(
-            "SELECT json_group_array(json_array(id, device, event, kind, hex(payload), ",
-            "compressed, size, at)) FROM (SELECT id, device, event, kind, payload, ",
-            "compressed, size, at FROM queue WHERE ",
-            $($filter)+,
-            " ORDER BY id LIMIT ?)"
-        )
-    };
-}
-
-/// The columns of `queue` a session reads, as [`rows_document`] lists them.
-#[derive(serde::Deserialize)]
-struct QueueRow<'a> {
-    id: i64,
-    device: String,
-    event: String,
-    kind: i64,
-    /// In hexadecimal: JSON has no bytes. Borrowed from the document (hexadecimal
-    /// needs no escapes).
-    payload: &'a str,
-    compressed: i64,
-    size: i64,
-    at: i64,
-}
-
-/// The bytes `hex` (as SQLite's `hex()` writes them) stands for.
-fn from_hex(hex: &str) -> Result<Vec<u8>, String> {
-    let mut bytes = vec![0; hex.len() / 2];
-    faster_hex::hex_decode(hex.as_bytes(), &mut bytes)
-        .map_err(|error| format!("stored payload: {error}"))?;
-    Ok(bytes)
 }
 
 /// A row on its way into the queue.
@@ -512,7 +473,7 @@ impl Store {
         query: sqlx::query::QueryScalar<
             'q,
             sqlx::Sqlite,
-            String,
+            Option<Vec<u8>>,
             sqlx::sqlite::SqliteArguments<'q>,
         >,
         limit: usize,
@@ -522,7 +483,8 @@ impl Store {
             .fetch_one(&self.inner.readers)
             .await
             .map_err(|source| self.database_error(source))?;
-        let mut rows: Vec<QueueRow<'_>> = serde_json::from_str(&document)
+        let document = document.unwrap_or_default();
+        let mut rows = document::rows(&document)
             .map_err(|error| self.database_error(sqlx::Error::Decode(error.into())))?;
         // An aggregate's order follows its input in SQLite, but is not promised.
         rows.sort_unstable_by_key(|row| row.id);

@@ -607,14 +607,6 @@ async fn compressed_payloads_read_back_as_they_were_enqueued() {
     store.close().await;
 }
 
-#[test]
-fn stored_hexadecimal_decodes_in_either_case_and_damage_is_an_error() {
-    assert_eq!(from_hex(""), Ok(Vec::new()));
-    assert_eq!(from_hex("00FF7a"), Ok(vec![0x00, 0xff, 0x7a]));
-    assert!(from_hex("ABC").is_err(), "odd length");
-    assert!(from_hex("0G").is_err(), "not a digit");
-}
-
 #[tokio::test]
 async fn any_bytes_read_back_exactly_from_the_database() {
     let tmp = tempfile::tempdir().unwrap();
