@@ -338,15 +338,36 @@ impl Stored {
                 path: event,
             },
         };
-        let at = OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
-            .unwrap_or(OffsetDateTime::UNIX_EPOCH);
         Ok(Event {
             device_id: device_id.to_owned(),
             qos: Qos::AtLeastOnce,
-            at,
+            at: from_unix_millis(at_ms),
             body,
         })
     }
+}
+
+/// The platform JSON of a data event (`{"d": {...}, "ts": "..."}`, as
+/// [`Event::platform_json`] writes it) from its stored values, without decoding them
+/// into a map and encoding them again; `None` when they are not a JSON object.
+pub fn stored_data_json(values: &[u8], at_ms: i64) -> Option<Vec<u8>> {
+    let object = values.trim_ascii_start().first() == Some(&b'{');
+    if !object || serde_json::from_slice::<serde::de::IgnoredAny>(values).is_err() {
+        return None;
+    }
+    let ts = timestamp(from_unix_millis(at_ms));
+    let mut json = Vec::with_capacity(values.len() + ts.len() + 16);
+    json.extend_from_slice(b"{\"d\":");
+    json.extend_from_slice(values);
+    json.extend_from_slice(b",\"ts\":\"");
+    json.extend_from_slice(ts.as_bytes());
+    json.extend_from_slice(b"\"}");
+    Some(json)
+}
+
+fn from_unix_millis(at_ms: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(at_ms) * 1_000_000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
 /// Unix time in milliseconds.

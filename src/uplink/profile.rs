@@ -11,7 +11,8 @@ use rumqttc::{LastWill, QoS};
 
 use super::topics::{command_in, Naming, TemplateValues};
 use super::{DeviceIdentity, InboundKind, MANAGEMENT_PUBLISH, MANAGEMENT_REQUESTS};
-use crate::event::{Body, Event};
+use crate::event::{self, Body, Event, Kind};
+use crate::store::QueuedEvent;
 
 /// Event topics remembered per session.
 const TOPIC_CACHE: usize = 32;
@@ -72,6 +73,11 @@ pub(super) trait Profile: Send {
     }
     /// Topic and payload of an event; `None`: this profile sends nothing for it.
     fn encode(&mut self, event: &Event) -> Option<Message>;
+    /// Topic and payload of a queued row this profile sends without decoding it;
+    /// `None`: the row is decoded and [`Self::encode`]d.
+    fn encode_stored(&mut self, _row: &QueuedEvent) -> Option<Message> {
+        None
+    }
     /// What a publish from the broker calls for.
     fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction;
 }
@@ -202,6 +208,19 @@ impl Profile for JsonProfile {
         })
     }
 
+    /// Data rows: their stored values are the `d` of the platform JSON as they are.
+    fn encode_stored(&mut self, row: &QueuedEvent) -> Option<Message> {
+        if row.kind != Kind::Data || row.unreadable.is_some() {
+            return None;
+        }
+        Some(Message {
+            payload: event::stored_data_json(&row.payload, row.at_ms)?,
+            topic: self.event_topic(&row.event_id),
+            retain: false,
+            json: true,
+        })
+    }
+
     fn inbound(&mut self, topic: &str, payload: Bytes) -> Reaction {
         let kind = match topic.strip_prefix(MANAGEMENT_REQUESTS) {
             Some(rest) if self.device.managed => Some(InboundKind::Management(rest.to_owned())),
@@ -275,5 +294,56 @@ mod tests {
         assert_eq!(kinds(&mut p, "elsewhere"), []);
         assert_eq!(p.announcements(3)[0].topic, "iotdevice-1/mgmt/manage");
         assert!(profile(false).announcements(1).is_empty());
+    }
+
+    /// The row a store would read back for `event`.
+    fn queued(event: &Event) -> QueuedEvent {
+        let stored = event.to_stored();
+        QueuedEvent {
+            id: 1,
+            device_id: event.device_id.clone(),
+            event_id: stored.event,
+            kind: stored.kind,
+            payload: stored.payload,
+            at_ms: stored.at_ms,
+            unreadable: None,
+        }
+    }
+
+    #[test]
+    fn data_rows_are_sent_as_their_decoded_event_would_be() {
+        let mut p = profile(false);
+        let values = serde_json::json!({
+            "temperature": 21.5, "tiny": 1.0e-7, "big": 1.7976931348623157e308,
+            "count": 18_446_744_073_709_551_615_u64, "below": -42, "on": true, "none": null,
+            "text": "quote \" backslash \\ tab \t é 😀 \u{1}", "list": [1, {"a": []}],
+        });
+        let serde_json::Value::Object(values) = values else {
+            unreachable!()
+        };
+        let at = time::macros::datetime!(2026-11-21 10:15:30.120456 UTC);
+        let event = Event::new("boiler-1", "status", Qos::AtLeastOnce, values, at);
+        let row = queued(&event);
+        let stored = p.encode_stored(&row).expect("a data row");
+        // As the event read back and encoded would be, byte for byte.
+        let decoded = row.to_event().unwrap();
+        assert_eq!(Some(&stored), p.encode(&decoded).as_ref());
+        let json: serde_json::Value = serde_json::from_slice(&stored.payload).unwrap();
+        assert_eq!(json["ts"], "2026-11-21T10:15:30.120Z");
+        assert_eq!(json["d"]["text"], "quote \" backslash \\ tab \t é 😀 \u{1}");
+        assert_eq!(stored.topic, "iot-2/evt/status/fmt/json");
+
+        // Anything else is decoded first: other kinds, and values that are not an object
+        // (which decoding refuses).
+        let encoded = Event::encoded("boiler-1", "status", Qos::AtLeastOnce, b"{}".to_vec());
+        assert_eq!(p.encode_stored(&queued(&encoded)), None);
+        for damaged in [&b"[1]"[..], b"{\"a\":", b"", b"{} {}", b"nul"] {
+            let row = QueuedEvent {
+                payload: damaged.to_vec(),
+                ..row.clone()
+            };
+            assert_eq!(p.encode_stored(&row), None, "{damaged:?}");
+            assert!(row.to_event().is_err(), "{damaged:?}");
+        }
     }
 }

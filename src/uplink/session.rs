@@ -554,13 +554,17 @@ impl Session {
         let mut sent = false;
         while let Some(row) = self.feed.next_row(ready) {
             let mut reply = None;
-            let encoded = match row.to_event() {
-                Ok(event) => {
+            let encoded = match self.profile.encode_stored(&row) {
+                Some(message) => Ok(Some(message)),
+                None => row.to_event().map(|event| {
                     if let Body::CommandResult(result) = &event.body {
                         reply.clone_from(&result.reply);
                     }
                     self.profile.encode(&event)
-                }
+                }),
+            };
+            let encoded = match encoded {
+                Ok(encoded) => encoded,
                 Err(error) => {
                     tracing::error!(device = %self.profile.name(), row = row.id, "{error}; deleting it");
                     None
