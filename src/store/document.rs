@@ -8,12 +8,13 @@
 //! string and wrote the payload in hexadecimal, and the reader parsed it all back.
 
 /// A read of queued rows whose result is one [`document`](self) (NULL for no rows),
-/// in id order.
+/// in id order. Lengths are in bytes also for a payload stored as text, whose
+/// `length()` would count characters.
 macro_rules! rows_document {
     ($($filter:tt)+) => {
         concat!(
             "SELECT CAST(group_concat(concat_ws(',', id, kind, compressed, size, at, ",
-            "octet_length(device), octet_length(event), length(payload), ",
+            "octet_length(device), octet_length(event), octet_length(payload), ",
             "device || event || payload), '') AS BLOB) FROM (SELECT id, device, event, ",
             "kind, payload, compressed, size, at FROM queue WHERE ",
             $($filter)+,

@@ -388,7 +388,7 @@ async fn a_queue_of_the_previous_schema_is_upgraded_in_place() {
         .unwrap();
     sqlx::query(
         "INSERT INTO queue (device, event, payload, size, enqueued_at) \
-         VALUES ('a', 'status', '{\"seq\":1}', 9, 0)",
+         VALUES ('a', 'status', '{\"seq\":1,\"unit\":\"°C\"}', 22, 0)",
     )
     .execute(&mut conn)
     .await
