@@ -59,6 +59,14 @@ impl BrokerContext {
 
     pub fn stats(&self) -> Stats {
         let metrics = &self.metrics;
+        // One lock at a time, each released before the next: a read guard kept while
+        // taking another read of the same lock waits behind a queued writer, which
+        // waits for the first guard.
+        let subscriptions = self.router.subscriptions.read().len() as u64;
+        let (retained_messages, retained_refused) = {
+            let retained = self.router.retained.read();
+            (retained.len() as u64, retained.refused())
+        };
         Stats {
             uptime_secs: self.started.elapsed().as_secs(),
             clients_connected: Metrics::load(&metrics.clients_connected),
@@ -70,9 +78,9 @@ impl BrokerContext {
             messages_dropped: Metrics::load(&metrics.messages_dropped),
             messages_oversized: Metrics::load(&metrics.messages_oversized),
             slow_subscribers: Metrics::load(&metrics.slow_subscribers),
-            subscriptions: self.router.subscriptions.read().len() as u64,
-            retained_messages: self.router.retained.read().len() as u64,
-            retained_refused: self.router.retained.read().refused(),
+            subscriptions,
+            retained_messages,
+            retained_refused,
             persistence_write_failures: self.router.persistence_write_failures(),
         }
     }

@@ -1,11 +1,13 @@
 //! Retained messages, `$` topics and `$SYS`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use fieldbridge_mqtt::codec::{Publish, QoS};
 
-use crate::support::{config, payload, publish, start, wait_until, Client};
+use crate::support::{config, payload, publish, start, wait_until, Client, DEADLINE};
 
 fn retained(topic: &str, body: &str, qos: QoS, pkid: u16) -> Publish {
     Publish {
@@ -260,4 +262,54 @@ async fn retained_messages_are_limited_in_bytes() {
     let mut topics = retained_topics().await;
     topics.sort();
     assert_eq!(topics, ["big/2", "big/3"]);
+}
+
+/// Reading the broker's figures (the watchdog does before every feed, `$SYS` and the
+/// metrics endpoint too) while retained messages are stored never blocks: `stats` once
+/// held the retained store's read lock while taking it again, and a writer queued in
+/// between blocked both for good. The broker runs on a runtime of its own thread, so
+/// that a deadlock fails the test instead of hanging it.
+#[test]
+fn figures_are_read_while_retained_messages_are_stored() {
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let _ = done.send(runtime.block_on(store_retained_while_reading_figures()));
+    });
+    let retained = finished
+        .recv_timeout(DEADLINE)
+        .expect("storing retained messages or reading the figures blocked");
+    assert_eq!(retained, 50);
+}
+
+/// Stores 2,000 retained messages on 50 topics while another thread reads the figures;
+/// returns the retained messages counted at the end.
+async fn store_retained_while_reading_figures() -> u64 {
+    let broker = start(config()).await;
+    let stats = broker.stats_handle();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reading = stop.clone();
+    let reader = std::thread::spawn(move || {
+        let mut reads = 0u64;
+        while !reading.load(Ordering::Relaxed) {
+            stats.get();
+            reads += 1;
+        }
+        reads
+    });
+    let (mut publisher, _) = Client::connect(broker.local_addr(), "pub", true).await;
+    for round in 0..2_000u16 {
+        let topic = format!("r/{}", round % 50);
+        // Acknowledged, so each is stored before the next.
+        publisher
+            .publish(retained(&topic, "v", QoS::AtLeastOnce, round % 1000 + 1))
+            .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    assert!(reader.join().unwrap() > 0);
+    broker.stats().retained_messages
 }
