@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{broker_binary, signal, DEADLINE};
+use common::{broker_binary, signal, KillOnDrop, DEADLINE};
 use fieldbridge_sim::{self as sim, SimBus, SimSlave};
 
 /// Watchdog period given to the programs: they must notify every 250 ms.
@@ -29,8 +29,9 @@ impl NotifySocket {
     }
 
     /// Starts `program` as systemd would: NOTIFY_SOCKET, and a watchdog for its pid.
-    fn spawn(&self, program: &Path, args: &[&str]) -> Child {
-        Command::new("sh")
+    /// Killed when the test ends, also when it fails.
+    fn spawn(&self, program: &Path, args: &[&str]) -> KillOnDrop {
+        let child = Command::new("sh")
             // exec keeps the shell's pid, so WATCHDOG_PID names the program.
             .args(["-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\""])
             .arg(program)
@@ -41,7 +42,8 @@ impl NotifySocket {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("program starts")
+            .expect("program starts");
+        KillOnDrop(child)
     }
 
     /// Reads notifications until one has the line `wanted`; returns it whole.
