@@ -169,11 +169,10 @@ pub struct QueuedEvent {
 impl QueuedEvent {
     /// A row as a read returns it, its payload decompressed.
     fn from_row(row: DocumentRow<'_>) -> Self {
-        let (payload, unreadable) =
-            match packing::unpack(row.stored.to_vec(), row.compressed, row.size) {
-                Ok(payload) => (payload, None),
-                Err(reason) => (Vec::new(), Some(reason)),
-            };
+        let (payload, unreadable) = match packing::unpack(row.stored, row.compressed, row.size) {
+            Ok(payload) => (payload, None),
+            Err(reason) => (Vec::new(), Some(reason)),
+        };
         QueuedEvent {
             id: row.id,
             device_id: row.device.to_owned(),

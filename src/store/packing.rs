@@ -37,9 +37,9 @@ pub(super) fn pack(payload: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// A stored payload back as it was enqueued; `size` is the length it had.
-pub(super) fn unpack(stored: Vec<u8>, compressed: bool, size: i64) -> Result<Vec<u8>, String> {
+pub(super) fn unpack(stored: &[u8], compressed: bool, size: i64) -> Result<Vec<u8>, String> {
     if !compressed {
-        return Ok(stored);
+        return Ok(stored.to_vec());
     }
     let size = usize::try_from(size).map_err(|_| format!("stored size {size}"))?;
     DECOMPRESSOR.with(|cell| {
@@ -49,7 +49,7 @@ pub(super) fn unpack(stored: Vec<u8>, compressed: bool, size: i64) -> Result<Vec
             None => cell.insert(zstd::bulk::Decompressor::new().map_err(|e| e.to_string())?),
         };
         let payload = decompressor
-            .decompress(&stored, size)
+            .decompress(stored, size)
             .map_err(|error| format!("compressed payload damaged: {error}"))?;
         if payload.len() == size {
             Ok(payload)
@@ -84,7 +84,7 @@ mod tests {
             packed.len()
         );
         let size = payload.len() as i64;
-        assert_eq!(unpack(packed, true, size).unwrap(), payload);
+        assert_eq!(unpack(&packed, true, size).unwrap(), payload);
     }
 
     #[test]
@@ -100,7 +100,7 @@ mod tests {
             })
             .collect();
         assert_eq!(pack(&noise), None);
-        assert_eq!(unpack(noise.clone(), false, 0).unwrap(), noise);
+        assert_eq!(unpack(&noise, false, 0).unwrap(), noise);
     }
 
     #[test]
@@ -120,10 +120,10 @@ mod tests {
         let payload = values(5);
         let mut packed = pack(&payload).unwrap();
         let size = payload.len() as i64;
-        assert!(unpack(packed.clone(), true, size - 1).is_err(), "size lies");
+        assert!(unpack(&packed, true, size - 1).is_err(), "size lies");
         let middle = packed.len() / 2;
         packed.truncate(middle);
-        let error = unpack(packed, true, size).unwrap_err();
+        let error = unpack(&packed, true, size).unwrap_err();
         assert!(error.contains("damaged"), "{error}");
     }
 }

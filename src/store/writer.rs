@@ -583,7 +583,7 @@ async fn move_to_dead_letters(
         };
         // Stored as enqueued, so the dead letters can be read with any SQLite tool; a
         // damaged row keeps its bytes, and says so.
-        let (payload, reason) = match super::packing::unpack(payload.clone(), compressed, size) {
+        let (payload, reason) = match super::packing::unpack(&payload, compressed, size) {
             Ok(payload) => (payload, reason.clone()),
             Err(damage) => (payload, format!("{reason}; {damage}")),
         };

@@ -555,20 +555,19 @@ impl Session {
         while let Some(row) = self.feed.next_row(ready) {
             let mut reply = None;
             let encoded = match self.profile.encode_stored(&row) {
-                Some(message) => Ok(Some(message)),
-                None => row.to_event().map(|event| {
-                    if let Body::CommandResult(result) = &event.body {
-                        reply.clone_from(&result.reply);
+                Some(message) => Some(message),
+                None => match row.to_event() {
+                    Ok(event) => {
+                        if let Body::CommandResult(result) = &event.body {
+                            reply.clone_from(&result.reply);
+                        }
+                        self.profile.encode(&event)
                     }
-                    self.profile.encode(&event)
-                }),
-            };
-            let encoded = match encoded {
-                Ok(encoded) => encoded,
-                Err(error) => {
-                    tracing::error!(device = %self.profile.name(), row = row.id, "{error}; deleting it");
-                    None
-                }
+                    Err(error) => {
+                        tracing::error!(device = %self.profile.name(), row = row.id, "{error}; deleting it");
+                        None
+                    }
+                },
             };
             let Some(message) = encoded else {
                 self.feed.skipped(row.id);
