@@ -2,8 +2,12 @@
 //! link and running single requests with a deadline.
 
 use std::fmt;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::time::Duration;
+
+use tokio::time::{Instant, Sleep};
 
 use tokio_modbus::client::{Context, Reader, Writer};
 use tokio_modbus::prelude::{ExceptionCode, SlaveContext};
@@ -107,45 +111,87 @@ impl RequestError {
     }
 }
 
-fn flatten<T>(
-    outcome: Result<tokio_modbus::Result<T>, tokio::time::error::Elapsed>,
+/// The timeout of a bus's requests, on one timer for all of them: a request moves the
+/// deadline, and the timer is set again only when it fires before it. A timer for each
+/// request cost the runtime a wake-up of its own (an eventfd write) for most requests.
+pub struct RequestDeadline {
     timeout: Duration,
-) -> Result<T, RequestError> {
-    match outcome {
-        Err(_) => Err(RequestError::Timeout(timeout)),
-        Ok(Err(e)) => Err(RequestError::Link(e.to_string())),
-        Ok(Ok(Err(code))) => Err(RequestError::exception(code)),
-        Ok(Ok(Ok(value))) => Ok(value),
+    /// Made at the first request (a timer needs the runtime).
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl RequestDeadline {
+    pub fn new(timeout: Duration) -> Self {
+        RequestDeadline {
+            timeout,
+            timer: None,
+        }
+    }
+
+    /// What `request` gives, or `None` when it has not finished within the timeout.
+    async fn within<F: Future>(&mut self, request: F) -> Option<F::Output> {
+        let deadline = Instant::now() + self.timeout;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let mut request = std::pin::pin!(request);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut request => return Some(output),
+                () = timer.as_mut() => {
+                    if Instant::now() >= deadline {
+                        return None;
+                    }
+                    timer.as_mut().reset(deadline);
+                }
+            }
+        }
+    }
+
+    /// Runs `request` within the timeout, its answer or what went wrong.
+    async fn answer<T>(
+        &mut self,
+        request: impl Future<Output = tokio_modbus::Result<T>>,
+    ) -> Result<T, RequestError> {
+        match self.within(request).await {
+            None => Err(RequestError::Timeout(self.timeout)),
+            Some(Err(e)) => Err(RequestError::Link(e.to_string())),
+            Some(Ok(Err(code))) => Err(RequestError::exception(code)),
+            Some(Ok(Ok(value))) => Ok(value),
+        }
     }
 }
 
-/// Reads `count` items of `kind` at `address` from `unit`, within `timeout`.
+/// Reads `count` items of `kind` at `address` from `unit`, within `deadline`.
 pub async fn read(
     ctx: &mut Context,
     unit: u8,
     kind: RegisterKind,
     address: u16,
     count: u16,
-    timeout: Duration,
+    deadline: &mut RequestDeadline,
 ) -> Result<ReadData, RequestError> {
     ctx.set_slave(Slave(unit));
     let data = match kind {
-        RegisterKind::Coil => ReadData::Bits(flatten(
-            tokio::time::timeout(timeout, ctx.read_coils(address, count)).await,
-            timeout,
-        )?),
-        RegisterKind::Discrete => ReadData::Bits(flatten(
-            tokio::time::timeout(timeout, ctx.read_discrete_inputs(address, count)).await,
-            timeout,
-        )?),
-        RegisterKind::Holding => ReadData::Words(flatten(
-            tokio::time::timeout(timeout, ctx.read_holding_registers(address, count)).await,
-            timeout,
-        )?),
-        RegisterKind::Input => ReadData::Words(flatten(
-            tokio::time::timeout(timeout, ctx.read_input_registers(address, count)).await,
-            timeout,
-        )?),
+        RegisterKind::Coil => {
+            ReadData::Bits(deadline.answer(ctx.read_coils(address, count)).await?)
+        }
+        RegisterKind::Discrete => ReadData::Bits(
+            deadline
+                .answer(ctx.read_discrete_inputs(address, count))
+                .await?,
+        ),
+        RegisterKind::Holding => ReadData::Words(
+            deadline
+                .answer(ctx.read_holding_registers(address, count))
+                .await?,
+        ),
+        RegisterKind::Input => ReadData::Words(
+            deadline
+                .answer(ctx.read_input_registers(address, count))
+                .await?,
+        ),
     };
     let got = match &data {
         ReadData::Words(w) => w.len(),
@@ -182,22 +228,55 @@ pub async fn write(
     address: u16,
     data: &WriteData,
     always_multiple: bool,
-    timeout: Duration,
+    deadline: &mut RequestDeadline,
 ) -> Result<(), RequestError> {
     ctx.set_slave(Slave(unit));
-    let outcome = match data {
+    match data {
         WriteData::Coils(bits) if bits.len() == 1 && !always_multiple => {
-            tokio::time::timeout(timeout, ctx.write_single_coil(address, bits[0])).await
+            deadline
+                .answer(ctx.write_single_coil(address, bits[0]))
+                .await
         }
         WriteData::Coils(bits) => {
-            tokio::time::timeout(timeout, ctx.write_multiple_coils(address, bits)).await
+            deadline
+                .answer(ctx.write_multiple_coils(address, bits))
+                .await
         }
         WriteData::Registers(words) if words.len() == 1 && !always_multiple => {
-            tokio::time::timeout(timeout, ctx.write_single_register(address, words[0])).await
+            deadline
+                .answer(ctx.write_single_register(address, words[0]))
+                .await
         }
         WriteData::Registers(words) => {
-            tokio::time::timeout(timeout, ctx.write_multiple_registers(address, words)).await
+            deadline
+                .answer(ctx.write_multiple_registers(address, words))
+                .await
         }
-    };
-    flatten(outcome, timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each request has the whole timeout from its own start, though the timer was set
+    /// for an earlier request's deadline.
+    #[tokio::test]
+    async fn every_request_gets_the_whole_timeout_from_its_start() {
+        let timeout = Duration::from_millis(200);
+        let mut deadline = RequestDeadline::new(timeout);
+        let answered = deadline.within(tokio::time::sleep(Duration::from_millis(150)));
+        assert_eq!(answered.await, Some(()));
+        let start = Instant::now();
+        let late = deadline.within(tokio::time::sleep(Duration::from_secs(30)));
+        assert_eq!(late.await, None);
+        let waited = start.elapsed();
+        assert!(waited >= timeout, "timed out after {waited:?}");
+        let quick = deadline.within(std::future::ready(7));
+        assert_eq!(
+            quick.await,
+            Some(7),
+            "an expired timer does not fail the next request"
+        );
+    }
 }

@@ -10,7 +10,9 @@ use tokio_modbus::client::Context;
 use tokio_util::sync::CancellationToken;
 
 use super::link::InputSinceRequest;
-use super::modbus::{self, read, ModbusEndpoint, ReadData, RequestError, WriteData};
+use super::modbus::{
+    self, read, ModbusEndpoint, ReadData, RequestDeadline, RequestError, WriteData,
+};
 use crate::backoff::Backoff;
 use crate::device::{DeviceState, OFFLINE_AFTER_FAILURES};
 use crate::event::EventSink;
@@ -160,6 +162,7 @@ pub struct ModbusBus {
     requests: mpsc::Receiver<BusRequest>,
     link: Option<Context>,
     link_input: Option<InputSinceRequest>,
+    deadline: RequestDeadline,
     reconnect: Backoff,
     next_connect: Instant,
     /// Why the link is down, reported by every poll until it is back.
@@ -181,6 +184,7 @@ impl ModbusBus {
         requests: mpsc::Receiver<BusRequest>,
     ) -> Self {
         ModbusBus {
+            deadline: RequestDeadline::new(settings.timeout),
             settings,
             devices,
             requests,
@@ -268,8 +272,9 @@ impl ModbusBus {
         true
     }
 
-    /// Makes sure the link is open, reconnecting with backoff.
-    async fn ensure_link(&mut self) -> Result<&mut Context, String> {
+    /// Makes sure the link is open, reconnecting with backoff; the link and the deadline
+    /// of its requests.
+    async fn ensure_link(&mut self) -> Result<(&mut Context, &mut RequestDeadline), String> {
         if self.link.is_none() {
             let now = Instant::now();
             if now < self.next_connect {
@@ -298,7 +303,8 @@ impl ModbusBus {
                 }
             }
         }
-        Ok(self.link.as_mut().expect("link was just opened"))
+        let link = self.link.as_mut().expect("link was just opened");
+        Ok((link, &mut self.deadline))
     }
 
     async fn poll_device(&mut self, index: usize) -> Cycle {
@@ -368,7 +374,7 @@ impl ModbusBus {
     /// Runs one read.
     async fn execute(&mut self, unit: u8, request: &ReadRequest) -> Result<ReadData, RequestError> {
         let (kind, address, count) = (request.kind, request.address, request.count);
-        self.exchange(async |ctx, timeout| read(ctx, unit, kind, address, count, timeout).await)
+        self.exchange(async |ctx, deadline| read(ctx, unit, kind, address, count, deadline).await)
             .await
     }
 
@@ -383,14 +389,16 @@ impl ModbusBus {
             reply,
         } = write;
         let mut outcome = self
-            .exchange(async |ctx, timeout| {
-                modbus::write(ctx, unit, address, &data, always_multiple, timeout).await
+            .exchange(async |ctx, deadline| {
+                modbus::write(ctx, unit, address, &data, always_multiple, deadline).await
             })
             .await
             .map(|()| None);
         if let (Ok(_), Some((kind, count))) = (&outcome, readback) {
             outcome = self
-                .exchange(async |ctx, timeout| read(ctx, unit, kind, address, count, timeout).await)
+                .exchange(async |ctx, deadline| {
+                    read(ctx, unit, kind, address, count, deadline).await
+                })
                 .await
                 .map(Some);
         }
@@ -427,15 +435,15 @@ impl ModbusBus {
     /// garbled answers, and dropping the link when it can no longer be trusted.
     async fn exchange<T>(
         &mut self,
-        op: impl AsyncFnOnce(&mut Context, Duration) -> Result<T, RequestError>,
+        op: impl AsyncFnOnce(&mut Context, &mut RequestDeadline) -> Result<T, RequestError>,
     ) -> Result<T, RequestError> {
         if let Some(end) = self.last_request_end {
             tokio::time::sleep_until(end + self.settings.delay_between_requests).await;
         }
         let timeout = self.settings.timeout;
         let survives_timeout = self.settings.endpoint.survives_timeout();
-        let ctx = self.ensure_link().await.map_err(RequestError::Link)?;
-        let mut outcome = op(ctx, timeout).await;
+        let (ctx, deadline) = self.ensure_link().await.map_err(RequestError::Link)?;
+        let mut outcome = op(ctx, deadline).await;
         if let (Err(RequestError::Timeout(_)), Some(input)) = (&outcome, &self.link_input) {
             let received = input.get();
             if received > 0 {
