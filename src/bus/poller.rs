@@ -437,8 +437,12 @@ impl ModbusBus {
         &mut self,
         op: impl AsyncFnOnce(&mut Context, &mut RequestDeadline) -> Result<T, RequestError>,
     ) -> Result<T, RequestError> {
-        if let Some(end) = self.last_request_end {
-            tokio::time::sleep_until(end + self.settings.delay_between_requests).await;
+        // No timer when the delay has passed already (always with the default of zero).
+        let ready_at = self
+            .last_request_end
+            .map(|end| end + self.settings.delay_between_requests);
+        if let Some(ready_at) = ready_at.filter(|ready_at| *ready_at > Instant::now()) {
+            tokio::time::sleep_until(ready_at).await;
         }
         let timeout = self.settings.timeout;
         let survives_timeout = self.settings.endpoint.survives_timeout();
