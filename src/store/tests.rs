@@ -824,8 +824,8 @@ async fn acknowledged_rows_make_room_and_are_never_evicted() {
     store.close().await;
 }
 
-/// A deletion the session cannot wait for (a drain's) commits at once; others wait for
-/// the commit window.
+/// A deletion the session cannot wait for (a drain's) commits within the short busy
+/// window; others wait for the commit window.
 #[tokio::test]
 async fn a_pressing_deletion_does_not_wait_for_the_commit_window() {
     let tmp = tempfile::tempdir().unwrap();

@@ -202,12 +202,12 @@ impl Writer {
                     Command::Delete {
                         device,
                         ids,
-                        now,
+                        pressing,
                         done,
                     } => {
                         // Marks for a drain; steady traffic leaves too few rows behind
                         // for them to pay (module `acknowledged`).
-                        match device.filter(|_| now) {
+                        match device.filter(|_| pressing) {
                             Some(device) => {
                                 batch.acknowledged.entry(device).or_default().extend(ids)
                             }
@@ -264,18 +264,18 @@ impl Writer {
         self.finish().await;
     }
 
-    /// Lets a small batch wait for more commands until a commit window has passed since
-    /// the last commit, so that light traffic commits (and fsyncs) at most a few times
-    /// a second instead of per event, while a quiet queue commits at once and heavy
-    /// traffic in batches of [`super::COMMIT_AT_ONCE_ROWS`].
+    /// Lets a batch wait for more commands until its commit window (see
+    /// [`commit_window`]) has passed since the last commit, so that light traffic
+    /// commits (and fsyncs) at most a few times a second instead of per event and a
+    /// drain's deletions share a few commits, while a quiet queue commits at once.
     async fn gather(&self, receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
-        let deadline = self.last_commit + self.settings.commit_window;
-        while rows(commands) < super::COMMIT_AT_ONCE_ROWS
-            && commands.len() < MAX_BATCH
-            && !commands.iter().any(urgent)
-        {
+        while commands.len() < MAX_BATCH {
+            let Some(window) = commit_window(commands, self.settings.commit_window) else {
+                return;
+            };
             let room = MAX_BATCH - commands.len();
-            match tokio::time::timeout_at(deadline, receiver.recv_many(commands, room)).await {
+            let more = receiver.recv_many(commands, room);
+            match tokio::time::timeout_at(self.last_commit + window, more).await {
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
@@ -552,12 +552,24 @@ fn rows(commands: &[Command]) -> usize {
         .sum()
 }
 
-/// A command whose caller waits for everything before it to be committed now.
-fn urgent(command: &Command) -> bool {
-    matches!(
-        command,
-        Command::Flush(_) | Command::Close(_) | Command::Delete { now: true, .. }
-    )
+/// How long after the last commit `commands` may wait for more to join their
+/// transaction (`None`: not at all, for a flush or close). Small batches wait for the
+/// configured window; a large one, or one with a pressing deletion (a drain's), for
+/// [`super::BUSY_COMMIT_WINDOW`] at most.
+fn commit_window(commands: &[Command], configured: Duration) -> Option<Duration> {
+    let mut busy = rows(commands) >= super::LARGE_BATCH_ROWS;
+    for command in commands {
+        match command {
+            Command::Flush(_) | Command::Close(_) => return None,
+            Command::Delete { pressing: true, .. } => busy = true,
+            _ => {}
+        }
+    }
+    Some(if busy {
+        configured.min(super::BUSY_COMMIT_WINDOW)
+    } else {
+        configured
+    })
 }
 
 /// Moves `rows` (id, reason) from the queue to the dead letters, counting each per
@@ -1083,6 +1095,52 @@ mod tests {
             ..Batch::default()
         };
         assert!(barrier.durable(), "a flush waits for it");
+    }
+
+    fn delete(ids: usize, pressing: bool) -> Command {
+        Command::Delete {
+            device: Some("dev".into()),
+            ids: (0..ids as i64).collect(),
+            pressing,
+            done: oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn a_drain_or_a_large_batch_waits_a_short_window_and_a_flush_none() {
+        let configured = Duration::from_millis(200);
+        assert_eq!(
+            commit_window(&[delete(3, false)], configured),
+            Some(configured),
+            "steady traffic's deletions wait for the configured window"
+        );
+        assert_eq!(
+            commit_window(&[delete(3, false), delete(1, true)], configured),
+            Some(super::super::BUSY_COMMIT_WINDOW),
+            "a drain's deletion"
+        );
+        assert_eq!(
+            commit_window(&[delete(super::super::LARGE_BATCH_ROWS, false)], configured),
+            Some(super::super::BUSY_COMMIT_WINDOW),
+            "a large batch"
+        );
+        assert_eq!(
+            commit_window(&[delete(1, true)], Duration::ZERO),
+            Some(Duration::ZERO),
+            "no window configured: no wait either"
+        );
+        assert_eq!(
+            commit_window(
+                &[delete(1, false), Command::Flush(oneshot::channel().0)],
+                configured
+            ),
+            None,
+            "a flush commits at once"
+        );
+        assert_eq!(
+            commit_window(&[Command::Close(oneshot::channel().0)], configured),
+            None
+        );
     }
 
     #[test]

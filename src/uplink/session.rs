@@ -149,8 +149,8 @@ struct Removal {
     device: Option<String>,
     acked: Vec<i64>,
     refused: Vec<(i64, String)>,
-    /// Not to wait for the store's commit window.
-    now: bool,
+    /// Not to wait for the store's commit window (a drain's).
+    pressing: bool,
 }
 
 /// Deletes acknowledged rows and moves refused ones to the dead letters, both handed to
@@ -161,7 +161,7 @@ async fn remove(store: &Store, removal: Removal) -> Result<(), StoreError> {
             return Ok(());
         }
         let device = removal.device.as_deref();
-        store.delete(device, removal.acked, removal.now).await
+        store.delete(device, removal.acked, removal.pressing).await
     };
     let dead_letter = async {
         if removal.refused.is_empty() {
@@ -659,7 +659,7 @@ impl Session {
         if self.delete.is_some() {
             return;
         }
-        let now = self.feed.window.deletion_pressing();
+        let pressing = self.feed.window.deletion_pressing();
         let acked = self.feed.window.take_acked();
         let refused = self.feed.window.take_refused();
         if acked.is_empty() && refused.is_empty() {
@@ -671,7 +671,7 @@ impl Session {
             device: self.profile.scope().map(str::to_owned),
             acked,
             refused,
-            now,
+            pressing,
         };
         self.delete = Some(Box::pin(
             async move { (count, remove(&store, removal).await) },
@@ -749,7 +749,7 @@ impl Session {
             device: self.profile.scope().map(str::to_owned),
             acked: self.feed.window.take_acked(),
             refused: self.feed.window.take_refused(),
-            now: true,
+            pressing: true,
         };
         let _ = tokio::time::timeout(DELETE_GRACE, remove(&self.store, removal)).await;
         self.persist_qos0_drops().await;
