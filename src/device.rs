@@ -43,7 +43,7 @@ pub struct DeviceState {
     event: String,
     qos: Qos,
     policy: PublishPolicy,
-    /// Last published value of every tag, by tag name.
+    /// Last published value of every tag, by tag name (`on_change` only).
     published: std::collections::HashMap<String, Value>,
     last_publish: Option<Instant>,
     health: Health,
@@ -114,12 +114,14 @@ impl DeviceState {
         };
         if !data.is_empty() {
             let mut json = Map::new();
+            // Only `on_change` compares with what was published.
+            let remember = self.policy.mode == PublishMode::OnChange;
             for (name, value) in data {
-                json.insert(
-                    name.clone(),
-                    serde_json::to_value(&value).unwrap_or_default(),
-                );
-                self.remember(name, value);
+                let encoded = serde_json::to_value(&value).unwrap_or_default();
+                if remember {
+                    self.remember(name.clone(), value);
+                }
+                json.insert(name, encoded);
             }
             self.last_publish = Some(now);
             events.push(Event::new(&self.id, &self.event, self.qos, json, wall));
@@ -218,6 +220,10 @@ mod tests {
         let ev = s.record_values(values(&[("t", Value::F64(1.0))]), |_| None, now, wall);
         assert_eq!(ev.len(), 1);
         assert_eq!(payload(&ev[0])["d"]["t"], 1.0);
+        assert!(
+            s.published.is_empty(),
+            "nothing to compare with: no copy kept"
+        );
     }
 
     #[test]
