@@ -112,7 +112,7 @@ pub const LARGE_BATCH_ROWS: usize = 64;
 /// one is longer. Their rows are enough to make a commit worth its cost, but each
 /// commit has a cost for the readers too: SQLite drops a reading connection's memory
 /// map and cache when another has committed. A drain committing its deletions at once
-/// made 160-730 commits per 100,000 events, 80-110 with this window, and ran 14 %
+/// made 160-730 commits per 100,000 events, 80-110 with this window, and ran 7-11 %
 /// faster (docs/BENCHMARKS.md).
 pub const BUSY_COMMIT_WINDOW: Duration = Duration::from_millis(10);
 
@@ -343,10 +343,10 @@ impl Store {
 
     /// Deletes acknowledged rows; resolves once the deletion is committed, which waits
     /// for the commit window (`queue.commit_window`), or for no more than
-    /// [`BUSY_COMMIT_WINDOW`] when `pressing` (a drain's deletions). When such rows all belong to one `device` (its own session
-    /// acknowledged them) and continue the device's rows acknowledged so far, they are
-    /// marked as gone and deleted in bulk later, which costs far less than deleting
-    /// each.
+    /// [`BUSY_COMMIT_WINDOW`] when `pressing` (a drain's deletions). When such rows
+    /// all belong to one `device` (its own session acknowledged them) and continue the
+    /// device's rows acknowledged so far, they are marked as gone and deleted in bulk
+    /// later, which costs far less than deleting each.
     pub async fn delete(
         &self,
         device: Option<&str>,

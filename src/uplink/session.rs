@@ -149,7 +149,7 @@ struct Removal {
     device: Option<String>,
     acked: Vec<i64>,
     refused: Vec<(i64, String)>,
-    /// Not to wait for the store's commit window (a drain's).
+    /// A drain's: not to wait for the store's commit window, only its short busy one.
     pressing: bool,
 }
 
