@@ -23,7 +23,7 @@ use super::open::{self, Contents, Occupancy};
 use super::recent::Removed;
 use super::{
     Command, NewRow, OnFull, QueuedEvent, SharedRecent, StoreError, StoreSettings, Synchronous,
-    Watchers, MAX_BATCH,
+    Watchers, BUSY_COMMIT_WINDOW, LARGE_BATCH_ROWS, MAX_BATCH,
 };
 
 /// Most rows per multi-row INSERT (8 parameters each, well under SQLite's 32766
@@ -265,12 +265,12 @@ impl Writer {
     }
 
     /// Lets a batch wait for more commands until its commit window (see
-    /// [`commit_window`]) has passed since the last commit, so that light traffic
+    /// [`gathering_window`]) has passed since the last commit, so that light traffic
     /// commits (and fsyncs) at most a few times a second instead of per event and a
     /// drain's deletions share a few commits, while a quiet queue commits at once.
     async fn gather(&self, receiver: &mut mpsc::Receiver<Command>, commands: &mut Vec<Command>) {
         while commands.len() < MAX_BATCH {
-            let Some(window) = commit_window(commands, self.settings.commit_window) else {
+            let Some(window) = gathering_window(commands, self.settings.commit_window) else {
                 return;
             };
             let room = MAX_BATCH - commands.len();
@@ -555,9 +555,9 @@ fn rows(commands: &[Command]) -> usize {
 /// How long after the last commit `commands` may wait for more to join their
 /// transaction (`None`: not at all, for a flush or close). Small batches wait for the
 /// configured window; a large one, or one with a pressing deletion (a drain's), for
-/// [`super::BUSY_COMMIT_WINDOW`] at most.
-fn commit_window(commands: &[Command], configured: Duration) -> Option<Duration> {
-    let mut busy = rows(commands) >= super::LARGE_BATCH_ROWS;
+/// [`BUSY_COMMIT_WINDOW`] at most.
+fn gathering_window(commands: &[Command], configured: Duration) -> Option<Duration> {
+    let mut busy = rows(commands) >= LARGE_BATCH_ROWS;
     for command in commands {
         match command {
             Command::Flush(_) | Command::Close(_) => return None,
@@ -566,7 +566,7 @@ fn commit_window(commands: &[Command], configured: Duration) -> Option<Duration>
         }
     }
     Some(if busy {
-        configured.min(super::BUSY_COMMIT_WINDOW)
+        configured.min(BUSY_COMMIT_WINDOW)
     } else {
         configured
     })
@@ -1110,27 +1110,27 @@ mod tests {
     fn a_drain_or_a_large_batch_waits_a_short_window_and_a_flush_none() {
         let configured = Duration::from_millis(200);
         assert_eq!(
-            commit_window(&[delete(3, false)], configured),
+            gathering_window(&[delete(3, false)], configured),
             Some(configured),
             "steady traffic's deletions wait for the configured window"
         );
         assert_eq!(
-            commit_window(&[delete(3, false), delete(1, true)], configured),
-            Some(super::super::BUSY_COMMIT_WINDOW),
+            gathering_window(&[delete(3, false), delete(1, true)], configured),
+            Some(BUSY_COMMIT_WINDOW),
             "a drain's deletion"
         );
         assert_eq!(
-            commit_window(&[delete(super::super::LARGE_BATCH_ROWS, false)], configured),
-            Some(super::super::BUSY_COMMIT_WINDOW),
+            gathering_window(&[delete(LARGE_BATCH_ROWS, false)], configured),
+            Some(BUSY_COMMIT_WINDOW),
             "a large batch"
         );
         assert_eq!(
-            commit_window(&[delete(1, true)], Duration::ZERO),
+            gathering_window(&[delete(1, true)], Duration::ZERO),
             Some(Duration::ZERO),
             "no window configured: no wait either"
         );
         assert_eq!(
-            commit_window(
+            gathering_window(
                 &[delete(1, false), Command::Flush(oneshot::channel().0)],
                 configured
             ),
@@ -1138,7 +1138,7 @@ mod tests {
             "a flush commits at once"
         );
         assert_eq!(
-            commit_window(&[Command::Close(oneshot::channel().0)], configured),
+            gathering_window(&[Command::Close(oneshot::channel().0)], configured),
             None
         );
     }
